@@ -1,0 +1,28 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both create .venv (once) with the exact versions pinned in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hsivar demo --out work/demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) lint
+	HF_HUB_OFFLINE=1 AWS_EC2_METADATA_DISABLED=true $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) work
