@@ -1,0 +1,225 @@
+"""Typed configuration of the HSI-VAR model and its presets.
+
+Every model object is built explicitly from these configs (no string registries). Configs are
+frozen pydantic models, so they validate on construction, round-trip through JSON (the published
+``config.json``) and YAML, and can be overridden field by field with ``model_copy(update=...)``.
+
+Presets (see :func:`preset`):
+
+* ``tiny``  — CPU tests and the embedded demo: 32×32 tiles, a training step well under a second.
+* ``small`` — one GPU: 128×128 tiles, the full 10-scale schedule on a 16×16 latent.
+* ``paper`` — the HSI-VAR paper's shapes: VQ-VAE ch 160, ch_mult (1,1,2,2,4), V 4096, Cvae 32,
+  patch_nums (1,2,3,4,5,6,8,10,13,16) for 256×256×31; transformer depth 16, width 1024.
+
+  The paper reports ≈483 M parameters and ≈1.9 TFLOPs per 256×256×31 cube; ``hsivar info --preset
+  paper`` prints ours (≈381 M parameters, ≈2.5 TFLOPs forward, FLOPs counted as 2 per
+  multiply-add by ``torch.utils.flop_counter``). The parameter gap is AdaLN: HSI-VAR's paper
+  "removes AdaLN" from the transformer, yet 483 M is what one gets by keeping VAR-d16's AdaLN
+  linears (≈101 M, 6C² per block) on top of VQ-VAE 109 M + E_con 44 M + transformer 206 M +
+  refiner/SSA/DAG; without them (our reading of the text) the count is ≈381 M. The FLOP gap is
+  mostly convention and scope: the VQ-VAE encoder runs once on the degraded cube (E_con) and the
+  decoder with SSA runs at full resolution, which together dominate (≈2.0 of the ≈2.5 TFLOPs);
+  counting multiply-adds instead of FLOPs would halve our figure.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hsivar.tasks import TASKS
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VQVAEConfig(_Frozen):
+    """Multi-scale residual VQ-VAE (VAR's tokenizer with the band count as a parameter)."""
+
+    bands: int = Field(31, ge=1, description="spectral bands C of the cube (in and out channels)")
+    ch: int = Field(160, ge=1, description="base channel width of encoder/decoder")
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = Field(2, ge=1, description="res blocks per encoder level (decoder: +1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    using_sa: bool = True
+    using_mid_sa: bool = True
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups (VAR: 32)")
+    z_channels: int = Field(32, ge=1, description="latent width Cvae")
+    vocab_size: int = Field(4096, ge=2, description="codebook entries V")
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    beta: float = 0.25
+    quant_resi: float = 0.5
+    share_quant_resi: int = Field(4, ge=0)
+    quant_conv_ks: int = 3
+    ssa: bool = Field(True, description="spatial-spectral adaptation blocks in the decoder")
+    ssa_heads: int = Field(1, ge=1)
+    ssa_window: int = Field(8, ge=1, description="window side of SSA's spatial attention, pixels")
+
+    @model_validator(mode="after")
+    def _check(self) -> VQVAEConfig:
+        if list(self.patch_nums) != sorted(set(self.patch_nums)) or self.patch_nums[0] < 1:
+            raise ValueError(f"patch_nums must increase strictly from >= 1, got {self.patch_nums}")
+        for c in {self.ch * m for m in self.ch_mult}:
+            if c % self.norm_groups:
+                raise ValueError(f"channel width {c} is not divisible by norm_groups={self.norm_groups}")
+        return self
+
+    @property
+    def downsample(self) -> int:
+        """Spatial downsampling factor of the encoder (pixels per latent cell)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent grid h = w, equal to the last scale's patch number."""
+        return self.patch_nums[-1]
+
+    @property
+    def image_size(self) -> int:
+        """Side H = W of the tile the model works on, in pixels."""
+        return self.latent_size * self.downsample
+
+    @property
+    def tokens_per_scale(self) -> tuple[int, ...]:
+        """Token count p_k² of each scale."""
+        return tuple(p * p for p in self.patch_nums)
+
+
+class TransformerConfig(_Frozen):
+    """GPT-2-style next-scale transformer (pre-LN, no AdaLN, 2D RoPE, L2-normalised q/k)."""
+
+    depth: int = Field(16, ge=1)
+    width: int = Field(1024, ge=8)
+    heads: int = Field(16, ge=1)
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float | None = Field(None, description="None: VAR's rule 0.1·depth/24")
+    rope_theta: float = 1e4
+    cond_drop_rate: float = Field(0.1, ge=0.0, le=1.0, description="task dropped to d_basic (CFG training)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
+        if (self.width // self.heads) % 4:
+            raise ValueError(f"head dim {self.width // self.heads} must be a multiple of 4 for 2D RoPE")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head."""
+        return self.width // self.heads
+
+    @property
+    def resolved_drop_path_rate(self) -> float:
+        """Stochastic-depth rate of the last block (VAR: 0.1·depth/24)."""
+        return 0.1 * self.depth / 24 if self.drop_path_rate is None else self.drop_path_rate
+
+
+class RefinerConfig(_Frozen):
+    """NAFNet refiner on the latent grid predicting the continuous quantisation residual."""
+
+    width: int = Field(64, ge=4)
+    blocks: int = Field(4, ge=1)
+
+
+class DAGConfig(_Frozen):
+    """Degradation-aware guidance: task embeddings, basal embedding, learnable λ, task classifier."""
+
+    tasks: tuple[str, ...] = TASKS
+    classifier_hidden: int = Field(128, ge=4)
+    lambda_init: float = 1.0
+
+
+class LossConfig(_Frozen):
+    """Weights of the three stages' losses (DESIGN.md §3)."""
+
+    stage1_ssim: float = Field(0.2, description="weight of (1 − SSIM) in the VQ-VAE reconstruction loss")
+    stage1_vq: float = 1.0
+    refiner: float = Field(2.0, description="β1: L1 refiner loss in stage 2")
+    align: float = Field(0.5, description="β2: ‖E_con(lq) − E(hq)‖² in stage 2")
+    task: float = Field(0.1, description="task-classifier CE in stage 2 (for task='auto')")
+    stage3_ssim: float = Field(0.2, description="γ: weight of (1 − SSIM) in stage 3")
+
+
+class ModelConfig(_Frozen):
+    """The whole HSI-VAR model."""
+
+    name: str = "custom"
+    vqvae: VQVAEConfig = VQVAEConfig()
+    transformer: TransformerConfig = TransformerConfig()
+    refiner: RefinerConfig = RefinerConfig()
+    dag: DAGConfig = DAGConfig()
+    loss: LossConfig = LossConfig()
+    wavelengths: tuple[float, ...] | None = Field(None, description="band centres in nm, when known")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.wavelengths is not None and len(self.wavelengths) != self.vqvae.bands:
+            raise ValueError(
+                f"{len(self.wavelengths)} wavelengths given for a {self.vqvae.bands}-band model"
+            )
+        return self
+
+    @property
+    def bands(self) -> int:
+        """Spectral band count C."""
+        return self.vqvae.bands
+
+    @property
+    def cube_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one model tile."""
+        s = self.vqvae.image_size
+        return (self.vqvae.bands, s, s)
+
+
+PresetName = Literal["tiny", "small", "paper"]
+PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
+
+
+def default_wavelengths(bands: int, start_nm: float = 400.0, stop_nm: float = 700.0) -> tuple[float, ...]:
+    """Evenly spaced band centres in nm (31 bands → 400, 410, …, 700)."""
+    if bands == 1:
+        return ((start_nm + stop_nm) / 2,)
+    step = (stop_nm - start_nm) / (bands - 1)
+    return tuple(round(start_nm + i * step, 6) for i in range(bands))
+
+
+def preset(name: str, bands: int = 31) -> ModelConfig:
+    """Return the model config of preset ``name`` (``tiny``, ``small``, ``paper``) for ``bands`` bands.
+
+    Raises:
+        ValueError: unknown preset name.
+    """
+    wl = default_wavelengths(bands) if bands > 1 else None
+    if name == "tiny":
+        # 32×32×C tiles, 8×8 latent, 6 scales (130 tokens), a 2-block transformer.
+        vq = VQVAEConfig(
+            bands=bands, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8, z_channels=8,
+            vocab_size=128, patch_nums=(1, 2, 3, 4, 6, 8), ssa_window=4,
+        )
+        tr = TransformerConfig(depth=2, width=64, heads=2, drop_path_rate=0.0)
+        return ModelConfig(name="tiny", vqvae=vq, transformer=tr,
+                           refiner=RefinerConfig(width=16, blocks=2),
+                           dag=DAGConfig(classifier_hidden=32), wavelengths=wl)
+    if name == "small":
+        # 128×128×C tiles, 16×16 latent, the paper's 10 scales, a depth-8 transformer.
+        vq = VQVAEConfig(bands=bands, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=16,
+                         vocab_size=1024)
+        tr = TransformerConfig(depth=8, width=512, heads=8)
+        return ModelConfig(name="small", vqvae=vq, transformer=tr,
+                           refiner=RefinerConfig(width=64, blocks=4), wavelengths=wl)
+    if name == "paper":
+        return ModelConfig(name="paper", vqvae=VQVAEConfig(bands=bands),
+                           transformer=TransformerConfig(depth=16, width=1024, heads=16),
+                           refiner=RefinerConfig(width=128, blocks=8), wavelengths=wl)
+    raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+
+
+def tokens_total(cfg: VQVAEConfig) -> int:
+    """Total token count L = Σ p_k² over scales."""
+    return int(sum(cfg.tokens_per_scale))
+

@@ -1,0 +1,52 @@
+"""Differentiable losses: per-band SSIM, and the training objectives of the three stages.
+
+All images here are in [0, 1], shaped (B, C, H, W) with C spectral bands.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_per_band(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
+                  sigma: float = 1.5) -> torch.Tensor:
+    """SSIM of every band of x and y (B, C, H, W), Gaussian window, valid region; → (B, C).
+
+    The window shrinks to the image side (odd) for images smaller than ``window`` pixels.
+    """
+    B, C, H, W = x.shape
+    size = min(window, H, W)
+    size -= 1 - size % 2
+    g = _gaussian_window(size, sigma, x.device)
+    kernel = (g[:, None] * g[None, :]).expand(C, 1, size, size).to(x.dtype)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=C)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(-2, -1))
+
+
+def l1_ssim_loss(pred01: torch.Tensor, target01: torch.Tensor, ssim_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + w·(1 − SSIM), SSIM averaged over bands; images (B, C, H, W) in [0, 1] → (scalar, logs)."""
+    l1 = F.l1_loss(pred01, target01)
+    ssim = ssim_per_band(pred01, target01).mean()
+    return l1 + ssim_weight * (1 - ssim), {"l1": float(l1.detach()), "ssim": float(ssim.detach())}
+
+
+def psnr(pred01: torch.Tensor, target01: torch.Tensor) -> float:
+    """Mean per-band PSNR in dB of (B, C, H, W) images clipped to [0, 1]."""
+    mse = (pred01.detach().clamp(0, 1) - target01.clamp(0, 1)).square().mean(dim=(-2, -1)).clamp_min(1e-12)
+    return float((10 * torch.log10(1 / mse)).mean())

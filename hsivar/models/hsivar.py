@@ -1,0 +1,104 @@
+"""HSI-VAR: the whole restoration model, assembled from its typed config.
+
+Parts (DESIGN.md §3): ``vqvae`` (E, quantiser, D with SSA), ``cond`` (E_con + P), ``dag`` (task
+embeddings, λ, classifier), ``var`` (next-scale transformer) and ``refiner`` (NAFNet on the
+latent). Cubes enter and leave in [0, 1] (B, C, H, W) with H = W = ``cfg.vqvae.image_size``; the
+VQ-VAE works in [-1, 1] internally, as VAR does.
+
+Restoration of one tile: c = E_con(lq) → prefix P(c), d from the task (or the classifier) →
+autoregressive tokens scale by scale (KV cache) → f̂_K → f̂_K + Q(z, W(e[r_K])) → D → cube.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from hsivar.config import ModelConfig
+from hsivar.models.condition import ConditionEncoder
+from hsivar.models.dag import DegradationGuidance, TaskSpec
+from hsivar.models.refiner import Refiner
+from hsivar.models.var import NextScaleTransformer, Sampling
+from hsivar.models.vqvae import VQVAE
+
+Guidance = Literal["dag", "cfg"]
+
+
+@dataclass
+class RestoreOutput:
+    """Restoration of a batch of tiles."""
+
+    cube: torch.Tensor  # (B, C, H, W) float32 in [0, 1]
+    task_weights: torch.Tensor  # (B, N) the task weights used (classifier softmax for "auto")
+    idx: list[torch.Tensor]  # K tensors (B, p_k²) chosen tokens
+    latent: torch.Tensor  # (B, Cvae, h, w) restored latent f̂_K + Q(·)
+
+
+def to_model_range(x01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] → [-1, 1] (the VQ-VAE's image range)."""
+    return x01 * 2 - 1
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] → [0, 1], clamped."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+class HSIVAR(nn.Module):
+    """The HSI-VAR model; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        width, vq = cfg.transformer.width, cfg.vqvae
+        self.vqvae = VQVAE(vq)
+        self.cond = ConditionEncoder(vq, width)
+        self.dag = DegradationGuidance(cfg.dag, width, vq.z_channels)
+        self.var = NextScaleTransformer(cfg.transformer, vq)
+        self.refiner = Refiner(cfg.refiner, width, vq.z_channels, vq.latent_size)
+
+    def init_condition_encoder(self) -> None:
+        """Start of stage 2: E_con ← copy of the trained E (and quant_conv)."""
+        self.cond.copy_from(self.vqvae.encoder, self.vqvae.quant_conv)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless x is (B, C, S, S) with the model's band count and tile side S."""
+        C, S = self.cfg.vqvae.bands, self.cfg.vqvae.image_size
+        if x.ndim != 4 or x.shape[1] != C or x.shape[2] != S or x.shape[3] != S:
+            raise ValueError(f"expected tiles (B, {C}, {S}, {S}), got {tuple(x.shape)}")
+
+    def refine(self, hidden_last: torch.Tensor, idx_last: torch.Tensor) -> torch.Tensor:
+        """Q(z, W(e[r_K])): hidden (B, p_K², C), last-scale indices (B, p_K²) → residual (B, Cvae, h, w)."""
+        w = self.var.word_embed(self.vqvae.quantize.embedding(idx_last).to(self.var.word_embed.weight.dtype))
+        return self.refiner(hidden_last, w)
+
+    @torch.no_grad()
+    def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = Sampling(),
+                generator: torch.Generator | None = None, guidance: Guidance = "dag",
+                cfg_scale: float = 1.5, refine: bool = True) -> RestoreOutput:
+        """Restore degraded tiles lq (B, C, S, S) in [0, 1].
+
+        Args:
+            task: a task name, ``"auto"`` (classifier), a {task: weight} mixture or weights (B, N).
+            sampling: greedy by default; seeded top-k/top-p with ``generator``.
+            guidance: ``"dag"`` (one pass per scale) or ``"cfg"`` (an extra unconditional pass with
+                d_basic, logits (1 + t)·cond − t·uncond, t ramping to ``cfg_scale``).
+            refine: add the refiner's continuous residual to f̂_K before decoding.
+        """
+        self.check_input(lq01)
+        c = self.cond.encode(to_model_range(lq01))
+        weights = self.dag.weights(task, c)
+        d = self.dag.embed(weights)
+        gen = self.var.generate(
+            self.cond.prefix(c), d, self.vqvae.quantize, sampling, generator,
+            d_uncond_BC=self.dag.null(d.shape[0]) if guidance == "cfg" else None,
+            cfg_scale=cfg_scale if guidance == "cfg" else 0.0,
+        )
+        latent = gen.f_hat
+        if refine:
+            latent = latent + self.refine(gen.hidden_last, gen.idx[-1])
+        cube = from_model_range(self.vqvae.decode(latent.to(c.dtype)).float())
+        return RestoreOutput(cube, weights, gen.idx, latent)

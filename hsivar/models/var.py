@@ -1,0 +1,295 @@
+"""Next-scale prediction transformer of HSI-VAR (VAR's GPT-2-style model with HSI-VAR's changes).
+
+Changes from VAR: no AdaLN (plain pre-LN blocks, a plain LayerNorm before the head), 2D rotary
+position embeddings aligned across scales instead of absolute position tables, and a condition
+prefix instead of a class token. Kept from VAR: L2-normalised q/k with a learned per-head
+temperature (scale 1), per-level embedding, q/v biases without a k bias, tanh-GELU MLP, VAR's
+initialisation.
+
+Sequence layout (N_c = p_K² condition tokens, L = Σ p_k² token positions):
+
+    [ condition prefix (N_c) | d (1): SOS, predicts scale 1 | scale 2 … K inputs (L − 1) ]
+
+The mask is block-causal over levels: prefix = level −1, d and scale 1 = level 0, scale k = level
+k − 1; a query sees every key of a level ≤ its own. Logits are read at the last L positions.
+Inference runs one scale per step with a KV cache (keys cached already rotated); it equals the
+masked full-sequence forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hsivar.config import TransformerConfig, VQVAEConfig
+from hsivar.models.quant import MultiScaleQuantizer
+from hsivar.models.rope import apply_rope, grid_positions, rope_angles
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a sample's residual branch with probability p, rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention with L2-normalised q/k, learned temperature, 2D RoPE and a KV cache."""
+
+    def __init__(self, width: int, heads: int, attn_drop: float, proj_drop: float) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width), persistent=False)
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.max_scale_mul = math.log(100)
+        self.proj = nn.Linear(width, width)
+        self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
+        self.caching = False
+        self.cached_k: torch.Tensor | None = None
+        self.cached_v: torch.Tensor | None = None
+
+    def kv_caching(self, enable: bool) -> None:
+        """Turn the KV cache on or off; either way the cache is emptied."""
+        self.caching, self.cached_k, self.cached_v = enable, None, None
+
+    def forward(self, x_BNC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, C); cos/sin (N, d/2) for these tokens; mask (N, N_keys) bool (True = attend) or None."""
+        B, N, C = x_BNC.shape
+        bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
+        qkv = F.linear(x_BNC, self.mat_qkv.weight, bias).view(B, N, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
+        q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
+        k = F.normalize(k, dim=-1)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.caching:
+            if self.cached_k is not None:
+                k = torch.cat([self.cached_k, k], dim=2)
+                v = torch.cat([self.cached_v, v], dim=2)
+            self.cached_k, self.cached_v = k, v
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+            dropout_p=self.attn_drop if self.training else 0.0, scale=1.0,
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+
+class FFN(nn.Module):
+    """fc1 (C → r·C) → GELU(tanh) → fc2 (→ C)."""
+
+    def __init__(self, width: int, mlp_ratio: float, drop: float) -> None:
+        super().__init__()
+        hidden = round(width * mlp_ratio)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x += attn(ln1(x)); x += ffn(ln2(x)) (no AdaLN)."""
+
+    def __init__(self, cfg: TransformerConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.attn = SelfAttention(cfg.width, cfg.heads, cfg.attn_drop_rate, cfg.drop_rate)
+        self.ln2 = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.ffn = FFN(cfg.width, cfg.mlp_ratio, cfg.drop_rate)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.ln1(x), cos, sin, mask), self.drop_path_rate, self.training)
+        return x + drop_path(self.ffn(self.ln2(x)), self.drop_path_rate, self.training)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen at inference: greedy (argmax) by default, else seeded top-k / top-p."""
+
+    greedy: bool = True
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 0.0  # keep the smallest set with probability ≥ top_p (0: all)
+    temperature: float = 1.0
+
+
+def sample_tokens(logits_BlV: torch.Tensor, sampling: Sampling,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per position; logits (B, l, V) → indices (B, l) int64."""
+    if sampling.greedy:
+        return logits_BlV.argmax(dim=-1)
+    logits = logits_BlV.float() / max(sampling.temperature, 1e-6)
+    V = logits.shape[-1]
+    if 0 < sampling.top_k < V:
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if 0.0 < sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum <= 1 - sampling.top_p
+        drop_sorted[..., -1:] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -torch.inf)
+    probs = logits.softmax(dim=-1).flatten(0, -2)
+    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+
+
+@dataclass
+class Generation:
+    """Result of autoregressive decoding."""
+
+    idx: list[torch.Tensor]  # K tensors (B, p_k²) int64
+    f_hat: torch.Tensor  # (B, Cvae, h, w) accumulated latent f̂_K
+    hidden_last: torch.Tensor  # (B, p_K², C) normed hidden states at the last scale
+
+
+class NextScaleTransformer(nn.Module):
+    """Block-causal next-scale transformer; see the module docstring for the sequence layout."""
+
+    def __init__(self, cfg: TransformerConfig, vq: VQVAEConfig) -> None:
+        super().__init__()
+        self.cfg, self.patch_nums = cfg, tuple(vq.patch_nums)
+        K, C = len(self.patch_nums), cfg.width
+        self.num_prefix = vq.latent_size**2
+        self.L = sum(p * p for p in self.patch_nums)
+        self.vocab_size = vq.vocab_size
+        self.word_embed = nn.Linear(vq.z_channels, C)
+        self.lvl_embed = nn.Embedding(K + 1, C)  # levels 0…K−1: scales; K: the condition prefix
+        dpr = torch.linspace(0, cfg.resolved_drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList([Block(cfg, r) for r in dpr])
+        self.head_nm = nn.LayerNorm(C, eps=1e-6)
+        self.head = nn.Linear(C, vq.vocab_size)
+
+        # Geometry of the whole sequence (buffers, not weights: derived from the config).
+        G = self.patch_nums[-1]
+        pos = [grid_positions(G, G)] + [grid_positions(p, G) for p in self.patch_nums]
+        angles = rope_angles(torch.cat(pos), cfg.head_dim, cfg.rope_theta)  # (N_c + L, d/2)
+        levels = torch.cat([torch.full((self.num_prefix,), -1)]
+                           + [torch.full((p * p,), k) for k, p in enumerate(self.patch_nums)])
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("mask", levels[:, None] >= levels[None, :], persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """VAR's initialisation: trunc-normal std √(1/3C); head ×0.02; residual projections /√(2·depth)."""
+        std = math.sqrt(1 / self.cfg.width / 3)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.head.weight.mul_(0.02)
+            for b in self.blocks:
+                b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
+                b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
+
+    def _lvl(self, level: int) -> torch.Tensor:
+        return self.lvl_embed.weight[level]
+
+    def embed_sequence(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor,
+                       x_BLCv: torch.Tensor | None) -> torch.Tensor:
+        """Tokens of the full sequence; prefix (B,N_c,C), d (B,C), inputs (B,L−1,Cvae) → (B,N_c+L,C)."""
+        K = len(self.patch_nums)
+        parts = [prefix_BNC + self._lvl(K), (d_BC + self._lvl(0)).unsqueeze(1)]
+        if x_BLCv is not None:
+            lv = self.levels[self.num_prefix + 1:]
+            parts.append(self.word_embed(x_BLCv.to(self.word_embed.weight.dtype)) + self.lvl_embed(lv))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor,
+                x_BLCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced forward over the whole sequence.
+
+        Args:
+            prefix_BNC: (B, N_c, C) condition tokens.
+            d_BC: (B, C) degradation embedding (the SOS token).
+            x_BLCv: (B, L − 1, Cvae) teacher-forcing inputs of scales 2…K.
+        Returns:
+            logits (B, L, V) float32 and normed hidden states (B, L, C).
+        """
+        h = self.embed_sequence(prefix_BNC, d_BC, x_BLCv)
+        for b in self.blocks:
+            h = b(h, self.rope_cos, self.rope_sin, self.mask)
+        h = self.head_nm(h[:, self.num_prefix:])
+        return self.head(h).float(), h
+
+    def set_kv_caching(self, enable: bool) -> None:
+        """Enable (and empty) or disable the KV cache of every block."""
+        for b in self.blocks:
+            b.attn.kv_caching(enable)
+
+    def step(self, tokens_BnC: torch.Tensor, start: int) -> torch.Tensor:
+        """Run one chunk of the sequence through the cached blocks.
+
+        Args:
+            tokens_BnC: (B, n, C) embedded tokens at sequence positions [start, start + n).
+            start: position of the first token (0 for the prefix chunk).
+        Returns:
+            normed hidden states (B, n, C).
+        """
+        end = start + tokens_BnC.shape[1]
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        # Only the first chunk needs a mask (the prefix must not see d); later chunks see everything cached.
+        mask = self.mask[start:end, :end] if start == 0 else None
+        h = tokens_BnC
+        for b in self.blocks:
+            h = b(h, cos, sin, mask)
+        return self.head_nm(h)
+
+    @torch.no_grad()
+    def generate(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor, quantizer: MultiScaleQuantizer,
+                 sampling: Sampling = Sampling(), generator: torch.Generator | None = None,
+                 d_uncond_BC: torch.Tensor | None = None, cfg_scale: float = 0.0) -> Generation:
+        """Autoregressive next-scale decoding with the KV cache.
+
+        Args:
+            prefix_BNC: (B, N_c, C) condition tokens; d_BC: (B, C) degradation embedding.
+            quantizer: the VQ-VAE's quantiser (codebook and φ build each next scale's input).
+            d_uncond_BC: with ``cfg_scale > 0``, classifier-free guidance: a second, unconditional
+                pass with this embedding, logits (1 + t)·cond − t·uncond, t = cfg_scale·k/(K−1).
+        """
+        B, K = prefix_BNC.shape[0], len(self.patch_nums)
+        guided = d_uncond_BC is not None and cfg_scale > 0
+        if guided:
+            prefix_BNC = torch.cat([prefix_BNC, prefix_BNC])
+            d_BC = torch.cat([d_BC, d_uncond_BC])
+        G = self.patch_nums[-1]
+        f_hat = prefix_BNC.new_zeros(B, quantizer.Cvae, G, G, dtype=torch.float32)
+        tokens = self.embed_sequence(prefix_BNC, d_BC, None)
+        pos, idx_all = 0, []
+        self.set_kv_caching(True)
+        try:
+            for si, pn in enumerate(self.patch_nums):
+                h = self.step(tokens, pos)
+                pos += tokens.shape[1]
+                h = h[:, -pn * pn:]
+                logits = self.head(h).float()
+                if guided:
+                    t = cfg_scale * si / max(K - 1, 1)
+                    logits = (1 + t) * logits[:B] - t * logits[B:]
+                idx = sample_tokens(logits, sampling, generator)
+                idx_all.append(idx)
+                f_hat, nxt = quantizer.next_input(si, f_hat, idx)
+                if nxt is None:
+                    return Generation(idx_all, f_hat, h[:B])
+                if guided:
+                    nxt = torch.cat([nxt, nxt])
+                tokens = self.word_embed(nxt.to(self.word_embed.weight.dtype)) + self._lvl(si + 1)
+        finally:
+            self.set_kv_caching(False)
+        raise AssertionError("unreachable: the loop returns at the last scale")

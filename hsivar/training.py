@@ -1,0 +1,162 @@
+"""The three training stages of HSI-VAR as plain PyTorch: what each trains and its loss.
+
+* Stage 1 ``vqvae``: E, quantiser, D (not SSA) — L1 + w·(1 − SSIM) reconstruction + VQ loss.
+* Stage 2 ``var``: E_con (initialised from E), P, DAG, transformer, refiner — with the VQ-VAE
+  frozen: ``CE + β1·L1(refiner) + β2·‖E_con(lq) − E(hq)‖² + w·CE(task classifier)``.
+* Stage 3 ``decoder``: D + SSA (and post_quant_conv) on *restored* latents (true autoregressive
+  greedy decoding, not teacher forcing) — ``L1 + γ·(1 − SSIM)``, SSIM per band.
+
+The Ray layer (``hsivar_platform.train``) calls :func:`stage_loss` inside its workers;
+:func:`fit` is the same loop on one process (tests, the tiny demo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from hsivar.losses import l1_ssim_loss, psnr
+from hsivar.models.condition import alignment_loss
+from hsivar.models.hsivar import HSIVAR, to_model_range
+
+Stage = Literal["vqvae", "var", "decoder"]
+STAGES: tuple[str, ...] = ("vqvae", "var", "decoder")
+
+
+@dataclass
+class Batch:
+    """One training batch: clean and degraded cubes in [0, 1] and the true task weights."""
+
+    hq: torch.Tensor  # (B, C, S, S)
+    lq: torch.Tensor  # (B, C, S, S)
+    task_weights: torch.Tensor  # (B, N), rows sum to 1 (one-hot for a single degradation)
+
+
+@dataclass
+class StepResult:
+    """A stage's loss and the scalars worth logging."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
+    """The parameters a stage optimises; everything else stays frozen (requires_grad off)."""
+    if stage == "vqvae":
+        ssa = set(map(id, model.vqvae.decoder.ssa.parameters())) if model.vqvae.decoder.ssa else set()
+        params = [p for p in model.vqvae.parameters() if id(p) not in ssa]
+    elif stage == "var":
+        params = [p for m in (model.cond, model.dag, model.var, model.refiner) for p in m.parameters()]
+    elif stage == "decoder":
+        params = list(model.vqvae.decoder.parameters()) + list(model.vqvae.post_quant_conv.parameters())
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    keep = set(map(id, params))
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return params
+
+
+def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
+    """VQ-VAE reconstruction of the clean cubes: L1 + w·(1 − SSIM) + w_vq·VQ loss."""
+    out = model.vqvae(to_model_range(batch.hq))
+    rec01 = (out.reconstruction.float() + 1) / 2
+    rec_loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage1_ssim)
+    loss = rec_loss + model.cfg.loss.stage1_vq * out.quant.vq_loss
+    logs.update(vq=float(out.quant.vq_loss.detach()), psnr=psnr(rec01, batch.hq))
+    for k, n in enumerate(out.quant.codes_used):
+        logs[f"codes_used_s{k}"] = float(n)
+    return StepResult(loss, logs)
+
+
+def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """Teacher-forced next-scale CE + β1·refiner L1 + β2·alignment + w·task-classifier CE."""
+    lc, vq = model.cfg.loss, model.vqvae
+    with torch.no_grad():
+        f = vq.encode(to_model_range(batch.hq)).float()
+        idx, fhats = vq.quantize.f_to_idx(f)
+        x_in = vq.quantize.idx_to_var_input(idx)
+        residual = f - fhats[-1]
+    c = model.cond.encode(to_model_range(batch.lq))
+    align = alignment_loss(c, f)
+    task_logits = model.dag.classify(c.detach())
+    task_ce = -(batch.task_weights * F.log_softmax(task_logits, dim=-1)).sum(-1).mean()
+    d = model.dag.embed(batch.task_weights)
+    drop = torch.rand(d.shape[0], generator=generator).to(d.device) < model.cfg.transformer.cond_drop_rate
+    d = torch.where(drop[:, None], model.dag.null(d.shape[0]), d)
+    logits, hidden = model.var(model.cond.prefix(c), d, x_in)
+    target = torch.cat(idx, dim=1)
+    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    n_last = idx[-1].shape[1]
+    refined = model.refine(hidden[:, -n_last:], idx[-1])
+    ref = F.l1_loss(refined, residual)
+    loss = ce + lc.refiner * ref + lc.align * align + lc.task * task_ce
+    with torch.no_grad():
+        hit = (logits.argmax(-1) == target).float()
+        logs = {"ce": float(ce), "refiner_l1": float(ref), "align": float(align), "task_ce": float(task_ce),
+                "acc": float(hit.mean()),
+                "task_acc": float((task_logits.argmax(-1) == batch.task_weights.argmax(-1)).float().mean())}
+        start = 0
+        for k, p in enumerate(vq.cfg.patch_nums):
+            logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
+            start += p * p
+    return StepResult(loss, logs)
+
+
+def stage3_loss(model: HSIVAR, batch: Batch) -> StepResult:
+    """Decoder + SSA on restored latents (greedy AR + refiner, true task): L1 + γ·(1 − SSIM)."""
+    was_training = model.training
+    model.eval()  # decoding must not see dropout / drop-path
+    with torch.no_grad():
+        latent = model.restore(batch.lq, task=batch.task_weights).latent
+    model.train(was_training)
+    rec01 = (model.vqvae.decode(latent).float() + 1) / 2
+    loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
+    logs["psnr"] = psnr(rec01, batch.hq)
+    return StepResult(loss, logs)
+
+
+def stage_loss(model: HSIVAR, stage: Stage, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """Dispatch to the loss of ``stage``."""
+    if stage == "vqvae":
+        return stage1_loss(model, batch)
+    if stage == "var":
+        return stage2_loss(model, batch, generator)
+    if stage == "decoder":
+        return stage3_loss(model, batch)
+    raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+
+
+def prepare_stage(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
+    """Set up a stage: freeze the rest, copy E into E_con at the start of stage 2; → trainable params."""
+    if stage == "var":
+        model.init_condition_encoder()
+    return trainable_parameters(model, stage)
+
+
+def fit(model: HSIVAR, stage: Stage, batches: Iterable[Batch], steps: int, lr: float = 1e-3,
+        grad_clip: float = 2.0, weight_decay: float = 0.0, seed: int = 0,
+        init_stage: bool = True) -> Iterator[StepResult]:
+    """Train ``stage`` for ``steps`` steps on one process with AdamW; yields each step's result.
+
+    ``batches`` is cycled if it is shorter than ``steps``. Set ``init_stage=False`` to continue a
+    stage without re-copying E into E_con.
+    """
+    params = prepare_stage(model, stage) if init_stage else trainable_parameters(model, stage)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    model.train()
+    batch_list = list(batches)
+    for step in range(steps):
+        result = stage_loss(model, stage, batch_list[step % len(batch_list)], gen)
+        opt.zero_grad(set_to_none=True)
+        result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        result.logs["loss"] = float(result.loss.detach())
+        yield result
+    model.eval()
