@@ -12,14 +12,14 @@ Presets (see :func:`preset`):
   patch_nums (1,2,3,4,5,6,8,10,13,16) for 256×256×31; transformer depth 16, width 1024.
 
   The paper reports ≈483 M parameters and ≈1.9 TFLOPs per 256×256×31 cube; ``hsivar info --preset
-  paper`` prints ours (≈381 M parameters, ≈2.5 TFLOPs forward, FLOPs counted as 2 per
-  multiply-add by ``torch.utils.flop_counter``). The parameter gap is AdaLN: HSI-VAR's paper
-  "removes AdaLN" from the transformer, yet 483 M is what one gets by keeping VAR-d16's AdaLN
-  linears (≈101 M, 6C² per block) on top of VQ-VAE 109 M + E_con 44 M + transformer 206 M +
-  refiner/SSA/DAG; without them (our reading of the text) the count is ≈381 M. The FLOP gap is
-  mostly convention and scope: the VQ-VAE encoder runs once on the degraded cube (E_con) and the
-  decoder with SSA runs at full resolution, which together dominate (≈2.0 of the ≈2.5 TFLOPs);
-  counting multiply-adds instead of FLOPs would halve our figure.
+  paper --json`` prints ours: ≈366 M parameters and ≈1.10 TFLOPs for one greedy restoration (FLOPs
+  counted as 2 per multiply-add by ``torch.utils.flop_counter``: E_con 0.22, transformer 0.42 with
+  the KV cache, decoder + SSA 0.46). The parameter gap is AdaLN: the paper says HSI-VAR removes
+  AdaLN, yet keeping VAR-d16's AdaLN linears (6C² per block + 2C² before the head ≈ 103 M) on top of
+  ours gives ≈468 M, close to 483 M, so the paper most likely counts them (or a larger refiner; its
+  code is not public). The FLOP gap has no single explanation we can verify: recomputing the
+  transformer without the KV cache over the full 936-token sequence at every scale, or running CFG's
+  doubled batch, would each add ≈0.4–0.8 T; we count what our inference actually runs.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ def ssim_per_band(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win
     return ssim_map.mean(dim=(-2, -1))
 
 
-def l1_ssim_loss(pred01: torch.Tensor, target01: torch.Tensor, ssim_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+def l1_ssim_loss(pred01: torch.Tensor, target01: torch.Tensor,
+                 ssim_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 + w·(1 − SSIM), SSIM averaged over bands; images (B, C, H, W) in [0, 1] → (scalar, logs)."""
     l1 = F.l1_loss(pred01, target01)
     ssim = ssim_per_band(pred01, target01).mean()

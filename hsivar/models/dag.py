@@ -13,7 +13,6 @@ with d_basic, doubling the batch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from torch import nn
 
 from hsivar.config import DAGConfig
 
-TaskSpec = Union[str, Mapping[str, float], torch.Tensor]
+TaskSpec = str | Mapping[str, float] | torch.Tensor
 """A task name, ``"auto"``, a {task: weight} mixture, or task weights (B, N)."""
 
 

@@ -21,7 +21,7 @@ from hsivar.config import ModelConfig
 from hsivar.models.condition import ConditionEncoder
 from hsivar.models.dag import DegradationGuidance, TaskSpec
 from hsivar.models.refiner import Refiner
-from hsivar.models.var import NextScaleTransformer, Sampling
+from hsivar.models.var import GREEDY, NextScaleTransformer, Sampling
 from hsivar.models.vqvae import VQVAE
 
 Guidance = Literal["dag", "cfg"]
@@ -76,7 +76,7 @@ class HSIVAR(nn.Module):
         return self.refiner(hidden_last, w)
 
     @torch.no_grad()
-    def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = Sampling(),
+    def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, guidance: Guidance = "dag",
                 cfg_scale: float = 1.5, refine: bool = True) -> RestoreOutput:
         """Restore degraded tiles lq (B, C, S, S) in [0, 1].

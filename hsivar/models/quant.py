@@ -187,7 +187,8 @@ class MultiScaleQuantizer(nn.Module):
             out.append(F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").flatten(2).transpose(1, 2))
         return torch.cat(out, dim=1)
 
-    def next_input(self, si: int, f_hat: torch.Tensor, idx_Bl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def next_input(self, si: int, f_hat: torch.Tensor,
+                   idx_Bl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Autoregressive step: add scale ``si``'s tokens to f̂ and build the next scale's input.
 
         Args:

@@ -143,6 +143,10 @@ def sample_tokens(logits_BlV: torch.Tensor, sampling: Sampling,
     return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
 
 
+GREEDY = Sampling()
+"""The default: argmax decoding."""
+
+
 @dataclass
 class Generation:
     """Result of autoregressive decoding."""
@@ -164,7 +168,7 @@ class NextScaleTransformer(nn.Module):
         self.vocab_size = vq.vocab_size
         self.word_embed = nn.Linear(vq.z_channels, C)
         self.lvl_embed = nn.Embedding(K + 1, C)  # levels 0…K−1: scales; K: the condition prefix
-        dpr = torch.linspace(0, cfg.resolved_drop_path_rate, cfg.depth).tolist()
+        dpr = [cfg.resolved_drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, r) for r in dpr])
         self.head_nm = nn.LayerNorm(C, eps=1e-6)
         self.head = nn.Linear(C, vq.vocab_size)
@@ -253,7 +257,7 @@ class NextScaleTransformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor, quantizer: MultiScaleQuantizer,
-                 sampling: Sampling = Sampling(), generator: torch.Generator | None = None,
+                 sampling: Sampling = GREEDY, generator: torch.Generator | None = None,
                  d_uncond_BC: torch.Tensor | None = None, cfg_scale: float = 0.0) -> Generation:
         """Autoregressive next-scale decoding with the KV cache.
 

@@ -1,0 +1,101 @@
+"""Published model format: ``model.safetensors`` + ``config.json`` in one directory.
+
+Nothing is ever unpickled: weights are safetensors, the config is JSON validated by
+:class:`hsivar.config.ModelConfig`. ``config.json`` also records the format version, the stage
+that produced the weights and free-form metadata (run id, data, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hsivar.config import ModelConfig
+from hsivar.models.hsivar import HSIVAR
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class ModelFileError(ValueError):
+    """A published model directory is missing, incomplete or inconsistent (the message says which)."""
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_published(model: HSIVAR, directory: str | os.PathLike, *, stage: str = "decoder",
+                   metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors + JSON config into ``directory`` (created); → the directory.
+
+    Both files are written under temporary names and renamed, weights first, so a reader never sees
+    a config that points at half-written weights.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, p))
+    doc = {"format_version": FORMAT_VERSION, "stage": stage, "metadata": metadata or {},
+           "model": model.cfg.model_dump(mode="json")}
+    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
+    return out
+
+
+def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read and validate ``config.json``; → (model config, the whole document).
+
+    Raises:
+        ModelFileError: missing file, bad JSON, unknown format version or an invalid config.
+    """
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no {CONFIG_FILE}; a published model is a directory holding "
+                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path}: not valid JSON ({e})") from e
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+    try:
+        cfg = ModelConfig.model_validate(doc["model"])
+    except Exception as e:  # pydantic's ValidationError, KeyError
+        raise ModelFileError(f"{path}: invalid model config: {e}") from e
+    return cfg, doc
+
+
+def load_published(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[HSIVAR, dict[str, Any]]:
+    """Build the model from ``config.json`` and load ``model.safetensors`` strictly; → (model in eval mode, doc).
+
+    Raises:
+        ModelFileError: missing/corrupt files, or weights that do not match the config.
+    """
+    cfg, doc = read_config(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: missing weights file")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors raises its own error types on truncated/corrupt files
+        raise ModelFileError(f"{weights}: unreadable safetensors file ({e})") from e
+    model = HSIVAR(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{weights}: weights do not match {CONFIG_FILE}: {e}") from e
+    return model.to(device).eval(), doc

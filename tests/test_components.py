@@ -1,0 +1,85 @@
+"""Condition encoder, DAG, refiner and SSA behave as specified at initialisation and under use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsivar.config import preset
+from hsivar.models.condition import alignment_loss
+from hsivar.models.hsivar import HSIVAR, to_model_range
+from hsivar.models.vqvae import VQVAE
+from hsivar.tasks import TASKS
+
+
+def test_condition_encoder_starts_as_a_copy_of_the_encoder(tiny_model: HSIVAR) -> None:
+    x = to_model_range(torch.rand(2, tiny_model.cfg.bands, 32, 32))
+    with torch.no_grad():
+        assert not torch.allclose(tiny_model.cond.encode(x), tiny_model.vqvae.encode(x))
+        tiny_model.init_condition_encoder()
+        c, f = tiny_model.cond.encode(x), tiny_model.vqvae.encode(x)
+    assert torch.equal(c, f)
+    assert alignment_loss(c, f) == 0
+    assert tiny_model.cond.prefix(c).shape == (2, 64, tiny_model.cfg.transformer.width)
+    # a copy, not shared storage: training E_con leaves E alone
+    assert tiny_model.cond.encoder.conv_in.weight.data_ptr() != tiny_model.vqvae.encoder.conv_in.weight.data_ptr()
+
+
+def test_dag_embeddings_mixtures_and_auto(tiny_model: HSIVAR) -> None:
+    dag = tiny_model.dag
+    c = torch.randn(3, tiny_model.cfg.vqvae.z_channels, 8, 8)
+    one = dag.weights("blur", c)
+    assert one.shape == (3, len(TASKS)) and torch.equal(one[0], torch.eye(len(TASKS))[TASKS.index("blur")])
+    with torch.no_grad():
+        d_blur = dag.embed(one)
+        expected = dag.task_embed[TASKS.index("blur")] + dag.lambdas[TASKS.index("blur")] * dag.basic
+        assert torch.allclose(d_blur[0], expected)
+        # a mixture is the linear combination of its parts
+        mix = dag.weights({"gaussian": 3.0, "blur": 1.0}, c)
+        d_mix = dag.embed(mix)
+        d_g = dag.embed(dag.weights("gaussian", c))
+        assert torch.allclose(d_mix, 0.75 * d_g + 0.25 * d_blur, atol=1e-6)
+        auto = dag.weights("auto", c)
+    assert torch.allclose(auto.sum(-1), torch.ones(3)) and (auto > 0).all()
+    with pytest.raises(ValueError, match="unknown task 'noise'"):
+        dag.weights("noise", c)
+    with pytest.raises(ValueError, match="sum to zero"):
+        dag.weights({"blur": 0.0}, c)
+
+
+def test_refiner_starts_at_zero_and_learns(tiny_model: HSIVAR) -> None:
+    n, C = 64, tiny_model.cfg.transformer.width
+    z, idx = torch.randn(2, n, C), torch.randint(0, tiny_model.cfg.vqvae.vocab_size, (2, n))
+    res = tiny_model.refine(z, idx)
+    assert res.shape == (2, tiny_model.cfg.vqvae.z_channels, 8, 8)
+    assert torch.equal(res, torch.zeros_like(res))
+    target = torch.randn_like(res)
+    opt = torch.optim.Adam(tiny_model.refiner.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss = (tiny_model.refine(z, idx) - target).abs().mean()
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.8 * first
+
+
+def test_adding_ssa_leaves_a_trained_decoder_unchanged() -> None:
+    cfg = preset("tiny", bands=8).vqvae
+    torch.manual_seed(0)
+    plain = VQVAE(cfg.model_copy(update={"ssa": False})).eval()
+    with torch.no_grad():  # stand-in for training: move every decoder weight off its initialisation
+        for p in plain.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    with_ssa = VQVAE(cfg).eval()
+    missing, unexpected = with_ssa.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("decoder.ssa.") for k in missing)
+    f = torch.randn(2, cfg.z_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(with_ssa.decode(f), plain.decode(f))
+        # once σ and γ move, SSA changes the output: it is not dead code
+        for block in with_ssa.decoder.ssa:
+            block.sigma.fill_(0.5)
+            block.gamma.fill_(0.5)
+        assert not torch.allclose(with_ssa.decode(f), plain.decode(f))
