@@ -12,7 +12,7 @@ import torch
 from hsivar.models.hsivar import HSIVAR
 from hsivar.models.var import Sampling
 from hsivar.publish import ModelFileError, load_published, save_published
-from hsivar.restore import Restorer, RestoreInputError, blend_tiles, blend_window, tile_starts
+from hsivar.restore import RestoreInputError, Restorer, blend_tiles, blend_window, tile_starts
 
 
 @pytest.fixture
