@@ -62,7 +62,7 @@ def test_refiner_starts_at_zero_and_learns(tiny_model: HSIVAR) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.8 * first
+    assert float(loss.detach()) < 0.8 * first
 
 
 def test_adding_ssa_leaves_a_trained_decoder_unchanged() -> None:
