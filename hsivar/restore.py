@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -131,7 +131,7 @@ class Restorer:
         """Tile side S in pixels."""
         return self.cfg.vqvae.image_size
 
-    def _autocast(self):  # noqa: ANN202 - a context manager
+    def _autocast(self) -> AbstractContextManager:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def restore(self, cube: np.ndarray | torch.Tensor, task: TaskSpec = "auto", *, overlap: int | None = None,

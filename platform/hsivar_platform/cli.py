@@ -1,0 +1,19 @@
+"""The ``hsivar`` console script: the model library's commands plus the Ray platform's.
+
+``hsivar.cli`` holds the commands that need only the model library (info, convert-var, demo, data);
+this module adds the platform's commands to the same app, so imports keep pointing one way
+(``hsivar_platform → hsivar``). Platform commands import Ray lazily, inside the command.
+"""
+
+from __future__ import annotations
+
+from hsivar.cli import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

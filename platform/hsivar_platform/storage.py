@@ -1,0 +1,162 @@
+"""Storage URIs for the platform: local paths, ``file://`` and ``s3://`` through one interface.
+
+Every location the platform reads or writes (data prefixes, checkpoints, published models,
+manifests) is a URI. ``s3://`` goes through s3fs; the endpoint comes from the usual AWS variables
+(``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, e.g. a local MinIO or moto server), so no code path
+needs a cloud account. Ray Train wants a ``pyarrow.fs`` filesystem for its ``storage_path``:
+:func:`pyarrow_filesystem` builds one with the same endpoint and credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for URIs with a non-local scheme (``s3://``, ``memory://``, …)."""
+    s = str(uri)
+    return "://" in s and not s.startswith("file://")
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint URL from the environment (``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def storage_options(uri: str | os.PathLike) -> dict[str, Any]:
+    """fsspec options for ``uri``: the S3 endpoint for ``s3://``, nothing otherwise."""
+    if str(uri).startswith(("s3://", "s3a://")):
+        endpoint = s3_endpoint()
+        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return {}
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fsspec filesystem, path inside it) for a URI or local path."""
+    s = str(uri)
+    if not is_remote(s):
+        return LocalFileSystem(), str(Path(s.removeprefix("file://")).absolute())
+    fs, path = fsspec.core.url_to_fs(s, **storage_options(s))
+    return fs, path
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path segments onto a URI or local path (always ``/`` for URIs)."""
+    s = str(base)
+    if is_remote(s):
+        return posixpath.join(s.rstrip("/"), *[p.strip("/") for p in parts])
+    return str(Path(s.removeprefix("file://"), *parts))
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URI of ``path`` inside ``fs`` (local paths stay plain paths)."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return f"{protocol}://{path.lstrip('/')}" if protocol != "memory" else f"memory://{path}"
+
+
+def list_files(prefix: str | os.PathLike, suffixes: Iterable[str] | None = None) -> list[str]:
+    """Every file under ``prefix`` (recursive, sorted URIs), optionally only those ending in ``suffixes``.
+
+    Hidden names (``.x``) and names starting with ``_`` (manifests, markers) are skipped.
+    """
+    fs, root = filesystem(prefix)
+    if not fs.exists(root):
+        return []
+    ends = tuple(s.lower() for s in suffixes) if suffixes else None
+    out = []
+    for path in fs.find(root):
+        name = posixpath.basename(path)
+        if name.startswith((".", "_")):
+            continue
+        if ends and not name.lower().endswith(ends):
+            continue
+        out.append(to_uri(fs, path))
+    return sorted(out)
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    """Whether a file or directory exists at ``uri``."""
+    fs, path = filesystem(uri)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """The whole content of the file at ``uri``."""
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` atomically: temp file + rename locally, one PUT on object stores."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        fs.pipe_file(path, data)  # a single PUT: the object appears whole or not at all
+
+
+def upload_dir(local_dir: str | os.PathLike, uri: str | os.PathLike) -> str:
+    """Copy a local directory's files to ``uri`` (each file atomically); → ``uri``."""
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file():
+            write_bytes(join(uri, path.relative_to(local_dir).as_posix()), path.read_bytes())
+    return str(uri)
+
+
+def download_dir(uri: str | os.PathLike, local_dir: str | os.PathLike | None = None) -> Path:
+    """Make the directory at ``uri`` available locally; a local URI is returned as is.
+
+    Remote directories are copied into ``local_dir`` (a new temporary directory by default).
+    """
+    if not is_remote(uri):
+        return Path(str(uri).removeprefix("file://"))
+    fs, root = filesystem(uri)
+    target = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="hsivar-"))
+    target.mkdir(parents=True, exist_ok=True)
+    for path in fs.find(root):
+        rel = posixpath.relpath(path, root)
+        dst = target / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open(path, "rb") as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out)
+    return target
+
+
+def pyarrow_filesystem(uri: str | os.PathLike) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for Ray Train's ``storage_path``; S3 uses the environment's endpoint."""
+    import pyarrow.fs as pafs
+
+    s = str(uri)
+    if s.startswith("s3://"):
+        endpoint = s3_endpoint()
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs |= {"endpoint_override": host, "scheme": scheme}
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), s.removeprefix("s3://")
+    return pafs.LocalFileSystem(), str(Path(s.removeprefix("file://")).absolute())
