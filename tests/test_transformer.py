@@ -77,6 +77,15 @@ def test_kv_cached_decoding_equals_masked_full_forward(tiny_model: HSIVAR) -> No
     assert all(b.attn.cached_k is None for b in var.blocks)
 
 
+def test_recomputing_without_cache_gives_the_same_decoding(tiny_model: HSIVAR) -> None:
+    prefix, d, _ = _inputs(tiny_model)
+    q = tiny_model.vqvae.quantize
+    cached = tiny_model.var.generate(prefix, d, q)
+    full = tiny_model.var.generate(prefix, d, q, kv_cache=False)
+    assert all(torch.equal(a, b) for a, b in zip(cached.idx, full.idx))
+    assert torch.allclose(cached.hidden_last, full.hidden_last, atol=1e-5)
+
+
 def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_model: HSIVAR) -> None:
     prefix, d, _ = _inputs(tiny_model)
     q = tiny_model.vqvae.quantize

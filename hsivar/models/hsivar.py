@@ -78,7 +78,7 @@ class HSIVAR(nn.Module):
     @torch.no_grad()
     def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, guidance: Guidance = "dag",
-                cfg_scale: float = 1.5, refine: bool = True) -> RestoreOutput:
+                cfg_scale: float = 1.5, refine: bool = True, kv_cache: bool = True) -> RestoreOutput:
         """Restore degraded tiles lq (B, C, S, S) in [0, 1].
 
         Args:
@@ -87,6 +87,7 @@ class HSIVAR(nn.Module):
             guidance: ``"dag"`` (one pass per scale) or ``"cfg"`` (an extra unconditional pass with
                 d_basic, logits (1 + t)·cond − t·uncond, t ramping to ``cfg_scale``).
             refine: add the refiner's continuous residual to f̂_K before decoding.
+            kv_cache: False recomputes the whole sequence at every scale (same result; benchmarks).
         """
         self.check_input(lq01)
         c = self.cond.encode(to_model_range(lq01))
@@ -95,7 +96,7 @@ class HSIVAR(nn.Module):
         gen = self.var.generate(
             self.cond.prefix(c), d, self.vqvae.quantize, sampling, generator,
             d_uncond_BC=self.dag.null(d.shape[0]) if guidance == "cfg" else None,
-            cfg_scale=cfg_scale if guidance == "cfg" else 0.0,
+            cfg_scale=cfg_scale if guidance == "cfg" else 0.0, kv_cache=kv_cache,
         )
         latent = gen.f_hat
         if refine:

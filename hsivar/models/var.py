@@ -255,17 +255,28 @@ class NextScaleTransformer(nn.Module):
             h = b(h, cos, sin, mask)
         return self.head_nm(h)
 
+    def recompute(self, tokens_BnC: torch.Tensor) -> torch.Tensor:
+        """The whole sequence so far through the masked blocks, no cache; (B, n, C) → normed hidden (B, n, C)."""
+        n = tokens_BnC.shape[1]
+        h = tokens_BnC
+        for b in self.blocks:
+            h = b(h, self.rope_cos[:n], self.rope_sin[:n], self.mask[:n, :n])
+        return self.head_nm(h)
+
     @torch.no_grad()
     def generate(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor, quantizer: MultiScaleQuantizer,
                  sampling: Sampling = GREEDY, generator: torch.Generator | None = None,
-                 d_uncond_BC: torch.Tensor | None = None, cfg_scale: float = 0.0) -> Generation:
-        """Autoregressive next-scale decoding with the KV cache.
+                 d_uncond_BC: torch.Tensor | None = None, cfg_scale: float = 0.0,
+                 kv_cache: bool = True) -> Generation:
+        """Autoregressive next-scale decoding, one scale per step.
 
         Args:
             prefix_BNC: (B, N_c, C) condition tokens; d_BC: (B, C) degradation embedding.
             quantizer: the VQ-VAE's quantiser (codebook and φ build each next scale's input).
             d_uncond_BC: with ``cfg_scale > 0``, classifier-free guidance: a second, unconditional
                 pass with this embedding, logits (1 + t)·cond − t·uncond, t = cfg_scale·k/(K−1).
+            kv_cache: feed only the new scale's tokens and attend to cached keys/values (default);
+                False recomputes the whole sequence at every scale (same result, for benchmarks).
         """
         B, K = prefix_BNC.shape[0], len(self.patch_nums)
         guided = d_uncond_BC is not None and cfg_scale > 0
@@ -275,12 +286,15 @@ class NextScaleTransformer(nn.Module):
         G = self.patch_nums[-1]
         f_hat = prefix_BNC.new_zeros(B, quantizer.Cvae, G, G, dtype=torch.float32)
         tokens = self.embed_sequence(prefix_BNC, d_BC, None)
-        pos, idx_all = 0, []
-        self.set_kv_caching(True)
+        seq, pos, idx_all = tokens, 0, []
+        self.set_kv_caching(kv_cache)
         try:
             for si, pn in enumerate(self.patch_nums):
-                h = self.step(tokens, pos)
-                pos += tokens.shape[1]
+                if kv_cache:
+                    h = self.step(tokens, pos)
+                    pos += tokens.shape[1]
+                else:
+                    h = self.recompute(seq)
                 h = h[:, -pn * pn:]
                 logits = self.head(h).float()
                 if guided:
@@ -294,6 +308,7 @@ class NextScaleTransformer(nn.Module):
                 if guided:
                     nxt = torch.cat([nxt, nxt])
                 tokens = self.word_embed(nxt.to(self.word_embed.weight.dtype)) + self._lvl(si + 1)
+                seq = torch.cat([seq, tokens], dim=1)
         finally:
             self.set_kv_caching(False)
         raise AssertionError("unreachable: the loop returns at the last scale")

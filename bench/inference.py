@@ -1,0 +1,167 @@
+"""Inference cost of HSI-VAR: seconds and counted FLOPs per cube, and the design choices that set them.
+
+For one S×S×C tile of a preset it reports
+  * counted forward FLOPs (``torch.utils.flop_counter`` on the meta device, every preset) of:
+    DAG + KV cache (the default), CFG (a second, unconditional pass), no KV cache (the whole
+    sequence recomputed at every scale), and a diffusion-style baseline: the same transformer run
+    for 100 steps over the full-resolution token grid (condition prefix + p_K² tokens per step);
+  * measured seconds per cube and cubes/s for the same variants and several batch sizes, on presets
+    that run on the chosen device in reasonable time (``--measure``; default: tiny everywhere,
+    small/paper on CUDA only);
+  * on CUDA, fp32 vs bf16 autocast and the achieved fraction of the device's dense bf16 peak.
+The last line printed is one JSON object with every figure.
+
+    python bench/inference.py --preset tiny
+    python bench/inference.py --preset paper --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hsivar.config import PRESETS, preset
+from hsivar.models.hsivar import HSIVAR
+
+DIFFUSION_STEPS = 100
+# Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs this project is lent, by name fragment.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
+
+
+def variants(model: HSIVAR, x: torch.Tensor) -> dict[str, callable]:
+    """The inference variants to compare, each a closure restoring tiles x (B, C, S, S)."""
+    var, cfg = model.var, model.cfg
+
+    def diffusion_style() -> None:
+        # one forward over prefix + the full-resolution token grid, DIFFUSION_STEPS times
+        c = model.cond.encode(x * 2 - 1)
+        prefix = model.cond.prefix(c)
+        grid = torch.zeros(x.shape[0], cfg.vqvae.latent_size**2, cfg.transformer.width, device=x.device,
+                           dtype=prefix.dtype)
+        seq = torch.cat([prefix, grid], dim=1)
+        n = seq.shape[1]
+        for _ in range(DIFFUSION_STEPS):
+            h = seq
+            for b in var.blocks:
+                h = b(h, var.rope_cos[:n], var.rope_sin[:n], None)
+            var.head(var.head_nm(h[:, -cfg.vqvae.latent_size**2:]))
+        model.vqvae.decode(torch.zeros_like(c))
+
+    return {
+        "dag_kv": lambda: model.restore(x, task="auto"),
+        "cfg_kv": lambda: model.restore(x, task="auto", guidance="cfg"),
+        "dag_no_kv": lambda: model.restore(x, task="auto", kv_cache=False),
+        f"diffusion_{DIFFUSION_STEPS}_steps": diffusion_style,
+    }
+
+
+def counted_tflops(name: str, bands: int) -> dict[str, float]:
+    """Forward TFLOPs per cube of every variant, counted on the meta device (batch 1)."""
+    with torch.device("meta"):
+        model = HSIVAR(preset(name, bands=bands)).eval()
+        x = torch.zeros(1, *model.cfg.cube_shape)
+    out = {}
+    for key, fn in variants(model, x).items():
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            fn()
+        out[key] = counter.get_total_flops() / 1e12
+    return out
+
+
+def timed(fn: callable, repeats: int, device: torch.device) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    fn()  # second warm-up: allocator and thread pools settle
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int], repeats: int,
+            bf16: bool) -> dict[str, dict]:
+    """Measured seconds per cube per variant and batch size (and cubes/s)."""
+    torch.manual_seed(0)
+    model = HSIVAR(preset(name, bands=bands)).to(device).eval()
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    results: dict[str, dict] = {}
+    for bs in batch_sizes:
+        x = torch.rand(bs, *model.cfg.cube_shape, device=device)
+        for key, fn in variants(model, x).items():
+            if key.startswith("diffusion") and bs != batch_sizes[0]:
+                continue
+            with ctx, torch.no_grad():
+                sec = timed(fn, repeats, device)
+            results.setdefault(key, {})[f"batch_{bs}"] = {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec}
+    return results
+
+
+def main() -> None:
+    """Parse arguments, print the figures, end with one JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=PRESETS, default="tiny")
+    ap.add_argument("--bands", type=int, default=31)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--batch-sizes", default="1,4,16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--measure", choices=("auto", "yes", "no"), default="auto",
+                    help="auto: measure tiny on any device, small/paper only on CUDA")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but no CUDA device is visible")
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    report: dict = {"preset": args.preset, "bands": args.bands, "device": args.device,
+                    "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "torch_threads": torch.get_num_threads()}
+    flops = counted_tflops(args.preset, args.bands)
+    report["counted_tflops_per_cube"] = flops
+    print(f"preset {args.preset}, {args.bands} bands, device {report['device_name']}")
+    for key, tf in flops.items():
+        print(f"  counted {key:<22} {tf:10.4f} TFLOPs/cube   ({tf / flops['dag_kv']:6.2f}× DAG+KV)")
+
+    run = args.measure == "yes" or (args.measure == "auto" and (args.preset == "tiny" or device.type == "cuda"))
+    if run:
+        sizes = [int(s) for s in args.batch_sizes.split(",")]
+        precisions = {"fp32": False, "bf16": True} if device.type == "cuda" else {"fp32": False}
+        report["measured"] = {}
+        for label, bf16 in precisions.items():
+            m = measure(args.preset, args.bands, device, sizes, args.repeats, bf16)
+            report["measured"][label] = m
+            for key, per_bs in m.items():
+                for bs, r in per_bs.items():
+                    line = f"  {label} {key:<22} {bs:<9} {r['seconds_per_cube'] * 1e3:10.2f} ms/cube " \
+                           f"{r['cubes_per_s']:9.2f} cubes/s"
+                    if device.type == "cuda":
+                        achieved = flops[key] / r["seconds_per_cube"]
+                        peak = next((p for k, p in BF16_PEAK_TFLOPS.items() if k in report["device_name"]), None)
+                        r["achieved_tflops"] = achieved
+                        if peak:
+                            r["fraction_of_bf16_peak"] = achieved / peak
+                            line += f" {achieved:7.2f} TFLOP/s ({100 * achieved / peak:.1f}% of bf16 peak)"
+                    print(line)
+        base = report["measured"]["fp32"]["dag_kv"][f"batch_{sizes[0]}"]["seconds_per_cube"]
+        ratios = {k: v[f"batch_{sizes[0]}"]["seconds_per_cube"] / base
+                  for k, v in report["measured"]["fp32"].items()}
+        report["measured_time_ratio_vs_dag_kv_fp32"] = ratios
+        shown = {k: round(v, 2) for k, v in ratios.items()}
+        print(f"  time ratios vs DAG+KV (fp32, batch {sizes[0]}): {shown}")
+    else:
+        print("  (not measured on this device: counted FLOPs only; pass --measure yes to force)")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
