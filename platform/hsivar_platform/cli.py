@@ -8,6 +8,11 @@ this module adds the platform's commands to the same app, so imports keep pointi
 from __future__ import annotations
 
 from hsivar.cli import app
+from hsivar_platform.commands_serve import register as register_serve_commands
+from hsivar_platform.commands_train import register as register_train_commands
+
+register_serve_commands(app)
+register_train_commands(app)
 
 
 def main() -> None:

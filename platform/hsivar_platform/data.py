@@ -1,0 +1,338 @@
+"""Ray Data pipelines: streaming training examples and the seeded test protocol.
+
+Training (:func:`training_dataset`), streaming and bounded in memory for prefixes far larger than RAM::
+
+    list the prefix (file names only)
+      → flat_map: one row per (uri, window) from each file's header   (no pixel is read yet)
+      → map_batches: read each window (only that block where the format allows), min–max to [0, 1],
+                     random tile crops + dihedral augmentation          (fused with the next step)
+      → map_batches: the all-in-one training degradation on CPU workers
+      → iter_torch_batches in each trainer worker (streaming_split)
+
+Every row carries at most one window; a multi-GB scene never lands in one block. A file that cannot
+be read (corrupt, wrong band count, smaller than a tile) is skipped with a logged warning naming it —
+one bad cube never stops training.
+
+Validation and evaluation (:func:`protocol_dataset`): rows (uri, index, case) of the fixed, seeded
+test protocol (:func:`hsivar.data.degrade.degrade_for_test`), read and degraded inside
+``map_batches``. Random draws of the training stream come from fresh OS entropy per task, so epochs
+differ; the protocol is reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hsivar.data.degrade import TEST_LEVELS, ProtocolCase, degrade_for_test, sample_training_degradation, test_protocol
+from hsivar.data.io import cube_shape, read_cube
+from hsivar.restore import tile_starts
+from hsivar_platform import storage
+from hsivar_platform.pipeline_config import CUBE_SUFFIXES, DataSpec, DemoData
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+MIDDLE_LEVELS: dict[str, float] = {"gaussian": 50, "complex": 2, "blur": 15, "sr": 4, "inpaint": 0.8, "bandmiss": 0.2}
+"""One level per family used by the quick validation (``val.levels: middle``)."""
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """URI prefixes of the training, validation and test cubes (val/test may be absent)."""
+
+    train: str
+    val: str | None
+    test: str | None
+
+
+# ------------------------------------------------------------------------------------------ locations
+
+
+def demo_data_uri(work_dir: str | os.PathLike, demo: DemoData, bands: int) -> str:
+    """Local folder of the demo dataset with these settings: ``<work_dir>/data/demo-<hash>``."""
+    key = json.dumps({**demo.model_dump(), "bands": bands}, sort_keys=True)
+    return os.path.join(str(work_dir), "data", "demo-" + hashlib.sha1(key.encode()).hexdigest()[:10])
+
+
+def ensure_demo_data(work_dir: str | os.PathLike, demo: DemoData, bands: int) -> str:
+    """Generate the demo dataset into the work dir on first use (reused afterwards); → its folder.
+
+    The manifest is written last by :func:`~hsivar.data.synth.make_demo_dataset`, so its presence
+    marks a complete dataset.
+    """
+    from hsivar.data.synth import make_demo_dataset
+
+    out = demo_data_uri(work_dir, demo, bands)
+    if not os.path.isfile(os.path.join(out, "manifest.json")):
+        log.info("generating the demo dataset into %s", out)
+        make_demo_dataset(out, n_train=demo.n_train, n_val=demo.n_val, n_test=demo.n_test, size=demo.size,
+                          bands=bands, format=demo.format, seed=demo.seed)
+    return out
+
+
+def resolve_splits(data: DataSpec, work_dir: str | os.PathLike, bands: int) -> DataSplits:
+    """The train / val / test prefixes of ``data.source`` (``demo`` is generated into ``work_dir``).
+
+    A source holding a ``train/`` folder is split by its ``train/``, ``val/``, ``test/`` folders;
+    otherwise the whole prefix is training data. ``data.val`` / ``data.test`` override.
+    """
+    src = ensure_demo_data(work_dir, data.demo, bands) if data.source == "demo" else data.source
+    if list_cubes(storage.join(src, "train"), data.suffixes, required=False):
+        train = storage.join(src, "train")
+        val = storage.join(src, "val") if list_cubes(storage.join(src, "val"), data.suffixes, required=False) else None
+        test = storage.join(src, "test") if list_cubes(storage.join(src, "test"), data.suffixes,
+                                                       required=False) else None
+    else:
+        train, val, test = src, None, None
+    return DataSplits(train=train, val=data.val or val, test=data.test or test)
+
+
+def list_cubes(prefix: str, suffixes: Sequence[str] = CUBE_SUFFIXES, required: bool = True) -> list[str]:
+    """Sorted URIs of the cube files under ``prefix`` (recursive; ENVI by its ``.hdr``).
+
+    Raises:
+        FileNotFoundError: ``required`` and no cube file under ``prefix`` (the message names it).
+    """
+    files = storage.list_files(prefix, suffixes)
+    if required and not files:
+        raise FileNotFoundError(f"{prefix}: no cube files ({', '.join(suffixes)}) under this prefix")
+    return files
+
+
+# ------------------------------------------------------------------------------------------ training rows
+
+
+def scene_windows(row: dict[str, Any], *, window: int, tile: int, bands: int) -> list[dict[str, Any]]:
+    """Rows ``(uri, row0, col0, size)`` covering one scene with square windows, from its header only.
+
+    Windows have side ``max(tile, min(window, H, W))``; the last window of a row/column is flush with
+    the border. An unreadable file, a band count other than ``bands`` or a scene smaller than one tile
+    yields no row and a warning naming the file.
+    """
+    uri = str(row["uri"])
+    try:
+        C, H, W = cube_shape(uri, storage_options=storage.storage_options(uri))
+    except Exception as e:  # CubeError, OSError, anything a broken file throws: skip, never stop training
+        log.warning("skipping %s: cannot read its header: %s", uri, e)
+        return []
+    if C != bands:
+        log.warning("skipping %s: %d bands, the model trains on %d", uri, C, bands)
+        return []
+    if H < tile or W < tile:
+        log.warning("skipping %s: %d×%d pixels is smaller than the %d×%d model tile", uri, H, W, tile, tile)
+        return []
+    side = max(tile, min(window, H, W))
+    return [{"uri": uri, "row0": r, "col0": c, "size": side}
+            for r in tile_starts(H, side, 0) for c in tile_starts(W, side, 0)]
+
+
+def normalise(x: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray | None:
+    """Map x to [0, 1] with ``value_range`` (min, max), or its own min–max; None for a constant x."""
+    lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    if not hi > lo:
+        return None
+    y = ((x - lo) / (hi - lo)).astype(np.float32)
+    return np.clip(y, 0.0, 1.0) if value_range is not None else y
+
+
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 dihedral transforms of the spatial axes of x (C, H, W): rot90 by k % 4, flipped if k ≥ 4."""
+    y = np.rot90(x, k % 4, axes=(1, 2))
+    return np.ascontiguousarray(y[:, :, ::-1] if k >= 4 else y)
+
+
+def read_crops(batch: dict[str, np.ndarray], *, bands: int, tile: int, crops_per_window: int, augment: bool,
+               value_range: tuple[float, float] | None) -> dict[str, np.ndarray]:
+    """Read each window of the batch and cut random ``tile``² crops from it.
+
+    Args:
+        batch: columns uri, row0, col0, size (one row per window).
+    Returns:
+        ``{"hq": (N, C, tile, tile) float32 in [0, 1]}``, N = crops_per_window × windows read; a
+        window that cannot be read is skipped with a warning.
+    """
+    rng = np.random.default_rng()
+    crops: list[np.ndarray] = []
+    for uri, r0, c0, side in zip(batch["uri"], batch["row0"], batch["col0"], batch["size"]):
+        uri = str(uri)
+        try:
+            win, _ = read_cube(uri, window=(int(r0), int(c0), int(side), int(side)),
+                               storage_options=storage.storage_options(uri))
+        except Exception as e:
+            log.warning("skipping a window of %s at (%d, %d): %s", uri, r0, c0, e)
+            continue
+        win01 = normalise(win, value_range)
+        if win01 is None:
+            continue  # a constant window teaches nothing
+        for _ in range(crops_per_window):
+            r, c = rng.integers(0, win01.shape[1] - tile + 1), rng.integers(0, win01.shape[2] - tile + 1)
+            crop = win01[:, r:r + tile, c:c + tile]
+            crops.append(dihedral(crop, int(rng.integers(8))) if augment else np.ascontiguousarray(crop))
+    if not crops:
+        return {"hq": np.zeros((0, bands, tile, tile), np.float32)}
+    return {"hq": np.stack(crops)}
+
+
+def degrade_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Apply the training degradation sampler to each clean crop.
+
+    Returns:
+        ``hq`` (N, C, S, S) and ``lq`` (N, C, S, S) float32 — clean in [0, 1], degraded (may leave
+        [0, 1]: noise is not clipped) — and ``task_weights`` (N, 6) float32 (one-hot task).
+    """
+    hq = batch["hq"]
+    rng = np.random.default_rng()
+    lq, weights = [], []
+    for crop in hq:
+        degraded, record = sample_training_degradation(crop, rng)
+        lq.append(np.asarray(degraded, dtype=np.float32))
+        weights.append(record.weights.astype(np.float32))
+    if not lq:
+        return {"hq": hq, "lq": hq.copy(), "task_weights": np.zeros((0, 6), np.float32)}
+    return {"hq": hq, "lq": np.stack(lq), "task_weights": np.stack(weights)}
+
+
+def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: int) -> ray.data.Dataset:
+    """The streaming training dataset of ``files`` (see the module docstring).
+
+    Args:
+        files: cube URIs (:func:`list_cubes`).
+        data: windows, crops, augmentation, normalisation.
+        bands: the model's band count (other counts are skipped with a warning).
+        tile: the model's tile side S (``cfg.vqvae.image_size``).
+    Returns:
+        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32 and ``task_weights`` (6,).
+    """
+    import ray.data
+
+    if not files:
+        raise ValueError("training_dataset: no files")
+    ds = ray.data.from_items([{"uri": u} for u in files], override_num_blocks=min(len(files), 64))
+    ds = ds.flat_map(scene_windows, fn_kwargs={"window": data.window, "tile": tile, "bands": bands})
+    ds = ds.map_batches(read_crops, batch_size=1, concurrency=data.read_concurrency,
+                        fn_kwargs={"bands": bands, "tile": tile, "crops_per_window": data.crops_per_window,
+                                   "augment": data.dihedral, "value_range": data.value_range})
+    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8))
+
+
+# ------------------------------------------------------------------------------------------ protocol
+
+
+def protocol_cases(levels: str = "all") -> list[ProtocolCase]:
+    """The test protocol's cases: all 19, or one middle level per family (``"middle"``)."""
+    cases = list(test_protocol())
+    if levels == "middle":
+        return [c for c in cases if float(c.level) == float(MIDDLE_LEVELS[c.task])]
+    if levels != "all":
+        raise ValueError(f"levels must be 'all' or 'middle', got {levels!r}")
+    return cases
+
+
+def protocol_rows(files: Sequence[str], cases: Sequence[ProtocolCase]) -> list[dict[str, Any]]:
+    """One row per (cube, case): ``uri, index, task, level, case`` (index = position of the cube in ``files``)."""
+    return [{"uri": str(u), "index": i, "task": c.task, "level": float(c.level), "case": c.name}
+            for i, u in enumerate(files) for c in cases]
+
+
+def _centre_window(shape: tuple[int, int, int], crop: int | None) -> tuple[int, int, int, int] | None:
+    if crop is None:
+        return None
+    _, H, W = shape
+    h, w = min(crop, H), min(crop, W)
+    return ((H - h) // 2, (W - w) // 2, h, w)
+
+
+def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int = 2024,
+                 norm_window: int | None = None) -> dict[str, Any] | None:
+    """Read one cube (its centre ``crop``² when given), normalise it to [0, 1] and apply one protocol case.
+
+    The min–max normalisation uses the centre ``max(crop, norm_window)``² region (validation passes
+    the training window, so tiles are scaled as in training), then the centre ``crop``² is kept.
+
+    Returns:
+        The row plus ``clean`` and ``degraded`` (C, H, W) float32, ``task_weights`` (6,),
+        ``band_mask`` (C,) bool (the bands scored: the missing ones for bandmiss, else all) and
+        ``ergas_ratio`` (1/s for sr, else 1); None (with a warning) when the cube cannot be used.
+    """
+    uri = str(row["uri"])
+    opts = storage.storage_options(uri)
+    try:
+        shape = cube_shape(uri, storage_options=opts)
+        if shape[0] != bands:
+            raise ValueError(f"{shape[0]} bands, the model restores {bands}")
+        region = None if crop is None else max(crop, norm_window or 0)
+        cube, _ = read_cube(uri, window=_centre_window(shape, region), storage_options=opts)
+    except Exception as e:
+        log.warning("skipping %s in the test protocol: %s", uri, e)
+        return None
+    clean = normalise(cube, None)
+    if clean is not None and crop is not None:
+        r0, c0, h, w = _centre_window(clean.shape, crop)  # type: ignore[misc]
+        clean = np.ascontiguousarray(clean[:, r0:r0 + h, c0:c0 + w])
+    if clean is None:
+        log.warning("skipping %s in the test protocol: constant cube", uri)
+        return None
+    task = str(row["task"])
+    level: float | int = int(row["level"]) if task in ("complex", "blur", "sr") else float(row["level"])
+    degraded, record = degrade_for_test(clean, task, level, seed=seed, index=int(row["index"]))
+    mask = record.band_mask
+    return {**{k: row[k] for k in ("uri", "index", "task", "level", "case")},
+            "clean": clean, "degraded": np.asarray(degraded, dtype=np.float32),
+            "task_weights": record.weights.astype(np.float32),
+            "band_mask": np.ones(clean.shape[0], bool) if mask is None else mask,
+            "ergas_ratio": float(1.0 / record.scale) if record.scale else 1.0}
+
+
+def degrade_cases(batch: dict[str, np.ndarray], *, bands: int, crop: int | None, seed: int = 2024,
+                  norm_window: int | None = None) -> dict[str, Any]:
+    """``map_batches`` form of :func:`degrade_case` (rows that fail are dropped)."""
+    n = len(batch["uri"])
+    rows = [degrade_case({k: v[i] for k, v in batch.items()}, bands=bands, crop=crop, seed=seed,
+                         norm_window=norm_window) for i in range(n)]
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return {}
+    return {k: np.stack([r[k] for r in rows]) if isinstance(rows[0][k], np.ndarray) else np.array([r[k] for r in rows])
+            for k in rows[0]}
+
+
+def protocol_dataset(files: Sequence[str], cases: Sequence[ProtocolCase], *, bands: int, crop: int | None,
+                     seed: int = 2024, norm_window: int | None = None) -> ray.data.Dataset:
+    """The seeded test protocol over ``files`` as a Ray Dataset (read and degraded in ``map_batches``).
+
+    Args:
+        crop: centre crop side in pixels (validation: the model tile), None for whole cubes.
+        norm_window: side of the centre region whose min–max normalises the crop (default: the crop).
+    Returns:
+        Rows of :func:`degrade_case` (one per cube and case, in a stable order).
+    """
+    import ray.data
+
+    rows = protocol_rows(files, cases)
+    if not rows:
+        raise ValueError("protocol_dataset: no (cube, case) rows")
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 32))
+    return ds.map_batches(degrade_cases, batch_size=1, fn_kwargs={"bands": bands, "crop": crop, "seed": seed,
+                                                                  "norm_window": norm_window})
+
+
+def case_level(task: str, level: float) -> float | int:
+    """The protocol level in its natural type (ints for complex case, blur kernel, sr scale)."""
+    return int(level) if task in ("complex", "blur", "sr") else float(level)
+
+
+__all__ = [
+    "MIDDLE_LEVELS", "TEST_LEVELS", "DataSplits", "case_level", "degrade_case", "degrade_cases", "degrade_batch",
+    "demo_data_uri", "dihedral", "ensure_demo_data", "list_cubes", "normalise", "protocol_cases",
+    "protocol_dataset", "protocol_rows", "read_crops", "resolve_splits", "scene_windows", "training_dataset",
+]
