@@ -202,7 +202,7 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    gcs, dash = free_port(), free_port()
+    gcs, dash, agent_http, agent_grpc, client_port = (free_port() for _ in range(5))
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
            "RAY_ACCEPT_CLOUD_OBJECT_STORE_MEMORY_LIMIT": "1"}
@@ -212,6 +212,8 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--ray-client-server-port={client_port}",
          "--object-store-memory=300000000", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -230,7 +232,12 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
                "--set", f"data.source={demo_local}", "--set", f"run.work_dir={tmp_path}", "--run.name", "job",
                "--train.vqvae.steps", "2", "--tracking.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db",
                *[f"--set={o}" for o in TINY]]
-        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+        deadline = time.time() + 120
+        while True:  # `job list` answers before the head's job agent registers: retry until it accepts
+            job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+            if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout.lower()
         assert '"completed": true' in job.stdout
