@@ -12,6 +12,7 @@ from hsivar_platform.data import (
     list_cubes,
     protocol_cases,
     protocol_dataset,
+    random_gain,
     read_crops,
     resolve_splits,
     scene_windows,
@@ -116,6 +117,17 @@ def test_dihedral_gives_eight_distinct_transforms() -> None:
     x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
     outs = {dihedral(x, k).tobytes() for k in range(8)}
     assert len(outs) == 8
+
+
+def test_random_gain_spans_its_range_and_never_leaves_unit_range() -> None:
+    rng = np.random.default_rng(0)
+    dark = np.full((3, 4, 4), 0.2, np.float32)
+    gains = np.array([random_gain(dark, (0.5, 2.0), rng)[0, 0, 0] / 0.2 for _ in range(400)])
+    assert gains.min() < 0.6 and gains.max() > 1.8 and np.all((gains >= 0.5 - 1e-6) & (gains <= 2 + 1e-6))
+    bright = np.linspace(0, 0.9, 48, dtype=np.float32).reshape(3, 4, 4)
+    outs = [random_gain(bright, (0.5, 2.0), rng) for _ in range(200)]
+    assert all(o.max() <= 1.0 + 1e-6 and o.dtype == np.float32 for o in outs)
+    assert max(o.max() for o in outs) == pytest.approx(1.0, abs=1e-6)  # capped at 1 / peak, not clipped
 
 
 def test_training_stream_from_s3_skips_corrupt_and_mismatched_cubes(ray_cluster, s3_bucket: str) -> None:

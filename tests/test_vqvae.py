@@ -85,6 +85,19 @@ def test_straight_through_vq_loss_and_usage(tiny_cfg) -> None:
     assert all(0 < n <= 4 * p * p for n, p in zip(out.quant.codes_used, tiny_cfg.vqvae.patch_nums))
 
 
+def test_fresh_codebook_is_near_zero_and_usage_spreads(tiny_cfg) -> None:
+    """VAR's U(−1/V, 1/V) codebook init: a fresh encoder's residuals pick many entries, not one or two."""
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg.vqvae).eval()
+    V = tiny_cfg.vqvae.vocab_size
+    assert model.quantize.embedding.weight.abs().max() <= 1 / V
+    x = torch.rand(4, tiny_cfg.bands, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        used = model(x).quant.codes_used
+    last = tiny_cfg.vqvae.patch_nums[-1]
+    assert used[-1] >= min(V, 4 * last * last) // 4, used  # N(0, 1) entries: 17 of 128 here
+
+
 def test_teacher_forcing_input_matches_autoregressive_steps(tiny_cfg) -> None:
     """idx_to_var_input (training) and next_input (inference) build the same scale inputs."""
     torch.manual_seed(1)

@@ -79,6 +79,10 @@ class MultiScaleQuantizer(nn.Module):
         count = cfg.share_quant_resi or len(self.patch_nums)
         self.quant_resi = PhiSelector(cfg.z_channels, cfg.quant_resi, count)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)
+        # VAR's eini(-1): entries ~ U(-1/V, 1/V). nn.Embedding's N(0, 1) entries (norm ≈ √Cvae) sit far from
+        # a fresh encoder's small latents, so one or two are nearest to every residual, the rest never get a
+        # gradient and the codebook collapses; near-zero entries are picked by direction and usage spreads.
+        nn.init.uniform_(self.embedding.weight, -1.0 / cfg.vocab_size, 1.0 / cfg.vocab_size)
         # VAR's name: EMA of codebook hits per scale, for usage monitoring only (no EMA codebook).
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), cfg.vocab_size))
         self.register_buffer("hit_updates", torch.zeros((), dtype=torch.long), persistent=False)

@@ -151,9 +151,19 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(y[:, :, ::-1] if k >= 4 else y)
 
 
+def random_gain(x: np.ndarray, gain: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """x (C, H, W) in [0, 1] times a gain log-uniform in ``gain`` = (lo, hi), capped at 1 / max(x) (stays ≤ 1)."""
+    g = float(np.exp(rng.uniform(np.log(gain[0]), np.log(gain[1]))))
+    peak = float(x.max())
+    if peak > 0:
+        g = min(g, 1.0 / peak)
+    return (x * np.float32(g)).astype(np.float32)
+
+
 def read_crops(batch: dict[str, np.ndarray], *, bands: int, tile: int, crops_per_window: int, augment: bool,
-               value_range: tuple[float, float] | None) -> dict[str, np.ndarray]:
-    """Read each window of the batch and cut random ``tile``² crops from it.
+               value_range: tuple[float, float] | None,
+               gain: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """Read each window of the batch and cut random ``tile``² crops from it (dihedral + gain augmentation).
 
     Args:
         batch: columns uri, row0, col0, size (one row per window).
@@ -177,7 +187,8 @@ def read_crops(batch: dict[str, np.ndarray], *, bands: int, tile: int, crops_per
         for _ in range(crops_per_window):
             r, c = rng.integers(0, win01.shape[1] - tile + 1), rng.integers(0, win01.shape[2] - tile + 1)
             crop = win01[:, r:r + tile, c:c + tile]
-            crops.append(dihedral(crop, int(rng.integers(8))) if augment else np.ascontiguousarray(crop))
+            crop = dihedral(crop, int(rng.integers(8))) if augment else np.ascontiguousarray(crop)
+            crops.append(random_gain(crop, gain, rng) if gain is not None else crop)
     if not crops:
         return {"hq": np.zeros((0, bands, tile, tile), np.float32)}
     return {"hq": np.stack(crops)}
@@ -221,7 +232,8 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
     ds = ds.flat_map(scene_windows, fn_kwargs={"window": data.window, "tile": tile, "bands": bands})
     ds = ds.map_batches(read_crops, batch_size=1, concurrency=data.read_concurrency,
                         fn_kwargs={"bands": bands, "tile": tile, "crops_per_window": data.crops_per_window,
-                                   "augment": data.dihedral, "value_range": data.value_range})
+                                   "augment": data.dihedral, "value_range": data.value_range,
+                                   "gain": data.gain})
     return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8))
 
 
@@ -333,6 +345,6 @@ def case_level(task: str, level: float) -> float | int:
 
 __all__ = [
     "MIDDLE_LEVELS", "TEST_LEVELS", "DataSplits", "case_level", "degrade_case", "degrade_cases", "degrade_batch",
-    "demo_data_uri", "dihedral", "ensure_demo_data", "list_cubes", "normalise", "protocol_cases",
+    "demo_data_uri", "dihedral", "random_gain", "ensure_demo_data", "list_cubes", "normalise", "protocol_cases",
     "protocol_dataset", "protocol_rows", "read_crops", "resolve_splits", "scene_windows", "training_dataset",
 ]

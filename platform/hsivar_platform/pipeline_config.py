@@ -124,12 +124,18 @@ class DataSpec(_Strict):
         None, description="(min, max) of the source units mapped to [0, 1]; default: min-max of each window"
     )
     dihedral: bool = Field(True, description="random rotations by 90° and flips")
+    gain: tuple[float, float] | None = Field(
+        (0.5, 2.0), description="random brightness gain per crop, log-uniform in (lo, hi) and capped so the "
+        "crop stays in [0, 1]: scenes differ in illumination and normalisation, and a model trained on a few "
+        "dark scenes otherwise fails on brighter ones. null: off")
     read_concurrency: int | None = Field(None, ge=1, description="max parallel read tasks (Ray Data)")
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
         if self.value_range is not None and not self.value_range[1] > self.value_range[0]:
             raise ValueError(f"value_range must be (min, max) with max > min, got {self.value_range}")
+        if self.gain is not None and not 0 < self.gain[0] <= self.gain[1]:
+            raise ValueError(f"gain must be (lo, hi) with 0 < lo <= hi, got {self.gain}")
         return self
 
 
@@ -168,9 +174,6 @@ class TrainSpec(_Strict):
     log_every: int = Field(10, ge=1, description="steps between metric logs (rank 0)")
     val_every: int | None = Field(None, ge=1, description="steps between validations; default only at the stage end")
     seed: int = 0
-    codebook_init: float | None = Field(
-        1.0, gt=0, description="stage 1 from scratch: codebook ~ U(-a/V, a/V) (VAR's eini(-a)); null keeps "
-        "nn.Embedding's N(0, 1), whose codes sit far from the small initial latents so all but a few die")
     stop_after: int | None = Field(
         None, ge=1, description="end this job after this many steps of a stage (checkpoint kept); a rerun with "
         "the same run name resumes. For time-boxed jobs and the resume test")

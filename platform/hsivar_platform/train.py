@@ -411,19 +411,6 @@ def load_init_weights(model: HSIVAR, uri: str) -> dict[str, Any]:
     return doc
 
 
-def init_codebook(model: HSIVAR, a: float) -> None:
-    """Codebook entries ~ U(−a/V, a/V) (VAR's ``eini(−a)``), before stage 1 starts from scratch.
-
-    With the default N(0, 1) entries (norm ≈ √Cvae) and a freshly initialised encoder whose latents
-    are small, one or two entries are nearest to every residual and the rest never receive a gradient:
-    the codebook collapses and the reconstruction stops depending on the input. Near-zero entries are
-    chosen by direction instead, so usage starts spread over the codebook.
-    """
-    V = model.cfg.vqvae.vocab_size
-    with torch.no_grad():
-        model.vqvae.quantize.embedding.weight.uniform_(-a / V, a / V)
-
-
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
     if torch.cuda.is_available():
@@ -511,8 +498,11 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
             clean = torch.from_numpy(np.ascontiguousarray(b["clean"])).float().to(device)
             lq = torch.from_numpy(np.ascontiguousarray(b["degraded"])).float().to(device)
             if stage == "vqvae":
-                keep = [i for i, u in enumerate(b["uri"]) if str(u) not in seen]
-                seen.update(str(b["uri"][i]) for i in keep)
+                keep = []
+                for i, u in enumerate(b["uri"]):  # one reconstruction per cube (rows repeat it per case)
+                    if str(u) not in seen:
+                        seen.add(str(u))
+                        keep.append(i)
                 if not keep:
                     continue
                 with autocast():
@@ -576,8 +566,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = HSIVAR(mcfg)
     if config.get("init_uri"):
         load_init_weights(model, config["init_uri"])
-    elif stage == "vqvae" and cfg.train.codebook_init:
-        init_codebook(model, cfg.train.codebook_init)
     params = prepare_stage(model, stage)  # type: ignore[arg-type]
     model.to(device)
     opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
@@ -759,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "EMA", "PipelineResult", "StageResult", "StageStep", "build_parser", "ensure_ray", "init_codebook",
+    "EMA", "PipelineResult", "StageResult", "StageStep", "build_parser", "ensure_ray",
     "load_checkpoint", "load_init_weights", "lr_factor", "main", "publish_dir", "published_doc", "run_stage",
     "save_checkpoint", "stage_init_uri", "train_loop_per_worker", "train_pipeline", "validate", "WEIGHTS_FILE",
 ]
