@@ -21,6 +21,7 @@ from hsivar_platform.batch import (
     UnsafeKeyError,
     output_checksum,
     parse_task,
+    parse_value_range,
     read_manifest,
     relative_key,
     run_batch,
@@ -67,6 +68,12 @@ def test_task_option_and_safe_keys(tmp_path: Path) -> None:
             parse_task(bad)
     with pytest.raises(ValueError, match="unknown task"):
         BatchOptions(input="a", output="b", model="m", task="nope")
+    assert parse_value_range("0,10000") == (0.0, 10000.0) and parse_value_range(None) is None
+    for bad in ("1,0", "0", "a,b", "0,1,2"):
+        with pytest.raises(ValueError, match="LO,HI"):
+            parse_value_range(bad)
+    with pytest.raises(ValueError, match="hi > lo"):
+        BatchOptions(input="a", output="b", model="m", value_range=(1.0, 1.0))
 
     with pytest.raises(ValueError, match="must differ"):
         run_batch(BatchOptions(input=str(tmp_path), output=f"{tmp_path}/", model="nowhere"))
@@ -206,7 +213,7 @@ def test_batch_on_s3_with_uncertainty_matches_restorer(
         write_cube(storage.join(s3_bucket, key), cube, storage_options=storage.storage_options(s3_bucket))
     model = storage.upload_dir(published_tiny, storage.join(s3_bucket, "models", "tiny8"))
     options = BatchOptions(input=f"{s3_bucket}/raw/", output=f"{s3_bucket}/restored/", model=model, samples=2,
-                           seed=7, uncertainty=True)
+                           seed=7, uncertainty=True, value_range=(0.0, 50.0))
     report = run_batch(options)
     assert (report.ok, report.failed, report.processed) == (2, 0, 2), report.failures
 
@@ -221,7 +228,7 @@ def test_batch_on_s3_with_uncertainty_matches_restorer(
         opts = storage.storage_options(s3_bucket)
         restored, _ = read_cube(row["output_uri"], storage_options=opts)
         std, _ = read_cube(row["uncertainty_uri"], storage_options=opts)
-        ref, ref_std = _reference(published_tiny, cube, samples=2, seed=7)
+        ref, ref_std = _reference(published_tiny, cube, samples=2, seed=7, value_range=(0.0, 50.0))
         _close(restored, ref)
         _close(std, ref_std)
     assert run_batch(options).already_done == 2  # nothing left to do

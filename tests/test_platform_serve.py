@@ -118,6 +118,13 @@ def test_npy_round_trip_equals_restorer(client: httpx.Client, published_tiny: Pa
     _close(restored, _reference(published_tiny, cube, task={"blur": 0.5, "sr": 0.5}).cube)
     assert r.headers["x-hsivar-task"] in ("blur", "sr")
 
+    # value_range: the input's units mapped to [0, 1] instead of the cube's own min–max
+    r = client.post("/v1/restore", params={"value_range": "0,1000", "task": "gaussian"}, content=_npy(cube),
+                    headers=NPY)
+    assert r.status_code == 200, r.text
+    restored = np.load(io.BytesIO(r.content), allow_pickle=False)
+    _close(restored, _reference(published_tiny, cube, task="gaussian", value_range=(0.0, 1000.0)).cube)
+
 
 def test_geotiff_round_trip_keeps_georeferencing(client: httpx.Client, published_tiny: Path) -> None:
     cube = np.random.default_rng(1).integers(200, 3000, (8, 36, 44)).astype(np.uint16)
@@ -188,6 +195,8 @@ def test_bad_requests_answer_4xx_json_and_the_replica_survives(
         (422, _npy(good), NPY, {"samples": 99}, "samples"),
         (422, _npy(good), NPY, {"format": "png"}, "unknown format"),
         (422, _npy(good), NPY, {"uncertainty": "true"}, "samples ≥ 2"),
+        (422, _npy(good), NPY, {"value_range": "1,0"}, "value_range must be LO,HI"),
+        (422, _npy(good), NPY, {"value_range": "zero"}, "value_range must be LO,HI"),
     ]
     for status, body, headers, params, message in cases:
         r = client.post("/v1/restore", content=body, headers=headers, params=params)

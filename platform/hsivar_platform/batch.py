@@ -159,7 +159,7 @@ def _nodata_mask(cube: np.ndarray, nodata: float | None) -> np.ndarray | None:
 
 
 def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap: int,
-                 nodata: float | None = None) -> PreparedCube:
+                 nodata: float | None = None, value_range: tuple[float, float] | None = None) -> PreparedCube:
     """Validate, normalise and tile one cube exactly as :meth:`Restorer.restore` does.
 
     Args:
@@ -167,6 +167,9 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
         tile, overlap: the model's tile side S and the overlap (0 ≤ overlap < S).
         nodata: voxels equal to it (NaN allowed) are excluded from the min–max range, restored as the
             range minimum and written back as nodata by :func:`finish_cube`.
+        value_range: (lo, hi) in the input's units mapped to [0, 1] — the clean data's range (e.g. (0, 1)
+            for reflectance). Default: the cube's own min–max, which noise or outliers stretch: a noisy
+            cube then comes out darker and shifted, so pass the range whenever it is known.
     Raises:
         RestoreInputError: not 3-D, wrong band count, empty, non-finite values (other than nodata),
             every voxel nodata, or a bad overlap — the messages of :class:`Restorer`.
@@ -188,14 +191,19 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
     n_bad = int(bad.sum())
     if n_bad:
         raise RestoreInputError(f"cube has {n_bad} non-finite values (NaN/Inf)")
+    if value_range is not None and not float(value_range[1]) > float(value_range[0]):
+        raise RestoreInputError(f"value_range must be (lo, hi) with hi > lo, got {tuple(value_range)}")
     if mask is not None:
         valid = x[~torch.from_numpy(mask)]
         if valid.numel() == 0:
             raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
         lo, hi = float(valid.min()), float(valid.max())
+        if value_range is not None:
+            lo, hi = float(value_range[0]), float(value_range[1])
         x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
     else:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = (float(value_range[0]), float(value_range[1])) if value_range is not None else \
+            (float(x.min()), float(x.max()))
     scale = (hi - lo) if hi > lo else 1.0
     x01 = (x - lo) / scale
     # The padding and tile order of hsivar.restore.blend_tiles.
@@ -385,6 +393,20 @@ def _meta_from_json(text: str) -> CubeMeta:
 # Options, manifest
 
 
+def parse_value_range(text: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` (input units) → (lo, hi); None or "" → None. Raises ValueError naming the text."""
+    if text is None or not text.strip():
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        lo = hi = None
+    if lo is None or hi is None or not hi > lo:
+        raise ValueError(f"value_range must be LO,HI with HI > LO, got {text!r}")
+    return lo, hi
+
+
 class BatchOptions(BaseModel):
     """Options of a batch restoration (the ``hsivar restore`` / ``jobs/restore_batch.py`` flags)."""
 
@@ -398,6 +420,9 @@ class BatchOptions(BaseModel):
     overlap: int | None = Field(None, ge=0, description="tile overlap in pixels (default: tile/4)")
     samples: int = Field(1, ge=1, description="decodings per cube; >1 samples with top-p 0.9")
     seed: int = Field(0, description="seed of the first sample")
+    value_range: tuple[float, float] | None = Field(
+        None, description="(lo, hi) input units mapped to [0, 1], e.g. 0 1 for reflectance; default each cube's "
+        "own min–max (noise stretches it: pass the range when it is known)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     uncertainty: bool = Field(False, description="write <stem>.std<ext> (needs samples > 1)")
     output_dtype: Literal["source", "float32"] = Field("source", description="dtype of the outputs")
@@ -410,6 +435,13 @@ class BatchOptions(BaseModel):
     fail_on_error: bool = Field(False, description="exit non-zero when any input failed")
     manifest_interval_s: float = Field(2.0, ge=0, description="least seconds between manifest rewrites")
     progress_interval_s: float = Field(5.0, ge=0, description="least seconds between progress log lines")
+
+    @field_validator("value_range")
+    @classmethod
+    def _value_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[1] > v[0]:
+            raise ValueError(f"value_range must be (lo, hi) with hi > lo, got {v}")
+        return v
 
     @field_validator("task")
     @classmethod
@@ -491,7 +523,8 @@ def _str(batch: Mapping[str, Any], key: str) -> str:
     return str(_first(batch, key))
 
 
-def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int) -> dict[str, np.ndarray]:
+def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int,
+                  value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """Stage 1 (CPU task): read one input, normalise and tile it; errors become the row's ``error``."""
     t0 = time.perf_counter()
     src = _str(batch, "input_uri")
@@ -499,7 +532,7 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
     try:
         cube, meta = read_cube(src, storage_options=storage.storage_options(src), allow_nonfinite=True)
         shape = cube.shape
-        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata)
+        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata, value_range=value_range)
     except Exception as exc:  # one bad file is a manifest row, never a failed job
         error, skip = _describe(exc, src), isinstance(exc, NothingToRestore)
     empty = torch.zeros((0, bands, tile, tile))
@@ -838,7 +871,8 @@ def _run_pipeline(options: BatchOptions, todo: list[_Input], manifest: dict[str,
     items = [{"input_uri": i.uri, "output_uri": i.out,
               "uncertainty_uri": uncertainty_uri(i.out) if options.uncertainty else ""} for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
-    ds = ds.map_batches(read_and_tile, batch_size=1, fn_kwargs={"bands": bands, "tile": tile, "overlap": overlap},
+    ds = ds.map_batches(read_and_tile, batch_size=1, fn_kwargs={"bands": bands, "tile": tile, "overlap": overlap,
+                                                           "value_range": options.value_range},
                         num_cpus=1, runtime_env=runtime_env)
     ds = ds.map_batches(
         TileRestorer, batch_size=1,

@@ -39,6 +39,8 @@ def restore_command(
     overlap: Annotated[int | None, typer.Option(min=0, help="tile overlap in pixels (default: tile/4)")] = None,
     samples: Annotated[int, typer.Option(min=1, help="decodings per cube (>1: seeded top-p sampling)")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the first sample")] = 0,
+    value_range: Annotated[str | None, typer.Option(
+        help="LO,HI: input units mapped to [0, 1], e.g. 0,1 for reflectance (default: each cube's min–max)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 8,
     uncertainty: Annotated[bool, typer.Option(help="also write <stem>.std<ext> (needs --samples ≥ 2)")] = False,
     output_dtype: Annotated[str, typer.Option(help="source (the input's dtype) or float32")] = "source",
@@ -58,13 +60,18 @@ def restore_command(
     """Restore every cube under --input into --output (resumable; see _manifest.parquet)."""
     from pydantic import ValidationError
 
-    from hsivar_platform.batch import BatchOptions, run_batch
+    from hsivar_platform.batch import BatchOptions, parse_value_range, run_batch
 
     _setup_logging(log_level)
     try:
+        vrange = parse_value_range(value_range)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--value-range") from None
+    try:
         options = BatchOptions(
             input=input, output=output, model=model, task=task, tile=tile, overlap=overlap, samples=samples,
-            seed=seed, batch_size=batch_size, uncertainty=uncertainty, output_dtype=output_dtype, actors=actors,
+            seed=seed, value_range=vrange, batch_size=batch_size, uncertainty=uncertainty,
+            output_dtype=output_dtype, actors=actors,
             min_actors=min_actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
             memory_per_actor_gb=memory_per_actor_gb, force=force,
             fail_on_error=fail_on_error, manifest_interval_s=manifest_interval_s,

@@ -4,6 +4,7 @@ Routes (one deployment, :class:`HSIVARService`, FastAPI ingress)::
 
     POST /v1/restore   body: the cube (Content-Type application/x-npy, image/tiff or application/x-hdf5)
                        query: task (auto | family | gaussian:0.7,blur:0.3), tile, overlap, samples, seed,
+                              value_range (LO,HI input units mapped to [0, 1]; default the cube's min–max),
                               format (npy | tiff | h5; default: the request's), dtype (source | float32),
                               uncertainty (true: add dataset "std", HDF5 only), dataset (HDF5 input)
                        → the restored cube in the requested format, headers X-HSIVAR-Task (the task used),
@@ -56,6 +57,7 @@ from hsivar_platform.batch import (
     dominant_task,
     model_autocast,
     parse_task,
+    parse_value_range,
     prepare_cube,
     restore_tiles,
 )
@@ -300,6 +302,10 @@ class HSIVARService:
         if not 1 <= samples <= self.settings.max_samples:
             raise _ApiError(422, f"samples must be in [1, {self.settings.max_samples}], got {samples}")
         seed = _int(q, "seed", 0)
+        try:
+            value_range = parse_value_range(q.get("value_range"))
+        except ValueError as exc:
+            raise _ApiError(422, str(exc)) from None
         fmt_out = output_format(q.get("format"), fmt_in)
         dtype_opt = (q.get("dtype") or "source").lower()
         if dtype_opt not in ("source", "float32"):
@@ -313,7 +319,7 @@ class HSIVARService:
             decode_cube, body, fmt_in, bands=self.restorer.bands, max_values=self.settings.max_cube_values,
             dataset=q.get("dataset") or None)
         del body
-        prep = await asyncio.to_thread(prepare_cube, cube, self.restorer.bands, S, overlap, meta.nodata)
+        prep = await asyncio.to_thread(prepare_cube, cube, self.restorer.bands, S, overlap, meta.nodata, value_range)
         t_decoded = time.perf_counter()
 
         if samples == 1:
