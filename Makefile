@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/hsivar demo --out work/demo
+	HF_HUB_OFFLINE=1 AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/hsivar demo --out work/demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

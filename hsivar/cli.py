@@ -2,7 +2,6 @@
 
 ``hsivar info``         parameters, tokens and counted FLOPs of a preset
 ``hsivar convert-var``  start a model from the released VAR checkpoints (local files)
-``hsivar demo``         a tiny end-to-end run on one machine: data → 3 stages → publish → restore
 ``hsivar data …``       the embedded demo dataset
 """
 
@@ -73,18 +72,6 @@ def convert_var(
     save_published(model, out, stage="init", metadata={"from_var": {"vae": str(vae), "var": str(var)}})
     typer.echo(f"loaded {len(report.loaded)}, adapted {len(report.adapted)}, dropped {len(report.dropped)}, "
                f"fresh {len(report.fresh)} tensors; published to {out}")
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="work directory for data, weights and report")] = Path("work/demo"),
-    quick: Annotated[bool, typer.Option(help="fewer steps (CI)")] = False,
-    seed: int = 0,
-) -> None:
-    """Tiny end-to-end run on this machine: demo cubes → 3 training stages → publish → restore."""
-    from hsivar.demo import run_demo
-
-    run_demo(out, quick=quick, seed=seed, echo=typer.echo)
 
 
 def main() -> None:
