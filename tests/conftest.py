@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -36,23 +37,12 @@ def tiny_model(tiny_cfg: ModelConfig) -> HSIVAR:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> str:
+def s3_server() -> Iterator[str]:
     """A local S3-compatible server (moto) on 127.0.0.1; → its endpoint URL, exported as AWS_ENDPOINT_URL."""
-    import logging
+    from hsivar_platform.storage import local_s3_server
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-    })
-    yield endpoint
-    server.stop()
+    with local_s3_server("testing", "testing") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

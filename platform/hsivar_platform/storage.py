@@ -13,7 +13,8 @@ import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,30 @@ def pyarrow_filesystem(uri: str | os.PathLike) -> tuple[Any, str]:
             kwargs["region"] = region
         return pafs.S3FileSystem(**kwargs), s.removeprefix("s3://")
     return pafs.LocalFileSystem(), str(Path(s.removeprefix("file://")).absolute())
+
+
+@contextmanager
+def local_s3_server(access_key: str = "local", secret_key: str = "local") -> Iterator[str]:
+    """A local S3-compatible server (moto, in-process threads) on 127.0.0.1 and a free port; → its endpoint URL.
+
+    For tests and benchmarks (needs the ``dev`` extra's ``moto[server]``). Exports ``AWS_ENDPOINT_URL``,
+    the given dummy credentials, a region and ``AWS_EC2_METADATA_DISABLED=true`` into ``os.environ``,
+    so start it before Ray: Ray workers inherit the driver's environment. Stops the server on exit.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update({
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    try:
+        yield endpoint
+    finally:
+        server.stop()

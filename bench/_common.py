@@ -1,0 +1,148 @@
+"""Helpers shared by the Ray benchmarks (bench/pipeline.py, bench/serve.py, bench/train.py).
+
+Not a benchmark itself: the machine description every bench puts in its JSON line, the local Ray
+they all start, the embedded S3 server and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Benchmarks never reach the network: no Hugging Face lookups, no EC2 metadata probes by botocore.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """What the figures were measured on: CPU model and cores, memory, torch / Ray / Python versions, device,
+    and the system load average when called (at the end of a run)."""
+    import ray
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(),
+        "os": platform.platform(terse=True), "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    }
+    try:  # others' work on a shared machine: read the figures with this in mind
+        info["load_average_1_5_15m"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
+def check_device(device: str) -> None:
+    """Exit with a message when ``device`` is cuda but no CUDA device is visible."""
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda but no CUDA device is visible")
+
+
+def init_ray(num_cpus: int | None = None, object_store_bytes: int = 600_000_000) -> None:
+    """Start a fresh local Ray (never attach to a running cluster) and quiet its driver-side logs.
+
+    ``num_cpus`` logical CPUs, default max(4, 2 × cores): more than cores, so two train workers, a
+    Serve replica or a model actor pool do not starve Ray Data tasks on a 2-core machine. A capped
+    object store, no dashboard, worker logs not echoed (they would interleave with the figures).
+    """
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_ACCEPT_CLOUD_OBJECT_STORE_MEMORY_LIMIT", "1")
+    ray.init(address="local", num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
+             object_store_memory=object_store_bytes, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray", "ray.data", "ray.serve", "ray.train", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def local_s3() -> Iterator[str]:
+    """A local S3-compatible server on 127.0.0.1 (:func:`hsivar_platform.storage.local_s3_server`); → endpoint URL.
+
+    Call it before :func:`init_ray`: Ray workers inherit the driver's environment.
+    """
+    from hsivar_platform.storage import local_s3_server
+
+    with local_s3_server("bench", "bench") as endpoint:
+        yield endpoint
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) of ``values``, linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def temp_dir(prefix: str, keep: bool) -> Any:
+    """A temporary directory context (``keep=True``: created, printed and left in place)."""
+    if keep:
+        path = tempfile.mkdtemp(prefix=prefix)
+        print(f"work directory (kept): {path}")
+
+        @contextmanager
+        def kept() -> Iterator[str]:
+            yield path
+
+        return kept()
+    return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def json_line(report: dict[str, Any]) -> str:
+    """``report`` as one line of strict JSON: floats to 6 significant digits, NaN / inf as null."""
+    return json.dumps(_clean(report), allow_nan=False)

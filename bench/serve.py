@@ -1,0 +1,217 @@
+"""Serve latency and throughput: the HSI-VAR Ray Serve app over loopback HTTP, request batching on and off.
+
+Starts a local Ray, deploys :func:`hsivar_platform.serve.build_app` (the app ``hsivar serve`` and
+``deploy/serve.yaml`` run) on 127.0.0.1 with a fixed number of replicas, once per batching mode (side
+by side), and for each concurrency level and mode in turn keeps that many clients posting ``.npy``
+cubes to ``/v1/restore`` for ``--seconds``. Reported per level: latency p50 / p95 / p99 (seconds,
+successful requests), throughput (requests/s and tiles/s over the level's wall time, in-flight
+requests at the deadline included), errors, and from the replica's own counters the mean tiles per
+forward pass (how much batching happened).
+
+Batching **on** is the app's default (``@serve.batch``: up to ``max_batch_size`` tiles of concurrent
+requests in one forward pass, waiting up to ``batch_wait_timeout_s``); **off** is
+``max_batch_size=1, batch_wait_timeout_s=0`` (one forward pass per tile).
+
+    python bench/serve.py                                     # tiny, CPU, concurrency 1, 8, 32, 5 s each
+    python bench/serve.py --preset paper --device cuda --seconds 20
+Human-readable lines first; the last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from _common import check_device, free_port, init_ray, json_line, machine_info, percentile, temp_dir
+from hsivar_platform.models import resolve_model
+from hsivar_platform.serve import ServeSettings, build_app
+
+from hsivar.config import PRESETS, preset
+from hsivar.data.synth import synthesize
+from hsivar.models.hsivar import HSIVAR
+from hsivar.publish import read_config, save_published
+from hsivar.restore import tile_grid
+
+APP = "hsivar-bench"
+"""Application name prefix; one app per batching mode (``hsivar-bench-on`` at ``/on``, …)."""
+MODES = ("on", "off")
+OFF = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+"""ServeSettings of batching off (on: the app's defaults, or ``--max-batch-size``)."""
+
+
+def npy_bytes(cube: np.ndarray) -> bytes:
+    """``cube`` as ``.npy`` file bytes (the request body)."""
+    buf = io.BytesIO()
+    np.save(buf, cube, allow_pickle=False)
+    return buf.getvalue()
+
+
+async def load(url: str, body: bytes, concurrency: int, seconds: float, timeout_s: float) -> dict[str, Any]:
+    """``concurrency`` clients posting ``body`` to ``url`` back to back until ``seconds`` have passed.
+
+    Returns latencies (s) of the successful requests, the error count and status codes seen, and the
+    wall time from the start until the last in-flight request finished.
+    """
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/x-npy"}
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                try:
+                    r = await client.post(url, content=body, headers=headers)
+                    key = None if r.status_code == 200 else str(r.status_code)
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                if key is None:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+
+
+def replica_stats(base: str) -> dict[str, int]:
+    """The replica's counters from ``GET /v1/model`` (requests, tiles, forward passes, largest batch)."""
+    return httpx.get(f"{base}/v1/model", timeout=60).json()["stats"]
+
+
+def measure_level(base: str, body: bytes, tiles: int, concurrency: int, seconds: float, timeout_s: float,
+                  one_replica: bool = True) -> dict[str, Any]:
+    """One concurrency level against the app at ``base``; → its figures (``tiles_per_forward`` only with
+    ``one_replica``: the counters are per replica and ``/v1/model`` reaches any one of them)."""
+    before = replica_stats(base) if one_replica else None
+    res = asyncio.run(load(f"{base}/v1/restore", body, concurrency, seconds, timeout_s))
+    lat, n = res["latencies"], len(res["latencies"])
+    d_tiles = d_batches = 0
+    if before is not None:
+        after = replica_stats(base)
+        d_tiles, d_batches = after["tiles"] - before["tiles"], after["batches"] - before["batches"]
+    return {
+        "requests": n, "errors": res["errors"], "wall_s": res["wall_s"],
+        "requests_per_s": n / res["wall_s"], "tiles_per_s": n * tiles / res["wall_s"],
+        "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95), "p99_s": percentile(lat, 99),
+        "mean_s": float(np.mean(lat)) if lat else float("nan"),
+        "tiles_per_forward": d_tiles / d_batches if d_batches else float("nan"),
+    }
+
+
+def print_level(mode: str, c: int, fig: dict[str, Any]) -> None:
+    """One human-readable line for a level."""
+    err = f", errors {fig['errors']}" if fig["errors"] else ""
+    ms = {k: fig[k] * 1e3 for k in ("p50_s", "p95_s", "p99_s")}
+    print(f"  batching {mode:<3} concurrency {c:>3}: {fig['requests_per_s']:7.2f} req/s {fig['tiles_per_s']:7.2f} "
+          f"tiles/s  p50 {ms['p50_s']:8.1f} ms  p95 {ms['p95_s']:8.1f} ms  p99 {ms['p99_s']:8.1f} ms  "
+          f"({fig['requests']} requests, {fig['tiles_per_forward']:.2f} tiles/forward{err})")
+
+
+def main() -> None:
+    """Parse arguments, run the benchmark, print the figures and one JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=PRESETS, default="tiny")
+    ap.add_argument("--bands", type=int, default=31)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--model", help="published model URI (default: a fresh --preset model in a temp folder)")
+    ap.add_argument("--size", type=int, default=None, help="H = W of the request cube (default: the model's tile)")
+    ap.add_argument("--concurrency", default="1,8,32", help="comma list of concurrent clients")
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds of load per level and mode")
+    ap.add_argument("--batching", default="on,off", help="modes to run: on, off or on,off")
+    ap.add_argument("--replicas", type=int, default=1, help="fixed replica count")
+    ap.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ap.add_argument("--max-batch-size", type=int, default=None, help="tiles per forward with batching on "
+                    "(default: the app's)")
+    ap.add_argument("--warmup", type=int, default=3, help="sequential requests before each mode is measured")
+    ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
+    args = ap.parse_args()
+    check_device(args.device)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    modes = [m.strip() for m in args.batching.split(",") if m.strip()]
+    if not levels or min(levels) < 1:
+        ap.error("--concurrency takes positive integers, e.g. 1,8,32")
+    if not modes or any(m not in MODES for m in modes):
+        ap.error("--batching takes on, off or on,off")
+    logging.basicConfig(level=logging.WARNING)
+
+    with temp_dir("hsivar-bench-serve-", keep=False) as tmp:
+        if args.model:
+            model = args.model
+        else:
+            torch.manual_seed(0)
+            model = str(save_published(HSIVAR(preset(args.preset, bands=args.bands)).eval(), Path(tmp) / "model"))
+        cfg, _ = read_config(resolve_model(model))
+        bands, tile = cfg.vqvae.bands, cfg.vqvae.image_size
+        size = args.size or tile
+        cube = synthesize(0, size, bands).cube
+        body = npy_bytes(cube)
+        tiles = len(tile_grid(size, size, tile, tile // 4))
+        defaults = ServeSettings(model=model)
+        changes = {"on": {"max_batch_size": args.max_batch_size} if args.max_batch_size else {}, "off": OFF}
+        report: dict[str, Any] = {
+            "bench": "serve", "preset": cfg.name, "model": args.model or "fresh", "device": args.device,
+            "cube_shape": [bands, size, size], "tiles_per_request": tiles, "request_bytes": len(body),
+            "replicas": args.replicas, "seconds_per_level": args.seconds, "concurrency": levels,
+            "max_batch_size": args.max_batch_size or defaults.max_batch_size,
+            "batch_wait_timeout_s": defaults.batch_wait_timeout_s, "unit_latency": "s",
+        }
+        print(f"model {model} ({cfg.name}, {bands} bands, {tile}×{tile} tiles); request {bands}×{size}×{size} "
+              f"float32 ({len(body)} bytes, {tiles} tile(s)); {args.replicas} replica(s) × {args.cpus_per_replica} "
+              f"CPU{' + 1 GPU' if args.device == 'cuda' else ''}; {args.seconds:g} s per level")
+
+        init_ray()
+        import ray
+        from ray import serve
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        results: dict[str, Any] = {m: {} for m in modes}
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+            # Both modes deployed side by side (an idle replica costs no CPU) and measured alternately per
+            # level, so that drifting background load on a shared machine hits both alike.
+            for mode in modes:
+                settings = ServeSettings(model=model, device=args.device, **changes[mode])
+                actor = {"num_cpus": args.cpus_per_replica, "num_gpus": 1 if args.device == "cuda" else 0}
+                serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor),
+                          name=f"{APP}-{mode}", route_prefix=f"/{mode}", logging_config={"log_level": "WARNING"})
+                print(f"batching {mode}: max_batch_size {settings.max_batch_size}, "
+                      f"batch_wait_timeout_s {settings.batch_wait_timeout_s:g}, route /{mode}")
+                for _ in range(args.warmup):
+                    httpx.post(f"{base}/{mode}/v1/restore", content=body,
+                               headers={"content-type": "application/x-npy"}, timeout=args.timeout)
+            for c in levels:
+                for mode in modes:
+                    fig = measure_level(f"{base}/{mode}", body, tiles, c, args.seconds, args.timeout,
+                                        one_replica=args.replicas == 1)
+                    results[mode][str(c)] = fig
+                    print_level(mode, c, fig)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        report["batching"] = results
+        if "on" in results and "off" in results:
+            report["throughput_ratio_on_vs_off"] = {
+                c: results["on"][c]["requests_per_s"] / results["off"][c]["requests_per_s"]
+                if results["off"][c]["requests_per_s"] else float("nan") for c in results["on"]}
+            print("throughput batching on / off: " + ", ".join(
+                f"c={c} {v:.2f}×" for c, v in report["throughput_ratio_on_vs_off"].items()))
+        report["machine"] = machine_info(args.device)
+    print(json_line(report))
+
+
+if __name__ == "__main__":
+    main()
