@@ -6,6 +6,7 @@ they all start, the embedded S3 server and latency percentiles.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -146,3 +147,26 @@ def _clean(value: Any) -> Any:
 def json_line(report: dict[str, Any]) -> str:
     """``report`` as one line of strict JSON: floats to 6 significant digits, NaN / inf as null."""
     return json.dumps(_clean(report), allow_nan=False)
+
+
+def bench_parser(doc: str | None, model_option: bool = False) -> argparse.ArgumentParser:
+    """The options every bench shares: ``--preset``, ``--bands``, ``--device`` (and ``--model`` if asked)."""
+    from hsivar.config import PRESETS
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=PRESETS, default="tiny")
+    ap.add_argument("--bands", type=int, default=31)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    if model_option:
+        ap.add_argument("--model", help="published model URI (default: a fresh --preset model in a temp folder)")
+    return ap
+
+
+def publish_fresh_model(name: str, bands: int, out: Path) -> str:
+    """Publish a freshly initialised (seed 0) ``name`` preset with ``bands`` bands into ``out``; → its path."""
+    from hsivar.config import preset
+    from hsivar.models.hsivar import HSIVAR
+    from hsivar.publish import save_published
+
+    torch.manual_seed(0)
+    return str(save_published(HSIVAR(preset(name, bands=bands)).eval(), out, stage="decoder"))

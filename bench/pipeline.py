@@ -29,22 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import check_device, init_ray, json_line, local_s3, machine_info, temp_dir
+from _common import (
+    bench_parser,
+    check_device,
+    init_ray,
+    json_line,
+    local_s3,
+    machine_info,
+    publish_fresh_model,
+    temp_dir,
+)
 from hsivar_platform import storage
 from hsivar_platform.batch import BatchOptions, list_inputs, run_batch
 from hsivar_platform.models import load_restorer, resolve_model
 
-from hsivar.config import PRESETS, preset
 from hsivar.data.io import read_cube, write_cube
 from hsivar.data.synth import make_demo_dataset
-from hsivar.models.hsivar import HSIVAR
-from hsivar.publish import read_config, save_published
-
-
-def publish_fresh_model(name: str, bands: int, out: Path) -> str:
-    """Publish a freshly initialised (seeded) ``name`` preset with ``bands`` bands into ``out``; → its path."""
-    torch.manual_seed(0)
-    return str(save_published(HSIVAR(preset(name, bands=bands)).eval(), out, stage="decoder"))
+from hsivar.publish import read_config
 
 
 def make_inputs(prefix: str, files: int, size: int, bands: int, fmt: str) -> str:
@@ -117,11 +118,7 @@ def bench_backend(name: str, root: str, model: str, args: argparse.Namespace, ac
 
 def main() -> None:
     """Parse arguments, run the benchmark, print the figures and one JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=PRESETS, default="tiny")
-    ap.add_argument("--bands", type=int, default=31)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--model", help="published model URI (default: a fresh --preset model in a temp folder)")
+    ap = bench_parser(__doc__, model_option=True)
     ap.add_argument("--files", type=int, default=8, help="input cubes")
     ap.add_argument("--size", type=int, default=None, help="H = W of each cube (default 1.5 × the model's tile)")
     ap.add_argument("--format", default="tif", choices=("npy", "npz", "h5", "mat", "tif", "envi"))

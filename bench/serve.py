@@ -19,7 +19,6 @@ Human-readable lines first; the last line is one JSON object with every figure.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import logging
@@ -29,15 +28,22 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
-from _common import check_device, free_port, init_ray, json_line, machine_info, percentile, temp_dir
+from _common import (
+    bench_parser,
+    check_device,
+    free_port,
+    init_ray,
+    json_line,
+    machine_info,
+    percentile,
+    publish_fresh_model,
+    temp_dir,
+)
 from hsivar_platform.models import resolve_model
 from hsivar_platform.serve import ServeSettings, build_app
 
-from hsivar.config import PRESETS, preset
 from hsivar.data.synth import synthesize
-from hsivar.models.hsivar import HSIVAR
-from hsivar.publish import read_config, save_published
+from hsivar.publish import read_config
 from hsivar.restore import tile_grid
 
 APP = "hsivar-bench"
@@ -122,11 +128,7 @@ def print_level(mode: str, c: int, fig: dict[str, Any]) -> None:
 
 def main() -> None:
     """Parse arguments, run the benchmark, print the figures and one JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=PRESETS, default="tiny")
-    ap.add_argument("--bands", type=int, default=31)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--model", help="published model URI (default: a fresh --preset model in a temp folder)")
+    ap = bench_parser(__doc__, model_option=True)
     ap.add_argument("--size", type=int, default=None, help="H = W of the request cube (default: the model's tile)")
     ap.add_argument("--concurrency", default="1,8,32", help="comma list of concurrent clients")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds of load per level and mode")
@@ -148,11 +150,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     with temp_dir("hsivar-bench-serve-", keep=False) as tmp:
-        if args.model:
-            model = args.model
-        else:
-            torch.manual_seed(0)
-            model = str(save_published(HSIVAR(preset(args.preset, bands=args.bands)).eval(), Path(tmp) / "model"))
+        model = args.model or publish_fresh_model(args.preset, args.bands, Path(tmp) / "model")
         cfg, _ = read_config(resolve_model(model))
         bands, tile = cfg.vqvae.bands, cfg.vqvae.image_size
         size = args.size or tile

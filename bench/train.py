@@ -30,11 +30,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import check_device, init_ray, json_line, machine_info, temp_dir
+from _common import bench_parser, check_device, init_ray, json_line, machine_info, temp_dir
 from hsivar_platform.pipeline_config import PipelineConfig, load_config
 from hsivar_platform.train import train_pipeline
 
-from hsivar.config import PRESETS
 from hsivar.training import STAGES
 
 
@@ -118,10 +117,7 @@ def bench_stage(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
 
 def main() -> None:
     """Parse arguments, run the benchmark, print the figures and one JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=PRESETS, default="tiny")
-    ap.add_argument("--bands", type=int, default=31)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap = bench_parser(__doc__)
     ap.add_argument("--config", help="pipeline YAML to start from (default: the built-in defaults)")
     ap.add_argument("--workers", default="1,2", help="comma list of Ray Train worker counts")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of stages, in pipeline order")
