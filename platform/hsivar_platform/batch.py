@@ -193,17 +193,13 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
         raise RestoreInputError(f"cube has {n_bad} non-finite values (NaN/Inf)")
     if value_range is not None and not float(value_range[1]) > float(value_range[0]):
         raise RestoreInputError(f"value_range must be (lo, hi) with hi > lo, got {tuple(value_range)}")
+    valid = x if mask is None else x[~torch.from_numpy(mask)]
+    if valid.numel() == 0:
+        raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
+    lo, hi = (float(value_range[0]), float(value_range[1])) if value_range is not None else \
+        (float(valid.min()), float(valid.max()))
     if mask is not None:
-        valid = x[~torch.from_numpy(mask)]
-        if valid.numel() == 0:
-            raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
-        lo, hi = float(valid.min()), float(valid.max())
-        if value_range is not None:
-            lo, hi = float(value_range[0]), float(value_range[1])
         x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
-    else:
-        lo, hi = (float(value_range[0]), float(value_range[1])) if value_range is not None else \
-            (float(x.min()), float(x.max()))
     scale = (hi - lo) if hi > lo else 1.0
     x01 = (x - lo) / scale
     # The padding and tile order of hsivar.restore.blend_tiles.
@@ -397,12 +393,11 @@ def parse_value_range(text: str | None) -> tuple[float, float] | None:
     """``"LO,HI"`` (input units) → (lo, hi); None or "" → None. Raises ValueError naming the text."""
     if text is None or not text.strip():
         return None
-    parts = text.split(",")
     try:
-        lo, hi = (float(p) for p in parts) if len(parts) == 2 else (None, None)
-    except ValueError:
-        lo = hi = None
-    if lo is None or hi is None or not hi > lo:
+        lo, hi = (float(p) for p in text.split(","))
+    except ValueError:  # not two numbers
+        raise ValueError(f"value_range must be LO,HI with HI > LO, got {text!r}") from None
+    if not hi > lo:
         raise ValueError(f"value_range must be LO,HI with HI > LO, got {text!r}")
     return lo, hi
 
