@@ -170,12 +170,15 @@ def sam(restored: Array, clean: Array, band_mask: BandMask = None, *, clip: bool
 
     Returns:
         Mean over valid pixels of ``arccos(<x, y> / (|x| |y|))`` in degrees, averaged over images.
-        Pixels where either spectrum is all zeros are skipped; an image with no valid pixel counts 0.
+        Pixels whose clean spectrum is all zeros are skipped (no angle to recover); an image with no
+        valid pixel counts 0. An all-zero *restored* spectrum against a non-zero clean one counts
+        90° (the largest angle between non-negative spectra): it carries no spectral information,
+        and skipping it would give a band-completion input with its missing bands zeroed 0°.
     """
     x, y = _prepare(restored, clean, band_mask, clip=clip)
     nx = np.sqrt(np.einsum("nchw,nchw->nhw", x, x))[:, None]
     ny = np.sqrt(np.einsum("nchw,nchw->nhw", y, y))[:, None]
-    valid = (nx[:, 0] > 0) & (ny[:, 0] > 0)
+    valid = ny[:, 0] > 0
     ux, uy = x / np.where(nx > 0, nx, 1.0), y / np.where(ny > 0, ny, 1.0)
     # Kahan's 2·atan2(|u−v|, |u+v|) is accurate near 0° (arccos of a dot product is not: ~1e-6° noise).
     ang = np.degrees(
@@ -185,6 +188,7 @@ def sam(restored: Array, clean: Array, band_mask: BandMask = None, *, clip: bool
             np.sqrt(np.einsum("nchw,nchw->nhw", ux + uy, ux + uy)),
         )
     )
+    ang = np.where(nx[:, 0] > 0, ang, 90.0)
     counts = valid.sum(axis=(1, 2))
     per_img = np.where(counts > 0, (ang * valid).sum(axis=(1, 2)) / np.maximum(counts, 1), 0.0)
     return float(per_img.mean())

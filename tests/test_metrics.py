@@ -73,9 +73,12 @@ def test_sam_known_angles_and_zero_vectors() -> None:
     y2[0], y2[1] = 0.5, 0.5 * np.sqrt(3)  # 60°
     assert M.sam(x, y2) == pytest.approx(60.0)
     assert M.sam(0.5 * y, y) == pytest.approx(0.0, abs=1e-12)  # scale invariant
-    x[:, 0, 0] = 0.0  # zero spectrum: that pixel is skipped, no NaN
+    x[:, 0, 0] = 0.0  # a zero restored spectrum has no angle to the clean one: it counts 90°, no NaN
+    assert M.sam(x, y) == pytest.approx((3 * 45.0 + 90.0) / 4)
+    assert M.sam(np.zeros((3, 2, 2)), y) == pytest.approx(90.0)  # e.g. zeroed missing bands
+    y[:, 0, 0] = 0.0  # a zero clean spectrum: that pixel is skipped
     assert M.sam(x, y) == pytest.approx(45.0)
-    assert M.sam(np.zeros((3, 2, 2)), y) == 0.0
+    assert M.sam(np.zeros((3, 2, 2)), np.zeros((3, 2, 2))) == 0.0
 
 
 def test_ergas_known_value_and_ratio() -> None:
