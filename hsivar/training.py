@@ -3,8 +3,11 @@
 * Stage 1 ``vqvae``: E, quantiser, D (not SSA) — L1 + w·(1 − SSIM) reconstruction + VQ loss.
 * Stage 2 ``var``: E_con (initialised from E), P, DAG, transformer, refiner — with the VQ-VAE
   frozen: ``CE + β1·L1(refiner) + β2·‖E_con(lq) − E(hq)‖² + w·CE(task classifier)``.
-* Stage 3 ``decoder``: D + SSA (and post_quant_conv) on *restored* latents (true autoregressive
-  greedy decoding, not teacher forcing) — ``L1 + γ·(1 − SSIM)``, SSIM per band.
+* Stage 3 ``decoder``: D + SSA (+ skips) and post_quant_conv on *restored* latents (true autoregressive
+  greedy decoding, not teacher forcing) — ``L1 + γ·(1 − SSIM)``, SSIM per band. The refiner Q is
+  fine-tuned with them through the decoder: stage 2 fits it to the teacher-forced quantisation
+  residual, but at inference it sees autoregressive tokens (exposure bias, REFERENCE §6.4), so here
+  it learns to correct those latents — RestoreVAR trains its latent refiner on AR outputs likewise.
 
 The Ray layer (``hsivar_platform.train``) calls :func:`stage_loss` inside its workers;
 :func:`fit` is the same loop on one process (tests, the tiny demo).
@@ -46,13 +49,15 @@ class StepResult:
 
 def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
     """The parameters a stage optimises; everything else stays frozen (requires_grad off)."""
-    if stage == "vqvae":
-        ssa = set(map(id, model.vqvae.decoder.ssa.parameters())) if model.vqvae.decoder.ssa else set()
-        params = [p for p in model.vqvae.parameters() if id(p) not in ssa]
+    if stage == "vqvae":  # the decoder's stage-3 additions (SSA, skips) stay at their zero init
+        dec = model.vqvae.decoder
+        later = {id(p) for m in (dec.ssa, dec.skips) if m is not None for p in m.parameters()}
+        params = [p for p in model.vqvae.parameters() if id(p) not in later]
     elif stage == "var":
         params = [p for m in (model.cond, model.dag, model.var, model.refiner) for p in m.parameters()]
     elif stage == "decoder":
-        params = list(model.vqvae.decoder.parameters()) + list(model.vqvae.post_quant_conv.parameters())
+        params = [p for m in (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner)
+                  for p in m.parameters()]
     else:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     keep = set(map(id, params))
@@ -108,13 +113,14 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
 
 
 def stage3_loss(model: HSIVAR, batch: Batch) -> StepResult:
-    """Decoder + SSA on restored latents (greedy AR + refiner, true task): L1 + γ·(1 − SSIM)."""
+    """Decoder + SSA + refiner on restored latents (greedy AR, true task): L1 + γ·(1 − SSIM)."""
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path
     with torch.no_grad():
-        latent = model.restore(batch.lq, task=batch.task_weights).latent
+        out = model.restore(batch.lq, task=batch.task_weights, refine=False)
     model.train(was_training)
-    rec01 = (model.vqvae.decode(latent).float() + 1) / 2
+    latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
+    rec01 = (model.vqvae.decode(latent, out.skips).float() + 1) / 2
     loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
     logs["psnr"] = psnr(rec01, batch.hq)
     return StepResult(loss, logs)

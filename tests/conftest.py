@@ -20,7 +20,7 @@ TINY_BANDS = 8
 
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
-    """The tiny preset with 8 bands: 32×32 tiles, 6 scales, a 2-block transformer."""
+    """The tiny preset with 8 bands: 32×32 tiles, a 16×16 latent with 8 scales, a 2-block transformer."""
     return preset("tiny", bands=TINY_BANDS)
 
 

@@ -10,6 +10,7 @@ from hsivar.models.condition import alignment_loss
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.models.vqvae import VQVAE
 from hsivar.tasks import TASKS
+from hsivar.training import trainable_parameters
 
 
 def test_condition_encoder_starts_as_a_copy_of_the_encoder(tiny_model: HSIVAR) -> None:
@@ -20,14 +21,16 @@ def test_condition_encoder_starts_as_a_copy_of_the_encoder(tiny_model: HSIVAR) -
         c, f = tiny_model.cond.encode(x), tiny_model.vqvae.encode(x)
     assert torch.equal(c, f)
     assert alignment_loss(c, f) == 0
-    assert tiny_model.cond.prefix(c).shape == (2, 64, tiny_model.cfg.transformer.width)
+    n = tiny_model.cfg.vqvae.latent_size ** 2
+    assert tiny_model.cond.prefix(c).shape == (2, n, tiny_model.cfg.transformer.width)
     # a copy, not shared storage: training E_con leaves E alone
     assert tiny_model.cond.encoder.conv_in.weight.data_ptr() != tiny_model.vqvae.encoder.conv_in.weight.data_ptr()
 
 
 def test_dag_embeddings_mixtures_and_auto(tiny_model: HSIVAR) -> None:
     dag = tiny_model.dag
-    c = torch.randn(3, tiny_model.cfg.vqvae.z_channels, 8, 8)
+    h = tiny_model.cfg.vqvae.latent_size
+    c = torch.randn(3, tiny_model.cfg.vqvae.z_channels, h, h)
     one = dag.weights("blur", c)
     assert one.shape == (3, len(TASKS)) and torch.equal(one[0], torch.eye(len(TASKS))[TASKS.index("blur")])
     with torch.no_grad():
@@ -48,10 +51,11 @@ def test_dag_embeddings_mixtures_and_auto(tiny_model: HSIVAR) -> None:
 
 
 def test_refiner_starts_at_zero_and_learns(tiny_model: HSIVAR) -> None:
-    n, C = 64, tiny_model.cfg.transformer.width
+    h, C = tiny_model.cfg.vqvae.latent_size, tiny_model.cfg.transformer.width
+    n = h * h
     z, idx = torch.randn(2, n, C), torch.randint(0, tiny_model.cfg.vqvae.vocab_size, (2, n))
     res = tiny_model.refine(z, idx)
-    assert res.shape == (2, tiny_model.cfg.vqvae.z_channels, 8, 8)
+    assert res.shape == (2, tiny_model.cfg.vqvae.z_channels, h, h)
     assert torch.equal(res, torch.zeros_like(res))
     target = torch.randn_like(res)
     opt = torch.optim.Adam(tiny_model.refiner.parameters(), lr=1e-2)
@@ -75,7 +79,7 @@ def test_adding_ssa_leaves_a_trained_decoder_unchanged() -> None:
     with_ssa = VQVAE(cfg).eval()
     missing, unexpected = with_ssa.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("decoder.ssa.") for k in missing)
-    f = torch.randn(2, cfg.z_channels, 8, 8)
+    f = torch.randn(2, cfg.z_channels, cfg.latent_size, cfg.latent_size)
     with torch.no_grad():
         assert torch.equal(with_ssa.decode(f), plain.decode(f))
         # once σ and γ move, SSA changes the output: it is not dead code
@@ -83,3 +87,29 @@ def test_adding_ssa_leaves_a_trained_decoder_unchanged() -> None:
             block.sigma.fill_(0.5)
             block.gamma.fill_(0.5)
         assert not torch.allclose(with_ssa.decode(f), plain.decode(f))
+
+
+def test_decoder_skips_start_at_zero_and_carry_the_degraded_cube() -> None:
+    """Zero-initialised skips leave the decoder's output unchanged; once trained, E_con's per-level
+    features of the degraded cube reach the output; restore passes them and stage 1 leaves them alone."""
+    cfg = preset("tiny", bands=8)
+    cfg = cfg.model_copy(update={"vqvae": cfg.vqvae.model_copy(update={"decoder_skips": True})})
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    lq = torch.rand(2, 8, 32, 32)
+    c, feats = model.cond.encode_with_features(to_model_range(lq))
+    assert [f.shape[1:] for f in feats] == [(cfg.vqvae.ch * m, 32 // 2**i, 32 // 2**i)
+                                            for i, m in enumerate(cfg.vqvae.ch_mult)]
+    assert torch.equal(c, model.cond.encode(to_model_range(lq)))
+    with torch.no_grad():
+        assert torch.equal(model.vqvae.decode(c, feats), model.vqvae.decode(c))
+        out = model.restore(lq, task="gaussian")
+        assert out.skips is not None and len(out.skips) == len(cfg.vqvae.ch_mult)
+        for conv in model.vqvae.decoder.skips:
+            conv.weight.normal_(std=0.1)
+        assert not torch.allclose(model.vqvae.decode(c, feats), model.vqvae.decode(c))
+    stage1 = set(map(id, trainable_parameters(model, "vqvae")))
+    stage3 = set(map(id, trainable_parameters(model, "decoder")))
+    skips = set(map(id, model.vqvae.decoder.skips.parameters()))
+    assert skips.isdisjoint(stage1) and skips <= stage3
+

@@ -87,7 +87,7 @@ def test_band_adaptation_is_exact_for_grey_cubes(tmp_path: Path) -> None:
 def test_transformer_conversion_from_a_file(tmp_path: Path) -> None:
     cfg = preset("tiny", bands=8)
     model = HSIVAR(cfg)
-    C, L = cfg.transformer.width, 130
+    C, L = cfg.transformer.width, sum(p * p for p in cfg.vqvae.patch_nums)
     state = {"word_embed.weight": torch.randn(C, cfg.vqvae.z_channels), "word_embed.bias": torch.randn(C),
              "class_emb.weight": torch.randn(1001, C), "lvl_embed.weight": torch.randn(10, C),
              "pos_start": torch.randn(1, 1, C), "pos_1LC": torch.randn(1, L, C),

@@ -51,7 +51,7 @@ def test_hsivar_info_console_script_json() -> None:
                          check=True).stdout
     info = json.loads(out)
     assert info["cube_shape"] == [31, 32, 32]
-    assert info["tokens_per_scale"] == [1, 4, 9, 16, 36, 64] and info["tokens"] == 130
+    assert info["tokens_per_scale"] == [1, 4, 9, 16, 36, 64, 121, 256] and info["tokens"] == 507
     assert info["params_total"] == info["params"]["params_total"] == sum(
         v for k, v in info["params"].items() if k != "params_total")
     assert {"vqvae_encoder", "vqvae_decoder", "transformer", "refiner", "condition_encoder", "dag", "ssa"} <= set(

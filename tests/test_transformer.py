@@ -48,6 +48,31 @@ def test_prefix_does_not_see_the_task_token(tiny_model: HSIVAR) -> None:
     assert not torch.allclose(h1[:, n:], h2[:, n:])
 
 
+def test_aligned_condition_reaches_the_matching_place_of_every_scale(tiny_cfg) -> None:
+    """Perturbing the top-left prefix token moves the SOS and the top-left token of every scale's
+    input embedding (the prefix grid area-pooled to p_k×p_k), nothing else; off, no input moves."""
+    assert tiny_cfg.transformer.aligned_condition
+    off_cfg = tiny_cfg.model_copy(update={
+        "transformer": tiny_cfg.transformer.model_copy(update={"aligned_condition": False})})
+    for cfg, on in ((tiny_cfg, True), (off_cfg, False)):
+        torch.manual_seed(0)
+        var = HSIVAR(cfg).eval().var
+        prefix, d, x = _inputs(HSIVAR(cfg))
+        prefix2 = prefix.clone()
+        prefix2[:, 0] += 1.0  # latent cell (0, 0)
+        with torch.no_grad():
+            e1 = var.embed_sequence(prefix, d, x)[:, var.num_prefix:]
+            e2 = var.embed_sequence(prefix2, d, x)[:, var.num_prefix:]
+        moved = (e1 - e2).abs().amax(dim=(0, 2)) > 0  # (L,) which token positions changed
+        expected = torch.zeros_like(moved)
+        if on:
+            start = 0
+            for p in cfg.vqvae.patch_nums:
+                expected[start] = True  # the top-left cell of each scale (the SOS for p = 1)
+                start += p * p
+        assert torch.equal(moved, expected)
+
+
 def test_kv_cached_decoding_equals_masked_full_forward(tiny_model: HSIVAR) -> None:
     prefix, d, _ = _inputs(tiny_model)
     q = tiny_model.vqvae.quantize
@@ -71,7 +96,7 @@ def test_kv_cached_decoding_equals_masked_full_forward(tiny_model: HSIVAR) -> No
             if si + 1 < len(gen.idx):
                 start = sum(pp * pp for pp in tiny_model.cfg.vqvae.patch_nums[1:si + 1])
                 nxt = x[:, start:start + tiny_model.cfg.vqvae.patch_nums[si + 1] ** 2]
-                tokens = var.word_embed(nxt) + var.lvl_embed.weight[si + 1]
+                tokens = var.next_scale_tokens(prefix, nxt, si + 1)
         var.set_kv_caching(False)
     assert torch.allclose(torch.cat(cached, 1), logits, atol=1e-5)
     assert all(b.attn.cached_k is None for b in var.blocks)

@@ -72,7 +72,7 @@ def test_straight_through_vq_loss_and_usage(tiny_cfg) -> None:
     x = torch.rand(4, tiny_cfg.bands, 32, 32) * 2 - 1
     out = model(x)
     assert out.reconstruction.shape == x.shape
-    assert out.latent.shape == (4, tiny_cfg.vqvae.z_channels, 8, 8)
+    assert out.latent.shape == (4, tiny_cfg.vqvae.z_channels, 16, 16)  # 32×32 tiles, one downsampling
     assert [i.shape[1] for i in out.quant.idx] == [p * p for p in tiny_cfg.vqvae.patch_nums]
     assert out.quant.vq_loss > 0
     (out.reconstruction.mean() + out.quant.vq_loss).backward()
@@ -104,7 +104,7 @@ def test_teacher_forcing_input_matches_autoregressive_steps(tiny_cfg) -> None:
     model = VQVAE(tiny_cfg.vqvae).eval()
     idx = model.img_to_idx(torch.rand(2, tiny_cfg.bands, 32, 32) * 2 - 1)
     tf = model.quantize.idx_to_var_input(idx)
-    f_hat = torch.zeros(2, tiny_cfg.vqvae.z_channels, 8, 8)
+    f_hat = torch.zeros(2, tiny_cfg.vqvae.z_channels, tiny_cfg.vqvae.latent_size, tiny_cfg.vqvae.latent_size)
     steps = []
     for si in range(len(idx)):
         f_hat, nxt = model.quantize.next_input(si, f_hat, idx[si])

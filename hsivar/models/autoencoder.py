@@ -133,13 +133,20 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x_BCHW)[0]
+
+    def forward_features(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Latent (B, Cvae, H/d, W/d) and each level's features before its downsampling:
+        level i is (B, ch·ch_mult[i], H/2^i, W/2^i) (the decoder's skip inputs)."""
         h = self.conv_in(x_BCHW)
+        feats = []
         for level in self.down:
             h = level.run_blocks(h)
+            feats.append(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))), feats
 
 
 class Decoder(nn.Module):
@@ -165,16 +172,29 @@ class Decoder(nn.Module):
             block_in = block_out
         self.up = nn.ModuleList(levels)  # indexed by level, as in VAR: up[0] is the full-resolution level
         self.ssa = nn.ModuleList(ssa) if cfg.ssa else None
+        # Skips from the condition encoder's level-i features (same width as decoder level i), zero-
+        # initialised so that adding them leaves a trained decoder unchanged until stage 3 trains them.
+        self.skips = nn.ModuleList(
+            [nn.Conv2d(cfg.ch * m, cfg.ch * m, 1) for m in cfg.ch_mult]) if cfg.decoder_skips else None
+        if self.skips is not None:
+            for conv in self.skips:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.bands, 3, padding=1)
 
-    def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
+    def forward(self, z_BChw: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Decode (B, Cvae, h, w) → (B, C, H, W); ``skips`` (with ``decoder_skips``): the condition
+        encoder's per-level features (:meth:`Encoder.forward_features`), each added through its 1×1
+        conv after the level's blocks."""
         h = self.mid(self.conv_in(z_BChw))
         for i_level in reversed(range(len(self.up))):
             level = self.up[i_level]
             h = level.run_blocks(h)
             if self.ssa is not None:
                 h = self.ssa[i_level](h)
+            if self.skips is not None and skips is not None:
+                h = h + self.skips[i_level](skips[i_level].to(h.dtype))
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -37,6 +37,11 @@ class ConditionEncoder(nn.Module):
         """Continuous condition latent c = quant_conv(E_con(lq)); → (B, Cvae, h, w)."""
         return self.quant_conv(self.encoder(lq_BCHW))
 
+    def encode_with_features(self, lq_BCHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """c as :meth:`encode` plus E_con's per-level features (the decoder's skip inputs)."""
+        h, feats = self.encoder.forward_features(lq_BCHW)
+        return self.quant_conv(h), feats
+
     def prefix(self, c_BChw: torch.Tensor) -> torch.Tensor:
         """Prefix tokens P(c); (B, Cvae, h, w) → (B, h·w, width), row-major over the latent grid."""
         return self.proj(c_BChw.flatten(2).transpose(1, 2))

@@ -6,7 +6,8 @@ latent). Cubes enter and leave in [0, 1] (B, C, H, W) with H = W = ``cfg.vqvae.i
 VQ-VAE works in [-1, 1] internally, as VAR does.
 
 Restoration of one tile: c = E_con(lq) → prefix P(c), d from the task (or the classifier) →
-autoregressive tokens scale by scale (KV cache) → f̂_K → f̂_K + Q(z, W(e[r_K])) → D → cube.
+autoregressive tokens scale by scale (KV cache) → f̂_K → f̂_K + Q(z, W(e[r_K])) → D → cube
+(with ``decoder_skips``, D also receives E_con's per-level features of lq).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class RestoreOutput:
     cube: torch.Tensor  # (B, C, H, W) float32 in [0, 1]
     task_weights: torch.Tensor  # (B, N) the task weights used (classifier softmax for "auto")
     idx: list[torch.Tensor]  # K tensors (B, p_k²) chosen tokens
-    latent: torch.Tensor  # (B, Cvae, h, w) restored latent f̂_K + Q(·)
+    latent: torch.Tensor  # (B, Cvae, h, w) restored latent f̂_K + Q(·) (f̂_K with refine=False)
+    hidden_last: torch.Tensor  # (B, p_K², width) the transformer's normed hidden states at the last scale
+    skips: list[torch.Tensor] | None  # E_con's per-level features given to the decoder (decoder_skips)
 
 
 def to_model_range(x01: torch.Tensor) -> torch.Tensor:
@@ -90,7 +93,11 @@ class HSIVAR(nn.Module):
             kv_cache: False recomputes the whole sequence at every scale (same result; benchmarks).
         """
         self.check_input(lq01)
-        c = self.cond.encode(to_model_range(lq01))
+        skips: list[torch.Tensor] | None = None
+        if self.cfg.vqvae.decoder_skips:
+            c, skips = self.cond.encode_with_features(to_model_range(lq01))
+        else:
+            c = self.cond.encode(to_model_range(lq01))
         weights = self.dag.weights(task, c)
         d = self.dag.embed(weights)
         gen = self.var.generate(
@@ -101,5 +108,5 @@ class HSIVAR(nn.Module):
         latent = gen.f_hat
         if refine:
             latent = latent + self.refine(gen.hidden_last, gen.idx[-1])
-        cube = from_model_range(self.vqvae.decode(latent.to(c.dtype)).float())
-        return RestoreOutput(cube, weights, gen.idx, latent)
+        cube = from_model_range(self.vqvae.decode(latent.to(c.dtype), skips).float())
+        return RestoreOutput(cube, weights, gen.idx, latent, gen.hidden_last, skips)

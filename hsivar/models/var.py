@@ -14,6 +14,15 @@ The mask is block-causal over levels: prefix = level −1, d and scale 1 = level
 k − 1; a query sees every key of a level ≤ its own. Logits are read at the last L positions.
 Inference runs one scale per step with a KV cache (keys cached already rotated); it equals the
 masked full-sequence forward.
+
+Aligned conditioning (``TransformerConfig.aligned_condition``, on in the tiny and small presets):
+the prefix grid P(c) (p_K × p_K tokens) is also area-pooled to p_k × p_k and added to the tokens
+that predict scale k (the SOS gets its mean). Attention alone lets a small, briefly trained
+transformer ignore the prefix and learn only the token marginals — every input then restores to
+the same mean image; the added grid puts the condition at the matching place of every scale.
+Measured on the tiny preset with an 8×8 latent (stage 2 from the same VQ-VAE, 1000 steps):
+held-out teacher-forced token accuracy 32 % with the prefix alone, 48 % with it; with the prefix
+alone four different held-out cubes restored to outputs 0.014 apart (mean |Δ|, clean: 0.08–0.28).
 """
 
 from __future__ import annotations
@@ -205,14 +214,35 @@ class NextScaleTransformer(nn.Module):
     def _lvl(self, level: int) -> torch.Tensor:
         return self.lvl_embed.weight[level]
 
+    def scale_condition(self, prefix_BNC: torch.Tensor, k: int) -> torch.Tensor | float:
+        """The prefix grid area-pooled to scale k, (B, N_c, C) → (B, p_k², C), added to the tokens
+        that predict scale k; 0 when ``aligned_condition`` is off."""
+        if not self.cfg.aligned_condition:
+            return 0.0
+        B, N, C = prefix_BNC.shape
+        G, p = self.patch_nums[-1], self.patch_nums[k]
+        grid_BCGG = prefix_BNC.transpose(1, 2).reshape(B, C, G, G)
+        return F.adaptive_avg_pool2d(grid_BCGG, p).flatten(2).transpose(1, 2)
+
+    def next_scale_tokens(self, prefix_BNC: torch.Tensor, x_BlCv: torch.Tensor, k: int) -> torch.Tensor:
+        """Embedded inputs that predict scale k ≥ 1: W(x) + level k (+ aligned condition); (B, p_k², C)."""
+        return (self.word_embed(x_BlCv.to(self.word_embed.weight.dtype)) + self._lvl(k)
+                + self.scale_condition(prefix_BNC, k))
+
     def embed_sequence(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor,
                        x_BLCv: torch.Tensor | None) -> torch.Tensor:
-        """Tokens of the full sequence; prefix (B,N_c,C), d (B,C), inputs (B,L−1,Cvae) → (B,N_c+L,C)."""
+        """Tokens of the full sequence; prefix (B,N_c,C), d (B,C), inputs (B,L−1,Cvae) → (B,N_c+L,C).
+
+        Without inputs (generation) only the prefix and the SOS token d are embedded.
+        """
         K = len(self.patch_nums)
-        parts = [prefix_BNC + self._lvl(K), (d_BC + self._lvl(0)).unsqueeze(1)]
+        sos = (d_BC + self._lvl(0)).unsqueeze(1) + self.scale_condition(prefix_BNC, 0)
+        parts = [prefix_BNC + self._lvl(K), sos]
         if x_BLCv is not None:
-            lv = self.levels[self.num_prefix + 1:]
-            parts.append(self.word_embed(x_BLCv.to(self.word_embed.weight.dtype)) + self.lvl_embed(lv))
+            start = 0
+            for k, p in enumerate(self.patch_nums[1:], start=1):
+                parts.append(self.next_scale_tokens(prefix_BNC, x_BLCv[:, start:start + p * p], k))
+                start += p * p
         return torch.cat(parts, dim=1)
 
     def forward(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor,
@@ -307,7 +337,7 @@ class NextScaleTransformer(nn.Module):
                     return Generation(idx_all, f_hat, h[:B])
                 if guided:
                     nxt = torch.cat([nxt, nxt])
-                tokens = self.word_embed(nxt.to(self.word_embed.weight.dtype)) + self._lvl(si + 1)
+                tokens = self.next_scale_tokens(prefix_BNC, nxt, si + 1)
                 seq = torch.cat([seq, tokens], dim=1)
         finally:
             self.set_kv_caching(False)

@@ -43,9 +43,12 @@ class VQVAE(nn.Module):
         """Continuous latent f = quant_conv(E(x)); x (B, C, H, W) in [-1, 1] → (B, Cvae, H/d, W/d)."""
         return self.quant_conv(self.encoder(x_BCHW))
 
-    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """Decoder D(post_quant_conv(f̂)); (B, Cvae, h, w) → (B, C, h·d, w·d), unclamped."""
-        return self.decoder(self.post_quant_conv(f_hat))
+    def decode(self, f_hat: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Decoder D(post_quant_conv(f̂)); (B, Cvae, h, w) → (B, C, h·d, w·d), unclamped.
+
+        ``skips``: the condition encoder's per-level features when ``decoder_skips`` is on.
+        """
+        return self.decoder(self.post_quant_conv(f_hat), skips)
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Decode and clamp to [-1, 1]; (B, Cvae, h, w) → (B, C, H, W)."""
