@@ -35,7 +35,7 @@ class ConditionEncoder(nn.Module):
 
     def encode(self, lq_BCHW: torch.Tensor) -> torch.Tensor:
         """Continuous condition latent c = quant_conv(E_con(lq)); → (B, Cvae, h, w)."""
-        return self.quant_conv(self.encoder(lq_BCHW))
+        return self.encode_with_features(lq_BCHW)[0]
 
     def encode_with_features(self, lq_BCHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """c as :meth:`encode` plus E_con's per-level features (the decoder's skip inputs)."""

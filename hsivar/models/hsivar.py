@@ -93,11 +93,8 @@ class HSIVAR(nn.Module):
             kv_cache: False recomputes the whole sequence at every scale (same result; benchmarks).
         """
         self.check_input(lq01)
-        skips: list[torch.Tensor] | None = None
-        if self.cfg.vqvae.decoder_skips:
-            c, skips = self.cond.encode_with_features(to_model_range(lq01))
-        else:
-            c = self.cond.encode(to_model_range(lq01))
+        c, feats = self.cond.encode_with_features(to_model_range(lq01))
+        skips = feats if self.cfg.vqvae.decoder_skips else None
         weights = self.dag.weights(task, c)
         d = self.dag.embed(weights)
         gen = self.var.generate(
