@@ -17,15 +17,15 @@ The last line printed is one JSON object with every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from contextlib import nullcontext
 
 import torch
+from _common import bench_parser
 from torch.utils.flop_counter import FlopCounterMode
 
-from hsivar.config import PRESETS, preset
+from hsivar.config import preset
 from hsivar.models.hsivar import HSIVAR
 
 DIFFUSION_STEPS = 100
@@ -109,10 +109,7 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
 
 def main() -> None:
     """Parse arguments, print the figures, end with one JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=PRESETS, default="tiny")
-    ap.add_argument("--bands", type=int, default=31)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap = bench_parser(__doc__)
     ap.add_argument("--batch-sizes", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--measure", choices=("auto", "yes", "no"), default="auto",
