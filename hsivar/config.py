@@ -132,11 +132,18 @@ class RefinerConfig(_Frozen):
     blocks: int = Field(4, ge=1)
 
 
+class FusionConfig(_Frozen):
+    """Output fusion head on the image grid: (degraded tile, decoded tile, task weights) → correction."""
+
+    width: int = Field(0, ge=0, description="channels of the head; 0: no head (the decoder's output is final)")
+    blocks: int = Field(2, ge=0, description="NAFNet blocks between the input conv and the output conv")
+
+
 class DAGConfig(_Frozen):
     """Degradation-aware guidance: task embeddings, basal embedding, learnable λ, task classifier."""
 
     tasks: tuple[str, ...] = TASKS
-    classifier_hidden: int = Field(128, ge=4)
+    classifier_hidden: int = Field(128, ge=4, description="channels of the task classifier's CNN (first conv: half)")
     lambda_init: float = 1.0
 
 
@@ -158,6 +165,7 @@ class ModelConfig(_Frozen):
     vqvae: VQVAEConfig = VQVAEConfig()
     transformer: TransformerConfig = TransformerConfig()
     refiner: RefinerConfig = RefinerConfig()
+    fusion: FusionConfig = FusionConfig()
     dag: DAGConfig = DAGConfig()
     loss: LossConfig = LossConfig()
     wavelengths: tuple[float, ...] | None = Field(None, description="band centres in nm, when known")
@@ -210,7 +218,7 @@ def preset(name: str, bands: int = 31) -> ModelConfig:
         )
         tr = TransformerConfig(depth=2, width=64, heads=2, drop_path_rate=0.0, aligned_condition=True)
         return ModelConfig(name="tiny", vqvae=vq, transformer=tr,
-                           refiner=RefinerConfig(width=16, blocks=2),
+                           refiner=RefinerConfig(width=16, blocks=2), fusion=FusionConfig(width=32, blocks=2),
                            dag=DAGConfig(classifier_hidden=32), wavelengths=wl)
     if name == "small":
         # 128×128×C tiles, 16×16 latent, the paper's 10 scales, a depth-8 transformer.
@@ -218,7 +226,8 @@ def preset(name: str, bands: int = 31) -> ModelConfig:
                          vocab_size=1024, decoder_skips=True)
         tr = TransformerConfig(depth=8, width=512, heads=8, aligned_condition=True)
         return ModelConfig(name="small", vqvae=vq, transformer=tr,
-                           refiner=RefinerConfig(width=64, blocks=4), wavelengths=wl)
+                           refiner=RefinerConfig(width=64, blocks=4), fusion=FusionConfig(width=64, blocks=4),
+                           wavelengths=wl)
     if name == "paper":
         return ModelConfig(name="paper", vqvae=VQVAEConfig(bands=bands),
                            transformer=TransformerConfig(depth=16, width=1024, heads=16),

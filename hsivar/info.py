@@ -3,7 +3,8 @@
 The model is built on the ``meta`` device (no memory, no compute), so even the paper preset is
 described in about a second. FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 (2 FLOPs per multiply-add; matmuls, convolutions and attention) over one greedy restoration of
-one S×S×C tile: E_con, task classifier, K autoregressive steps with the KV cache, refiner, decoder.
+one S×S×C tile: E_con, task classifier, K autoregressive steps with the KV cache, refiner, decoder,
+fusion head.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def parameter_counts(model: HSIVAR) -> dict[str, int]:
         "dag": _count(model.dag),
         "transformer": _count(model.var),
         "refiner": _count(model.refiner),
+        "fusion": _count(model.fusion) if model.fusion is not None else 0,
     }
     counts["params_total"] = _count(model)
     return counts
@@ -41,7 +43,8 @@ def parameter_counts(model: HSIVAR) -> dict[str, int]:
 
 # FlopCounterMode names modules by class path relative to the modules entered; group them by part.
 _FLOP_PARTS = {"condition_encoder": ("Encoder",), "transformer": ("Block", "Linear"),
-               "quantizer": ("PhiSelector",), "refiner": ("Refiner",), "decoder": ("Decoder",)}
+               "quantizer": ("PhiSelector",), "refiner": ("Refiner",), "decoder": ("Decoder",),
+               "fusion": ("OutputFusion",)}
 
 
 def count_restore_flops(model: HSIVAR, batch: int = 1) -> dict[str, int]:

@@ -3,8 +3,10 @@
 * Stage 1 ``vqvae``: E, quantiser, D (not SSA) — L1 + w·(1 − SSIM) reconstruction + VQ loss.
 * Stage 2 ``var``: E_con (initialised from E), P, DAG, transformer, refiner — with the VQ-VAE
   frozen: ``CE + β1·L1(refiner) + β2·‖E_con(lq) − E(hq)‖² + w·CE(task classifier)``.
-* Stage 3 ``decoder``: D + SSA (+ skips) and post_quant_conv on *restored* latents (true autoregressive
-  greedy decoding, not teacher forcing) — ``L1 + γ·(1 − SSIM)``, SSIM per band. The refiner Q is
+* Stage 3 ``decoder``: D + SSA (+ skips), post_quant_conv and the output fusion head on *restored*
+  latents (true autoregressive greedy decoding, not teacher forcing) — ``L1 + γ·(1 − SSIM)``, SSIM
+  per band. The fusion head starts at zero and may get its own learning rate
+  (:func:`param_groups`). The refiner Q is
   fine-tuned with them through the decoder: stage 2 fits it to the teacher-forced quantisation
   residual, but at inference it sees autoregressive tokens (exposure bias, REFERENCE §6.4), so here
   it learns to correct those latents — RestoreVAR trains its latent refiner on AR outputs likewise.
@@ -56,14 +58,28 @@ def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter
     elif stage == "var":
         params = [p for m in (model.cond, model.dag, model.var, model.refiner) for p in m.parameters()]
     elif stage == "decoder":
-        params = [p for m in (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner)
-                  for p in m.parameters()]
+        parts = (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner, model.fusion)
+        params = [p for m in parts if m is not None for p in m.parameters()]
     else:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     keep = set(map(id, params))
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     return params
+
+
+def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
+                 head_lr: float | None = None) -> list[dict]:
+    """AdamW parameter groups of a stage's ``params``: the fusion head at ``head_lr`` (when given), the rest at ``lr``.
+
+    The head starts at zero on top of a decoder trained for a whole stage; at the decoder's
+    fine-tuning rate it barely moves in a short stage 3, so it may learn faster (tiny: 3×).
+    """
+    head = {id(p) for p in model.fusion.parameters()} if model.fusion is not None and head_lr else set()
+    groups = [{"params": [p for p in params if id(p) not in head], "lr": lr}]
+    if head:
+        groups.append({"params": [p for p in params if id(p) in head], "lr": head_lr})
+    return [g for g in groups if g["params"]]
 
 
 def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
@@ -88,7 +104,7 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
         residual = f - fhats[-1]
     c = model.cond.encode(to_model_range(batch.lq))
     align = alignment_loss(c, f)
-    task_logits = model.dag.classify(c.detach())
+    task_logits = model.dag.classify(batch.lq)
     task_ce = -(batch.task_weights * F.log_softmax(task_logits, dim=-1)).sum(-1).mean()
     d = model.dag.embed(batch.task_weights)
     drop = torch.rand(d.shape[0], generator=generator).to(d.device) < model.cfg.transformer.cond_drop_rate
@@ -113,14 +129,14 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
 
 
 def stage3_loss(model: HSIVAR, batch: Batch) -> StepResult:
-    """Decoder + SSA + refiner on restored latents (greedy AR, true task): L1 + γ·(1 − SSIM)."""
+    """Decoder + SSA + refiner + fusion head on restored latents (greedy AR, true task): L1 + γ·(1 − SSIM)."""
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path
     with torch.no_grad():
         out = model.restore(batch.lq, task=batch.task_weights, refine=False)
     model.train(was_training)
     latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
-    rec01 = (model.vqvae.decode(latent, out.skips).float() + 1) / 2
+    rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights)
     loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
     logs["psnr"] = psnr(rec01, batch.hq)
     return StepResult(loss, logs)
@@ -146,14 +162,15 @@ def prepare_stage(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
 
 def fit(model: HSIVAR, stage: Stage, batches: Iterable[Batch], steps: int, lr: float = 1e-3,
         grad_clip: float = 2.0, weight_decay: float = 0.0, seed: int = 0,
-        init_stage: bool = True) -> Iterator[StepResult]:
+        init_stage: bool = True, head_lr: float | None = None) -> Iterator[StepResult]:
     """Train ``stage`` for ``steps`` steps on one process with AdamW; yields each step's result.
 
     ``batches`` is cycled if it is shorter than ``steps``. Set ``init_stage=False`` to continue a
-    stage without re-copying E into E_con.
+    stage without re-copying E into E_con. ``head_lr``: learning rate of the fusion head (stage 3).
     """
     params = prepare_stage(model, stage) if init_stage else trainable_parameters(model, stage)
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, params, lr, head_lr), lr=lr, betas=(0.9, 0.95),
+                            weight_decay=weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     model.train()
     batch_list = list(batches)

@@ -1,16 +1,16 @@
-"""Condition encoder, DAG, refiner and SSA behave as specified at initialisation and under use."""
+"""Condition encoder, DAG, refiner, SSA and the fusion head behave as specified at initialisation and under use."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hsivar.config import preset
+from hsivar.config import FusionConfig, preset
 from hsivar.models.condition import alignment_loss
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.models.vqvae import VQVAE
 from hsivar.tasks import TASKS
-from hsivar.training import trainable_parameters
+from hsivar.training import STAGES, param_groups, trainable_parameters
 
 
 def test_condition_encoder_starts_as_a_copy_of_the_encoder(tiny_model: HSIVAR) -> None:
@@ -29,8 +29,7 @@ def test_condition_encoder_starts_as_a_copy_of_the_encoder(tiny_model: HSIVAR) -
 
 def test_dag_embeddings_mixtures_and_auto(tiny_model: HSIVAR) -> None:
     dag = tiny_model.dag
-    h = tiny_model.cfg.vqvae.latent_size
-    c = torch.randn(3, tiny_model.cfg.vqvae.z_channels, h, h)
+    c = torch.rand(3, *tiny_model.cfg.cube_shape)  # degraded tiles in [0, 1]
     one = dag.weights("blur", c)
     assert one.shape == (3, len(TASKS)) and torch.equal(one[0], torch.eye(len(TASKS))[TASKS.index("blur")])
     with torch.no_grad():
@@ -113,3 +112,59 @@ def test_decoder_skips_start_at_zero_and_carry_the_degraded_cube() -> None:
     skips = set(map(id, model.vqvae.decoder.skips.parameters()))
     assert skips.isdisjoint(stage1) and skips <= stage3
 
+
+
+def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> None:
+    """An untrained fusion head returns the decoder's output; once its output conv moves, the restored
+    tile depends on the degraded pixels and the task weights; only stage 3 trains it, at its own lr."""
+    cfg = preset("tiny", bands=8)
+    assert cfg.fusion.width > 0
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    plain = HSIVAR(cfg.model_copy(update={"fusion": FusionConfig(width=0)})).eval()
+    assert plain.fusion is None
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fusion.")})
+    lq = torch.rand(2, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.restore(lq, task="blur").cube, plain.restore(lq, task="blur").cube)
+        model.fusion.ending.weight.normal_(std=0.05)
+        decoded = torch.rand(2, 8, 32, 32) * 2 - 1
+        w = torch.eye(len(TASKS))[:2]
+        y = model.output(lq, decoded, w)
+        assert y.shape == lq.shape
+        assert not torch.allclose(y, model.output(lq.flip(-1), decoded, w))  # the degraded pixels matter
+        assert not torch.allclose(y, model.output(lq, decoded, w.flip(0)))  # and so does the task
+        assert torch.equal(plain.output(lq, decoded, w), (decoded + 1) / 2)
+    fusion = set(map(id, model.fusion.parameters()))
+    ids = {s: set(map(id, trainable_parameters(model, s))) for s in STAGES}
+    assert fusion <= ids["decoder"] and fusion.isdisjoint(ids["vqvae"] | ids["var"])
+    groups = param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3, head_lr=1e-2)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2] and set(map(id, groups[1]["params"])) == fusion
+    assert len(param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3)) == 1
+
+
+def test_task_classifier_reads_the_degraded_tile() -> None:
+    """The auto-mode classifier sees the degraded pixels: a few steps separate noise from inpainting masks."""
+    torch.manual_seed(0)
+    model = HSIVAR(preset("tiny", bands=8))
+    dag = model.dag
+    g = torch.Generator().manual_seed(1)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = torch.rand(n, 8, 1, 1, generator=g).expand(n, 8, 32, 32)  # flat spectra: only the degradation varies
+        noisy = clean[: n // 2] + 0.2 * torch.randn(n // 2, 8, 32, 32, generator=g)
+        holes = clean[n // 2:] * (torch.rand(n - n // 2, 8, 32, 32, generator=g) > 0.8)
+        y = torch.tensor([TASKS.index("gaussian")] * (n // 2) + [TASKS.index("inpaint")] * (n - n // 2))
+        return torch.cat([noisy, holes]), y
+
+    opt = torch.optim.AdamW(dag.parameters(), lr=3e-3)
+    for _ in range(30):
+        x, y = batch(8)
+        loss = torch.nn.functional.cross_entropy(dag.classify(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y = batch(16)
+    with torch.no_grad():
+        w = dag.weights("auto", x)
+    assert (w.argmax(-1) == y).float().mean() >= 0.9

@@ -2,12 +2,18 @@
 
 Six task embeddings d_i, one basal embedding d_basic and learnable λ_i give
 ``d = Σ_i w_i·(d_i + λ_i·d_basic)`` for task weights w (one-hot for a known task, a convex mixture
-for combined degradations, or the softmax of a light classifier on the condition latent for
-``task="auto"``). d is the SOS token, so the whole restoration is one forward pass per scale.
+for combined degradations, or the softmax of a light classifier for ``task="auto"``). d is the SOS
+token, so the whole restoration is one forward pass per scale.
 
 Classic classifier-free guidance is kept as an inference option for comparison: training drops the
 task to d_basic alone with probability ``cond_drop_rate``, and CFG runs a second, unconditional pass
 with d_basic, doubling the batch.
+
+The classifier is a three-layer CNN on the degraded tile itself, pooled to per-channel mean and
+standard deviation. The degradations differ in local statistics (noise energy, zeroed voxels or
+bands, blockiness, missing high frequencies); an MLP on the pooled condition latent c, which E_con
+was trained to make look clean, told them apart at chance level on held-out cubes (mean true-class
+probability 0.14–0.18 with the tiny preset, against 0.39–0.81 for this CNN after the same 500 steps).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ TaskSpec = str | Mapping[str, float] | torch.Tensor
 class DegradationGuidance(nn.Module):
     """Task embeddings, d_basic, λ and the task classifier; builds d (B, width)."""
 
-    def __init__(self, cfg: DAGConfig, width: int, z_channels: int) -> None:
+    def __init__(self, cfg: DAGConfig, width: int, bands: int) -> None:
         super().__init__()
         self.tasks = tuple(cfg.tasks)
         n = len(self.tasks)
@@ -35,14 +41,22 @@ class DegradationGuidance(nn.Module):
         self.task_embed = nn.Parameter(torch.randn(n, width) * std)
         self.basic = nn.Parameter(torch.randn(width) * std)
         self.lambdas = nn.Parameter(torch.full((n,), float(cfg.lambda_init)))
-        self.classifier = nn.Sequential(
-            nn.Linear(2 * z_channels, cfg.classifier_hidden), nn.GELU(), nn.Linear(cfg.classifier_hidden, n)
+        k = cfg.classifier_hidden
+        self.features = nn.Sequential(
+            nn.Conv2d(bands, k // 2, 3, padding=1), nn.GELU(),
+            nn.Conv2d(k // 2, k, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(k, k, 3, stride=2, padding=1), nn.GELU(),
         )
+        self.head = nn.Sequential(nn.LayerNorm(2 * k), nn.Linear(2 * k, k), nn.GELU(), nn.Linear(k, n))
 
-    def classify(self, c_BChw: torch.Tensor) -> torch.Tensor:
-        """Task logits from the condition latent's per-channel mean and std; (B,Cvae,h,w) → (B, N)."""
-        c = c_BChw.float().flatten(2)
-        return self.classifier(torch.cat([c.mean(-1), c.std(-1, unbiased=False)], dim=1))
+    def classify(self, lq01_BCHW: torch.Tensor) -> torch.Tensor:
+        """Task logits of degraded tiles (B, C, H, W) in the data's [0, 1] units; → (B, N).
+
+        In [0, 1] a removed voxel or band is exactly 0, as the protocol writes it (in the model's
+        [-1, 1] range the same probe learned 2–3× slower).
+        """
+        h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
+        return self.head(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1))
 
     def embed(self, weights_BN: torch.Tensor) -> torch.Tensor:
         """d = Σ_i w_i (d_i + λ_i d_basic); weights (B, N) → (B, width)."""
@@ -53,22 +67,22 @@ class DegradationGuidance(nn.Module):
         """The unconditional embedding d_basic for ``batch`` samples; → (B, width)."""
         return self.basic.expand(batch, -1)
 
-    def weights(self, task: TaskSpec, c_BChw: torch.Tensor) -> torch.Tensor:
-        """Task weights (B, N) for a task spec; ``"auto"`` uses the classifier on c (B, Cvae, h, w).
+    def weights(self, task: TaskSpec, lq01_BCHW: torch.Tensor) -> torch.Tensor:
+        """Task weights (B, N) for a task spec; ``"auto"`` classifies the degraded tiles lq (B, C, H, W) in [0, 1].
 
         Raises:
             ValueError: unknown task name, negative or all-zero mixture weights, wrong tensor shape.
         """
-        B, n = c_BChw.shape[0], len(self.tasks)
+        B, n = lq01_BCHW.shape[0], len(self.tasks)
         if isinstance(task, torch.Tensor):
             if task.shape != (B, n):
                 raise ValueError(f"task weights must have shape ({B}, {n}), got {tuple(task.shape)}")
-            return task.to(c_BChw.device, torch.float32)
+            return task.to(lq01_BCHW.device, torch.float32)
         if isinstance(task, str):
             if task == "auto":
-                return F.softmax(self.classify(c_BChw), dim=-1)
+                return F.softmax(self.classify(lq01_BCHW), dim=-1)
             task = {task: 1.0}
-        w = torch.zeros(n, device=c_BChw.device)
+        w = torch.zeros(n, device=lq01_BCHW.device)
         for name, value in task.items():
             if name not in self.tasks:
                 raise ValueError(f"unknown task {name!r}; expected 'auto' or one of {', '.join(self.tasks)}")

@@ -1,13 +1,15 @@
 """HSI-VAR: the whole restoration model, assembled from its typed config.
 
 Parts (DESIGN.md §3): ``vqvae`` (E, quantiser, D with SSA), ``cond`` (E_con + P), ``dag`` (task
-embeddings, λ, classifier), ``var`` (next-scale transformer) and ``refiner`` (NAFNet on the
-latent). Cubes enter and leave in [0, 1] (B, C, H, W) with H = W = ``cfg.vqvae.image_size``; the
+embeddings, λ, classifier), ``var`` (next-scale transformer), ``refiner`` (NAFNet on the
+latent) and, when ``cfg.fusion.width > 0``, ``fusion`` (NAFNet on the image grid, see
+:mod:`hsivar.models.fusion`). Cubes enter and leave in [0, 1] (B, C, H, W) with H = W = ``cfg.vqvae.image_size``; the
 VQ-VAE works in [-1, 1] internally, as VAR does.
 
 Restoration of one tile: c = E_con(lq) → prefix P(c), d from the task (or the classifier) →
 autoregressive tokens scale by scale (KV cache) → f̂_K → f̂_K + Q(z, W(e[r_K])) → D → cube
-(with ``decoder_skips``, D also receives E_con's per-level features of lq).
+(with ``decoder_skips``, D also receives E_con's per-level features of lq) → ŷ, and with a fusion
+head the cube is ŷ + F(lq, ŷ, task weights).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from hsivar.config import ModelConfig
 from hsivar.models.condition import ConditionEncoder
 from hsivar.models.dag import DegradationGuidance, TaskSpec
+from hsivar.models.fusion import OutputFusion
 from hsivar.models.refiner import Refiner
 from hsivar.models.var import GREEDY, NextScaleTransformer, Sampling
 from hsivar.models.vqvae import VQVAE
@@ -45,11 +48,6 @@ def to_model_range(x01: torch.Tensor) -> torch.Tensor:
     return x01 * 2 - 1
 
 
-def from_model_range(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] → [0, 1], clamped."""
-    return ((x + 1) / 2).clamp(0, 1)
-
-
 class HSIVAR(nn.Module):
     """The HSI-VAR model; see the module docstring."""
 
@@ -59,9 +57,10 @@ class HSIVAR(nn.Module):
         width, vq = cfg.transformer.width, cfg.vqvae
         self.vqvae = VQVAE(vq)
         self.cond = ConditionEncoder(vq, width)
-        self.dag = DegradationGuidance(cfg.dag, width, vq.z_channels)
+        self.dag = DegradationGuidance(cfg.dag, width, vq.bands)
         self.var = NextScaleTransformer(cfg.transformer, vq)
         self.refiner = Refiner(cfg.refiner, width, vq.z_channels, vq.latent_size)
+        self.fusion = OutputFusion(cfg.fusion, vq.bands, len(self.dag.tasks)) if cfg.fusion.width else None
 
     def init_condition_encoder(self) -> None:
         """Start of stage 2: E_con ← copy of the trained E (and quant_conv)."""
@@ -77,6 +76,14 @@ class HSIVAR(nn.Module):
         """Q(z, W(e[r_K])): hidden (B, p_K², C), last-scale indices (B, p_K²) → residual (B, Cvae, h, w)."""
         w = self.var.word_embed(self.vqvae.quantize.embedding(idx_last).to(self.var.word_embed.weight.dtype))
         return self.refiner(hidden_last, w)
+
+    def output(self, lq01: torch.Tensor, decoded: torch.Tensor, task_weights: torch.Tensor) -> torch.Tensor:
+        """The decoder's output (B, C, S, S) in [-1, 1] → the restored tiles in [0, 1] units (not clamped).
+
+        With a fusion head: ŷ + F(lq, ŷ, task weights (B, N)); without: ŷ = (decoded + 1) / 2.
+        """
+        y01 = (decoded.float() + 1) / 2
+        return y01 if self.fusion is None else self.fusion(lq01.float(), y01, task_weights.float())
 
     @torch.no_grad()
     def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
@@ -95,7 +102,7 @@ class HSIVAR(nn.Module):
         self.check_input(lq01)
         c, feats = self.cond.encode_with_features(to_model_range(lq01))
         skips = feats if self.cfg.vqvae.decoder_skips else None
-        weights = self.dag.weights(task, c)
+        weights = self.dag.weights(task, lq01)
         d = self.dag.embed(weights)
         gen = self.var.generate(
             self.cond.prefix(c), d, self.vqvae.quantize, sampling, generator,
@@ -105,5 +112,5 @@ class HSIVAR(nn.Module):
         latent = gen.f_hat
         if refine:
             latent = latent + self.refine(gen.hidden_last, gen.idx[-1])
-        cube = from_model_range(self.vqvae.decode(latent.to(c.dtype), skips).float())
+        cube = self.output(lq01, self.vqvae.decode(latent.to(c.dtype), skips), weights).clamp(0, 1)
         return RestoreOutput(cube, weights, gen.idx, latent, gen.hidden_last, skips)

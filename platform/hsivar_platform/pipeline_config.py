@@ -144,6 +144,8 @@ class StageSpec(_Strict):
 
     steps: int = Field(..., ge=1, description="optimizer steps of this stage")
     lr: float = Field(..., gt=0)
+    head_lr: float | None = Field(None, gt=0, description="stage 3: learning rate of the output fusion head "
+                                  "(it starts at zero on a trained decoder); default: lr")
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)

@@ -46,7 +46,7 @@ from hsivar.metrics import evaluate, false_colour
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.publish import CONFIG_FILE, WEIGHTS_FILE, load_published, save_published
 from hsivar.tasks import TASKS
-from hsivar.training import STAGES, Batch, prepare_stage, stage_loss
+from hsivar.training import STAGES, Batch, param_groups, prepare_stage, stage_loss
 from hsivar_platform import storage
 from hsivar_platform.pipeline_config import ConfigError, PipelineConfig, check_stages, load_config, split_dotted_args
 
@@ -568,7 +568,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         load_init_weights(model, config["init_uri"])
     params = prepare_stage(model, stage)  # type: ignore[arg-type]
     model.to(device)
-    opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, params, spec.lr, spec.head_lr), lr=spec.lr, betas=spec.betas,
+                            weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, spec.steps, spec.warmup_steps, spec.min_lr_ratio))
     ema = EMA(params, spec.ema_decay) if spec.ema_decay else None
