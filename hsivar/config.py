@@ -137,6 +137,8 @@ class FusionConfig(_Frozen):
 
     width: int = Field(0, ge=0, description="channels of the head; 0: no head (the decoder's output is final)")
     blocks: int = Field(2, ge=0, description="NAFNet blocks between the input conv and the output conv")
+    gate_lr_scale: float = Field(10.0, gt=0, description="learning rate of the per-task input gate, in units of "
+                                 "the head's (a few scalars per task that must travel far in a short stage 3)")
 
 
 class DAGConfig(_Frozen):

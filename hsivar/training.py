@@ -70,15 +70,20 @@ def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter
 
 def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
                  head_lr: float | None = None) -> list[dict]:
-    """AdamW parameter groups of a stage's ``params``: the fusion head at ``head_lr`` (when given), the rest at ``lr``.
+    """AdamW parameter groups of a stage's ``params``: the fusion head at ``head_lr`` (when given; its
+    per-task input gate at ``cfg.fusion.gate_lr_scale`` times that), the rest at ``lr``.
 
     The head starts at zero on top of a decoder trained for a whole stage; at the decoder's
     fine-tuning rate it barely moves in a short stage 3, so it may learn faster (tiny: 3×).
     """
-    head = {id(p) for p in model.fusion.parameters()} if model.fusion is not None and head_lr else set()
-    groups = [{"params": [p for p in params if id(p) not in head], "lr": lr}]
-    if head:
-        groups.append({"params": [p for p in params if id(p) in head], "lr": head_lr})
+    fusion = model.fusion
+    if fusion is None or not head_lr:
+        return [{"params": list(params), "lr": lr}]
+    gate = {id(fusion.gate.weight)}
+    head = {id(p) for p in fusion.parameters()} - gate
+    groups = [{"params": [p for p in params if id(p) not in head | gate], "lr": lr},
+              {"params": [p for p in params if id(p) in head], "lr": head_lr},
+              {"params": [p for p in params if id(p) in gate], "lr": head_lr * model.cfg.fusion.gate_lr_scale}]
     return [g for g in groups if g["params"]]
 
 

@@ -127,9 +127,13 @@ def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> Non
     lq = torch.rand(2, 8, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.restore(lq, task="blur").cube, plain.restore(lq, task="blur").cube)
-        model.fusion.ending.weight.normal_(std=0.05)
         decoded = torch.rand(2, 8, 32, 32) * 2 - 1
         w = torch.eye(len(TASKS))[:2]
+        model.fusion.gate.weight[:, 0] = 1.0  # gate fully open for the first task: the input passes through
+        assert torch.allclose(model.output(lq, decoded, w)[0], lq[0]) and \
+            torch.equal(model.output(lq, decoded, w)[1], (decoded[1] + 1) / 2)
+        model.fusion.gate.weight.zero_()
+        model.fusion.ending.weight.normal_(std=0.05)
         y = model.output(lq, decoded, w)
         assert y.shape == lq.shape
         assert not torch.allclose(y, model.output(lq.flip(-1), decoded, w))  # the degraded pixels matter
@@ -139,7 +143,9 @@ def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> Non
     ids = {s: set(map(id, trainable_parameters(model, s))) for s in STAGES}
     assert fusion <= ids["decoder"] and fusion.isdisjoint(ids["vqvae"] | ids["var"])
     groups = param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3, head_lr=1e-2)
-    assert [g["lr"] for g in groups] == [1e-3, 1e-2] and set(map(id, groups[1]["params"])) == fusion
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2, 1e-2 * cfg.fusion.gate_lr_scale]
+    assert set(map(id, groups[1]["params"])) | set(map(id, groups[2]["params"])) == fusion
+    assert [id(p) for p in groups[2]["params"]] == [id(model.fusion.gate.weight)]
     assert len(param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3)) == 1
 
 
