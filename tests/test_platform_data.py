@@ -60,6 +60,11 @@ def test_overrides_dotted_options_and_resolution(tmp_path: Path) -> None:
     assert r.tracking.tracking_uri.startswith("sqlite:///") or r.tracking.tracking_uri  # env may override
     assert r.flat()["train.vqvae.steps"] == 7
     assert PipelineConfig.model_validate(r.model_dump(mode="json")) == r  # what workers receive round-trips
+    # a relative local init_uri is made absolute (Train workers run elsewhere); URIs are kept as given
+    rel = load_config(REPO / "configs" / "tiny.yaml", ["train.init_uri=runs/x/var/latest"]).resolved()
+    assert rel.train.init_uri == str(Path("runs/x/var/latest").absolute())
+    s3 = load_config(REPO / "configs" / "tiny.yaml", ["train.init_uri=s3://b/runs/x/var/latest"]).resolved()
+    assert s3.train.init_uri == "s3://b/runs/x/var/latest"
     assert check_stages(["decoder", "vqvae"]) == ["vqvae", "decoder"]
 
 

@@ -306,10 +306,14 @@ class PipelineConfig(_Strict):
         return r.format(preset=self.model.preset) if r else None
 
     def resolved(self) -> PipelineConfig:
-        """A copy with the derived locations filled in (storage path, tracking URI, artifact root)."""
+        """A copy with the derived locations filled in (storage path, tracking URI, artifact root, an absolute
+        ``train.init_uri`` for a local path)."""
         upd = self.model_copy(deep=True)
         upd.run.work_dir = str(Path(self.run.work_dir).absolute())
         upd.run.storage_path = self.storage_root
+        init = upd.train.init_uri
+        if init and "://" not in init:  # a relative local path: Ray Train workers run in another cwd
+            upd.train.init_uri = str(Path(init).absolute())
         upd.tracking.tracking_uri = self.tracking_uri()
         if upd.tracking.artifact_location is None and _is_local_store(upd.tracking.tracking_uri):
             upd.tracking.artifact_location = str(Path(upd.run.work_dir) / "mlartifacts")
