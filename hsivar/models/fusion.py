@@ -12,9 +12,9 @@ correction of the decoded tile::
 
 The gate is a full-rank path from the input: through the ``width``-channel bottleneck alone the head
 did not reproduce a ×2 super-resolution input (29.7 against 30.0 dB with the task given). G and the
-output conv start at zero, so an untrained head returns ŷ unchanged. It is trained in stage 3 with the decoder on
-autoregressive restorations (``train.decoder.head_lr`` lets it learn faster than the pretrained
-decoder it corrects; G, a handful of scalars per task, at ``gate_lr_scale`` times that).
+output conv start at zero, so an untrained head returns ŷ unchanged. It is trained in stage 3 with
+the decoder on autoregressive restorations (``train.decoder.head_lr`` lets it learn faster than the
+pretrained decoder it corrects; G, a handful of scalars per task, at ``gate_lr_scale`` times that).
 """
 
 from __future__ import annotations

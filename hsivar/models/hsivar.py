@@ -3,8 +3,8 @@
 Parts (DESIGN.md §3): ``vqvae`` (E, quantiser, D with SSA), ``cond`` (E_con + P), ``dag`` (task
 embeddings, λ, classifier), ``var`` (next-scale transformer), ``refiner`` (NAFNet on the
 latent) and, when ``cfg.fusion.width > 0``, ``fusion`` (NAFNet on the image grid, see
-:mod:`hsivar.models.fusion`). Cubes enter and leave in [0, 1] (B, C, H, W) with H = W = ``cfg.vqvae.image_size``; the
-VQ-VAE works in [-1, 1] internally, as VAR does.
+:mod:`hsivar.models.fusion`). Cubes enter and leave in [0, 1] (B, C, H, W) with
+H = W = ``cfg.vqvae.image_size``; the VQ-VAE works in [-1, 1] internally, as VAR does.
 
 Restoration of one tile: c = E_con(lq) → prefix P(c), d from the task (or the classifier) →
 autoregressive tokens scale by scale (KV cache) → f̂_K → f̂_K + Q(z, W(e[r_K])) → D → cube
