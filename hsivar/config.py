@@ -146,6 +146,9 @@ class DAGConfig(_Frozen):
 
     tasks: tuple[str, ...] = TASKS
     classifier_hidden: int = Field(128, ge=4, description="channels of the task classifier's CNN (first conv: half)")
+    classifier_stages: tuple[Literal["vqvae", "var", "decoder"], ...] = Field(
+        ("vqvae", "var", "decoder"), description="training stages that also train the task classifier (its CE, "
+        "weight loss.task). It sees only the degraded tile, so it learns alongside any stage at ≈1 ms per batch")
     lambda_init: float = 1.0
 
 
@@ -156,8 +159,12 @@ class LossConfig(_Frozen):
     stage1_vq: float = 1.0
     refiner: float = Field(2.0, description="β1: L1 refiner loss in stage 2")
     align: float = Field(0.5, description="β2: ‖E_con(lq) − E(hq)‖² in stage 2")
-    task: float = Field(0.1, description="task-classifier CE in stage 2 (for task='auto')")
+    task: float = Field(0.1, description="task-classifier CE (for task='auto'), in the stages of dag.classifier_stages")
     stage3_ssim: float = Field(0.2, description="γ: weight of (1 − SSIM) in stage 3")
+    stage3_auto: float = Field(
+        0.5, ge=0, le=1, description="fraction of stage-3 tiles restored with the classifier's task weights (as "
+        "task='auto' does) instead of the true task, so that the decoder and the fusion head learn what auto "
+        "mode gives them")
 
 
 class ModelConfig(_Frozen):

@@ -5,11 +5,14 @@
   frozen: ``CE + β1·L1(refiner) + β2·‖E_con(lq) − E(hq)‖² + w·CE(task classifier)``.
 * Stage 3 ``decoder``: D + SSA (+ skips), post_quant_conv and the output fusion head on *restored*
   latents (true autoregressive greedy decoding, not teacher forcing) — ``L1 + γ·(1 − SSIM)``, SSIM
-  per band. The fusion head starts at zero and may get its own learning rate
-  (:func:`param_groups`). The refiner Q is
-  fine-tuned with them through the decoder: stage 2 fits it to the teacher-forced quantisation
-  residual, but at inference it sees autoregressive tokens (exposure bias, REFERENCE §6.4), so here
-  it learns to correct those latents — RestoreVAR trains its latent refiner on AR outputs likewise.
+  per band. A fraction ``loss.stage3_auto`` of the tiles is restored with the task classifier's
+  weights instead of the true task, as ``task="auto"`` restores them. The fusion head starts at zero
+  and may get its own learning rate (:func:`param_groups`). The refiner Q is fine-tuned with them
+  through the decoder: stage 2 fits it to the teacher-forced quantisation residual, but at inference
+  it sees autoregressive tokens (exposure bias, REFERENCE §6.4), so here it learns to correct those
+  latents — RestoreVAR trains its latent refiner on AR outputs likewise.
+* The task classifier (``dag``'s CNN on the degraded tile) trains in every stage of
+  ``dag.classifier_stages`` (default all three), with its own ``w·CE`` added to that stage's loss.
 
 The Ray layer (``hsivar_platform.train``) calls :func:`stage_loss` inside its workers;
 :func:`fit` is the same loop on one process (tests, the tiny demo).
@@ -50,7 +53,10 @@ class StepResult:
 
 
 def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
-    """The parameters a stage optimises; everything else stays frozen (requires_grad off)."""
+    """The parameters a stage optimises; everything else stays frozen (requires_grad off).
+
+    Besides the stage's own modules, the task classifier in the stages of ``dag.classifier_stages``.
+    """
     if stage == "vqvae":  # the decoder's stage-3 additions (SSA, skips) stay at their zero init
         dec = model.vqvae.decoder
         later = {id(p) for m in (dec.ssa, dec.skips) if m is not None for p in m.parameters()}
@@ -62,6 +68,9 @@ def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter
         params = [p for m in parts if m is not None for p in m.parameters()]
     else:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage in model.cfg.dag.classifier_stages:
+        known = set(map(id, params))
+        params += [p for p in model.dag.classifier_parameters() if id(p) not in known]
     keep = set(map(id, params))
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
@@ -87,8 +96,26 @@ def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
     return [g for g in groups if g["params"]]
 
 
+def task_loss(model: HSIVAR, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The task classifier on the degraded tiles: → (CE against the true weights, logits (B, N), logs)."""
+    logits = model.dag.classify(batch.lq)
+    ce = -(batch.task_weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    acc = (logits.argmax(-1) == batch.task_weights.argmax(-1)).float().mean()
+    return ce, logits, {"task_ce": float(ce.detach()), "task_acc": float(acc)}
+
+
+def _with_task_loss(model: HSIVAR, stage: Stage, batch: Batch, loss: torch.Tensor,
+                    logs: dict[str, float]) -> torch.Tensor:
+    """``loss`` plus w·CE of the task classifier when ``stage`` trains it (``dag.classifier_stages``)."""
+    if stage not in model.cfg.dag.classifier_stages:
+        return loss
+    ce, _, task_logs = task_loss(model, batch)
+    logs.update(task_logs)
+    return loss + model.cfg.loss.task * ce
+
+
 def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
-    """VQ-VAE reconstruction of the clean cubes: L1 + w·(1 − SSIM) + w_vq·VQ loss."""
+    """VQ-VAE reconstruction of the clean cubes: L1 + w·(1 − SSIM) + w_vq·VQ loss (+ w·task CE)."""
     out = model.vqvae(to_model_range(batch.hq))
     rec01 = (out.reconstruction.float() + 1) / 2
     rec_loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage1_ssim)
@@ -96,7 +123,7 @@ def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
     logs.update(vq=float(out.quant.vq_loss.detach()), psnr=psnr(rec01, batch.hq))
     for k, n in enumerate(out.quant.codes_used):
         logs[f"codes_used_s{k}"] = float(n)
-    return StepResult(loss, logs)
+    return StepResult(_with_task_loss(model, "vqvae", batch, loss, logs), logs)
 
 
 def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
@@ -109,8 +136,6 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
         residual = f - fhats[-1]
     c = model.cond.encode(to_model_range(batch.lq))
     align = alignment_loss(c, f)
-    task_logits = model.dag.classify(batch.lq)
-    task_ce = -(batch.task_weights * F.log_softmax(task_logits, dim=-1)).sum(-1).mean()
     d = model.dag.embed(batch.task_weights)
     drop = torch.rand(d.shape[0], generator=generator).to(d.device) < model.cfg.transformer.cond_drop_rate
     d = torch.where(drop[:, None], model.dag.null(d.shape[0]), d)
@@ -120,31 +145,42 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     n_last = idx[-1].shape[1]
     refined = model.refine(hidden[:, -n_last:], idx[-1])
     ref = F.l1_loss(refined, residual)
-    loss = ce + lc.refiner * ref + lc.align * align + lc.task * task_ce
+    loss = ce + lc.refiner * ref + lc.align * align
     with torch.no_grad():
         hit = (logits.argmax(-1) == target).float()
-        logs = {"ce": float(ce), "refiner_l1": float(ref), "align": float(align), "task_ce": float(task_ce),
-                "acc": float(hit.mean()),
-                "task_acc": float((task_logits.argmax(-1) == batch.task_weights.argmax(-1)).float().mean())}
+        logs = {"ce": float(ce), "refiner_l1": float(ref), "align": float(align), "acc": float(hit.mean())}
         start = 0
         for k, p in enumerate(vq.cfg.patch_nums):
             logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
             start += p * p
-    return StepResult(loss, logs)
+    return StepResult(_with_task_loss(model, "var", batch, loss, logs), logs)
 
 
-def stage3_loss(model: HSIVAR, batch: Batch) -> StepResult:
-    """Decoder + SSA + refiner + fusion head on restored latents (greedy AR, true task): L1 + γ·(1 − SSIM)."""
+def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The task weights (B, N) stage 3 restores with: per tile, with probability ``loss.stage3_auto`` the
+    classifier's softmax (what ``task="auto"`` uses), otherwise the true weights."""
+    frac = model.cfg.loss.stage3_auto
+    if frac <= 0:
+        return batch.task_weights
+    with torch.no_grad():
+        auto = F.softmax(model.dag.classify(batch.lq).float(), dim=-1)
+    pick = torch.rand(auto.shape[0], generator=generator).to(auto.device) < frac
+    return torch.where(pick[:, None], auto, batch.task_weights.to(auto.dtype))
+
+
+def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """Decoder + SSA + refiner + fusion head on restored latents (greedy AR with
+    :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE)."""
+    weights = stage3_task_weights(model, batch, generator)
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path
-    with torch.no_grad():
-        out = model.restore(batch.lq, task=batch.task_weights, refine=False)
+    out = model.autoregress(batch.lq, task=weights)  # no_grad; tokens only, nothing decoded
     model.train(was_training)
     latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
     rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights)
     loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
     logs["psnr"] = psnr(rec01, batch.hq)
-    return StepResult(loss, logs)
+    return StepResult(_with_task_loss(model, "decoder", batch, loss, logs), logs)
 
 
 def stage_loss(model: HSIVAR, stage: Stage, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
@@ -154,7 +190,7 @@ def stage_loss(model: HSIVAR, stage: Stage, batch: Batch, generator: torch.Gener
     if stage == "var":
         return stage2_loss(model, batch, generator)
     if stage == "decoder":
-        return stage3_loss(model, batch)
+        return stage3_loss(model, batch, generator)
     raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
 
 

@@ -10,7 +10,7 @@ from hsivar.config import preset
 from hsivar.losses import psnr, ssim_per_band
 from hsivar.models.hsivar import HSIVAR
 from hsivar.tasks import TASKS
-from hsivar.training import STAGES, Batch, fit, trainable_parameters
+from hsivar.training import STAGES, Batch, fit, stage3_task_weights, trainable_parameters
 
 
 def smooth_cubes(n: int, bands: int, size: int, seed: int) -> torch.Tensor:
@@ -47,13 +47,48 @@ def test_each_stage_loss_backward_and_step(stage: str) -> None:
 
 
 def test_stage_parameter_sets_partition_the_model() -> None:
+    """Each stage trains its own modules; the task classifier trains in the stages of dag.classifier_stages."""
     model = HSIVAR(preset("tiny", bands=8))
     ids = {s: set(map(id, trainable_parameters(model, s))) for s in STAGES}
-    assert ids["vqvae"].isdisjoint(ids["var"])
+    classifier = set(map(id, model.dag.classifier_parameters()))
+    assert classifier and all(classifier <= ids[s] for s in STAGES)
+    assert (ids["vqvae"] - classifier).isdisjoint(ids["var"])
+    cfg = preset("tiny", bands=8)
+    only_var = HSIVAR(cfg.model_copy(update={"dag": cfg.dag.model_copy(update={"classifier_stages": ("var",)})}))
+    var_ids = {s: set(map(id, trainable_parameters(only_var, s))) for s in STAGES}
+    var_classifier = set(map(id, only_var.dag.classifier_parameters()))
+    assert var_classifier <= var_ids["var"] and var_classifier.isdisjoint(var_ids["vqvae"] | var_ids["decoder"])
+    assert var_ids["vqvae"].isdisjoint(var_ids["var"])
     ssa = set(map(id, model.vqvae.decoder.ssa.parameters()))
     assert ssa <= ids["decoder"] and ssa.isdisjoint(ids["vqvae"])
     cond = set(map(id, model.cond.parameters()))
     assert cond <= ids["var"]
+
+
+def test_stage3_restores_a_fraction_of_tiles_with_the_classifier_weights() -> None:
+    """loss.stage3_auto: per tile, the classifier's softmax (auto mode) or the true task; the token half
+    (autoregress) plus refine, decode and output is restore."""
+    cfg = preset("tiny", bands=8)
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    batch = noisy_batch(smooth_cubes(8, 8, 32, seed=1), 30, seed=2)
+    with torch.no_grad():
+        auto = torch.softmax(model.dag.classify(batch.lq), -1)
+    gen = torch.Generator().manual_seed(0)
+    w = stage3_task_weights(model, batch, gen)
+    is_auto = torch.isclose(w, auto).all(-1)
+    is_true = torch.isclose(w, batch.task_weights).all(-1)
+    assert (is_auto | is_true).all() and is_auto.any() and is_true.any()
+    for frac, expected in ((0.0, batch.task_weights), (1.0, auto)):
+        m = HSIVAR(cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"stage3_auto": frac})})).eval()
+        m.load_state_dict(model.state_dict())
+        assert torch.allclose(stage3_task_weights(m, batch, gen), expected)
+    with torch.no_grad():
+        tokens = model.autoregress(batch.lq[:2], task="gaussian")
+        full = model.restore(batch.lq[:2], task="gaussian")
+        latent = tokens.latent + model.refine(tokens.hidden_last, tokens.idx[-1])
+        cube = model.output(batch.lq[:2], model.vqvae.decode(latent, tokens.skips), tokens.task_weights).clamp(0, 1)
+    assert tokens.cube.numel() == 0 and torch.equal(full.latent, latent) and torch.equal(full.cube, cube)
 
 
 def test_ssim_per_band_is_one_for_identical_and_drops_with_noise() -> None:

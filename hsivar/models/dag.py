@@ -58,6 +58,10 @@ class DegradationGuidance(nn.Module):
         h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
         return self.head(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1))
 
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The task classifier's parameters (its CNN and head; not the embeddings or λ)."""
+        return [*self.features.parameters(), *self.head.parameters()]
+
     def embed(self, weights_BN: torch.Tensor) -> torch.Tensor:
         """d = Σ_i w_i (d_i + λ_i d_basic); weights (B, N) → (B, width)."""
         table = self.task_embed + self.lambdas[:, None] * self.basic

@@ -86,6 +86,29 @@ class HSIVAR(nn.Module):
         return y01 if self.fusion is None else self.fusion(lq01.float(), y01, task_weights.float())
 
     @torch.no_grad()
+    def autoregress(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
+                    generator: torch.Generator | None = None, guidance: Guidance = "dag",
+                    cfg_scale: float = 1.5, kv_cache: bool = True) -> RestoreOutput:
+        """The token half of restoration: degraded tiles lq (B, C, S, S) in [0, 1] → latent f̂_K, no decoding.
+
+        Returns a :class:`RestoreOutput` whose ``cube`` is empty (B, 0, 0, 0) and whose ``latent`` is f̂_K
+        (float32) without the refiner's residual. Stage 3 trains the decoder on this
+        (:func:`hsivar.training.stage3_loss`); :meth:`restore` decodes it. Arguments as in :meth:`restore`.
+        """
+        self.check_input(lq01)
+        c, feats = self.cond.encode_with_features(to_model_range(lq01))
+        skips = feats if self.cfg.vqvae.decoder_skips else None
+        weights = self.dag.weights(task, lq01)
+        d = self.dag.embed(weights)
+        gen = self.var.generate(
+            self.cond.prefix(c), d, self.vqvae.quantize, sampling, generator,
+            d_uncond_BC=self.dag.null(d.shape[0]) if guidance == "cfg" else None,
+            cfg_scale=cfg_scale if guidance == "cfg" else 0.0, kv_cache=kv_cache,
+        )
+        empty = lq01.new_zeros(lq01.shape[0], 0, 0, 0)
+        return RestoreOutput(empty, weights, gen.idx, gen.f_hat, gen.hidden_last, skips)
+
+    @torch.no_grad()
     def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, guidance: Guidance = "dag",
                 cfg_scale: float = 1.5, refine: bool = True, kv_cache: bool = True) -> RestoreOutput:
@@ -99,18 +122,9 @@ class HSIVAR(nn.Module):
             refine: add the refiner's continuous residual to f̂_K before decoding.
             kv_cache: False recomputes the whole sequence at every scale (same result; benchmarks).
         """
-        self.check_input(lq01)
-        c, feats = self.cond.encode_with_features(to_model_range(lq01))
-        skips = feats if self.cfg.vqvae.decoder_skips else None
-        weights = self.dag.weights(task, lq01)
-        d = self.dag.embed(weights)
-        gen = self.var.generate(
-            self.cond.prefix(c), d, self.vqvae.quantize, sampling, generator,
-            d_uncond_BC=self.dag.null(d.shape[0]) if guidance == "cfg" else None,
-            cfg_scale=cfg_scale if guidance == "cfg" else 0.0, kv_cache=kv_cache,
-        )
-        latent = gen.f_hat
+        out = self.autoregress(lq01, task, sampling, generator, guidance, cfg_scale, kv_cache)
+        latent = out.latent
         if refine:
-            latent = latent + self.refine(gen.hidden_last, gen.idx[-1])
-        cube = self.output(lq01, self.vqvae.decode(latent.to(c.dtype), skips), weights).clamp(0, 1)
-        return RestoreOutput(cube, weights, gen.idx, latent, gen.hidden_last, skips)
+            latent = latent + self.refine(out.hidden_last, out.idx[-1])
+        cube = self.output(lq01, self.vqvae.decode(latent, out.skips), out.task_weights).clamp(0, 1)
+        return RestoreOutput(cube, out.task_weights, out.idx, latent, out.hidden_last, out.skips)
