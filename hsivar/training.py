@@ -105,13 +105,14 @@ def task_loss(model: HSIVAR, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def _with_task_loss(model: HSIVAR, stage: Stage, batch: Batch, loss: torch.Tensor,
-                    logs: dict[str, float]) -> torch.Tensor:
-    """``loss`` plus w·CE of the task classifier when ``stage`` trains it (``dag.classifier_stages``)."""
+                    logs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``loss`` plus w·CE of the task classifier when ``stage`` trains it (``dag.classifier_stages``);
+    → (the loss, the classifier's logits (B, N) or None when the stage does not train it)."""
     if stage not in model.cfg.dag.classifier_stages:
-        return loss
-    ce, _, task_logs = task_loss(model, batch)
+        return loss, None
+    ce, logits, task_logs = task_loss(model, batch)
     logs.update(task_logs)
-    return loss + model.cfg.loss.task * ce
+    return loss + model.cfg.loss.task * ce, logits
 
 
 def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
@@ -123,7 +124,7 @@ def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
     logs.update(vq=float(out.quant.vq_loss.detach()), psnr=psnr(rec01, batch.hq))
     for k, n in enumerate(out.quant.codes_used):
         logs[f"codes_used_s{k}"] = float(n)
-    return StepResult(_with_task_loss(model, "vqvae", batch, loss, logs), logs)
+    return StepResult(_with_task_loss(model, "vqvae", batch, loss, logs)[0], logs)
 
 
 def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
@@ -153,17 +154,19 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
         for k, p in enumerate(vq.cfg.patch_nums):
             logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
             start += p * p
-    return StepResult(_with_task_loss(model, "var", batch, loss, logs), logs)
+    return StepResult(_with_task_loss(model, "var", batch, loss, logs)[0], logs)
 
 
-def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None,
+                        logits: torch.Tensor | None = None) -> torch.Tensor:
     """The task weights (B, N) stage 3 restores with: per tile, with probability ``loss.stage3_auto`` the
-    classifier's softmax (what ``task="auto"`` uses), otherwise the true weights."""
+    classifier's softmax (what ``task="auto"`` uses; from ``logits`` (B, N) when given), otherwise the
+    true weights."""
     frac = model.cfg.loss.stage3_auto
     if frac <= 0:
         return batch.task_weights
     with torch.no_grad():
-        auto = F.softmax(model.dag.classify(batch.lq).float(), dim=-1)
+        auto = F.softmax((model.dag.classify(batch.lq) if logits is None else logits).float(), dim=-1)
     pick = torch.rand(auto.shape[0], generator=generator).to(auto.device) < frac
     return torch.where(pick[:, None], auto, batch.task_weights.to(auto.dtype))
 
@@ -171,16 +174,18 @@ def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator 
 def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
     """Decoder + SSA + refiner + fusion head on restored latents (greedy AR with
     :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE)."""
-    weights = stage3_task_weights(model, batch, generator)
+    logs: dict[str, float] = {}
+    task_term, logits = _with_task_loss(model, "decoder", batch, torch.zeros(()), logs)
+    weights = stage3_task_weights(model, batch, generator, logits)
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path
     out = model.autoregress(batch.lq, task=weights)  # no_grad; tokens only, nothing decoded
     model.train(was_training)
     latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
     rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights)
-    loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
-    logs["psnr"] = psnr(rec01, batch.hq)
-    return StepResult(_with_task_loss(model, "decoder", batch, loss, logs), logs)
+    loss, rec_logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
+    logs.update(rec_logs, psnr=psnr(rec01, batch.hq))
+    return StepResult(loss + task_term.to(loss.device), logs)
 
 
 def stage_loss(model: HSIVAR, stage: Stage, batch: Batch, generator: torch.Generator | None = None) -> StepResult:

@@ -10,7 +10,7 @@ from hsivar.config import preset
 from hsivar.losses import psnr, ssim_per_band
 from hsivar.models.hsivar import HSIVAR
 from hsivar.tasks import TASKS
-from hsivar.training import STAGES, Batch, fit, stage3_task_weights, trainable_parameters
+from hsivar.training import STAGES, Batch, fit, stage3_task_weights, stage_loss, trainable_parameters
 
 
 def smooth_cubes(n: int, bands: int, size: int, seed: int) -> torch.Tensor:
@@ -89,6 +89,12 @@ def test_stage3_restores_a_fraction_of_tiles_with_the_classifier_weights() -> No
         latent = tokens.latent + model.refine(tokens.hidden_last, tokens.idx[-1])
         cube = model.output(batch.lq[:2], model.vqvae.decode(latent, tokens.skips), tokens.task_weights).clamp(0, 1)
     assert tokens.cube.numel() == 0 and torch.equal(full.latent, latent) and torch.equal(full.cube, cube)
+    # stage 3 also trains the classifier (dag.classifier_stages): its CE is in the loss
+    trainable_parameters(model, "decoder")
+    res = stage_loss(model.train(), "decoder", batch, gen)
+    res.loss.backward()
+    assert {"task_ce", "task_acc", "psnr"} <= set(res.logs)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.dag.classifier_parameters()[-2:])
 
 
 def test_ssim_per_band_is_one_for_identical_and_drops_with_noise() -> None:
