@@ -104,15 +104,15 @@ def task_loss(model: HSIVAR, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, 
     return ce, logits, {"task_ce": float(ce.detach()), "task_acc": float(acc)}
 
 
-def _with_task_loss(model: HSIVAR, stage: Stage, batch: Batch, loss: torch.Tensor,
-                    logs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``loss`` plus w·CE of the task classifier when ``stage`` trains it (``dag.classifier_stages``);
-    → (the loss, the classifier's logits (B, N) or None when the stage does not train it)."""
+def _task_term(model: HSIVAR, stage: Stage, batch: Batch,
+               logs: dict[str, float]) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+    """w·CE of the task classifier when ``stage`` trains it (``dag.classifier_stages``), its logs added to
+    ``logs``; → (the term to add to the stage's loss, 0.0 otherwise; the logits (B, N) or None)."""
     if stage not in model.cfg.dag.classifier_stages:
-        return loss, None
+        return 0.0, None
     ce, logits, task_logs = task_loss(model, batch)
     logs.update(task_logs)
-    return loss + model.cfg.loss.task * ce, logits
+    return model.cfg.loss.task * ce, logits
 
 
 def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
@@ -124,7 +124,7 @@ def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
     logs.update(vq=float(out.quant.vq_loss.detach()), psnr=psnr(rec01, batch.hq))
     for k, n in enumerate(out.quant.codes_used):
         logs[f"codes_used_s{k}"] = float(n)
-    return StepResult(_with_task_loss(model, "vqvae", batch, loss, logs)[0], logs)
+    return StepResult(loss + _task_term(model, "vqvae", batch, logs)[0], logs)
 
 
 def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
@@ -154,7 +154,7 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
         for k, p in enumerate(vq.cfg.patch_nums):
             logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
             start += p * p
-    return StepResult(_with_task_loss(model, "var", batch, loss, logs)[0], logs)
+    return StepResult(loss + _task_term(model, "var", batch, logs)[0], logs)
 
 
 def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None,
@@ -175,7 +175,7 @@ def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     """Decoder + SSA + refiner + fusion head on restored latents (greedy AR with
     :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE)."""
     logs: dict[str, float] = {}
-    task_term, logits = _with_task_loss(model, "decoder", batch, torch.zeros(()), logs)
+    task_term, logits = _task_term(model, "decoder", batch, logs)
     weights = stage3_task_weights(model, batch, generator, logits)
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path
@@ -185,7 +185,7 @@ def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights)
     loss, rec_logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
     logs.update(rec_logs, psnr=psnr(rec01, batch.hq))
-    return StepResult(loss + task_term.to(loss.device), logs)
+    return StepResult(loss + task_term, logs)
 
 
 def stage_loss(model: HSIVAR, stage: Stage, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
