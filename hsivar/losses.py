@@ -17,10 +17,17 @@ def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Ten
 
 def ssim_per_band(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
                   sigma: float = 1.5) -> torch.Tensor:
-    """SSIM of every band of x and y (B, C, H, W), Gaussian window, valid region; → (B, C).
+    """SSIM of every band of x and y (B, C, H, W), Gaussian window, valid region; → (B, C) float32.
 
-    The window shrinks to the image side (odd) for images smaller than ``window`` pixels.
+    The window shrinks to the image side (odd) for images smaller than ``window`` pixels. Computed in
+    float32 with autocast off: the variances are differences of nearly equal local means (E[x²] − E[x]²),
+    which bf16's 8-bit mantissa cancels to noise (stage 3 diverged under bf16 autocast on CUDA).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim_fp32(x.float(), y.float(), data_range, window, sigma)
+
+
+def _ssim_fp32(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int, sigma: float) -> torch.Tensor:
     B, C, H, W = x.shape
     size = min(window, H, W)
     size -= 1 - size % 2

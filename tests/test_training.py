@@ -103,6 +103,19 @@ def test_ssim_per_band_is_one_for_identical_and_drops_with_noise() -> None:
     assert (ssim_per_band(x, (x + 0.2 * torch.randn_like(x)).clamp(0, 1)) < 0.9).all()
 
 
+def test_ssim_stays_float32_under_bf16_autocast() -> None:
+    """Its variances are differences of close local means; in bf16 they cancel to noise (stage 1 and 3 diverged
+    under bf16 autocast on an H100 until SSIM ran in float32)."""
+    x = smooth_cubes(2, 4, 32, seed=8)
+    y = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(9))).clamp(0, 1)
+    ref = ssim_per_band(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim_per_band(x, y)
+        naive = F.conv2d(x * x, torch.full((4, 1, 11, 11), 1 / 121), groups=4)  # what autocast does to a conv
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-6)
+    assert naive.dtype == torch.bfloat16  # so the guard in ssim_per_band is what keeps SSIM exact
+
+
 @pytest.fixture(scope="module")
 def overfit_run() -> dict:
     """Train all three stages of a tiny 8-band model on 4 noisy cubes (about 50 s on 2 idle cores)."""
