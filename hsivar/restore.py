@@ -76,33 +76,61 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[in
             for c in tile_starts(max(width, tile), tile, overlap)]
 
 
+def pad_to_tile(x: torch.Tensor, tile: int) -> torch.Tensor:
+    """x (C, H, W) with sides smaller than ``tile`` padded at the bottom/right to ``tile`` (reflect;
+    replicate where the side is too small to reflect); larger sides are left as they are."""
+    C, H, W = x.shape
+    pad_h, pad_w = max(tile - H, 0), max(tile - W, 0)
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < H and pad_w < W else "replicate"
+    return F.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+
+
+class TileBlender:
+    """Accumulates tile outputs into a (C, height, width) cube, batch by batch.
+
+    Every pixel of :meth:`result` is the :func:`blend_window`-weighted mean of the outputs of the tiles
+    covering it; only the cube-sized sums are held, never all tiles at once.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int,
+                 device: str | torch.device = "cpu") -> None:
+        self.height, self.width, self.tile = height, width, tile
+        self.window = blend_window(tile, overlap).to(device)
+        self.acc = torch.zeros(channels, max(height, tile), max(width, tile), device=device)
+        self.weight = torch.zeros(self.acc.shape[1:], device=device)
+
+    def add(self, coords: list[tuple[int, int]], outputs: torch.Tensor) -> None:
+        """Add outputs (b, C, tile, tile) of the tiles starting at ``coords`` (b (row, col) pairs)."""
+        S = self.tile
+        for (r, c), out in zip(coords, outputs):
+            self.acc[:, r:r + S, c:c + S] += out * self.window
+            self.weight[r:r + S, c:c + S] += self.window
+
+    def result(self) -> torch.Tensor:
+        """The blended cube (C, height, width)."""
+        return (self.acc / self.weight)[:, :self.height, :self.width]
+
+
 def blend_tiles(x: torch.Tensor, tile: int, overlap: int, batch_size: int,
                 fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply ``fn`` to overlapping tiles of x and blend the results.
+    """Apply ``fn`` to overlapping tiles of x in batches of ``batch_size`` and blend the results.
 
     Args:
-        x: (C, H, W); sides smaller than ``tile`` are reflect-padded (replicate when too small).
+        x: (C, H, W); sides smaller than ``tile`` are padded (:func:`pad_to_tile`).
         fn: maps a batch of tiles (b, C, tile, tile) to outputs of the same shape.
     Returns:
         (C, H, W): per pixel, the window-weighted mean of the outputs of every tile covering it.
     """
     C, H, W = x.shape
-    pad_h, pad_w = max(tile - H, 0), max(tile - W, 0)
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < H and pad_w < W else "replicate"
-        x = F.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)[0]
-    Hp, Wp = x.shape[-2:]
+    xp = pad_to_tile(x, tile)
     coords = tile_grid(H, W, tile, overlap)
-    window = blend_window(tile, overlap).to(x.device)
-    acc = torch.zeros(C, Hp, Wp, device=x.device)
-    weight = torch.zeros(Hp, Wp, device=x.device)
+    blender = TileBlender(C, H, W, tile, overlap, x.device)
     for i in range(0, len(coords), batch_size):
         batch = coords[i:i + batch_size]
-        outs = fn(torch.stack([x[:, r:r + tile, c:c + tile] for r, c in batch]))
-        for (r, c), out in zip(batch, outs):
-            acc[:, r:r + tile, c:c + tile] += out * window
-            weight[r:r + tile, c:c + tile] += window
-    return (acc / weight)[:, :H, :W]
+        blender.add(batch, fn(torch.stack([xp[:, r:r + tile, c:c + tile] for r, c in batch])))
+    return blender.result()
 
 
 class Restorer:
@@ -131,7 +159,8 @@ class Restorer:
         """Tile side S in pixels."""
         return self.cfg.vqvae.image_size
 
-    def _autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager:
+        """The context the model runs in: bf16 autocast on CUDA when ``bf16``, else a no-op."""
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def restore(self, cube: np.ndarray | torch.Tensor, task: TaskSpec = "auto", *, overlap: int | None = None,
@@ -172,7 +201,7 @@ class Restorer:
         task_sums: list[torch.Tensor] = []  # per batch of tiles, summed task weights
 
         def restore_tiles(tiles: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            with self._autocast():
+            with self.autocast():
                 out = self.model.restore(tiles, task, sampling, gen, guidance, cfg_scale, refine)
             task_sums.append(out.task_weights.sum(0))
             return out.cube.float()

@@ -45,7 +45,6 @@ import posixpath
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,12 +52,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hsivar.data.io import CubeMeta, detect_format, read_cube, write_cube
 from hsivar.models.var import Sampling
-from hsivar.restore import RestoreInputError, Restorer, blend_window, tile_grid
+from hsivar.restore import RestoreInputError, Restorer, TileBlender, pad_to_tile, tile_grid
 from hsivar.tasks import TASKS
 from hsivar_platform import storage
 
@@ -202,20 +200,11 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
         x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
     scale = (hi - lo) if hi > lo else 1.0
     x01 = (x - lo) / scale
-    # The padding and tile order of hsivar.restore.blend_tiles.
-    pad_h, pad_w = max(tile - H, 0), max(tile - W, 0)
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < H and pad_w < W else "replicate"
-        x01 = F.pad(x01[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+    x01 = pad_to_tile(x01, tile)  # the padding and tile order of hsivar.restore.blend_tiles
     coords = tile_grid(H, W, tile, overlap)
     tiles = torch.stack([x01[:, r:r + tile, c:c + tile] for r, c in coords]).contiguous()
     return PreparedCube(tiles, coords, (C, H, W), tile, overlap, lo, scale, mask,
                         nodata if mask is not None else None)
-
-
-def model_autocast(restorer: Restorer) -> Any:
-    """bf16 autocast on CUDA (as :class:`Restorer` runs the model), a no-op context on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if restorer.bf16 else nullcontext()
 
 
 def restore_tiles(restorer: Restorer, tiles: torch.Tensor, task: TaskArg = "auto", *, samples: int = 1,
@@ -244,7 +233,7 @@ def restore_tiles(restorer: Restorer, tiles: torch.Tensor, task: TaskArg = "auto
         gen = torch.Generator(device=device).manual_seed(seed + s)
         for i in range(0, n, batch_size):
             chunk = tiles[i:i + batch_size].to(device)
-            with model_autocast(restorer):
+            with restorer.autocast():
                 out = restorer.model.restore(chunk, task, sampling, gen)
             outs[s, i:i + chunk.shape[0]] = out.cube.float().cpu()
             weight_sum += out.task_weights.detach().double().sum(0).cpu()
@@ -261,17 +250,11 @@ def blend_restored(outputs: torch.Tensor, prep: PreparedCube) -> tuple[np.ndarra
         voxels (``prep.mask``) hold ``prep.nodata`` in the mean and NaN in the std.
     """
     C, H, W = prep.shape
-    S = prep.tile
-    Hp, Wp = max(H, S), max(W, S)
-    window = blend_window(S, prep.overlap)
     per_sample = []
     for sample in outputs:
-        acc = torch.zeros(C, Hp, Wp)
-        weight = torch.zeros(Hp, Wp)
-        for (r, c), out in zip(prep.coords, sample):
-            acc[:, r:r + S, c:c + S] += out * window
-            weight[r:r + S, c:c + S] += window
-        per_sample.append((acc / weight)[:, :H, :W] * prep.scale + prep.lo)
+        blender = TileBlender(C, H, W, prep.tile, prep.overlap)
+        blender.add(prep.coords, sample)
+        per_sample.append(blender.result() * prep.scale + prep.lo)
     stack = torch.stack(per_sample)
     mean = stack.mean(0).numpy().astype(np.float32)
     std = stack.std(0, unbiased=False).numpy().astype(np.float32) if len(per_sample) > 1 else None

@@ -55,7 +55,6 @@ from hsivar.restore import RestoreInputError, Restorer
 from hsivar_platform.batch import (
     blend_restored,
     dominant_task,
-    model_autocast,
     parse_task,
     parse_value_range,
     prepare_cube,
@@ -376,7 +375,7 @@ class HSIVARService:
         device = self.restorer.device
         for idx in groups.values():
             tiles = torch.stack([jobs[i].tile for i in idx]).to(device)
-            with torch.inference_mode(), model_autocast(self.restorer):
+            with torch.inference_mode(), self.restorer.autocast():
                 out = self.restorer.model.restore(tiles, jobs[idx[0]].task, Sampling())
             cubes, weights = out.cube.float().cpu(), out.task_weights.float().cpu()
             for j, i in enumerate(idx):
