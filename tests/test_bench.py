@@ -1,10 +1,12 @@
-"""Smoke tests of the Ray benchmarks: each bench script through its real entrypoint (a subprocess with this
-interpreter, its own local Ray) at its smallest settings; the last stdout line must be one JSON object
-with the expected figures. Behaviour only, never timings (the three run side by side)."""
+"""Smoke tests of the benchmarks: each bench script through its real entrypoint (a subprocess with this
+interpreter; the Ray ones start their own local Ray) at its smallest settings; the last stdout line must be
+one JSON object with the expected figures. Behaviour only, never timings (the three Ray ones run side by
+side; step.py and precision.py, which need no Ray, after them)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -115,3 +117,40 @@ def test_train_bench_one_vs_two_workers(launched: dict[str, _Launched]) -> None:
         fig = per_stage["vqvae"]
         assert fig["samples_per_s"] > 0 and fig["timed_steps"] == 1 and fig["stage_wall_s"] > 0
     assert set(r["speedup"]["2"]) == {"vqvae"} and r["scaling_efficiency"]["2"]["vqvae"] > 0
+
+
+def _run_bench(name: str, *args: str) -> dict[str, Any]:
+    """Run a bench without Ray to completion; → the JSON object on its last stdout line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"bench/{name}.py failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_step_bench_times_every_stage() -> None:
+    r = _run_bench("step", "--bands", "8", "--batch-sizes", "2", "--steps", "1")
+    assert r["device"] == "cpu" and r["tile"] == 32
+    assert set(r["results"]) == {f"fp32/batch_2/{s}" for s in ("vqvae", "var", "decoder")}
+    for fig in r["results"].values():
+        assert fig["seconds_per_step"] > 0 and fig["samples_per_s"] > 0 and math.isfinite(fig["loss"])
+
+
+def test_precision_bench_scores_both_precisions_on_every_family(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from hsivar.config import preset
+    from hsivar.models.hsivar import HSIVAR
+    from hsivar.publish import save_published
+
+    torch.manual_seed(0)
+    model = save_published(HSIVAR(preset("tiny", bands=8)).eval(), tmp_path / "model", stage="decoder")
+    data = tmp_path / "test"
+    data.mkdir()
+    np.save(data / "cube.npy", np.random.default_rng(0).random((8, 32, 32), dtype=np.float32))
+    r = _run_bench("precision", "--model", str(model), "--data", str(data), "--device", "cpu")
+    assert r["cubes"] == 1 and set(r["families"]) == {"gaussian", "complex", "blur", "sr", "inpaint", "bandmiss"}
+    for fam in r["families"].values():
+        assert fam["bf16_minus_fp32_db"] == 0.0 and fam["mean_abs_diff"] == 0.0  # bf16 is a CUDA path only
+        assert math.isfinite(fam["degraded"]) and math.isfinite(fam["fp32"])
