@@ -24,6 +24,7 @@ Presets (see :func:`preset`):
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -137,8 +138,19 @@ class FusionConfig(_Frozen):
 
     width: int = Field(0, ge=0, description="channels of the head; 0: no head (the decoder's output is final)")
     blocks: int = Field(2, ge=0, description="NAFNet blocks between the input conv and the output conv")
-    gate_lr_scale: float = Field(10.0, gt=0, description="learning rate of the per-task input gate, in units of "
-                                 "the head's (a few scalars per task that must travel far in a short stage 3)")
+    gate_lr_scale: float = Field(10.0, gt=0, description="learning rate of the per-task input gate and filters, "
+                                 "in units of the head's (few parameters per task that must travel far in a "
+                                 "short stage 3)")
+    unsharp_sigmas: tuple[float, ...] = Field((), description="Gaussian widths (px) of per-task unsharp masks on "
+                                              "the degraded tile, lq − G_σ ∗ lq, each with a learned amount per "
+                                              "task: a linear deblurring / interpolation branch the small head "
+                                              "does not learn in a short stage 3. Empty: none")
+
+    @model_validator(mode="after")
+    def _check(self) -> FusionConfig:
+        if any(not s > 0 for s in self.unsharp_sigmas):
+            raise ValueError(f"fusion.unsharp_sigmas must be positive, got {self.unsharp_sigmas}")
+        return self
 
 
 class DAGConfig(_Frozen):
@@ -167,6 +179,11 @@ class LossConfig(_Frozen):
         "mode gives them")
 
 
+def unsharp_radius(sigma: float) -> int:
+    """Radius in pixels of the truncated Gaussian of width ``sigma`` (px) used by the fusion head: ⌈3σ⌉."""
+    return math.ceil(3 * sigma)
+
+
 class ModelConfig(_Frozen):
     """The whole HSI-VAR model."""
 
@@ -185,6 +202,9 @@ class ModelConfig(_Frozen):
             raise ValueError(
                 f"{len(self.wavelengths)} wavelengths given for a {self.vqvae.bands}-band model"
             )
+        if any(unsharp_radius(s) >= self.vqvae.image_size for s in self.fusion.unsharp_sigmas):
+            raise ValueError(f"fusion.unsharp_sigmas {self.fusion.unsharp_sigmas}: a kernel radius of 3σ must stay "
+                             f"below the {self.vqvae.image_size}-pixel tile")
         return self
 
     @property
@@ -227,7 +247,8 @@ def preset(name: str, bands: int = 31) -> ModelConfig:
         )
         tr = TransformerConfig(depth=2, width=64, heads=2, drop_path_rate=0.0, aligned_condition=True)
         return ModelConfig(name="tiny", vqvae=vq, transformer=tr,
-                           refiner=RefinerConfig(width=16, blocks=2), fusion=FusionConfig(width=32, blocks=2),
+                           refiner=RefinerConfig(width=16, blocks=2),
+                           fusion=FusionConfig(width=32, blocks=2, unsharp_sigmas=(1.0, 2.0, 4.0)),
                            dag=DAGConfig(classifier_hidden=32), wavelengths=wl)
     if name == "small":
         # 128×128×C tiles, 16×16 latent, the paper's 10 scales, a depth-8 transformer.
@@ -235,7 +256,8 @@ def preset(name: str, bands: int = 31) -> ModelConfig:
                          vocab_size=1024, decoder_skips=True)
         tr = TransformerConfig(depth=8, width=512, heads=8, aligned_condition=True)
         return ModelConfig(name="small", vqvae=vq, transformer=tr,
-                           refiner=RefinerConfig(width=64, blocks=4), fusion=FusionConfig(width=64, blocks=4),
+                           refiner=RefinerConfig(width=64, blocks=4),
+                           fusion=FusionConfig(width=64, blocks=4, unsharp_sigmas=(1.0, 2.0, 4.0)),
                            wavelengths=wl)
     if name == "paper":
         return ModelConfig(name="paper", vqvae=VQVAEConfig(bands=bands),

@@ -80,7 +80,7 @@ def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter
 def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
                  head_lr: float | None = None) -> list[dict]:
     """AdamW parameter groups of a stage's ``params``: the fusion head at ``head_lr`` (when given; its
-    per-task input gate at ``cfg.fusion.gate_lr_scale`` times that), the rest at ``lr``.
+    per-task input gate and unsharp amounts at ``cfg.fusion.gate_lr_scale`` times that), the rest at ``lr``.
 
     The head starts at zero on top of a decoder trained for a whole stage; at the decoder's
     fine-tuning rate it barely moves in a short stage 3, so it may learn faster (tiny: 3×).
@@ -88,7 +88,7 @@ def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
     fusion = model.fusion
     if fusion is None or not head_lr:
         return [{"params": list(params), "lr": lr}]
-    gate = {id(fusion.gate.weight)}
+    gate = {id(fusion.gate.weight)} | ({id(fusion.unsharp.weight)} if fusion.unsharp is not None else set())
     head = {id(p) for p in fusion.parameters()} - gate
     groups = [{"params": [p for p in params if id(p) not in head | gate], "lr": lr},
               {"params": [p for p in params if id(p) in head], "lr": head_lr},

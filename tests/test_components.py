@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
-from hsivar.config import FusionConfig, preset
+from hsivar.config import FusionConfig, ModelConfig, preset
 from hsivar.models.condition import alignment_loss
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.models.vqvae import VQVAE
@@ -145,8 +147,39 @@ def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> Non
     groups = param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3, head_lr=1e-2)
     assert [g["lr"] for g in groups] == [1e-3, 1e-2, 1e-2 * cfg.fusion.gate_lr_scale]
     assert set(map(id, groups[1]["params"])) | set(map(id, groups[2]["params"])) == fusion
-    assert [id(p) for p in groups[2]["params"]] == [id(model.fusion.gate.weight)]
+    assert {id(p) for p in groups[2]["params"]} == {id(model.fusion.gate.weight), id(model.fusion.unsharp.weight)}
     assert len(param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3)) == 1
+
+
+def test_fusion_unsharp_masks_add_each_tasks_amount_of_every_band_detail() -> None:
+    """Σ_j a_j (lq − G_σj ∗ lq): Gaussian details of every band (reflect padding), amounts mixed by the task."""
+    cfg = preset("tiny", bands=8)
+    sigmas = cfg.fusion.unsharp_sigmas
+    assert len(sigmas) >= 2
+    torch.manual_seed(0)
+    fusion = HSIVAR(cfg).fusion.eval()
+    lq = torch.rand(2, 8, 32, 32)
+    details = fusion.details(lq)
+    assert details.shape == (2, len(sigmas), 8, 32, 32) and details.dtype == torch.float32
+    for j, sigma in enumerate(sigmas):  # against scipy's Gaussian filter, truncated at 3σ, reflecting at the edge
+        ref = lq.numpy() - gaussian_filter(lq.numpy(), (0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+        assert np.allclose(details[:, j].numpy(), ref, atol=1e-5)
+    flat = torch.full((1, 8, 32, 32), 0.3)
+    assert fusion.details(flat).abs().max() < 1e-6  # a flat tile has no detail
+    w = torch.zeros(2, len(TASKS))
+    w[0, TASKS.index("blur")] = 1.0
+    w[1, TASKS.index("blur")], w[1, TASKS.index("sr")] = 0.25, 0.75
+    with torch.no_grad():
+        fusion.unsharp.weight[0, TASKS.index("blur")] = 2.0  # blur: 2 × the finest detail
+        fusion.unsharp.weight[1, TASKS.index("sr")] = -1.0  # sr: minus the next one (a smoothing)
+        y01 = torch.rand(2, 8, 32, 32)
+        out = fusion(lq, y01, w)  # gate and NAF branch at zero: y = ŷ + Σ a_j details_j
+    assert torch.allclose(out[0], y01[0] + 2.0 * details[0, 0], atol=1e-6)
+    assert torch.allclose(out[1], y01[1] + 0.5 * details[1, 0] - 0.75 * details[1, 1], atol=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        FusionConfig(width=8, unsharp_sigmas=(1.0, 0.0))
+    with pytest.raises(ValueError, match="3σ"):
+        ModelConfig.model_validate({**cfg.model_dump(), "fusion": {"width": 8, "unsharp_sigmas": [11.0]}})
 
 
 def test_task_classifier_reads_the_degraded_tile() -> None:
