@@ -23,7 +23,7 @@ def ssim_per_band(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win
     float32 with autocast off: the variances are differences of nearly equal local means (E[x²] − E[x]²),
     which bf16's 8-bit mantissa cancels to noise (stage 3 diverged under bf16 autocast on CUDA).
     """
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):  # the meta device has no autocast
         return _ssim_fp32(x.float(), y.float(), data_range, window, sigma)
 
 

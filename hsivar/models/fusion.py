@@ -61,7 +61,7 @@ class OutputFusion(nn.Module):
         """
         B, C, H, W = lq_BCHW.shape
         out = []
-        with torch.autocast(lq_BCHW.device.type, enabled=False):
+        with torch.autocast("cuda" if lq_BCHW.is_cuda else "cpu", enabled=False):  # "meta" has none
             x = lq_BCHW.float().reshape(B * C, 1, H, W)
             for sigma in self.sigmas:
                 r = unsharp_radius(sigma)
