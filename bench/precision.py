@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 from _common import check_device, json_line
+from hsivar_platform.pipeline_config import CUBE_SUFFIXES
 
 from hsivar.data.degrade import degrade_for_test, test_protocol
 from hsivar.data.io import read_cube
 from hsivar.metrics import psnr
 from hsivar.restore import Restorer
 from hsivar.tasks import TASKS
-
-SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".mat", ".hdr")
 
 
 def main() -> None:
@@ -42,9 +41,9 @@ def main() -> None:
     ap.add_argument("--max-cubes", type=int, default=4)
     args = ap.parse_args()
     check_device(args.device)
-    files = sorted(p for p in Path(args.data).iterdir() if p.suffix.lower() in SUFFIXES)[: args.max_cubes]
+    files = sorted(p for p in Path(args.data).iterdir() if p.suffix.lower() in CUBE_SUFFIXES)[: args.max_cubes]
     if not files:
-        ap.error(f"{args.data}: no cube files ({', '.join(SUFFIXES)})")
+        ap.error(f"{args.data}: no cube files ({', '.join(CUBE_SUFFIXES)})")
     base = Restorer.from_published(args.model, device=args.device)
     restorers = {label: Restorer(base.model, args.device, bf16=label == "bf16") for label in ("fp32", "bf16")}
     psnrs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

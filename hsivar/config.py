@@ -138,9 +138,9 @@ class FusionConfig(_Frozen):
 
     width: int = Field(0, ge=0, description="channels of the head; 0: no head (the decoder's output is final)")
     blocks: int = Field(2, ge=0, description="NAFNet blocks between the input conv and the output conv")
-    gate_lr_scale: float = Field(10.0, gt=0, description="learning rate of the per-task input gate and filters, "
-                                 "in units of the head's (few parameters per task that must travel far in a "
-                                 "short stage 3)")
+    gate_lr_scale: float = Field(10.0, gt=0, description="learning rate of the per-task input gate and unsharp "
+                                 "amounts, in units of the head's (few parameters per task that must travel far "
+                                 "in a short stage 3)")
     unsharp_sigmas: tuple[float, ...] = Field((), description="Gaussian widths (px) of per-task unsharp masks on "
                                               "the degraded tile, lq − G_σ ∗ lq, each with a learned amount per "
                                               "task: a linear deblurring / interpolation branch the small head "

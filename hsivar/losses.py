@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+def gaussian_window(size: int, sigma: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps centred on the middle one, width ``sigma`` px; → (size,) float32."""
     x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
@@ -31,7 +32,7 @@ def _ssim_fp32(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int,
     B, C, H, W = x.shape
     size = min(window, H, W)
     size -= 1 - size % 2
-    g = _gaussian_window(size, sigma, x.device)
+    g = gaussian_window(size, sigma, x.device)
     kernel = (g[:, None] * g[None, :]).expand(C, 1, size, size).to(x.dtype)
 
     def blur(t: torch.Tensor) -> torch.Tensor:

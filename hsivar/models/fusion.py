@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsivar.config import FusionConfig, unsharp_radius
+from hsivar.losses import gaussian_window
 from hsivar.models.refiner import NAFBlock
 
 
@@ -49,6 +50,8 @@ class OutputFusion(nn.Module):
         self.gate = nn.Linear(tasks, bands, bias=False)
         self.sigmas = tuple(cfg.unsharp_sigmas)
         self.unsharp = nn.Linear(tasks, len(self.sigmas), bias=False) if self.sigmas else None  # A: (J, N)
+        for j, sigma in enumerate(self.sigmas):  # fixed kernels, built once; not part of the weights
+            self.register_buffer(f"gauss{j}", gaussian_window(2 * unsharp_radius(sigma) + 1, sigma), persistent=False)
         for p in (self.ending.weight, self.ending.bias, self.gate.weight):
             nn.init.zeros_(p)
         if self.unsharp is not None:
@@ -63,11 +66,9 @@ class OutputFusion(nn.Module):
         out = []
         with torch.autocast("cuda" if lq_BCHW.is_cuda else "cpu", enabled=False):  # "meta" has none
             x = lq_BCHW.float().reshape(B * C, 1, H, W)
-            for sigma in self.sigmas:
-                r = unsharp_radius(sigma)
-                t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-                g = torch.exp(-t**2 / (2 * sigma**2))
-                g = g / g.sum()
+            for j in range(len(self.sigmas)):
+                g = getattr(self, f"gauss{j}")
+                r = g.numel() // 2
                 blurred = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
                 blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
                 out.append((x - blurred).reshape(B, C, H, W))
