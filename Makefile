@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 AWS_EC2_METADATA_DISABLED=true $(PY) -m pytest -q
+
+# The developer's fast tier: everything but the tests marked slow (a few minutes on 2 cores).
+test-fast: $(STAMP) lint
+	HF_HUB_OFFLINE=1 AWS_EC2_METADATA_DISABLED=true $(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) work

@@ -96,7 +96,7 @@ def local_s3() -> Iterator[str]:
 
     Call it before :func:`init_ray`: Ray workers inherit the driver's environment.
     """
-    from hsivar_platform.storage import local_s3_server
+    from hsivar_platform.testing import local_s3_server
 
     with local_s3_server("bench", "bench") as endpoint:
         yield endpoint
@@ -151,7 +151,7 @@ def json_line(report: dict[str, Any]) -> str:
 
 def bench_parser(doc: str | None, model_option: bool = False) -> argparse.ArgumentParser:
     """The options every bench shares: ``--preset``, ``--bands``, ``--device`` (and ``--model`` if asked)."""
-    from hsivar.config import PRESETS
+    from hsivar.presets import PRESETS
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=PRESETS, default="tiny")
@@ -164,8 +164,8 @@ def bench_parser(doc: str | None, model_option: bool = False) -> argparse.Argume
 
 def publish_fresh_model(name: str, bands: int, out: Path) -> str:
     """Publish a freshly initialised (seed 0) ``name`` preset with ``bands`` bands into ``out``; → its path."""
-    from hsivar.config import preset
     from hsivar.models.hsivar import HSIVAR
+    from hsivar.presets import preset
     from hsivar.publish import save_published
 
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from hsivar.data import degrade as deg
-from hsivar.data.synth import synthesize
+from hsivar import degrade as deg
+from hsivar.synth import synthesize
 from hsivar.tasks import TASKS
 
 

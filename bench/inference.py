@@ -25,8 +25,8 @@ import torch
 from _common import bench_parser
 from torch.utils.flop_counter import FlopCounterMode
 
-from hsivar.config import preset
 from hsivar.models.hsivar import HSIVAR
+from hsivar.presets import preset
 
 DIFFUSION_STEPS = 100
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs this project is lent, by name fragment.

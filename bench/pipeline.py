@@ -2,9 +2,9 @@
 
 The same input files and the same published model both ways:
   * ``ray``: :func:`hsivar_platform.batch.run_batch` (what ``jobs/restore_batch.py`` runs): list,
-    read + tile on CPU tasks, an actor pool holding the model, blend + write on CPU tasks, manifest;
+    read + prepare on CPU tasks, an actor pool holding the model, finish + write on CPU tasks, manifest;
   * ``loop``: one process, one :class:`hsivar.restore.Restorer`, and for each file
-    ``read_cube`` → ``Restorer.restore`` → ``write_cube`` (:mod:`hsivar.data.io`), in turn.
+    ``read_cube`` → ``Restorer.restore`` → ``write_cube`` (:mod:`hsivar.io`), in turn.
 Figures are cubes/s over the whole job (model loading and Ray's actor start included; Ray itself is
 started once, before, and both ways are first warmed up on one-tile cubes, untimed), and the
 **efficiency ratio** ray ÷ loop measured in the same run (> 1: the Ray job is faster). The S3
@@ -40,12 +40,13 @@ from _common import (
     temp_dir,
 )
 from hsivar_platform import storage
-from hsivar_platform.batch import BatchOptions, list_inputs, run_batch
-from hsivar_platform.models import load_restorer, resolve_model
+from hsivar_platform.batch import BatchOptions, run_batch
+from hsivar_platform.batch.keys import list_inputs
+from hsivar_platform.model_uri import load_restorer, resolve_model
 
-from hsivar.data.io import read_cube, write_cube
-from hsivar.data.synth import make_demo_dataset
+from hsivar.io import read_cube, write_cube
 from hsivar.publish import read_config
+from hsivar.synth import make_demo_dataset
 
 
 def make_inputs(prefix: str, files: int, size: int, bands: int, fmt: str) -> str:
@@ -57,7 +58,7 @@ def make_inputs(prefix: str, files: int, size: int, bands: int, fmt: str) -> str
 def run_loop(model: str, src: str, dst: str, device: str, batch_size: int) -> dict[str, Any]:
     """Restore every cube under ``src`` into ``dst`` in one Python loop; → seconds, cubes, cubes/s.
 
-    Same listing and output keys as the Ray job (:func:`hsivar_platform.batch.list_inputs`), same
+    Same listing and output keys as the Ray job (:func:`hsivar_platform.batch.keys.list_inputs`), same
     default restoration (task auto, overlap S/4, greedy), output in the input's format and dtype.
     """
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """What bf16 autocast costs in quality: a published model's restorations in fp32 and in bf16 on one device.
 
-Runs the seeded test protocol (:func:`hsivar.data.degrade.degrade_for_test`, all 19 cases) over the clean
+Runs the seeded test protocol (:func:`hsivar.degrade.degrade_for_test`, all 19 cases) over the clean
 cubes of ``--data`` (each min–max normalised to [0, 1], as ``jobs/evaluate.py`` does), restores every
 case with :class:`hsivar.restore.Restorer` twice — bf16 off and on — and prints, per task family, the
 mean PSNR (dB; band completion counts the missing bands only) of the degraded input, of each precision
@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from _common import check_device, json_line
-from hsivar_platform.pipeline_config import CUBE_SUFFIXES
 
-from hsivar.data.degrade import degrade_for_test, test_protocol
-from hsivar.data.io import read_cube
+from hsivar.degrade import degrade_for_test, test_protocol
+from hsivar.io import cube_suffixes, read_cube, split_listing
 from hsivar.metrics import psnr
 from hsivar.restore import Restorer
 from hsivar.tasks import TASKS
@@ -41,9 +40,9 @@ def main() -> None:
     ap.add_argument("--max-cubes", type=int, default=4)
     args = ap.parse_args()
     check_device(args.device)
-    files = sorted(p for p in Path(args.data).iterdir() if p.suffix.lower() in CUBE_SUFFIXES)[: args.max_cubes]
+    files = sorted(split_listing(str(p) for p in Path(args.data).iterdir())[0])[: args.max_cubes]
     if not files:
-        ap.error(f"{args.data}: no cube files ({', '.join(CUBE_SUFFIXES)})")
+        ap.error(f"{args.data}: no cube files ({', '.join(cube_suffixes())})")
     base = Restorer.from_published(args.model, device=args.device)
     restorers = {label: Restorer(base.model, args.device, bf16=label == "bf16") for label in ("fp32", "bf16")}
     psnrs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

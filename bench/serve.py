@@ -39,12 +39,12 @@ from _common import (
     publish_fresh_model,
     temp_dir,
 )
-from hsivar_platform.models import resolve_model
+from hsivar_platform.model_uri import resolve_model
 from hsivar_platform.serve import ServeSettings, build_app
 
-from hsivar.data.synth import synthesize
 from hsivar.publish import read_config
-from hsivar.restore import tile_grid
+from hsivar.synth import synthesize
+from hsivar.tiling import tile_grid
 
 APP = "hsivar-bench"
 """Application name prefix; one app per batching mode (``hsivar-bench-on`` at ``/on``, …)."""

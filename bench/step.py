@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from _common import bench_parser, check_device, json_line
 
-from hsivar.config import preset
 from hsivar.models.hsivar import HSIVAR
+from hsivar.presets import preset
 from hsivar.tasks import TASKS
 from hsivar.training import STAGES, Batch, prepare_stage, stage_loss
 

@@ -1,8 +1,12 @@
-"""The ``hsivar`` command line: one entry point for the model library's tasks.
+"""The model library's commands of the ``hsivar`` command line (Typer).
 
-``hsivar info``         parameters, tokens and counted FLOPs of a preset
-``hsivar convert-var``  start a model from the released VAR checkpoints (local files)
-``hsivar data …``       the embedded demo dataset
+``hsivar info``            parameters, tokens and counted FLOPs of a preset
+``hsivar convert-var``     start a model from the released VAR checkpoints (local files)
+``hsivar data make-demo``  the embedded demo dataset
+
+:func:`add_commands` adds them to an app; the ``hsivar`` console script
+(:func:`hsivar_platform.cli.build_app`) adds the platform's commands beside them, and
+``python -m hsivar.cli`` runs the library's alone (:func:`build_app`).
 """
 
 from __future__ import annotations
@@ -13,12 +17,9 @@ from typing import Annotated
 
 import typer
 
-from hsivar.config import PRESETS, preset
-from hsivar.data.cli import app as data_app
-
-app = typer.Typer(help="HSI-VAR: all-in-one hyperspectral restoration by next-scale prediction.",
-                  no_args_is_help=True, add_completion=False)
-app.add_typer(data_app, name="data")
+from hsivar.io import format_aliases
+from hsivar.presets import PRESETS, preset
+from hsivar.synth import SENSORS
 
 
 def _check_preset(name: str) -> str:
@@ -27,7 +28,6 @@ def _check_preset(name: str) -> str:
     return name
 
 
-@app.command()
 def info(
     preset_name: Annotated[
         str, typer.Option("--preset", callback=_check_preset, help="tiny, small or paper")
@@ -52,7 +52,6 @@ def info(
         typer.echo(f"  {name:<18} {t:10.4f}")
 
 
-@app.command("convert-var")
 def convert_var(
     out: Annotated[Path, typer.Option(help="directory to publish the initial model into")],
     vae: Annotated[Path | None, typer.Option(help="local vae_ch160v4096z32.pth")] = None,
@@ -74,10 +73,76 @@ def convert_var(
                f"fresh {len(report.fresh)} tensors; published to {out}")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def make_demo(
+    out_uri: Annotated[str, typer.Argument(help="Output folder or URI (local path, file://, s3://...).")],
+    bands: Annotated[
+        int | None, typer.Option("--bands", min=1, help="Bands evenly spaced over 400-700 nm (default 31).")
+    ] = None,
+    sensor: Annotated[
+        str | None, typer.Option("--sensor", help=f"Sensor preset instead of --bands: {', '.join(SENSORS)}.")
+    ] = None,
+    n_train: Annotated[int, typer.Option("--n-train", min=0, help="Training cubes.")] = 8,
+    n_val: Annotated[int, typer.Option("--n-val", min=0, help="Validation cubes.")] = 2,
+    n_test: Annotated[int, typer.Option("--n-test", min=0, help="Test cubes.")] = 2,
+    size: Annotated[int, typer.Option("--size", min=8, help="Cube height = width in pixels.")] = 64,
+    fmt: Annotated[str, typer.Option("--format", help=f"File format: {', '.join(format_aliases())}.")] = "npy",
+    seed: Annotated[int, typer.Option("--seed", help="Dataset seed (same seed, same cubes).")] = 0,
+) -> None:
+    """Write OUT_URI/{train,val,test}/cube_XXXX.<ext> and OUT_URI/manifest.json.
+
+    Cubes are (C, H, W) float32 in [0, 1] mixing measured reflectance spectra over real photographs.
+    """
+    from hsivar.synth import make_demo_dataset
+
+    if bands is not None and sensor is not None:
+        raise typer.BadParameter("give either --bands or --sensor, not both", param_hint="--sensor")
+    if sensor is not None and sensor.lower() not in SENSORS:
+        raise typer.BadParameter(f"unknown sensor {sensor!r}; choose from {', '.join(SENSORS)}", param_hint="--sensor")
+    if fmt.lower() not in format_aliases():
+        raise typer.BadParameter(
+            f"unknown format {fmt!r}; choose from {', '.join(format_aliases())}", param_hint="--format"
+        )
+    written = make_demo_dataset(
+        out_uri,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        size=size,
+        bands=bands,
+        sensor=sensor.lower() if sensor else None,
+        format=fmt.lower(),
+        seed=seed,
+    )
+    n_cubes = len(written) - 1
+    desc = f"sensor {sensor}" if sensor else f"{bands or 31} bands"
+    typer.echo(
+        f"wrote {n_cubes} cube(s) ({n_train} train / {n_val} val / {n_test} test, {size}x{size}, {desc}, "
+        f"{fmt.lower()}) under {out_uri}; manifest: {written[-1]}"
+    )
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``info``, ``convert-var`` and the ``data`` group (``make-demo``) to ``app``."""
+    app.command()(info)
+    app.command("convert-var")(convert_var)
+    data = typer.Typer(help="Data utilities: synthetic demo datasets built from real spectra and real photographs.",
+                       no_args_is_help=True, add_completion=False)
+    data.callback()(_data_group)
+    data.command("make-demo")(make_demo)
+    app.add_typer(data, name="data")
+
+
+def _data_group() -> None:
+    """Data utilities (keeps ``make-demo`` a sub-command even while it is the only one)."""
+
+
+def build_app() -> typer.Typer:
+    """A Typer app with the library's commands only."""
+    app = typer.Typer(help="HSI-VAR: all-in-one hyperspectral restoration by next-scale prediction.",
+                      no_args_is_help=True, add_completion=False)
+    add_commands(app)
+    return app
 
 
 if __name__ == "__main__":
-    main()
+    build_app()()

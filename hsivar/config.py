@@ -1,35 +1,26 @@
-"""Typed configuration of the HSI-VAR model and its presets.
+"""Typed configuration of the HSI-VAR model, and the names of its training stages.
 
 Every model object is built explicitly from these configs (no string registries). Configs are
 frozen pydantic models, so they validate on construction, round-trip through JSON (the published
 ``config.json``) and YAML, and can be overridden field by field with ``model_copy(update=...)``.
-
-Presets (see :func:`preset`):
-
-* ``tiny``  — CPU tests and the embedded demo: 32×32 tiles, a training step well under a second.
-* ``small`` — one GPU: 128×128 tiles, the full 10-scale schedule on a 16×16 latent.
-* ``paper`` — the HSI-VAR paper's shapes: VQ-VAE ch 160, ch_mult (1,1,2,2,4), V 4096, Cvae 32,
-  patch_nums (1,2,3,4,5,6,8,10,13,16) for 256×256×31; transformer depth 16, width 1024.
-
-  The paper reports ≈483 M parameters and ≈1.9 TFLOPs per 256×256×31 cube; ``hsivar info --preset
-  paper --json`` prints ours: ≈366 M parameters and ≈1.10 TFLOPs for one greedy restoration (FLOPs
-  counted as 2 per multiply-add by ``torch.utils.flop_counter``: E_con 0.22, transformer 0.42 with
-  the KV cache, decoder + SSA 0.46). The parameter gap is AdaLN: the paper says HSI-VAR removes
-  AdaLN, yet keeping VAR-d16's AdaLN linears (6C² per block + 2C² before the head ≈ 103 M) on top of
-  ours gives ≈468 M, close to 483 M, so the paper most likely counts them (or a larger refiner; its
-  code is not public). The FLOP gap has no single explanation we can verify: recomputing the
-  transformer without the KV cache over the full 936-token sequence at every scale, or running CFG's
-  doubled batch, would each add ≈0.4–0.8 T; we count what our inference actually runs.
+The named presets (``tiny``, ``small``, ``paper``) are in :mod:`hsivar.presets`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hsivar.tasks import TASKS
+
+Stage = Literal["vqvae", "var", "decoder"]
+"""A training stage: ``vqvae`` (stage 1, the tokenizer), ``var`` (stage 2, the transformer and refiner),
+``decoder`` (stage 3, decoder, SSA and fusion head on restored latents); see :mod:`hsivar.training`."""
+
+STAGES: tuple[Stage, ...] = get_args(Stage)
+"""The training stages in pipeline order."""
 
 
 class _Frozen(BaseModel):
@@ -158,14 +149,14 @@ class DAGConfig(_Frozen):
 
     tasks: tuple[str, ...] = TASKS
     classifier_hidden: int = Field(128, ge=4, description="channels of the task classifier's CNN (first conv: half)")
-    classifier_stages: tuple[Literal["vqvae", "var", "decoder"], ...] = Field(
-        ("vqvae", "var", "decoder"), description="training stages that also train the task classifier (its CE, "
-        "weight loss.task). It sees only the degraded tile, so it learns alongside any stage at ≈1 ms per batch")
+    classifier_stages: tuple[Stage, ...] = Field(
+        STAGES, description="training stages that also train the task classifier (its CE, "
+        "weight loss.task). It sees only the degraded tile, so it can learn alongside any stage")
     lambda_init: float = 1.0
 
 
 class LossConfig(_Frozen):
-    """Weights of the three stages' losses (DESIGN.md §3)."""
+    """Weights of the three stages' losses (dimensionless; each stage's objective: :mod:`hsivar.training`)."""
 
     stage1_ssim: float = Field(0.2, description="weight of (1 − SSIM) in the VQ-VAE reconstruction loss")
     stage1_vq: float = 1.0
@@ -217,53 +208,6 @@ class ModelConfig(_Frozen):
         """(C, H, W) of one model tile."""
         s = self.vqvae.image_size
         return (self.vqvae.bands, s, s)
-
-
-PresetName = Literal["tiny", "small", "paper"]
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
-
-
-def default_wavelengths(bands: int, start_nm: float = 400.0, stop_nm: float = 700.0) -> tuple[float, ...]:
-    """Evenly spaced band centres in nm (31 bands → 400, 410, …, 700)."""
-    if bands == 1:
-        return ((start_nm + stop_nm) / 2,)
-    step = (stop_nm - start_nm) / (bands - 1)
-    return tuple(round(start_nm + i * step, 6) for i in range(bands))
-
-
-def preset(name: str, bands: int = 31) -> ModelConfig:
-    """Return the model config of preset ``name`` (``tiny``, ``small``, ``paper``) for ``bands`` bands.
-
-    Raises:
-        ValueError: unknown preset name.
-    """
-    wl = default_wavelengths(bands) if bands > 1 else None
-    if name == "tiny":
-        # 32×32×C tiles, 16×16 latent (one downsampling: an 8×8 latent capped the held-out
-        # reconstruction ~3 dB lower at equal steps), 8 scales (507 tokens), a 2-block transformer.
-        vq = VQVAEConfig(
-            bands=bands, ch=32, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=8,
-            vocab_size=128, patch_nums=(1, 2, 3, 4, 6, 8, 11, 16), ssa_window=4, decoder_skips=True,
-        )
-        tr = TransformerConfig(depth=2, width=64, heads=2, drop_path_rate=0.0, aligned_condition=True)
-        return ModelConfig(name="tiny", vqvae=vq, transformer=tr,
-                           refiner=RefinerConfig(width=16, blocks=2),
-                           fusion=FusionConfig(width=32, blocks=2, unsharp_sigmas=(1.0, 2.0, 4.0)),
-                           dag=DAGConfig(classifier_hidden=32), wavelengths=wl)
-    if name == "small":
-        # 128×128×C tiles, 16×16 latent, the paper's 10 scales, a depth-8 transformer.
-        vq = VQVAEConfig(bands=bands, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=16,
-                         vocab_size=1024, decoder_skips=True)
-        tr = TransformerConfig(depth=8, width=512, heads=8, aligned_condition=True)
-        return ModelConfig(name="small", vqvae=vq, transformer=tr,
-                           refiner=RefinerConfig(width=64, blocks=4),
-                           fusion=FusionConfig(width=64, blocks=4, unsharp_sigmas=(1.0, 2.0, 4.0)),
-                           wavelengths=wl)
-    if name == "paper":
-        return ModelConfig(name="paper", vqvae=VQVAEConfig(bands=bands),
-                           transformer=TransformerConfig(depth=16, width=1024, heads=16),
-                           refiner=RefinerConfig(width=128, blocks=8), wavelengths=wl)
-    raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
 
 
 def tokens_total(cfg: VQVAEConfig) -> int:

@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def gaussian_window(size: int, sigma: float, device: torch.device | str | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian of ``size`` taps centred on the middle one, width ``sigma`` px; → (size,) float32."""
-    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
+from hsivar.kernels import gaussian_kernel1d
 
 
 def ssim_per_band(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
@@ -22,7 +17,7 @@ def ssim_per_band(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win
 
     The window shrinks to the image side (odd) for images smaller than ``window`` pixels. Computed in
     float32 with autocast off: the variances are differences of nearly equal local means (E[x²] − E[x]²),
-    which bf16's 8-bit mantissa cancels to noise (stage 3 diverged under bf16 autocast on CUDA).
+    which bf16's 8-bit mantissa cancels to noise, enough to make training diverge under bf16 autocast.
     """
     with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):  # the meta device has no autocast
         return _ssim_fp32(x.float(), y.float(), data_range, window, sigma)
@@ -32,7 +27,7 @@ def _ssim_fp32(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int,
     B, C, H, W = x.shape
     size = min(window, H, W)
     size -= 1 - size % 2
-    g = gaussian_window(size, sigma, x.device)
+    g = torch.as_tensor(gaussian_kernel1d(size, sigma), device=x.device)
     kernel = (g[:, None] * g[None, :]).expand(C, 1, size, size).to(x.dtype)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
@@ -53,9 +48,3 @@ def l1_ssim_loss(pred01: torch.Tensor, target01: torch.Tensor,
     l1 = F.l1_loss(pred01, target01)
     ssim = ssim_per_band(pred01, target01).mean()
     return l1 + ssim_weight * (1 - ssim), {"l1": float(l1.detach()), "ssim": float(ssim.detach())}
-
-
-def psnr(pred01: torch.Tensor, target01: torch.Tensor) -> float:
-    """Mean per-band PSNR in dB of (B, C, H, W) images clipped to [0, 1]."""
-    mse = (pred01.detach().clamp(0, 1) - target01.clamp(0, 1)).square().mean(dim=(-2, -1)).clamp_min(1e-12)
-    return float((10 * torch.log10(1 / mse)).mean())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hsivar.config import ModelConfig
+from hsivar.io.location import resolve_location, staged, write_bytes_atomic
 from hsivar.models.hsivar import HSIVAR
 
 FORMAT_VERSION = 1
@@ -26,17 +26,6 @@ CONFIG_FILE = "config.json"
 
 class ModelFileError(ValueError):
     """A published model directory is missing, incomplete or inconsistent (the message says which)."""
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_published(model: HSIVAR, directory: str | os.PathLike, *, stage: str = "decoder",
@@ -49,10 +38,11 @@ def save_published(model: HSIVAR, directory: str | os.PathLike, *, stage: str = 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, p))
+    with staged([resolve_location(out / WEIGHTS_FILE)]) as (tmp,):
+        save_file(tensors, tmp)
     doc = {"format_version": FORMAT_VERSION, "stage": stage, "metadata": metadata or {},
            "model": model.cfg.model_dump(mode="json")}
-    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(doc, indent=2)))
+    write_bytes_atomic(out / CONFIG_FILE, json.dumps(doc, indent=2).encode())
     return out
 
 

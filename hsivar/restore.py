@@ -1,15 +1,21 @@
-"""Inference engine: a published model restores cubes (C, H, W) of any spatial size.
+"""The one restoration path: a published model restores cubes (C, H, W) of any spatial size.
 
-The model works on S×S tiles (S = ``cfg.vqvae.image_size``). A scene is cut into overlapping tiles
-(stride S − overlap, the last tile flush with the border), tiles are restored in batches, and the
-results are blended with a separable raised-cosine window normalised by the summed weights, so
-there are no seams. Scenes smaller than a tile are reflect-padded. Values are min–max normalised per
-cube to [0, 1] (the model's range) and mapped back to the input's units afterwards.
+Every entry point (:meth:`Restorer.restore`, the batch job, the Serve endpoint, the evaluation)
+restores a cube through the same three steps, so a new option is added once:
+
+1. :func:`prepare_cube` — validate (rank, band count, finite values), exclude nodata voxels, min–max
+   normalise to [0, 1] (the model's range; ``value_range`` when the data's range is known), pad sides
+   shorter than a tile and cut the overlapping S×S tiles of :mod:`hsivar.tiling`. CPU only, no model.
+2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles; the only place the
+   model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it over a prepared cube's
+   tiles in batches, ``samples`` times with generators seeded ``seed + i``, and blends each sample's
+   tiles (:class:`~hsivar.tiling.TileBlender`); Serve batches single tiles of concurrent requests
+   through :meth:`Restorer.forward` and blends them with :meth:`PreparedCube.blender`.
+3. :func:`finish` — back to the input's units; the mean over samples is the restored cube, their
+   per-pixel standard deviation the uncertainty; nodata voxels are written back as nodata.
 
 Greedy decoding is the default (restoration wants fidelity). With seeded top-k / top-p sampling,
-``samples = N`` runs N decodings and returns their mean and per-pixel standard deviation (an
-uncertainty map). On CUDA the transformer and convolutions run under bf16 autocast; the quantiser
-stays fp32.
+``samples = N`` decodes N times. On CUDA the model runs under bf16 autocast; the quantiser stays fp32.
 """
 
 from __future__ import annotations
@@ -17,23 +23,196 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hsivar.models.dag import TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
-from hsivar.models.var import Sampling
+from hsivar.models.var import GREEDY, Sampling
 from hsivar.publish import load_published
+from hsivar.tiling import TileBlender, cut_tiles, tile_grid
 
 
 class RestoreInputError(ValueError):
-    """The cube cannot be restored by this model (wrong shape or band count, non-finite values)."""
+    """The cube cannot be restored by this model (wrong shape or band count, non-finite values, bad options)."""
+
+
+class NothingToRestore(RestoreInputError):
+    """Every voxel of the cube is nodata (the batch job marks it ``skipped``; Serve answers 422)."""
+
+
+def resolve_overlap(model_tile: int, tile: int | None, overlap: int | None) -> int:
+    """The tile overlap in pixels for a model with ``model_tile``-pixel tiles (default S/4).
+
+    Raises:
+        RestoreInputError: ``tile`` given and not the model's tile, or ``overlap`` outside [0, S).
+    """
+    if tile is not None and tile != model_tile:
+        raise RestoreInputError(f"this model restores {model_tile}×{model_tile} tiles; tile={tile} is not possible")
+    overlap = model_tile // 4 if overlap is None else int(overlap)
+    if not 0 <= overlap < model_tile:
+        raise RestoreInputError(f"overlap must be in [0, {model_tile}), got {overlap}")
+    return overlap
+
+
+def parse_value_range(text: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` (input units) → (lo, hi); None or "" → None.
+
+    Raises:
+        ValueError: not two numbers, or HI ≤ LO (the message quotes the text).
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        lo, hi = (float(p) for p in text.split(","))
+    except ValueError:  # not two numbers
+        raise ValueError(f"value_range must be LO,HI with HI > LO, got {text!r}") from None
+    if not hi > lo:
+        raise ValueError(f"value_range must be LO,HI with HI > LO, got {text!r}")
+    return lo, hi
+
+
+def decoding(samples: int, batch_size: int = 1, sampling: Sampling | None = None) -> Sampling:
+    """The decoding of a restoration: greedy for one sample, seeded top-p 0.9 for several (or ``sampling``).
+
+    Raises:
+        RestoreInputError: ``samples`` or ``batch_size`` < 1, or greedy decoding with ``samples > 1``.
+    """
+    if samples < 1 or batch_size < 1:
+        raise RestoreInputError(f"samples and batch_size must be ≥ 1 (got {samples}, {batch_size})")
+    if sampling is None:
+        sampling = GREEDY if samples == 1 else Sampling(greedy=False, top_p=0.9)
+    if samples > 1 and sampling.greedy:
+        raise RestoreInputError("samples > 1 needs sampling (greedy decoding gives identical samples)")
+    return sampling
+
+
+# ------------------------------------------------------------------------------------------ 1. prepare
+
+
+@dataclass
+class PreparedCube:
+    """A cube normalised to [0, 1] and cut into the tiles the model restores.
+
+    Attributes:
+        tiles: (n, C, S, S) float32 tiles in [0, 1], in :func:`hsivar.tiling.tile_grid` order.
+        coords: n top-left corners (row, col) in pixels of the (padded) cube.
+        shape: (C, H, W) of the cube.
+        tile, overlap: S and the overlap, pixels.
+        lo, scale: the normalisation x01 = (x − lo) / scale, in the input's units.
+        mask: (C, H, W) bool, voxels equal to ``nodata`` (written back as nodata), or None.
+        nodata: the source's nodata value, when it occurs in the cube.
+    """
+
+    tiles: torch.Tensor
+    coords: list[tuple[int, int]]
+    shape: tuple[int, int, int]
+    tile: int
+    overlap: int
+    lo: float
+    scale: float
+    mask: np.ndarray | None = None
+    nodata: float | None = None
+
+    @classmethod
+    def described(cls, shape: tuple[int, int, int], tile: int, overlap: int, lo: float, scale: float,
+                  mask: np.ndarray | None = None, nodata: float | None = None,
+                  tiles: torch.Tensor | None = None) -> PreparedCube:
+        """The prepared cube of a (C, H, W) ``shape`` from its normalisation and mask (the tile corners
+        recomputed), e.g. after its parts travelled separately; ``tiles`` default to none (n = 0)."""
+        C, H, W = shape
+        return cls(torch.empty(0, C, tile, tile) if tiles is None else tiles, tile_grid(H, W, tile, overlap),
+                   (C, H, W), tile, overlap, lo, scale, mask, nodata)
+
+    def blender(self) -> TileBlender:
+        """An empty :class:`~hsivar.tiling.TileBlender` for this cube's tiles (blending in [0, 1] units)."""
+        return TileBlender(*self.shape, self.tile, self.overlap)
+
+
+def _nodata_mask(cube: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """(C, H, W) bool where ``cube`` equals ``nodata`` (NaN matches NaN), or None when nothing does."""
+    if nodata is None:
+        return None
+    mask = np.isnan(cube) if math.isnan(nodata) else cube == np.float32(nodata)
+    return mask if mask.any() else None
+
+
+def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap: int,
+                 nodata: float | None = None, value_range: tuple[float, float] | None = None) -> PreparedCube:
+    """Validate, normalise and tile one cube.
+
+    Args:
+        cube: (C, H, W) in any units; C must equal ``bands``.
+        tile, overlap: the model's tile side S and the overlap in pixels (0 ≤ overlap < S).
+        nodata: voxels equal to it (NaN allowed) are left out of the min–max range, restored as the
+            range minimum and written back as nodata by :func:`finish`.
+        value_range: (lo, hi) in the input's units mapped to [0, 1] — the clean data's range (e.g. (0, 1)
+            for reflectance). Default: the cube's own min–max, which noise or outliers stretch: a noisy
+            cube then comes out darker and shifted, so pass the range whenever it is known.
+    Returns:
+        :class:`PreparedCube` with the tiles on the CPU.
+    Raises:
+        RestoreInputError: not 3-D, wrong band count, empty, non-finite values (other than nodata), a bad
+            overlap or value range; :class:`NothingToRestore` when every voxel is nodata.
+    """
+    x = torch.as_tensor(np.asarray(cube) if not isinstance(cube, torch.Tensor) else cube).float().cpu()
+    if x.ndim != 3:
+        raise RestoreInputError(f"expected a cube (C, H, W), got an array of shape {tuple(x.shape)}")
+    C, H, W = x.shape
+    if C != bands:
+        raise RestoreInputError(f"cube has {C} bands but the model restores {bands} bands")
+    if H == 0 or W == 0:
+        raise RestoreInputError(f"cube is empty (shape {tuple(x.shape)})")
+    if not 0 <= overlap < tile:
+        raise RestoreInputError(f"overlap must be in [0, {tile}), got {overlap}")
+    mask = _nodata_mask(x.numpy(), nodata)
+    bad = ~torch.isfinite(x)
+    if mask is not None:
+        bad &= ~torch.from_numpy(mask)
+    n_bad = int(bad.sum())
+    if n_bad:
+        raise RestoreInputError(f"cube has {n_bad} non-finite values (NaN/Inf)")
+    if value_range is not None and not float(value_range[1]) > float(value_range[0]):
+        raise RestoreInputError(f"value_range must be (lo, hi) with hi > lo, got {tuple(value_range)}")
+    valid = x if mask is None else x[~torch.from_numpy(mask)]
+    if valid.numel() == 0:
+        raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
+    lo, hi = (float(value_range[0]), float(value_range[1])) if value_range is not None else \
+        (float(valid.min()), float(valid.max()))
+    if mask is not None:
+        x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
+    scale = (hi - lo) if hi > lo else 1.0
+    tiles, coords = cut_tiles((x - lo) / scale, tile, overlap)
+    return PreparedCube(tiles, coords, (C, H, W), tile, overlap, lo, scale, mask,
+                        nodata if mask is not None else None)
+
+
+# ------------------------------------------------------------------------------------------ 3. finish
+
+
+def finish(prep: PreparedCube, samples01: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blended samples in [0, 1] → the restored cube and its uncertainty in the input's units.
+
+    Args:
+        samples01: (samples, C, H, W) blended restorations in [0, 1] units.
+    Returns:
+        (mean (C, H, W) float32, std (C, H, W) float32 over samples or None for one sample); nodata
+        voxels (``prep.mask``) hold ``prep.nodata`` in the mean and NaN in the std.
+    """
+    stack = samples01.float() * prep.scale + prep.lo
+    mean = stack.mean(0).numpy().astype(np.float32)
+    std = stack.std(0, unbiased=False).numpy().astype(np.float32) if stack.shape[0] > 1 else None
+    if prep.mask is not None:
+        mean[prep.mask] = prep.nodata
+        if std is not None:
+            std[prep.mask] = np.nan
+    return mean, std
+
+
+# ------------------------------------------------------------------------------------------ 2. the model
 
 
 @dataclass
@@ -42,102 +221,24 @@ class Restoration:
 
     cube: np.ndarray  # (C, H, W) float32
     std: np.ndarray | None  # (C, H, W) float32 per-pixel std over samples (samples > 1), else None
-    task_weights: dict[str, float]  # mean task weights over tiles (the classifier's for "auto")
+    task_weights: dict[str, float]  # mean task weights over tiles and samples (the classifier's for "auto")
     tiles: int
     seconds: float
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, length) with tiles of ``tile`` pixels overlapping by ≥ ``overlap``."""
-    if length <= tile:
-        return [0]
-    stride = max(tile - overlap, 1)
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+@dataclass
+class RestoredSamples:
+    """What :meth:`Restorer.restore_prepared` returns: per-sample blended cubes and the task weights used."""
 
-
-def blend_window(tile: int, overlap: int) -> torch.Tensor:
-    """Separable blending weights (tile, tile): raised-cosine ramps over ``overlap`` pixels per edge, 1 inside.
-
-    The ramp never reaches 0 (its first value is sin²(π/(4·overlap))), so a pixel covered by one tile
-    only keeps a positive weight; blending divides by the summed weights.
-    """
-    w = torch.ones(tile, dtype=torch.float64)
-    if overlap > 0:
-        ramp = torch.sin(math.pi / 2 * (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap) ** 2
-        w[:overlap] = ramp
-        w[tile - overlap:] = torch.minimum(w[tile - overlap:], ramp.flip(0))
-    return (w[:, None] * w[None, :]).float()
-
-
-def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Top-left corners (row, col) of the tiles covering a (max(H, tile), max(W, tile)) image."""
-    return [(r, c) for r in tile_starts(max(height, tile), tile, overlap)
-            for c in tile_starts(max(width, tile), tile, overlap)]
-
-
-def pad_to_tile(x: torch.Tensor, tile: int) -> torch.Tensor:
-    """x (C, H, W) with sides smaller than ``tile`` padded at the bottom/right to ``tile`` (reflect;
-    replicate where the side is too small to reflect); larger sides are left as they are."""
-    C, H, W = x.shape
-    pad_h, pad_w = max(tile - H, 0), max(tile - W, 0)
-    if not (pad_h or pad_w):
-        return x
-    mode = "reflect" if pad_h < H and pad_w < W else "replicate"
-    return F.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)[0]
-
-
-class TileBlender:
-    """Accumulates tile outputs into a (C, height, width) cube, batch by batch.
-
-    Every pixel of :meth:`result` is the :func:`blend_window`-weighted mean of the outputs of the tiles
-    covering it; only the cube-sized sums are held, never all tiles at once.
-    """
-
-    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int,
-                 device: str | torch.device = "cpu") -> None:
-        self.height, self.width, self.tile = height, width, tile
-        self.window = blend_window(tile, overlap).to(device)
-        self.acc = torch.zeros(channels, max(height, tile), max(width, tile), device=device)
-        self.weight = torch.zeros(self.acc.shape[1:], device=device)
-
-    def add(self, coords: list[tuple[int, int]], outputs: torch.Tensor) -> None:
-        """Add outputs (b, C, tile, tile) of the tiles starting at ``coords`` (b (row, col) pairs)."""
-        S = self.tile
-        for (r, c), out in zip(coords, outputs):
-            self.acc[:, r:r + S, c:c + S] += out * self.window
-            self.weight[r:r + S, c:c + S] += self.window
-
-    def result(self) -> torch.Tensor:
-        """The blended cube (C, height, width)."""
-        return (self.acc / self.weight)[:, :self.height, :self.width]
-
-
-def blend_tiles(x: torch.Tensor, tile: int, overlap: int, batch_size: int,
-                fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply ``fn`` to overlapping tiles of x in batches of ``batch_size`` and blend the results.
-
-    Args:
-        x: (C, H, W); sides smaller than ``tile`` are padded (:func:`pad_to_tile`).
-        fn: maps a batch of tiles (b, C, tile, tile) to outputs of the same shape.
-    Returns:
-        (C, H, W): per pixel, the window-weighted mean of the outputs of every tile covering it.
-    """
-    C, H, W = x.shape
-    xp = pad_to_tile(x, tile)
-    coords = tile_grid(H, W, tile, overlap)
-    blender = TileBlender(C, H, W, tile, overlap, x.device)
-    for i in range(0, len(coords), batch_size):
-        batch = coords[i:i + batch_size]
-        blender.add(batch, fn(torch.stack([xp[:, r:r + tile, c:c + tile] for r, c in batch])))
-    return blender.result()
+    samples01: torch.Tensor  # (samples, C, H, W) float32 on the CPU, [0, 1] units
+    task_weights: list[float]  # (N,) mean over tiles and samples, in the model's task order
 
 
 class Restorer:
-    """Restore whole cubes with a published HSI-VAR model."""
+    """Restore whole cubes with a published HSI-VAR model (see the module docstring)."""
 
     def __init__(self, model: HSIVAR, device: str | torch.device = "cpu", bf16: bool | None = None) -> None:
-        """Wrap ``model``; ``bf16`` defaults to True on CUDA and is ignored on CPU."""
+        """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
@@ -159,15 +260,63 @@ class Restorer:
         """Tile side S in pixels."""
         return self.cfg.vqvae.image_size
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The task families of the model's task weights, in order."""
+        return tuple(self.model.dag.tasks)
+
     def autocast(self) -> AbstractContextManager:
         """The context the model runs in: bf16 autocast on CUDA when ``bf16``, else a no-op."""
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
+    @torch.inference_mode()
+    def forward(self, tiles01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
+                generator: torch.Generator | None = None, *, guidance: Guidance = "dag", cfg_scale: float = 1.5,
+                refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass over a batch of tiles.
+
+        Args:
+            tiles01: (b, C, S, S) in [0, 1] (any device; moved to the model's).
+            task: ``"auto"``, a task name, a {task: weight} mixture or weights (b, N).
+            sampling, generator: the decoding and its random source (seeded sampling).
+            guidance, cfg_scale, refine: as :meth:`hsivar.models.hsivar.HSIVAR.restore`.
+        Returns:
+            (restored tiles (b, C, S, S) float32 on the CPU in [0, 1], task weights used (b, N) float32 on the CPU).
+        """
+        with self.autocast():
+            out = self.model.restore(tiles01.to(self.device), task, sampling, generator, guidance, cfg_scale, refine)
+        return out.cube.float().cpu(), out.task_weights.float().cpu()
+
+    def restore_prepared(self, prep: PreparedCube, task: TaskSpec = "auto", *, samples: int = 1, seed: int = 0,
+                         batch_size: int = 8, sampling: Sampling | None = None, guidance: Guidance = "dag",
+                         cfg_scale: float = 1.5, refine: bool = True) -> RestoredSamples:
+        """Restore a prepared cube's tiles in batches of ``batch_size`` and blend them, once per sample.
+
+        Sample i decodes the tiles in order with one generator seeded ``seed + i``.
+
+        Raises:
+            RestoreInputError: bad ``samples`` / ``batch_size``, or greedy decoding with ``samples > 1``.
+        """
+        sampling = decoding(samples, batch_size, sampling)
+        n = prep.tiles.shape[0]
+        blended, weight_sum = [], torch.zeros(len(self.tasks), dtype=torch.float64)
+        for s in range(samples):
+            gen = torch.Generator(device=self.device).manual_seed(seed + s)
+            blender = prep.blender()
+            for i in range(0, n, batch_size):
+                out, weights = self.forward(prep.tiles[i:i + batch_size], task, sampling, gen, guidance=guidance,
+                                            cfg_scale=cfg_scale, refine=refine)
+                blender.add(prep.coords[i:i + batch_size], out)
+                weight_sum += weights.double().sum(0)
+            blended.append(blender.result())
+        return RestoredSamples(torch.stack(blended), (weight_sum / (n * samples)).tolist())
+
     def restore(self, cube: np.ndarray | torch.Tensor, task: TaskSpec = "auto", *, overlap: int | None = None,
                 tile: int | None = None, batch_size: int = 8, samples: int = 1, seed: int = 0,
-                sampling: Sampling | None = None, guidance: Guidance = "dag", cfg_scale: float = 1.5,
-                value_range: tuple[float, float] | None = None, refine: bool = True) -> Restoration:
-        """Restore one cube.
+                sampling: Sampling | None = None, value_range: tuple[float, float] | None = None,
+                nodata: float | None = None, guidance: Guidance = "dag", cfg_scale: float = 1.5,
+                refine: bool = True) -> Restoration:
+        """Restore one cube: :func:`prepare_cube` → :meth:`restore_prepared` → :func:`finish`.
 
         Args:
             cube: (C, H, W) in any units; C must equal the model's band count.
@@ -177,65 +326,18 @@ class Restorer:
             samples: decodings to average; > 1 switches the default sampling to seeded top-p 0.9.
             seed: seed of the first sample (sample i uses seed + i).
             value_range: (min, max) of the units to normalise with; default the cube's own min/max.
+            nodata: a value marking voxels that hold no data (kept as nodata in the output).
         Returns:
             :class:`Restoration` with the cube (C, H, W) float32 in the input's units.
         Raises:
             RestoreInputError: wrong rank or band count, empty or non-finite cube, bad options.
         """
         t0 = time.perf_counter()
-        x = torch.as_tensor(np.asarray(cube) if not isinstance(cube, torch.Tensor) else cube).float()
-        S = self.tile
-        self._validate(x, tile, samples, batch_size)
-        overlap = S // 4 if overlap is None else int(overlap)
-        if not 0 <= overlap < S:
-            raise RestoreInputError(f"overlap must be in [0, {S}), got {overlap}")
-        if sampling is None:
-            sampling = Sampling() if samples == 1 else Sampling(greedy=False, top_p=0.9)
-        if samples > 1 and sampling.greedy:
-            raise RestoreInputError("samples > 1 needs sampling (greedy decoding gives identical samples)")
-
-        lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
-        scale = (hi - lo) if hi > lo else 1.0
-        x01 = ((x - lo) / scale).to(self.device)
-
-        task_sums: list[torch.Tensor] = []  # per batch of tiles, summed task weights
-
-        def restore_tiles(tiles: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            with self.autocast():
-                out = self.model.restore(tiles, task, sampling, gen, guidance, cfg_scale, refine)
-            task_sums.append(out.task_weights.sum(0))
-            return out.cube.float()
-
-        outs = []
-        for s in range(samples):
-            gen = torch.Generator(device=self.device).manual_seed(seed + s)
-            outs.append(blend_tiles(x01, S, overlap, batch_size, partial(restore_tiles, gen=gen)) * scale + lo)
-        n_tiles = len(tile_grid(x01.shape[-2], x01.shape[-1], S, overlap))
-
-        stack = torch.stack(outs)
-        mean = stack.mean(0)
-        std = stack.std(0, unbiased=False) if samples > 1 else None
-        weights = (torch.stack(task_sums).sum(0) / (n_tiles * samples)).tolist()
-        return Restoration(
-            cube=mean.cpu().numpy().astype(np.float32),
-            std=None if std is None else std.cpu().numpy().astype(np.float32),
-            task_weights=dict(zip(self.model.dag.tasks, weights)),
-            tiles=n_tiles,
-            seconds=time.perf_counter() - t0,
-        )
-
-    def _validate(self, x: torch.Tensor, tile: int | None, samples: int, batch_size: int) -> None:
-        if x.ndim != 3:
-            raise RestoreInputError(f"expected a cube (C, H, W), got an array of shape {tuple(x.shape)}")
-        C, H, W = x.shape
-        if C != self.bands:
-            raise RestoreInputError(f"cube has {C} bands but the model restores {self.bands} bands")
-        if H == 0 or W == 0:
-            raise RestoreInputError(f"cube is empty (shape {tuple(x.shape)})")
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise RestoreInputError(f"cube has {bad} non-finite values (NaN/Inf)")
-        if tile is not None and tile != self.tile:
-            raise RestoreInputError(f"this model restores {self.tile}×{self.tile} tiles; tile={tile} is not possible")
-        if samples < 1 or batch_size < 1:
-            raise RestoreInputError(f"samples and batch_size must be ≥ 1 (got {samples}, {batch_size})")
+        overlap = resolve_overlap(self.tile, tile, overlap)
+        decoding(samples, batch_size, sampling)  # option errors before any work
+        prep = prepare_cube(cube, self.bands, self.tile, overlap, nodata=nodata, value_range=value_range)
+        out = self.restore_prepared(prep, task, samples=samples, seed=seed, batch_size=batch_size,
+                                    sampling=sampling, guidance=guidance, cfg_scale=cfg_scale, refine=refine)
+        mean, std = finish(prep, out.samples01)
+        return Restoration(cube=mean, std=std, task_weights=dict(zip(self.tasks, out.task_weights)),
+                           tiles=len(prep.coords), seconds=time.perf_counter() - t0)

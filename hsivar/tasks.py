@@ -1,22 +1,89 @@
-"""The six degradation task families of the all-in-one protocol (DESIGN.md §4).
+"""The task families as the model sees them: names in embedding order, weights, and the task option.
 
 The order is part of the model's contract: the DAG task embeddings and the task classifier index
-tasks by their position in :data:`TASKS`.
+tasks by their position in :data:`TASKS`. It is the order of the family table
+:data:`hsivar.degrade.families.FAMILIES`, where :data:`TASKS`, :func:`task_index` and
+:func:`task_weights` are defined next to the rows they derive from (the degradation protocol needs
+them too) and re-exported here, the place the model and the platform import them from.
 """
 
 from __future__ import annotations
 
-TASKS: tuple[str, ...] = ("gaussian", "complex", "blur", "sr", "inpaint", "bandmiss")
-"""Task family names, in embedding order."""
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from hsivar.degrade.families import TASKS, task_index, task_weights
+
+__all__ = ["TASKS", "TaskArg", "dominant_task", "parse_task", "task_index", "task_weights"]
+
+TaskArg = str | dict[str, float]
+"""``"auto"``, a task family name, or a {task: weight} mixture (see :func:`parse_task`)."""
 
 
-def task_index(name: str) -> int:
-    """Return the position of task family ``name`` in :data:`TASKS`.
+def parse_task(text: str | Mapping[str, float] | None) -> TaskArg:
+    """Parse a task option: ``"auto"``, a family name (``"gaussian"``) or a mixture.
+
+    A mixture is written ``"gaussian:0.7,blur:0.3"`` (``=`` works as ``:``; a name without a weight
+    counts 1) or given as a mapping; weights must be finite, ≥ 0 and not all 0. Repeated names add up.
+
+    Returns:
+        ``"auto"`` (also for None or ""), the family name, or ``{task: weight}`` (weights as given, not
+        normalised).
 
     Raises:
-        ValueError: ``name`` is not one of the six families (the message lists them).
+        ValueError: unknown task or bad weight (the message names it and the valid names).
     """
-    try:
-        return TASKS.index(name)
-    except ValueError:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
+    if text is None:
+        return "auto"
+    if isinstance(text, Mapping):
+        items = [(str(k), float(v)) for k, v in text.items()]
+    else:
+        s = str(text).strip()
+        if s in ("", "auto"):
+            return "auto"
+        if ":" not in s and "=" not in s and "," not in s:
+            if s not in TASKS:
+                raise ValueError(f"unknown task {s!r}; expected auto, one of {', '.join(TASKS)} "
+                                 "or a mixture like gaussian:0.7,blur:0.3")
+            return s
+        items = []
+        for part in s.split(","):
+            name, sep, weight = part.replace("=", ":").partition(":")
+            try:
+                items.append((name.strip(), float(weight) if sep else 1.0))
+            except ValueError:
+                raise ValueError(f"task mixture {s!r}: weight {weight!r} of {name.strip()!r} is not a number") from None
+    mixture: dict[str, float] = {}
+    for name, weight in items:
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r} in mixture; expected names from {', '.join(TASKS)}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"task weight of {name!r} must be a finite number ≥ 0, got {weight}")
+        mixture[name] = mixture.get(name, 0.0) + weight
+    if not mixture or sum(mixture.values()) <= 0:
+        raise ValueError("a task mixture needs at least one positive weight")
+    return mixture
+
+
+def dominant_task(weights: Iterable[float], tasks: Sequence[str] = TASKS) -> str:
+    """The task with the largest weight: what "auto" decided, or a mixture's main part.
+
+    Args:
+        weights: (N,) task weights in the order of ``tasks``.
+        tasks: the N task names, :data:`TASKS` by default; a published model's own list
+            (``model.dag.tasks``) for weights that model produced.
+
+    Returns:
+        The name, or ``"auto"`` for no weights.
+
+    Raises:
+        ValueError: ``weights`` and ``tasks`` differ in length.
+    """
+    w = list(weights)
+    if not w:
+        return "auto"
+    if len(w) != len(tasks):
+        raise ValueError(f"{len(w)} task weights for {len(tasks)} tasks ({', '.join(tasks)})")
+    return tasks[int(np.argmax(w))]

@@ -9,8 +9,10 @@
   weights instead of the true task, as ``task="auto"`` restores them. The fusion head starts at zero
   and may get its own learning rate (:func:`param_groups`). The refiner Q is fine-tuned with them
   through the decoder: stage 2 fits it to the teacher-forced quantisation residual, but at inference
-  it sees autoregressive tokens (exposure bias, REFERENCE §6.4), so here it learns to correct those
-  latents — RestoreVAR trains its latent refiner on AR outputs likewise.
+  it sees autoregressive tokens (exposure bias: Ranzato et al., "Sequence Level Training with Recurrent
+  Neural Networks", ICLR 2016), so here it learns to correct those latents — RestoreVAR ("RestoreVAR:
+  Visual Autoregressive Generation for All-in-One Image Restoration", arXiv:2505.18047) trains its
+  latent refiner on AR outputs likewise.
 * The task classifier (``dag``'s CNN on the degraded tile) trains in every stage of
   ``dag.classifier_stages`` (default all three), with its own ``w·CE`` added to that stage's loss.
 
@@ -22,17 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from hsivar.losses import l1_ssim_loss, psnr
+from hsivar.config import STAGES, Stage
+from hsivar.losses import l1_ssim_loss
+from hsivar.metrics import psnr_from_mse
 from hsivar.models.condition import alignment_loss
 from hsivar.models.hsivar import HSIVAR, to_model_range
-
-Stage = Literal["vqvae", "var", "decoder"]
-STAGES: tuple[str, ...] = ("vqvae", "var", "decoder")
 
 
 @dataclass
@@ -50,6 +50,16 @@ class StepResult:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+
+
+def _psnr_log(pred01: torch.Tensor, target01: torch.Tensor) -> float:
+    """Mean per-band PSNR in dB (data range 1) of (B, C, H, W) images clipped to [0, 1], for the step logs.
+
+    The per-band MSE (B, C) stays on the device and goes through :func:`hsivar.metrics.psnr_from_mse`; only
+    the mean (one float) reaches the host. The MSE is floored at 1e-12 (120 dB) so the log stays finite.
+    """
+    mse = (pred01.detach().clamp(0, 1) - target01.clamp(0, 1)).square().mean(dim=(-2, -1)).clamp_min(1e-12)
+    return float(psnr_from_mse(mse).mean())
 
 
 def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
@@ -121,7 +131,7 @@ def stage1_loss(model: HSIVAR, batch: Batch) -> StepResult:
     rec01 = (out.reconstruction.float() + 1) / 2
     rec_loss, logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage1_ssim)
     loss = rec_loss + model.cfg.loss.stage1_vq * out.quant.vq_loss
-    logs.update(vq=float(out.quant.vq_loss.detach()), psnr=psnr(rec01, batch.hq))
+    logs.update(vq=float(out.quant.vq_loss.detach()), psnr=_psnr_log(rec01, batch.hq))
     for k, n in enumerate(out.quant.codes_used):
         logs[f"codes_used_s{k}"] = float(n)
     return StepResult(loss + _task_term(model, "vqvae", batch, logs)[0], logs)
@@ -184,7 +194,7 @@ def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
     rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights)
     loss, rec_logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
-    logs.update(rec_logs, psnr=psnr(rec01, batch.hq))
+    logs.update(rec_logs, psnr=_psnr_log(rec01, batch.hq))
     return StepResult(loss + task_term, logs)
 
 

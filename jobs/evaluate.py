@@ -2,15 +2,12 @@
 
     python jobs/evaluate.py --model work/runs/hsivar-tiny/decoder/latest --data demo --out work/eval
 
-Writes OUT/metrics.csv (task, level, method, psnr, ssim, sam, ergas, seconds_per_cube, …) and
-OUT/metrics.md, and logs both to MLflow. ``--model`` also takes ``s3://…`` and ``models:/NAME/VERSION``.
+The same flags as ``hsivar evaluate`` (``--help``). Writes OUT/metrics.csv (task, level, method, psnr, ssim,
+sam, ergas, seconds_per_cube, …) and OUT/metrics.md, and logs both to MLflow. ``--model`` also takes
+``s3://…`` and ``models:/NAME/VERSION``.
 """
 
-from __future__ import annotations
-
-import sys
-
-from hsivar_platform.evaluate import main
+from hsivar_platform.cli import evaluate, job_app
 
 if __name__ == "__main__":
-    sys.exit(main())
+    job_app(evaluate)(prog_name="evaluate.py")

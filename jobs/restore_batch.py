@@ -3,12 +3,12 @@
     ray job submit --working-dir . -- python jobs/restore_batch.py \
         --input s3://archive/raw/ --output s3://archive/restored/ --model models:/hsivar@production
 
-Same flags as ``hsivar restore`` (``--help``); the work is :func:`hsivar_platform.batch.run_batch`.
+The same flags as ``hsivar restore`` (``--help``); the work is :func:`hsivar_platform.batch.run_batch`.
 Exit status: 0 when the run finished (failed inputs are in the manifest), 1 with ``--fail-on-error``
 when any input failed, 2 for unusable options or a missing model.
 """
 
-from hsivar_platform.commands_serve import restore_app
+from hsivar_platform.cli import job_app, restore
 
 if __name__ == "__main__":
-    restore_app()(prog_name="restore_batch.py")
+    job_app(restore)(prog_name="restore_batch.py")

@@ -8,14 +8,11 @@ On one machine (starts a local Ray)::
 
     python jobs/train_var.py --config configs/tiny.yaml [--stage var] [--set train.vqvae.steps=50] [--run.name x]
 
-A rerun with the same ``run.name`` resumes every stage from its last checkpoint. See docs/training.md.
+The same flags as ``hsivar train`` (``--help``). A rerun with the same ``run.name`` resumes every stage from
+its last checkpoint. See docs/training.md.
 """
 
-from __future__ import annotations
-
-import sys
-
-from hsivar_platform.train import main
+from hsivar_platform.cli import job_app, train
 
 if __name__ == "__main__":
-    sys.exit(main())
+    job_app(train, extra_args=True)(prog_name="train_var.py")

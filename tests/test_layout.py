@@ -60,14 +60,14 @@ def test_hsivar_info_console_script_json() -> None:
 
 
 def test_hsivar_info_paper_preset_matches_the_paper_shapes() -> None:
-    from hsivar.config import preset
     from hsivar.info import model_info
+    from hsivar.presets import preset
 
     info = model_info(preset("paper"))
     assert info["cube_shape"] == [31, 256, 256] and info["tokens"] == 680
     assert 40e6 < info["params"]["vqvae_encoder"] < 48e6  # VAR's ch-160 encoder: 44.1 M
     assert 60e6 < info["params"]["vqvae_decoder"] < 68e6  # VAR's decoder: 64.7 M
-    assert 300e6 < info["params_total"] < 500e6  # paper: ≈483 M (the config docstring explains the gap)
+    assert 300e6 < info["params_total"] < 500e6  # paper: ≈483 M (docs/experiments.md discusses the gap)
     assert 0.5 < info["tflops_per_cube"] < 3.0  # paper: ≈1.9 TFLOPs
 
 

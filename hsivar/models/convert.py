@@ -178,7 +178,7 @@ def init_from_var(model: HSIVAR, vae_path: str | os.PathLike | None = None,
 
     Uses ``model.cfg.wavelengths`` (or evenly spaced 400–700 nm) to adapt the band convs.
     """
-    from hsivar.config import default_wavelengths
+    from hsivar.presets import default_wavelengths
 
     target = model.state_dict()
     report = ConversionReport()

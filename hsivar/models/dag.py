@@ -9,11 +9,10 @@ Classic classifier-free guidance is kept as an inference option for comparison: 
 task to d_basic alone with probability ``cond_drop_rate``, and CFG runs a second, unconditional pass
 with d_basic, doubling the batch.
 
-The classifier is a three-layer CNN on the degraded tile itself, pooled to per-channel mean and
-standard deviation. The degradations differ in local statistics (noise energy, zeroed voxels or
-bands, blockiness, missing high frequencies); an MLP on the pooled condition latent c, which E_con
-was trained to make look clean, told them apart at chance level on held-out cubes (mean true-class
-probability 0.14–0.18 with the tiny preset, against 0.39–0.81 for this CNN after the same 500 steps).
+The classifier is a three-layer CNN on the degraded tile itself (B, C, H, W), pooled to per-channel
+mean and standard deviation (B, 2k). The degradations differ in local statistics (noise energy,
+zeroed voxels or bands, blockiness, missing high frequencies), which the tile keeps and the condition
+latent c does not: E_con is trained to make c look clean.
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ class DegradationGuidance(nn.Module):
     def classify(self, lq01_BCHW: torch.Tensor) -> torch.Tensor:
         """Task logits of degraded tiles (B, C, H, W) in the data's [0, 1] units; → (B, N).
 
-        In [0, 1] a removed voxel or band is exactly 0, as the protocol writes it (in the model's
-        [-1, 1] range the same probe learned 2–3× slower).
+        In [0, 1] a removed voxel or band is exactly 0, as the protocol writes it, so the CNN reads
+        the tiles in those units rather than in the model's [-1, 1] range.
         """
         h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
         return self.head(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1))

@@ -2,29 +2,28 @@
 
 A token decoder cannot put out more detail than its tokenizer reconstructs; where the degraded input
 is already close to the clean cube (mild blur, ×2 super-resolution) its pixels hold detail the
-decoded tile lacks. VarFormer mixes its input into the output (``h·(1 − w) + w·input``, REFERENCE
-§5); here a small NAFNet on the image grid sees both tiles and the task weights and predicts a
-correction of the decoded tile::
+decoded tile lacks. VarFormer ("VarFormer: Adapting VAR's Generative Prior for Image Restoration",
+arXiv:2412.21063) mixes its input into the output (``h·(1 − w) + w·input``); here a small NAFNet on
+the image grid sees both tiles and the task weights and predicts a correction of the decoded tile::
 
     h = conv3×3([lq, ŷ]) + W_t·weights      (B, width, S, S), the task weights as a per-sample bias
     g = G·weights                            (B, C), a per-task, per-band gate
     a = A·weights                            (B, J), per-task amounts of J unsharp masks
     y = ŷ + g·(lq − ŷ) + Σ_j a_j·(lq − G_σj ∗ lq) + conv3×3(NAFBlocks(h))
 
-The gate is a full-rank path from the input: through the ``width``-channel bottleneck alone the head
-did not reproduce a ×2 super-resolution input (29.7 against 30.0 dB with the task given). G and the
-output conv start at zero, so an untrained head returns ŷ unchanged. It is trained in stage 3 with
-the decoder on autoregressive restorations (``train.decoder.head_lr`` lets it learn faster than the
-pretrained decoder it corrects; G, a handful of scalars per task, at ``gate_lr_scale`` times that).
+The gate is a full-rank path from the input, per band: the ``width``-channel bottleneck alone does not
+pass a good input (×2 super-resolution) through unchanged. G and the output conv start at zero, so an
+untrained head returns ŷ unchanged. It is trained in stage 3 with the decoder on autoregressive
+restorations (``train.decoder.head_lr`` lets it learn faster than the pretrained decoder it corrects;
+G, a handful of scalars per task, at ``gate_lr_scale`` times that).
 
 The unsharp masks (``unsharp_sigmas``: Gaussian widths G_σj, truncated at 3σ, reflect padding
 inside the tile, the same for every band; A starts at zero and learns at the gate's rate) are a
-linear restoration branch. The tiny head trained for 400 steps did not learn to sharpen: it passed
-blurred input through (±0.1 dB), where a single unsharp mask gains 0.4–0.85 dB on the same test
-cubes. With the gate at 1, ``lq + Σ a_j (lq − G_σj ∗ lq)`` is a band-pass gain curve on the input:
+linear restoration branch: a small head trained in a short stage 3 does not learn to sharpen on its
+own. With the gate at 1, ``lq + Σ a_j (lq − G_σj ∗ lq)`` is a band-pass gain curve on the input:
 amounts > 0 undo part of a blur, amounts < 0 smooth pixel-replicated super-resolution input. The
-amounts are linear in the output, so a few scalars per task converge in a short stage 3 (a free
-13×13 filter per task at that rate did not: auto-mode gaussian 29.07 → 24.53, blur 26.19 → 25.99 dB).
+amounts are linear in the output, so a few scalars per task converge in a short stage 3, where a
+free per-task filter at that rate over-shoots (docs/experiments.md records the comparisons).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsivar.config import FusionConfig, unsharp_radius
-from hsivar.losses import gaussian_window
+from hsivar.kernels import gaussian_kernel1d
 from hsivar.models.refiner import NAFBlock
 
 
@@ -51,7 +50,8 @@ class OutputFusion(nn.Module):
         self.sigmas = tuple(cfg.unsharp_sigmas)
         self.unsharp = nn.Linear(tasks, len(self.sigmas), bias=False) if self.sigmas else None  # A: (J, N)
         for j, sigma in enumerate(self.sigmas):  # fixed kernels, built once; not part of the weights
-            self.register_buffer(f"gauss{j}", gaussian_window(2 * unsharp_radius(sigma) + 1, sigma), persistent=False)
+            g = torch.as_tensor(gaussian_kernel1d(2 * unsharp_radius(sigma) + 1, sigma))  # on the default device
+            self.register_buffer(f"gauss{j}", g, persistent=False)
         for p in (self.ending.weight, self.ending.bias, self.gate.weight):
             nn.init.zeros_(p)
         if self.unsharp is not None:

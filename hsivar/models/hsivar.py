@@ -1,6 +1,6 @@
 """HSI-VAR: the whole restoration model, assembled from its typed config.
 
-Parts (DESIGN.md §3): ``vqvae`` (E, quantiser, D with SSA), ``cond`` (E_con + P), ``dag`` (task
+Parts: ``vqvae`` (E, quantiser, D with SSA), ``cond`` (E_con + P), ``dag`` (task
 embeddings, λ, classifier), ``var`` (next-scale transformer), ``refiner`` (NAFNet on the
 latent) and, when ``cfg.fusion.width > 0``, ``fusion`` (NAFNet on the image grid, see
 :mod:`hsivar.models.fusion`). Cubes enter and leave in [0, 1] (B, C, H, W) with

@@ -20,9 +20,6 @@ the prefix grid P(c) (p_K × p_K tokens) is also area-pooled to p_k × p_k and a
 that predict scale k (the SOS gets its mean). Attention alone lets a small, briefly trained
 transformer ignore the prefix and learn only the token marginals — every input then restores to
 the same mean image; the added grid puts the condition at the matching place of every scale.
-Measured on the tiny preset with an 8×8 latent (stage 2 from the same VQ-VAE, 1000 steps):
-held-out teacher-forced token accuracy 32 % with the prefix alone, 48 % with it; with the prefix
-alone four different held-out cubes restored to outputs 0.014 apart (mean |Δ|, clean: 0.08–0.28).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ be read (corrupt, wrong band count, smaller than a tile) is skipped with a logge
 one bad cube never stops training.
 
 Validation and evaluation (:func:`protocol_dataset`): rows (uri, index, case) of the fixed, seeded
-test protocol (:func:`hsivar.data.degrade.degrade_for_test`), read and degraded inside
+test protocol (:func:`hsivar.degrade.degrade_for_test`), read and degraded inside
 ``map_batches``. Random draws of the training stream come from fresh OS entropy per task, so epochs
 differ; the protocol is reproducible bit for bit.
 """
@@ -31,20 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hsivar.data.degrade import TEST_LEVELS, ProtocolCase, degrade_for_test, sample_training_degradation, test_protocol
-from hsivar.data.io import cube_shape, read_cube
-from hsivar.restore import tile_starts
+from hsivar.degrade import ProtocolCase, case_level, degrade_for_test, sample_training_degradation
+from hsivar.io import cube_shape, read_cube, split_listing
+from hsivar.tasks import TASKS
+from hsivar.tiling import tile_starts
 from hsivar_platform import storage
-from hsivar_platform.pipeline_config import CUBE_SUFFIXES, DataSpec, DemoData
+from hsivar_platform.pipeline_config import DataSpec, DemoData
 
 if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
-
-MIDDLE_LEVELS: dict[str, float] = {"gaussian": 50, "complex": 2, "blur": 15, "sr": 4, "inpaint": 0.8, "bandmiss": 0.2}
-"""One level per family used by the quick validation (``val.levels: middle``)."""
-
 
 @dataclass(frozen=True)
 class DataSplits:
@@ -67,10 +64,10 @@ def demo_data_uri(work_dir: str | os.PathLike, demo: DemoData, bands: int) -> st
 def ensure_demo_data(work_dir: str | os.PathLike, demo: DemoData, bands: int) -> str:
     """Generate the demo dataset into the work dir on first use (reused afterwards); → its folder.
 
-    The manifest is written last by :func:`~hsivar.data.synth.make_demo_dataset`, so its presence
+    The manifest is written last by :func:`~hsivar.synth.make_demo_dataset`, so its presence
     marks a complete dataset.
     """
-    from hsivar.data.synth import make_demo_dataset
+    from hsivar.synth import make_demo_dataset
 
     out = demo_data_uri(work_dir, demo, bands)
     if not os.path.isfile(os.path.join(out, "manifest.json")):
@@ -87,26 +84,26 @@ def resolve_splits(data: DataSpec, work_dir: str | os.PathLike, bands: int) -> D
     otherwise the whole prefix is training data. ``data.val`` / ``data.test`` override.
     """
     src = ensure_demo_data(work_dir, data.demo, bands) if data.source == "demo" else data.source
-    if list_cubes(storage.join(src, "train"), data.suffixes, required=False):
+    if list_cubes(storage.join(src, "train"), required=False):
         train = storage.join(src, "train")
-        val = storage.join(src, "val") if list_cubes(storage.join(src, "val"), data.suffixes, required=False) else None
-        test = storage.join(src, "test") if list_cubes(storage.join(src, "test"), data.suffixes,
-                                                       required=False) else None
+        val = storage.join(src, "val") if list_cubes(storage.join(src, "val"), required=False) else None
+        test = storage.join(src, "test") if list_cubes(storage.join(src, "test"), required=False) else None
     else:
         train, val, test = src, None, None
     return DataSplits(train=train, val=data.val or val, test=data.test or test)
 
 
-def list_cubes(prefix: str, suffixes: Sequence[str] = CUBE_SUFFIXES, required: bool = True) -> list[str]:
-    """Sorted URIs of the cube files under ``prefix`` (recursive; ENVI by its ``.hdr``).
+def list_cubes(prefix: str, required: bool = True) -> list[str]:
+    """Sorted URIs of the cube files under ``prefix`` (recursive), by the one listing rule of
+    :func:`hsivar.io.split_listing` (ENVI once, by its header; files that are not cubes left out).
 
     Raises:
         FileNotFoundError: ``required`` and no cube file under ``prefix`` (the message names it).
     """
-    files = storage.list_files(prefix, suffixes)
+    files, _ = split_listing(storage.list_files(prefix))
     if required and not files:
-        raise FileNotFoundError(f"{prefix}: no cube files ({', '.join(suffixes)}) under this prefix")
-    return files
+        raise FileNotFoundError(f"{prefix}: no cube files under this prefix")
+    return sorted(files)
 
 
 # ------------------------------------------------------------------------------------------ training rows
@@ -199,7 +196,7 @@ def degrade_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Returns:
         ``hq`` (N, C, S, S) and ``lq`` (N, C, S, S) float32 — clean in [0, 1], degraded (may leave
-        [0, 1]: noise is not clipped) — and ``task_weights`` (N, 6) float32 (one-hot task).
+        [0, 1]: noise is not clipped) — and ``task_weights`` (N, T) float32 (one-hot over the T task families).
     """
     hq = batch["hq"]
     rng = np.random.default_rng()
@@ -209,7 +206,7 @@ def degrade_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         lq.append(np.asarray(degraded, dtype=np.float32))
         weights.append(record.weights.astype(np.float32))
     if not lq:
-        return {"hq": hq, "lq": hq.copy(), "task_weights": np.zeros((0, 6), np.float32)}
+        return {"hq": hq, "lq": hq.copy(), "task_weights": np.zeros((0, len(TASKS)), np.float32)}
     return {"hq": hq, "lq": np.stack(lq), "task_weights": np.stack(weights)}
 
 
@@ -222,7 +219,7 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
         bands: the model's band count (other counts are skipped with a warning).
         tile: the model's tile side S (``cfg.vqvae.image_size``).
     Returns:
-        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32 and ``task_weights`` (6,).
+        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32 and ``task_weights`` (T,) (T task families).
     """
     import ray.data
 
@@ -238,16 +235,6 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
 
 
 # ------------------------------------------------------------------------------------------ protocol
-
-
-def protocol_cases(levels: str = "all") -> list[ProtocolCase]:
-    """The test protocol's cases: all 19, or one middle level per family (``"middle"``)."""
-    cases = list(test_protocol())
-    if levels == "middle":
-        return [c for c in cases if float(c.level) == float(MIDDLE_LEVELS[c.task])]
-    if levels != "all":
-        raise ValueError(f"levels must be 'all' or 'middle', got {levels!r}")
-    return cases
 
 
 def protocol_rows(files: Sequence[str], cases: Sequence[ProtocolCase]) -> list[dict[str, Any]]:
@@ -272,7 +259,7 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
     the training window, so tiles are scaled as in training), then the centre ``crop``² is kept.
 
     Returns:
-        The row plus ``clean`` and ``degraded`` (C, H, W) float32, ``task_weights`` (6,),
+        The row plus ``clean`` and ``degraded`` (C, H, W) float32, ``task_weights`` (T,),
         ``band_mask`` (C,) bool (the bands scored: the missing ones for bandmiss, else all) and
         ``ergas_ratio`` (1/s for sr, else 1); None (with a warning) when the cube cannot be used.
     """
@@ -295,7 +282,7 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
         log.warning("skipping %s in the test protocol: constant cube", uri)
         return None
     task = str(row["task"])
-    level: float | int = int(row["level"]) if task in ("complex", "blur", "sr") else float(row["level"])
+    level = case_level(task, float(row["level"]))
     degraded, record = degrade_for_test(clean, task, level, seed=seed, index=int(row["index"]))
     mask = record.band_mask
     return {**{k: row[k] for k in ("uri", "index", "task", "level", "case")},
@@ -338,13 +325,8 @@ def protocol_dataset(files: Sequence[str], cases: Sequence[ProtocolCase], *, ban
                                                                   "norm_window": norm_window})
 
 
-def case_level(task: str, level: float) -> float | int:
-    """The protocol level in its natural type (ints for complex case, blur kernel, sr scale)."""
-    return int(level) if task in ("complex", "blur", "sr") else float(level)
-
-
 __all__ = [
-    "MIDDLE_LEVELS", "TEST_LEVELS", "DataSplits", "case_level", "degrade_case", "degrade_cases", "degrade_batch",
-    "demo_data_uri", "dihedral", "random_gain", "ensure_demo_data", "list_cubes", "normalise", "protocol_cases",
-    "protocol_dataset", "protocol_rows", "read_crops", "resolve_splits", "scene_windows", "training_dataset",
+    "DataSplits", "degrade_case", "degrade_cases", "degrade_batch", "demo_data_uri", "dihedral", "ensure_demo_data",
+    "list_cubes", "normalise", "protocol_dataset", "protocol_rows", "random_gain", "read_crops", "resolve_splits",
+    "scene_windows", "training_dataset",
 ]

@@ -20,13 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hsivar.config import PRESETS, ModelConfig, preset
-from hsivar.training import STAGES
-
-Stage = Literal["vqvae", "var", "decoder"]
-
-CUBE_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".h5", ".hdf5", ".he5", ".mat", ".tif", ".tiff", ".hdr")
-"""File suffixes read as cubes from a data prefix (ENVI by its ``.hdr`` header, which names its data file)."""
+from hsivar.config import STAGES, ModelConfig, Stage
+from hsivar.presets import PRESETS, preset
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,7 +89,7 @@ class ModelSpec(_Strict):
 
 
 class DemoData(_Strict):
-    """The embedded demo dataset (:func:`hsivar.data.synth.make_demo_dataset`), generated on first use."""
+    """The embedded demo dataset (:func:`hsivar.synth.make_demo_dataset`), generated on first use."""
 
     n_train: int = Field(16, ge=1)
     n_val: int = Field(2, ge=0)
@@ -115,7 +110,6 @@ class DataSpec(_Strict):
     val: str | None = Field(None, description="validation prefix (default: <source>/val when it exists)")
     test: str | None = Field(None, description="test prefix for evaluation (default: <source>/test)")
     demo: DemoData = DemoData()
-    suffixes: tuple[str, ...] = CUBE_SUFFIXES
     window: int = Field(128, ge=8, description="side of the windows read from a scene, pixels")
     crops_per_window: int = Field(4, ge=1, description="random model-tile crops cut from each window read")
     batch_size: int = Field(8, ge=1, description="training examples per step and worker")
@@ -246,6 +240,8 @@ class RaySpec(_Strict):
     address: str | None = Field(None, description="cluster address; default $RAY_ADDRESS, else start local Ray")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (default max(4, 2·cores))")
     object_store_mb: int = Field(1024, ge=100, description="object store of a local Ray, MiB")
+    logs_to_file: bool = Field(True, description="Ray's own log lines to <work_dir>/logs/ray.log instead of the "
+                               "console (worker output stays in Ray's session logs)")
     placement_group_cleaner: bool = Field(
         False, description="keep Ray Train V2's placement-group cleaner (it can tear down healthy runs when the "
         "State API is slow; see hsivar_platform.train)")
@@ -254,14 +250,14 @@ class RaySpec(_Strict):
 class PipelineConfig(_Strict):
     """The whole training pipeline; see the module docstring."""
 
-    model: ModelSpec = ModelSpec()
-    data: DataSpec = DataSpec()
-    train: TrainSpec = TrainSpec()
-    scaling: ScalingSpec = ScalingSpec()
-    run: RunSpec = RunSpec()
-    tracking: TrackingSpec = TrackingSpec()
-    val: ValSpec = ValSpec()
-    ray: RaySpec = RaySpec()
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the model: preset, bands, preset overrides")
+    data: DataSpec = Field(default_factory=DataSpec, description="clean cubes and how examples are cut")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="stages, optimisation, checkpoints")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers and devices")
+    run: RunSpec = Field(default_factory=RunSpec, description="run name and storage locations")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow")
+    val: ValSpec = Field(default_factory=ValSpec, description="rank-0 validation")
+    ray: RaySpec = Field(default_factory=RaySpec, description="how the driver reaches Ray")
 
     # ------------------------------------------------------------------ derived values
     def model_cfg(self) -> ModelConfig:

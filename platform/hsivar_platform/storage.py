@@ -13,13 +13,14 @@ import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from hsivar.io import write_bytes_atomic
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -100,22 +101,9 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` atomically: temp file + rename locally, one PUT on object stores."""
-    fs, path = filesystem(uri)
-    if isinstance(fs, LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    else:
-        fs.pipe_file(path, data)  # a single PUT: the object appears whole or not at all
+    """Write ``data`` atomically (:func:`hsivar.io.write_bytes_atomic`: temp file + fsync + rename locally,
+    one PUT on object stores), with the S3 endpoint of :func:`storage_options`."""
+    write_bytes_atomic(str(uri), data, storage_options=storage_options(uri))
 
 
 def upload_dir(local_dir: str | os.PathLike, uri: str | os.PathLike) -> str:
@@ -161,30 +149,3 @@ def pyarrow_filesystem(uri: str | os.PathLike) -> tuple[Any, str]:
             kwargs["region"] = region
         return pafs.S3FileSystem(**kwargs), s.removeprefix("s3://")
     return pafs.LocalFileSystem(), str(Path(s.removeprefix("file://")).absolute())
-
-
-@contextmanager
-def local_s3_server(access_key: str = "local", secret_key: str = "local") -> Iterator[str]:
-    """A local S3-compatible server (moto, in-process threads) on 127.0.0.1 and a free port; → its endpoint URL.
-
-    For tests and benchmarks (needs the ``dev`` extra's ``moto[server]``). Exports ``AWS_ENDPOINT_URL``,
-    the given dummy credentials, a region and ``AWS_EC2_METADATA_DISABLED=true`` into ``os.environ``,
-    so start it before Ray: Ray workers inherit the driver's environment. Stops the server on exit.
-    """
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-    })
-    try:
-        yield endpoint
-    finally:
-        server.stop()

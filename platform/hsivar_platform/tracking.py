@@ -12,8 +12,8 @@ active run), so the same code runs in the driver and in Ray Train's rank-0 worke
 A job restarted with the same run name reuses both runs, so metric histories continue across the
 interruption. Default store: SQLite in the work dir; ``MLFLOW_TRACKING_URI`` overrides.
 
-Registry contract (shared with :mod:`hsivar_platform.models` and Serve): the published directory is
-logged under :data:`~hsivar_platform.models.PUBLISHED_ARTIFACT_PATH` of the stage run and
+Registry contract (shared with :mod:`hsivar_platform.model_uri` and Serve): the published directory is
+logged under :data:`~hsivar_platform.model_uri.PUBLISHED_ARTIFACT_PATH` of the stage run and
 ``runs:/<run_id>/published_model`` is registered, so ``models:/NAME/VERSION`` resolves to
 ``config.json`` + ``model.safetensors``.
 """
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hsivar_platform.models import PUBLISHED_ARTIFACT_PATH
+from hsivar_platform.model_uri import PUBLISHED_ARTIFACT_PATH
 
 PARENT_TAG = "hsivar.run_name"
 STAGE_TAG = "hsivar.stage"

@@ -1,0 +1,121 @@
+"""GeoTIFF cubes (``.tif``, ``.tiff``) through rasterio: one raster band per spectral band.
+
+The file describes its own layout, so ``layout=`` is not consulted. Reads are windowed (remote files
+through fsspec, only the bytes needed). CRS, transform, nodata, band descriptions (names) and wavelengths
+(dataset tag ``wavelengths`` or per-band tags ``wavelength``, with ``wavelength_units``) are read and
+written; scales / offsets are reported in ``extras``, values are returned as stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import rasterio.windows
+from affine import Affine
+from rasterio.crs import CRS
+
+from hsivar.io import layout
+from hsivar.io.location import Location
+from hsivar.io.meta import CubeError, CubeMeta
+
+__all__ = ["GEOTIFF_DTYPES", "GEOTIFF_ERRORS", "open_geotiff", "write_geotiff"]
+
+GEOTIFF_ERRORS: tuple[type[Exception], ...] = (rasterio.errors.RasterioError,)
+"""Library errors meaning "not a valid GeoTIFF" or "cannot write it" (besides OSError, ValueError, ...)."""
+
+GEOTIFF_DTYPES: frozenset[str] = frozenset(
+    "uint8 int8 uint16 int16 uint32 int32 int64 uint64 float32 float64".split()
+)
+"""Value dtypes a GeoTIFF can store."""
+
+
+def _wavelengths(ds: Any) -> list[float] | None:
+    """Band wavelengths in nm from the dataset tag ``wavelengths`` or every band's ``wavelength`` tag."""
+    tags = {k.lower(): v for k, v in ds.tags().items()}
+    units = tags.get("wavelength_units")
+    if "wavelengths" in tags:
+        values = layout.as_floats([v for v in tags["wavelengths"].replace(";", ",").split(",") if v.strip()])
+        return layout.to_nanometres(values, units)
+    per_band = []
+    for i in range(1, ds.count + 1):
+        band_tags = {k.lower(): v for k, v in ds.tags(i).items()}
+        if "wavelength" not in band_tags:
+            return None
+        per_band.append(float(band_tags["wavelength"]))
+        units = units or band_tags.get("wavelength_units")
+    return layout.to_nanometres(per_band, units)
+
+
+def open_geotiff(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOptions) -> layout.Source:
+    """Open a GeoTIFF; its bands are the cube's bands (C), in file order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        ds = stack.enter_context(rasterio.open(loc.path) if loc.local else rasterio.open(loc.path, opener=loc.fs))
+    if ds.count == 0:
+        raise CubeError(f"{loc.text}: zero bands")
+    dtype = np.result_type(*ds.dtypes)
+    layout.check_numeric(dtype, loc.text)
+    georeferenced = ds.crs is not None or not ds.transform.is_identity
+    names = list(ds.descriptions) if any(ds.descriptions) else None
+
+    def read(window: tuple[int, int, int, int], bands: list[int] | None) -> np.ndarray:
+        r0, c0, h, w = window
+        indexes = [b + 1 for b in bands] if bands is not None else None
+        return ds.read(indexes=indexes, window=rasterio.windows.Window(c0, r0, w, h), out_dtype=dtype)
+
+    meta = CubeMeta(
+        bands=ds.count,
+        wavelengths=_wavelengths(ds),
+        band_names=[n or f"band_{i + 1}" for i, n in enumerate(names)] if names else None,
+        crs=ds.crs.to_string() if ds.crs else None,
+        transform=tuple(ds.transform)[:6] if georeferenced else None,
+        nodata=ds.nodata,
+        dtype=dtype.name,
+        format="geotiff",
+        layout="chw",
+        extras={"tiff_interleave": (ds.profile.get("interleave") or "").lower() or None},
+    )
+    if any(v != 1 for v in ds.scales) or any(v != 0 for v in ds.offsets):
+        # Values are returned as stored; physical = stored * scale + offset.
+        meta.extras.update(scales=list(ds.scales), offsets=list(ds.offsets))
+    return layout.Source(shape=(ds.count, ds.height, ds.width), meta=meta, read=read)
+
+
+def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
+    """Write the (C, H, W) cube to ``paths[0]`` as a deflate-compressed, band-interleaved GeoTIFF (tiled
+    256 x 256 when large enough) with CRS, transform, nodata, band names and wavelengths (nm)."""
+    c, h, w = arr.shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": c,
+        "dtype": arr.dtype.name,
+        "interleave": "band",
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if h >= 256 and w >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    if meta.crs is not None:
+        profile["crs"] = CRS.from_user_input(meta.crs)
+    if meta.transform is not None:
+        profile["transform"] = Affine(*meta.transform[:6])
+    if meta.nodata is not None:
+        profile["nodata"] = meta.nodata
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(paths[0], "w", **profile) as ds:
+            ds.write(arr)
+            if meta.band_names is not None:
+                for i, name in enumerate(meta.band_names, start=1):
+                    ds.set_band_description(i, str(name))
+            if meta.wavelengths is not None:
+                ds.update_tags(wavelengths=",".join(repr(float(v)) for v in meta.wavelengths), wavelength_units="nm")
+                for i, wl in enumerate(meta.wavelengths, start=1):
+                    ds.update_tags(i, wavelength=repr(float(wl)), wavelength_units="nm")

@@ -1,0 +1,181 @@
+"""Batch restoration: every cube under an input prefix → the same keys under an output prefix.
+
+``run_batch(BatchOptions(input="s3://archive/raw/", output="s3://archive/restored/", model=URI))``
+runs a Ray Data pipeline, one row per input file (:mod:`hsivar_platform.batch.stages`)::
+
+    list (driver) → read + prepare (CPU tasks) → restore (actor pool holding the model, one GPU per actor
+    when the cluster has GPUs) → finish + write (CPU tasks) → manifest rows (driver)
+
+Every stage is a step of the one restoration path (:mod:`hsivar.restore`), so an output equals
+``Restorer.restore`` on the same file. Outputs go to the input's key under the output prefix, in the
+input's format, back in the input's units and dtype; GeoTIFF keeps its CRS, transform, nodata and band
+names / wavelengths. With ``samples > 1`` and ``uncertainty=True`` a per-pixel standard deviation cube is
+written beside each output as ``<stem>.std<ext>`` (float32). Voxels equal to the source's nodata value
+are left out of the normalisation range and written back as nodata.
+
+**Resuming.** The driver rewrites ``<output>/_manifest.parquet`` (:mod:`~hsivar_platform.batch.manifest`)
+as files finish, at most every ``manifest_interval_s``, and once more at the end. Outputs are written
+atomically, so a kill leaves every output complete or absent. A re-run skips inputs whose manifest row
+is ``ok`` (and whose output still exists) or ``skipped``, and retries failed and missing ones.
+
+**Failures.** A bad input (corrupt, not 3-D, NaN/Inf, wrong band count, unreadable, unsafe key) is a
+``failed`` row with its reason; the job goes on. Files that are not cubes and cubes that are nodata
+everywhere are ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+from hsivar.restore import resolve_overlap
+from hsivar.tasks import TaskArg
+from hsivar_platform import ray_runtime, storage
+from hsivar_platform.batch.keys import Input, list_inputs, norm_prefix, remove_stale_temporaries, uncertainty_uri
+from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
+from hsivar_platform.batch.options import BatchOptions, BatchReport
+from hsivar_platform.batch.stages import Restore, finish_and_write, read_and_tile
+from hsivar_platform.model_uri import model_config, model_version
+
+log = logging.getLogger(__name__)
+
+
+def run_batch(options: BatchOptions, *, ray_address: str | None = None,
+              log_dir: str | os.PathLike | None = None) -> BatchReport:
+    """Restore every cube under ``options.input`` into ``options.output`` (see the module docstring).
+
+    Ray is reached through :func:`hsivar_platform.ray_runtime.init` (``ray_address``; Ray's own log lines
+    to ``log_dir`` when given) only when something is left to restore.
+
+    Returns:
+        :class:`BatchReport`; the manifest holds the per-file detail.
+    Raises:
+        ValueError: options that cannot work with this model (tile, overlap, uncertainty without samples).
+        FileNotFoundError: no model at ``options.model``, nothing at ``options.input``.
+    """
+    t_start = time.perf_counter()
+    src, dst = norm_prefix(options.input), norm_prefix(options.output)
+    if src == dst:
+        raise ValueError(f"--output must differ from --input ({options.input}); outputs never replace inputs")
+    cfg = model_config(options.model)
+    bands, S = cfg.vqvae.bands, cfg.vqvae.image_size
+    overlap = resolve_overlap(S, options.tile, options.overlap)
+    if options.uncertainty and options.samples < 2:
+        raise ValueError("--uncertainty needs --samples ≥ 2 (the std over one sample is 0)")
+    version = model_version(options.model)
+
+    inputs = list_inputs(src, dst)
+    manifest = {} if options.force else read_manifest(dst)
+    existing = set(storage.list_files(dst)) if storage.exists(dst) else set()
+    removed = remove_stale_temporaries(dst)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run under %s", removed, dst)
+
+    todo: list[Input] = []
+    already = 0
+    for item in inputs:
+        if item.skip_reason:
+            manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=options.model)
+        elif item.error:
+            manifest[item.uri] = record(item.uri, "failed", error=item.error, model=options.model)
+        else:
+            prev = manifest.get(item.uri)
+            done = prev is not None and (prev["status"] == "skipped" or (
+                prev["status"] == "ok" and prev.get("output_uri") == item.out and item.out in existing))
+            if done:
+                already += 1
+            else:
+                todo.append(item)
+    total = len(inputs)
+    log.info("restore %s → %s with %s (version %s): %d input(s), %d already done, %d to restore",
+             src, dst, options.model, version, total, already, len(todo))
+
+    processed, pipeline_s = 0, 0.0
+    if todo:
+        processed, pipeline_s = _run_pipeline(options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap,
+                                              task=options.task_arg(), tasks=tuple(cfg.dag.tasks),
+                                              version=version, total=total, already=already,
+                                              ray_address=ray_address, log_dir=log_dir)
+    uri = write_manifest(dst, manifest.values())
+    remove_stale_temporaries(dst)  # e.g. from workers of a killed earlier run that were still writing
+    current = [manifest[i.uri] for i in inputs if i.uri in manifest]
+    counts = {s: sum(r["status"] == s for r in current) for s in STATUSES}
+    seconds = time.perf_counter() - t_start
+    report = BatchReport(
+        total=total, ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"], already_done=already,
+        processed=processed, seconds=seconds, cubes_per_s=processed / pipeline_s if pipeline_s > 0 else 0.0,
+        manifest=uri, model_version=version,
+        failures=[(r["input_uri"], r["error"]) for r in current if r["status"] == "failed"],
+    )
+    log.info("done: %d ok, %d failed, %d skipped of %d in %.1f s (%.2f cubes/s); manifest %s",
+             report.ok, report.failed, report.skipped, total, seconds, report.cubes_per_s, uri)
+    return report
+
+
+def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str, *,
+                  bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], version: str,
+                  total: int, already: int, ray_address: str | None,
+                  log_dir: str | os.PathLike | None) -> tuple[int, float]:
+    """Run the Ray Data pipeline over ``todo``, updating ``manifest`` (and its file) as rows finish;
+    → (files processed, seconds from the pipeline's start)."""
+    import ray
+    import ray.data
+
+    ray_runtime.init(ray_address, log_dir=log_dir)
+    gpus = options.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    max_actors = options.actors
+    min_actors = min(options.min_actors or max_actors, max_actors)
+    env = ray_runtime.runtime_env()  # workers see the driver's S3 endpoint and MLflow server
+
+    items = [{"input_uri": i.uri, "output_uri": i.out,
+              "uncertainty_uri": uncertainty_uri(i.out) if options.uncertainty else ""} for i in todo]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
+    ds = ds.map_batches(read_and_tile, batch_size=1, num_cpus=1, runtime_env=env,
+                        fn_kwargs={"bands": bands, "tile": tile, "overlap": overlap,
+                                   "value_range": options.value_range})
+    ds = ds.map_batches(
+        Restore, batch_size=1,
+        fn_constructor_kwargs={"model": options.model, "device": "cuda" if gpus > 0 else "cpu", "task": task,
+                               "samples": options.samples, "seed": options.seed, "batch_size": options.batch_size,
+                               "tile": tile, "overlap": overlap},
+        compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+        num_gpus=gpus, num_cpus=options.cpus_per_actor, runtime_env=env,
+        # Reserving the model's memory also keeps Ray Data from fusing the read stage into the model
+        # actors (different resources), so reading and tiling overlap with inference.
+        memory=options.memory_per_actor_gb * 2**30,
+    )
+    ds = ds.map_batches(finish_and_write, batch_size=1, num_cpus=1, runtime_env=env,
+                        fn_kwargs={"output_dtype": options.output_dtype, "tile": tile, "overlap": overlap,
+                                   "model": options.model, "model_version": version, "tasks": tasks})
+
+    t0 = time.perf_counter()
+    last_manifest = last_log = t0
+    done = failed = 0
+    try:
+        for row in ds.iter_rows():
+            rec = json.loads(row["record"])
+            rec["finished_at"] = datetime.fromisoformat(rec["finished_at"])
+            manifest[rec["input_uri"]] = {**dict.fromkeys(MANIFEST_COLUMNS), **rec}
+            done += 1
+            if rec["status"] == "failed":
+                failed += 1
+                log.warning("failed: %s", rec["error"])
+            now = time.perf_counter()
+            if now - last_manifest >= options.manifest_interval_s:
+                write_manifest(dst, manifest.values())
+                last_manifest = now
+            if now - last_log >= options.progress_interval_s or done == len(todo):
+                rate = done / (now - t0) if now > t0 else 0.0
+                left = len(todo) - done
+                log.info("progress: %d/%d files (%d failed in this run), %.2f cubes/s, ~%.0f s left",
+                         already + done, total, failed, rate, left / rate if rate > 0 else float("nan"))
+                last_log = now
+    finally:
+        write_manifest(dst, manifest.values())
+    return done, time.perf_counter() - t0

@@ -1,0 +1,118 @@
+"""Which inputs a batch job restores and where each output goes.
+
+Output keys are the input keys relative to the input prefix, under the output prefix; the uncertainty
+cube of ``a.tif`` is ``a.std.tif``. A key with ``..``, ``.`` or empty segments (possible in object
+stores) is refused, so no output lands outside the output prefix. Which files are cubes is decided by
+the one listing rule of :func:`hsivar.io.split_listing` (the training data listing uses it too).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsivar.io import split_listing
+from hsivar_platform import storage
+
+UNCERTAINTY_SUFFIX = ".std"
+"""Inserted before the extension of an output to name its uncertainty cube: ``a.tif`` → ``a.std.tif``."""
+
+
+class UnsafeKeyError(ValueError):
+    """An input key cannot be mapped into the output prefix safely (``..``, ``.`` or empty segments)."""
+
+
+@dataclass
+class Input:
+    """One listed input: its URI, its key relative to the input prefix and its output URI, or why it is
+    skipped (not a cube) or failed (unsafe key)."""
+
+    uri: str
+    rel: str | None
+    out: str | None
+    skip_reason: str = ""
+    error: str = ""
+
+
+def norm_prefix(uri: str) -> str:
+    """Local prefixes as absolute paths, remote ones without a trailing slash."""
+    s = str(uri)
+    if storage.is_remote(s):
+        return s.rstrip("/")
+    return str(Path(s.removeprefix("file://")).absolute())
+
+
+def relative_key(uri: str, prefix: str) -> str:
+    """The key of ``uri`` relative to ``prefix``, checked segment by segment (never normalised).
+
+    Raises:
+        UnsafeKeyError: ``uri`` is not under ``prefix`` or a segment is empty, ``.``, ``..`` or holds a
+            backslash / NUL, so the output could land outside the output prefix.
+    """
+    _, root = storage.filesystem(prefix)
+    _, path = storage.filesystem(uri)
+    root = root.rstrip("/")
+    if path == root:  # the prefix is a single file
+        rel = posixpath.basename(path)
+    elif path.startswith(root + "/"):
+        rel = path[len(root) + 1:]
+    else:
+        raise UnsafeKeyError(f"{uri}: not under the input prefix {prefix}")
+    for part in rel.split("/"):
+        if part in ("", ".", "..") or "\\" in part or "\x00" in part:
+            raise UnsafeKeyError(f"{uri}: unsafe key {rel!r} (empty, '.' or '..' segments or backslashes); "
+                                 "refusing to derive an output key from it")
+    return rel
+
+
+def output_uri(output_prefix: str, rel: str) -> str:
+    """The output URI for relative key ``rel`` (already checked by :func:`relative_key`)."""
+    return storage.join(output_prefix, *rel.split("/"))
+
+
+def uncertainty_uri(out_uri: str) -> str:
+    """``…/a.tif`` → ``…/a.std.tif`` (ENVI ``a.hdr`` → ``a.std.hdr``)."""
+    head, ext = posixpath.splitext(out_uri)
+    return f"{head}{UNCERTAINTY_SUFFIX}{ext}"
+
+
+def list_inputs(input_prefix: str, output_prefix: str) -> list[Input]:
+    """The inputs under ``input_prefix`` with their output URIs (or why they are skipped / refused).
+
+    Files under ``output_prefix`` (when it lies inside the input prefix) are left out.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``input_prefix``.
+    """
+    src, dst = norm_prefix(input_prefix), norm_prefix(output_prefix)
+    fs, root = storage.filesystem(src)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"{input_prefix}: no such input prefix or file")
+    uris = [src] if fs.isfile(root) else storage.list_files(src)
+    uris = [u for u in uris if not (u == dst or u.startswith(dst.rstrip("/") + "/"))]
+    cubes, others = split_listing(uris)
+    inputs = [Input(u, None, None, skip_reason="not a cube file (unsupported extension)") for u in others]
+    for uri in cubes:
+        try:
+            rel = relative_key(uri, src)
+        except UnsafeKeyError as exc:
+            inputs.append(Input(uri, None, None, error=str(exc)))
+            continue
+        inputs.append(Input(uri, rel, output_uri(dst, rel)))
+    return sorted(inputs, key=lambda i: i.uri)
+
+
+def remove_stale_temporaries(output_prefix: str) -> int:
+    """Delete temporary files an interrupted local run left behind (``.name.*.tmp`` / ``.name.tmp-*``); → count."""
+    if storage.is_remote(output_prefix):
+        return 0  # object stores get whole objects (one PUT) or nothing
+    root = Path(output_prefix)
+    if not root.is_dir():
+        return 0
+    n = 0
+    for path in root.rglob(".*"):
+        if path.is_file() and (path.name.endswith(".tmp") or ".tmp-" in path.name):
+            path.unlink(missing_ok=True)
+            n += 1
+    return n

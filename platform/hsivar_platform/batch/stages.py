@@ -1,0 +1,164 @@
+"""The three Ray Data stages of the batch job, one input file per row.
+
+    read_and_tile (CPU task)  → restore (actor pool holding the model) → finish_and_write (CPU task)
+
+Each stage is a step of the one restoration path of :mod:`hsivar.restore`: :func:`~hsivar.restore.prepare_cube`,
+:meth:`~hsivar.restore.Restorer.restore_prepared`, :func:`~hsivar.restore.finish`. A row that fails keeps its
+error in the ``error`` column and passes through the later stages untouched; the last stage turns every row
+into a manifest record, so one bad file never stops the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from hsivar.io import read_cube
+from hsivar.restore import NothingToRestore, PreparedCube, finish, prepare_cube
+from hsivar.tasks import TaskArg, dominant_task
+from hsivar_platform import storage
+from hsivar_platform.batch.output import meta_from_json, meta_to_json, write_output
+
+log = logging.getLogger(__name__)
+
+
+def _first(batch: Mapping[str, Any], key: str) -> Any:
+    value = batch[key][0]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _str(batch: Mapping[str, Any], key: str) -> str:
+    return str(_first(batch, key))
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A float32 tensor of a row's array (Ray Data hands out read-only arrays: copy those)."""
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def describe(exc: BaseException, src: str) -> str:
+    """The manifest's error text for ``exc`` raised while handling ``src`` (names the file)."""
+    msg = str(exc) or type(exc).__name__
+    if src not in msg:
+        msg = f"{src}: {msg}"
+    return msg if isinstance(exc, ValueError) else f"{type(exc).__name__}: {msg}"
+
+
+def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, tiles: torch.Tensor | None) -> PreparedCube:
+    """The :class:`PreparedCube` a row describes (``tiles`` may be empty after the model stage)."""
+    shape = tuple(int(v) for v in batch["shape"][0])
+    has_mask = batch["mask"][0].size > 0
+    mask = np.unpackbits(batch["mask"][0], count=math.prod(shape)).reshape(shape).astype(bool) if has_mask else None
+    return PreparedCube.described(shape, tile, overlap, float(_first(batch, "lo")),  # type: ignore[arg-type]
+                                  float(_first(batch, "scale")), mask,
+                                  float(_first(batch, "nodata")) if has_mask else None, tiles)
+
+
+def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int,
+                  value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """Stage 1: read one input and :func:`~hsivar.restore.prepare_cube` it; errors become the row's ``error``."""
+    t0 = time.perf_counter()
+    src = _str(batch, "input_uri")
+    error, skip, prep, meta, shape = "", False, None, None, (0, 0, 0)
+    try:
+        cube, meta = read_cube(src, storage_options=storage.storage_options(src), allow_nonfinite=True)
+        shape = cube.shape
+        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata, value_range=value_range)
+    except Exception as exc:  # one bad file is a manifest row, never a failed job
+        error, skip = describe(exc, src), isinstance(exc, NothingToRestore)
+    mask = np.packbits(prep.mask.reshape(-1)) if prep is not None and prep.mask is not None else np.zeros(0, np.uint8)
+    return {
+        "input_uri": batch["input_uri"], "output_uri": batch["output_uri"],
+        "uncertainty_uri": batch["uncertainty_uri"],
+        "error": np.array([error]),
+        "skip": np.array([skip]),
+        "tiles": (prep.tiles if prep is not None else torch.zeros((0, bands, tile, tile))).numpy()[None],
+        "shape": np.array([shape if len(shape) == 3 else (0, 0, 0)], dtype=np.int64),
+        "lo": np.array([prep.lo if prep is not None else 0.0]),
+        "scale": np.array([prep.scale if prep is not None else 1.0]),
+        "nodata": np.array([prep.nodata if prep is not None and prep.nodata is not None else np.nan]),
+        "mask": mask[None],
+        "meta": np.array([meta_to_json(meta) if meta is not None else "{}"]),
+        "seconds": np.array([time.perf_counter() - t0]),
+    }
+
+
+class Restore:
+    """Stage 2 (actor pool): holds the model and restores each row's tiles, blended per sample."""
+
+    def __init__(self, model: str, device: str, task: TaskArg, samples: int, seed: int, batch_size: int,
+                 tile: int, overlap: int) -> None:
+        """Load the model at URI ``model`` on ``device`` (``auto``: CUDA when this actor has a GPU)."""
+        from hsivar_platform.model_uri import load_restorer
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.restorer = load_restorer(model, device=device)
+        self.task, self.samples, self.seed, self.batch_size = task, samples, seed, batch_size
+        self.tile, self.overlap = tile, overlap
+        log.info("model actor ready: %s on %s", model, device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add ``restored`` (1, samples, C, H, W) in [0, 1] and ``task_weights`` (1, N) to the row."""
+        t0 = time.perf_counter()
+        error = _str(batch, "error")
+        restored = np.zeros((1, self.samples, 0, 0, 0), np.float32)
+        weights = np.zeros((1, len(self.restorer.tasks)), np.float32)
+        if not error:
+            try:
+                prep = _prepared(batch, self.tile, self.overlap, _tensor(batch["tiles"][0]))
+                out = self.restorer.restore_prepared(prep, self.task, samples=self.samples, seed=self.seed,
+                                                     batch_size=self.batch_size)
+                restored, weights = out.samples01.numpy()[None], np.asarray([out.task_weights], np.float32)
+            except Exception as exc:
+                error = describe(exc, _str(batch, "input_uri"))
+        out_row = {k: v for k, v in batch.items() if k != "tiles"}
+        out_row.update(error=np.array([error]), restored=restored, task_weights=weights,
+                       seconds=batch["seconds"] + (time.perf_counter() - t0))
+        return out_row
+
+
+def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: int, overlap: int, model: str,
+                     model_version: str, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Stage 3: :func:`~hsivar.restore.finish` the restored samples and write the output (and uncertainty)
+    → the row's manifest record as JSON."""
+    t0 = time.perf_counter()
+    src, dst, std_dst = _str(batch, "input_uri"), _str(batch, "output_uri"), _str(batch, "uncertainty_uri")
+    error = _str(batch, "error")
+    shape = [int(v) for v in batch["shape"][0]]
+    row: dict[str, Any] = {"output_uri": dst, "shape": shape if any(shape) else None, "bands": shape[0] or None,
+                           "model": model, "model_version": model_version}
+    status = "failed"
+    if not error:
+        try:
+            meta = meta_from_json(_str(batch, "meta"))
+            prep = _prepared(batch, tile, overlap, None)
+            mean, std = finish(prep, _tensor(batch["restored"][0]))
+            dtype = meta.dtype if output_dtype == "source" else "float32"
+            row["checksum"] = write_output(dst, mean, meta, dtype=dtype)
+            if std_dst:
+                std_meta = dataclasses.replace(meta, nodata=float("nan") if prep.mask is not None else None)
+                row["uncertainty_uri"] = std_dst
+                row["uncertainty_checksum"] = write_output(std_dst, std, std_meta, dtype="float32")
+            weights = [float(v) for v in batch["task_weights"][0]]
+            row.update(task=dominant_task(weights, tasks), task_weights=json.dumps(dict(zip(tasks, weights))),
+                       tiles=len(prep.coords))
+            status = "ok"
+        except Exception as exc:
+            error = describe(exc, src)
+    if error and bool(_first(batch, "skip")):
+        status = "skipped"
+    row.update(input_uri=src, status=status, error=error,
+               seconds=float(_first(batch, "seconds")) + time.perf_counter() - t0,
+               finished_at=datetime.now(timezone.utc).isoformat())
+    return {"record": np.array([json.dumps(row)])}

@@ -1,0 +1,98 @@
+"""Model URIs: where a published model comes from, and which version it is.
+
+A published model is a directory with ``config.json`` + ``model.safetensors``
+(:mod:`hsivar.publish`). A model URI names one: a local directory, ``file://``, an ``s3://`` prefix,
+or the MLflow registry — ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS``.
+In MLflow a published model is logged as the artifacts of a run under
+:data:`PUBLISHED_ARTIFACT_PATH` and registered from there, so every registry URI resolves to the same
+two files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from hsivar.config import ModelConfig
+from hsivar.publish import CONFIG_FILE, WEIGHTS_FILE, read_config
+from hsivar.restore import Restorer
+from hsivar_platform import storage
+
+PUBLISHED_ARTIFACT_PATH = "published_model"
+"""Artifact path of the published model inside an MLflow run (what the registry versions point at)."""
+
+
+def resolve_model(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local directory holding ``config.json`` and ``model.safetensors`` for a model URI.
+
+    Args:
+        uri: local path, ``file://``, ``s3://…`` prefix, or ``models:/NAME/VERSION`` /
+            ``models:/NAME@ALIAS`` (MLflow registry; tracking URI from ``MLFLOW_TRACKING_URI``).
+        cache_dir: where remote models are copied (a new temporary directory by default).
+    Raises:
+        FileNotFoundError: nothing usable at ``uri`` (the message names it and what is missing).
+    """
+    s = str(uri)
+    if s.startswith("models:/"):
+        import mlflow
+
+        dst = str(cache_dir) if cache_dir else None
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=s, dst_path=dst))
+        if not (local / CONFIG_FILE).is_file() and (local / PUBLISHED_ARTIFACT_PATH / CONFIG_FILE).is_file():
+            local = local / PUBLISHED_ARTIFACT_PATH
+    else:
+        local = storage.download_dir(s, cache_dir)
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (local / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{s}: not a published model directory (missing {', '.join(missing)})")
+    return local
+
+
+def load_restorer(uri: str | os.PathLike, device: str = "cpu") -> Restorer:
+    """A :class:`~hsivar.restore.Restorer` for the published model at ``uri`` (see :func:`resolve_model`)."""
+    return Restorer.from_published(resolve_model(uri), device=device)
+
+
+def model_config(uri: str) -> ModelConfig:
+    """The model config of the published model at ``uri``, reading only its ``config.json`` where possible."""
+    if storage.is_remote(uri) and not uri.startswith("models:/"):
+        with tempfile.TemporaryDirectory(prefix="hsivar-cfg-") as tmp:
+            Path(tmp, CONFIG_FILE).write_bytes(storage.read_bytes(storage.join(uri, CONFIG_FILE)))
+            cfg, _ = read_config(tmp)
+        return cfg
+    cfg, _ = read_config(resolve_model(uri))
+    return cfg
+
+
+def model_version(uri: str, local: Path | None = None) -> str:
+    """The version a model URI names: the registry version number for ``models:/`` URIs (``latest`` and
+    aliases resolved), else the first 12 hex digits of the weights' sha256 (``local``: the resolved
+    directory; a remote directory is identified by its config and the weights' ETag or size, without
+    downloading them). When the registry cannot be reached the alias or ``latest`` itself is returned."""
+    if uri.startswith("models:/"):
+        from mlflow import MlflowClient
+
+        ref = uri.removeprefix("models:/")
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+            name, _, version = ref.rpartition("/")
+            if version == "latest":
+                return str(max(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'")))
+            return version
+        except Exception:  # the reference itself is still a useful answer when the registry is unreachable
+            return ref.split("@", 1)[-1].rpartition("/")[-1]
+    digest = hashlib.sha256()
+    if local is None and storage.is_remote(uri):  # no download: the config's bytes and the weights' ETag / size
+        fs, path = storage.filesystem(storage.join(uri, WEIGHTS_FILE))
+        info = fs.info(path)
+        digest.update(storage.read_bytes(storage.join(uri, CONFIG_FILE)))
+        digest.update(str(info.get("ETag") or info.get("size")).encode())
+        return digest.hexdigest()[:12]
+    with open((local or resolve_model(uri)) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

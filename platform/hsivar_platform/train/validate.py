@@ -1,0 +1,94 @@
+"""Validation of a training stage on rank 0: the seeded test protocol with true autoregressive decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hsivar.metrics import evaluate
+from hsivar.models.hsivar import HSIVAR, to_model_range
+from hsivar.render import false_colour
+from hsivar.restore import Restorer
+from hsivar.tasks import TASKS
+
+
+def val_examples(it: Any, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The validation shard's batches (rows of :func:`hsivar_platform.data.degrade_case`) as numpy dicts."""
+    return [b for b in it.iter_batches(batch_size=batch_size, batch_format="numpy") if len(b.get("uri", []))]
+
+
+def _panel(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], wavelengths: Any, scale: int = 4) -> np.ndarray:
+    """(degraded, restored, clean) cubes per row → one (H·rows, 3·W, 3) false-colour image, ×scale."""
+    lines = []
+    for cubes in rows:
+        tiles = [false_colour(c, wavelengths).transpose(1, 2, 0) for c in cubes]
+        pad = np.ones((tiles[0].shape[0], 2, 3), np.float32)
+        lines.append(np.concatenate([tiles[0], pad, tiles[1], pad, tiles[2]], axis=1))
+        lines.append(np.ones((2, lines[-1].shape[1], 3), np.float32))
+    img = np.concatenate(lines[:-1], axis=0)
+    return img.repeat(scale, 0).repeat(scale, 1)
+
+
+@torch.no_grad()
+def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *, task_mode: str, device: torch.device,
+             bf16: bool) -> tuple[dict[str, float], np.ndarray | None]:
+    """Validation on the seeded protocol examples (rank 0).
+
+    Stage ``vqvae``: reconstruction of the clean crops (``val/recon/{psnr,ssim,sam}``). Later stages:
+    true autoregressive restoration of the crops (one model tile each) through
+    :meth:`hsivar.restore.Restorer.forward` (greedy, KV cache; ``task_mode`` "auto" = the task classifier,
+    "oracle" = true weights; bf16 autocast on CUDA when ``bf16``) → ``val/<task>/{psnr,ssim,sam}``
+    averaged over cubes and levels, the degraded input's ``val/<task>/psnr_degraded`` and the means over
+    families ``val/mean/...``.
+    Returns (metrics, a false-colour panel image (H, W, 3) degraded | restored | clean per family).
+    """
+    was = model.training
+    restorer = Restorer(model, device, bf16=bf16)  # puts the model in eval mode
+    per: dict[str, list[dict[str, float]]] = {}
+    panel_rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    seen: set[str] = set()
+    try:
+        for b in examples:
+            clean = torch.from_numpy(np.ascontiguousarray(b["clean"])).float().to(device)
+            lq = torch.from_numpy(np.ascontiguousarray(b["degraded"])).float().to(device)
+            if stage == "vqvae":
+                keep = []
+                for i, u in enumerate(b["uri"]):  # one reconstruction per cube (rows repeat it per case)
+                    if str(u) not in seen:
+                        seen.add(str(u))
+                        keep.append(i)
+                if not keep:
+                    continue
+                with restorer.autocast():
+                    rec = model.vqvae(to_model_range(clean[keep])).reconstruction
+                out = ((rec.float() + 1) / 2).clamp(0, 1).cpu().numpy()
+                for j, i in enumerate(keep):
+                    m = evaluate(out[j], b["clean"][i]).as_dict()
+                    per.setdefault("recon", []).append(m)
+                    panel_rows.setdefault(f"recon{len(panel_rows)}", (b["clean"][i], out[j], b["clean"][i]))
+                continue
+            task = "auto" if task_mode == "auto" else torch.from_numpy(b["task_weights"]).float().to(device)
+            out = restorer.forward(lq, task)[0].numpy()
+            for i in range(len(out)):
+                t = str(b["task"][i])
+                m = evaluate(out[i], b["clean"][i], b["band_mask"][i], ergas_ratio=float(b["ergas_ratio"][i]))
+                d = evaluate(np.clip(b["degraded"][i], 0, 1), b["clean"][i], b["band_mask"][i],
+                             ergas_ratio=float(b["ergas_ratio"][i]))
+                per.setdefault(t, []).append({**m.as_dict(), "psnr_degraded": d.psnr, "ssim_degraded": d.ssim})
+                panel_rows.setdefault(t, (b["degraded"][i], out[i], b["clean"][i]))
+    finally:
+        model.train(was)
+    metrics: dict[str, float] = {}
+    for t, rows in per.items():
+        for k in rows[0]:
+            metrics[f"val/{t}/{k}"] = float(np.mean([r[k] for r in rows]))
+    fams = [t for t in per if t in TASKS]
+    if fams:
+        for k in ("psnr", "ssim", "sam", "psnr_degraded"):
+            metrics[f"val/mean/{k}"] = float(np.mean([metrics[f"val/{t}/{k}"] for t in fams]))
+    order = [t for t in TASKS if t in panel_rows] or list(panel_rows)[:4]
+    panel = _panel([panel_rows[t] for t in order], model.cfg.wavelengths) if order else None
+    return metrics, panel
+

@@ -1,0 +1,156 @@
+"""Smoke tests of the benchmarks: each bench script through its real entrypoint (a subprocess with this
+interpreter; the Ray ones start their own local Ray) at its smallest settings; the last stdout line must be
+one JSON object with the expected figures. Behaviour only, never timings (the three Ray ones run side by
+side; step.py and precision.py, which need no Ray, after them)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MACHINE_KEYS = {"cpu", "cores", "torch", "ray", "device"}
+TIMEOUT_S = 600
+
+# Each bench at its smallest settings. Most of their time is Ray starting processes, not CPU work, so the
+# module starts the selected ones side by side and each test waits for its own.
+BENCHES: dict[str, list[str]] = {
+    "pipeline": ["--files", "1", "--size", "32", "--actors", "1", "--storage", "local,s3"],
+    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1"],
+    "train": ["--workers", "1,2", "--stages", "vqvae", "--steps", "2", "--files", "1"],
+}
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class _Launched:
+    proc: subprocess.Popen
+    stdout: Path
+    stderr: Path
+
+
+@pytest.fixture(scope="module")
+def launched(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Launched]]:
+    """The benches whose tests are selected, started at once (``bench/<name>.py`` with this interpreter)."""
+    names = {n for n in BENCHES for item in request.session.items
+             if item.module is request.module and item.name.startswith(f"test_{n}_bench")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_EC2_METADATA_DISABLED": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # the scripts start their own local Ray; never a cluster from the environment
+    out = tmp_path_factory.mktemp("bench")
+    runs: dict[str, _Launched] = {}
+    for name in sorted(names):
+        stdout, stderr = out / f"{name}.out", out / f"{name}.err"
+        with open(stdout, "w") as fo, open(stderr, "w") as fe:
+            proc = subprocess.Popen([sys.executable, str(REPO / "bench" / f"{name}.py"), *BENCHES[name]], cwd=REPO,
+                                    env=env, stdout=fo, stderr=fe, text=True)
+        runs[name] = _Launched(proc, stdout, stderr)
+    yield runs
+    for run in runs.values():  # a failed assertion must not leave a bench (and its Ray) running
+        if run.proc.poll() is None:
+            run.proc.terminate()  # SIGTERM: the driver shuts its Ray down
+            try:
+                run.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.proc.kill()
+                run.proc.wait()
+
+
+def _report(launched: dict[str, _Launched], name: str) -> dict[str, Any]:
+    """Wait for bench ``name``; → the JSON object on its last stdout line (machine keys checked)."""
+    run = launched[name]
+    try:
+        rc = run.proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bench/{name}.py ran over {TIMEOUT_S} s:\n{run.stderr.read_text()[-5000:]}")
+    stdout, stderr = run.stdout.read_text(), run.stderr.read_text()
+    assert rc == 0, f"bench/{name}.py failed ({rc}):\n{stdout[-3000:]}\n{stderr[-5000:]}"
+    lines = stdout.strip().splitlines()
+    assert lines, f"bench/{name}.py printed nothing"
+    report = json.loads(lines[-1])
+    assert isinstance(report, dict) and report["bench"] == name
+    assert MACHINE_KEYS <= set(report["machine"]), report["machine"]
+    assert report["machine"]["device"] == "cpu"
+    return report
+
+
+def test_pipeline_bench_ray_vs_loop_on_local_and_s3(launched: dict[str, _Launched]) -> None:
+    r = _report(launched, "pipeline")
+    assert r["preset"] == "tiny" and r["files"] == 1
+    assert set(r["storage"]) == {"local", "s3"} == set(r["efficiency_ratio"])
+    for backend in r["storage"].values():
+        for way in ("ray", "loop"):
+            assert backend[way]["cubes"] == 1 and backend[way]["cubes_per_s"] > 0
+        assert backend["efficiency_ratio"] == pytest.approx(
+            backend["ray"]["cubes_per_s"] / backend["loop"]["cubes_per_s"], rel=1e-3)
+
+
+def test_serve_bench_latency_and_throughput_batching_on_and_off(launched: dict[str, _Launched]) -> None:
+    r = _report(launched, "serve")
+    assert r["concurrency"] == [1, 2] and r["tiles_per_request"] == 1
+    assert set(r["batching"]) == {"on", "off"}
+    for mode in r["batching"].values():
+        assert set(mode) == {"1", "2"}
+        for level in mode.values():
+            assert level["requests"] >= 1 and not level["errors"]
+            assert {"p50_s", "p95_s", "p99_s", "requests_per_s", "tiles_per_s", "tiles_per_forward"} <= set(level)
+            assert 0 < level["p50_s"] <= level["p95_s"] <= level["p99_s"]
+    assert r["batching"]["off"]["2"]["tiles_per_forward"] == 1
+    assert set(r["throughput_ratio_on_vs_off"]) == {"1", "2"}
+
+
+def test_train_bench_one_vs_two_workers(launched: dict[str, _Launched]) -> None:
+    r = _report(launched, "train")
+    assert r["steps"] == 2 and r["timed_steps"] == 1
+    assert set(r["workers"]) == {"1", "2"}
+    for per_stage in r["workers"].values():
+        fig = per_stage["vqvae"]
+        assert fig["samples_per_s"] > 0 and fig["timed_steps"] == 1 and fig["stage_wall_s"] > 0
+    assert set(r["speedup"]["2"]) == {"vqvae"} and r["scaling_efficiency"]["2"]["vqvae"] > 0
+
+
+def _run_bench(name: str, *args: str) -> dict[str, Any]:
+    """Run a bench without Ray to completion; → the JSON object on its last stdout line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"bench/{name}.py failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_step_bench_times_every_stage() -> None:
+    r = _run_bench("step", "--bands", "8", "--batch-sizes", "2", "--steps", "1")
+    assert r["device"] == "cpu" and r["tile"] == 32
+    assert set(r["results"]) == {f"fp32/batch_2/{s}" for s in ("vqvae", "var", "decoder")}
+    for fig in r["results"].values():
+        assert fig["seconds_per_step"] > 0 and fig["samples_per_s"] > 0 and math.isfinite(fig["loss"])
+
+
+def test_precision_bench_scores_both_precisions_on_every_family(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from hsivar.models.hsivar import HSIVAR
+    from hsivar.presets import preset
+    from hsivar.publish import save_published
+
+    torch.manual_seed(0)
+    model = save_published(HSIVAR(preset("tiny", bands=8)).eval(), tmp_path / "model", stage="decoder")
+    data = tmp_path / "test"
+    data.mkdir()
+    np.save(data / "cube.npy", np.random.default_rng(0).random((8, 32, 32), dtype=np.float32))
+    r = _run_bench("precision", "--model", str(model), "--data", str(data), "--device", "cpu")
+    assert r["cubes"] == 1 and set(r["families"]) == {"gaussian", "complex", "blur", "sr", "inpaint", "bandmiss"}
+    for fam in r["families"].values():
+        assert fam["bf16_minus_fp32_db"] == 0.0 and fam["mean_abs_diff"] == 0.0  # bf16 is a CUDA path only
+        assert math.isfinite(fam["degraded"]) and math.isfinite(fam["fp32"])

@@ -1,0 +1,60 @@
+"""Fixtures of the model library's tests: tiny configs and models (CPU, seconds), smooth test cubes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hsivar.config import ModelConfig
+from hsivar.models.hsivar import HSIVAR
+from hsivar.presets import preset
+from hsivar.tasks import TASKS
+from hsivar.training import Batch
+
+TINY_BANDS = 8
+
+
+@pytest.fixture
+def tiny_cfg() -> ModelConfig:
+    """The tiny preset with 8 bands: 32×32 tiles, a 16×16 latent with 8 scales, a 2-block transformer."""
+    return preset("tiny", bands=TINY_BANDS)
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg: ModelConfig) -> HSIVAR:
+    """A randomly initialised tiny model in eval mode (seeded)."""
+    torch.manual_seed(0)
+    return HSIVAR(tiny_cfg).eval()
+
+
+def _smooth_cubes(n: int, bands: int, size: int, seed: int) -> torch.Tensor:
+    """Spatially and spectrally smooth cubes (n, bands, size, size) in [0, 1]: 3 endmembers mixed on a 4×4 field."""
+    g = torch.Generator().manual_seed(seed)
+    abundance = torch.rand(n, 3, 4, 4, generator=g)
+    spectra = torch.rand(3, bands, generator=g)
+    low = torch.einsum("bkhw,kc->bchw", abundance, spectra) / spectra.sum(0).max()
+    return F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _noisy_batch(hq: torch.Tensor, sigma255: float, seed: int) -> Batch:
+    """A training batch: ``hq`` plus seeded Gaussian noise of σ = sigma255/255, labelled gaussian."""
+    g = torch.Generator().manual_seed(seed)
+    lq = hq + torch.randn(hq.shape, generator=g) * sigma255 / 255
+    w = torch.zeros(hq.shape[0], len(TASKS))
+    w[:, TASKS.index("gaussian")] = 1
+    return Batch(hq, lq, w)
+
+
+@pytest.fixture(scope="session")
+def smooth_cubes() -> Callable[[int, int, int, int], torch.Tensor]:
+    """``smooth_cubes(n, bands, size, seed)`` → smooth cubes (n, bands, size, size) in [0, 1]."""
+    return _smooth_cubes
+
+
+@pytest.fixture(scope="session")
+def noisy_batch() -> Callable[[torch.Tensor, float, int], Batch]:
+    """``noisy_batch(hq, sigma255, seed)`` → a seeded gaussian-noise training :class:`~hsivar.training.Batch`."""
+    return _noisy_batch

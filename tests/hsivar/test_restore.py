@@ -1,0 +1,148 @@
+"""Published model round trip and the one restoration path: any H×W, seamless tiles, samples, nodata, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hsivar.models.hsivar import HSIVAR
+from hsivar.models.var import Sampling
+from hsivar.publish import ModelFileError, load_published, save_published
+from hsivar.restore import NothingToRestore, RestoreInputError, Restorer, finish, prepare_cube
+
+
+@pytest.fixture
+def published(tmp_path: Path, tiny_model: HSIVAR) -> Path:
+    return save_published(tiny_model, tmp_path / "model", stage="decoder", metadata={"run": "test"})
+
+
+def test_publish_round_trip_is_exact(published: Path, tiny_model: HSIVAR) -> None:
+    assert sorted(p.name for p in published.iterdir()) == ["config.json", "model.safetensors"]
+    model, doc = load_published(published)
+    assert doc["stage"] == "decoder" and doc["metadata"] == {"run": "test"}
+    assert model.cfg == tiny_model.cfg
+    for (k, a), (k2, b) in zip(tiny_model.state_dict().items(), model.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    lq = torch.rand(1, tiny_model.cfg.bands, 32, 32)
+    assert torch.equal(model.restore(lq).cube, tiny_model.restore(lq).cube)
+
+
+def test_bad_published_models_raise_clear_errors(published: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="no config.json"):
+        load_published(tmp_path / "nowhere")
+    weights = published / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="unreadable safetensors"):
+        load_published(published)
+    doc = json.loads((published / "config.json").read_text())
+    doc["model"]["vqvae"]["bands"] = -3
+    (published / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError, match="invalid model config"):
+        load_published(published)
+
+
+def test_restorer_equals_the_model_on_one_tile(published: Path, tiny_model: HSIVAR) -> None:
+    restorer = Restorer.from_published(published)
+    cube = np.random.default_rng(0).random((8, 32, 32), dtype=np.float32)
+    out = restorer.restore(cube, task="blur", value_range=(0.0, 1.0))
+    direct = tiny_model.restore(torch.from_numpy(cube)[None], task="blur").cube[0].numpy()
+    assert out.tiles == 1 and out.std is None
+    np.testing.assert_allclose(out.cube, direct, atol=1e-6)
+    assert out.task_weights["blur"] == pytest.approx(1.0)
+
+
+def test_restorer_handles_any_size_and_returns_input_units(published: Path) -> None:
+    """A cube in DN units comes back as the restoration of its [0, 1] version mapped back to DN."""
+    restorer = Restorer.from_published(published)
+    rng = np.random.default_rng(1)
+    for shape in [(8, 50, 71), (8, 20, 13), (8, 32, 33)]:
+        x01 = rng.random(shape, dtype=np.float32)
+        lo, scale = 1000.0, 4000.0
+        out = restorer.restore(x01 * scale + lo, batch_size=3, value_range=(lo, lo + scale))
+        ref = restorer.restore(x01, batch_size=3, value_range=(0.0, 1.0))
+        assert out.cube.shape == shape and out.cube.dtype == np.float32
+        np.testing.assert_allclose(out.cube, ref.cube * scale + lo, rtol=0, atol=1e-3)
+        assert out.tiles == ref.tiles and sum(out.task_weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_multi_tile_restore_equals_the_model_applied_tile_by_tile(published: Path, tiny_model: HSIVAR) -> None:
+    """Batching tiles changes nothing: each tile restored alone by the model, blended by the window, is the answer."""
+    from hsivar.tiling import blend_window, tile_grid
+
+    restorer = Restorer.from_published(published)
+    cube = np.random.default_rng(3).random((8, 50, 45), dtype=np.float32)
+    out = restorer.restore(cube, task="gaussian", batch_size=4, value_range=(0.0, 1.0), overlap=8)
+    acc, weight = np.zeros(cube.shape), np.zeros(cube.shape[1:])
+    w = blend_window(32, 8).double().numpy()
+    for r, c in tile_grid(50, 45, 32, 8):
+        tile = torch.from_numpy(cube[None, :, r:r + 32, c:c + 32].copy())
+        acc[:, r:r + 32, c:c + 32] += tiny_model.restore(tile, task="gaussian").cube[0].double().numpy() * w
+        weight[r:r + 32, c:c + 32] += w
+    assert out.tiles == len(tile_grid(50, 45, 32, 8)) == 4
+    np.testing.assert_allclose(out.cube, acc / weight, atol=1e-5)
+
+
+def test_nodata_voxels_are_kept_and_left_out_of_the_range(published: Path) -> None:
+    restorer = Restorer.from_published(published)
+    cube = np.random.default_rng(4).random((8, 32, 40), dtype=np.float32) * 100
+    cube[2, 5:9, 7:11] = -9999.0
+    out = restorer.restore(cube, nodata=-9999.0)
+    assert (out.cube[2, 5:9, 7:11] == -9999.0).all()
+    valid = np.ones(cube.shape, bool)
+    valid[2, 5:9, 7:11] = False
+    prep = prepare_cube(cube, 8, 32, 8, nodata=-9999.0)
+    assert prep.lo == pytest.approx(float(cube[valid].min())) and prep.mask is not None and prep.mask.sum() == 16
+    assert out.cube[valid].min() > -1.0  # restored values stay in the data's units, far from the nodata value
+    with pytest.raises(NothingToRestore, match="nothing to restore"):
+        restorer.restore(np.full((8, 32, 32), -9999.0, np.float32), nodata=-9999.0)
+
+
+def test_prepare_and_finish_round_trip_the_units() -> None:
+    cube = np.random.default_rng(5).random((3, 40, 37), dtype=np.float32) * 7 + 2
+    prep = prepare_cube(cube, 3, 32, 8)
+    assert prep.tiles.min() >= 0 and prep.tiles.max() <= 1 and prep.tiles.shape[0] == len(prep.coords) == 4
+    blender = prep.blender()
+    blender.add(prep.coords, prep.tiles)
+    mean, std = finish(prep, blender.result()[None])
+    assert std is None
+    np.testing.assert_allclose(mean, cube, atol=1e-5)
+
+
+def test_samples_give_a_seeded_uncertainty_map(published: Path) -> None:
+    """The std is exactly the per-pixel std over the N samples, sample i decoded with seed + i."""
+    restorer = Restorer.from_published(published)
+    cube = np.random.default_rng(2).random((8, 40, 40), dtype=np.float32)
+    sampling = Sampling(greedy=False, top_k=50)
+    a = restorer.restore(cube, samples=3, seed=5, sampling=sampling, value_range=(0.0, 1.0))
+    b = restorer.restore(cube, samples=3, seed=5, sampling=sampling, value_range=(0.0, 1.0))
+    singles = np.stack([restorer.restore(cube, samples=1, seed=5 + i, sampling=sampling,
+                                         value_range=(0.0, 1.0)).cube for i in range(3)])
+    assert a.std is not None and a.std.shape == cube.shape and a.std.max() > 0
+    np.testing.assert_allclose(a.cube, singles.mean(0), atol=1e-6)
+    np.testing.assert_allclose(a.std, singles.std(0), atol=1e-6)
+    np.testing.assert_array_equal(a.cube, b.cube)
+    np.testing.assert_array_equal(a.std, b.std)
+    with pytest.raises(RestoreInputError, match="samples > 1 needs sampling"):
+        restorer.restore(cube, samples=2, sampling=Sampling())
+
+
+def test_restorer_refuses_bad_cubes_with_clear_messages(published: Path) -> None:
+    restorer = Restorer.from_published(published)
+    with pytest.raises(RestoreInputError, match="cube has 31 bands but the model restores 8 bands"):
+        restorer.restore(np.zeros((31, 32, 32), np.float32))
+    with pytest.raises(RestoreInputError, match=r"expected a cube \(C, H, W\)"):
+        restorer.restore(np.zeros((32, 32), np.float32))
+    bad = np.zeros((8, 32, 32), np.float32)
+    bad[0, 0, :3] = np.nan
+    with pytest.raises(RestoreInputError, match="3 non-finite"):
+        restorer.restore(bad)
+    with pytest.raises(RestoreInputError, match="tile=64 is not possible"):
+        restorer.restore(np.zeros((8, 32, 32), np.float32), tile=64)
+    with pytest.raises(RestoreInputError, match=r"overlap must be in \[0, 32\)"):
+        restorer.restore(np.zeros((8, 32, 32), np.float32), overlap=32)
+    with pytest.raises(ValueError, match="unknown task"):
+        restorer.restore(np.zeros((8, 32, 32), np.float32), task="haze")

@@ -1,0 +1,45 @@
+"""Fixtures of the platform's tests: real components started once per test session — a local Ray
+(through :func:`hsivar_platform.ray_runtime.init`, after the S3 server so its workers inherit the
+endpoint), SQLite MLflow stores, a published tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsivar.models.hsivar import HSIVAR
+from hsivar.presets import preset
+
+TINY_BANDS = 8
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Local Ray, once per session: 4 logical CPUs on 2 cores (so 2 train workers do not starve Ray
+    Data), a 600 MiB object store, Ray's log lines in the session's temp folder."""
+    import ray
+    from hsivar_platform import ray_runtime
+
+    base = tmp_path_factory.mktemp("ray")
+    ray_runtime.init(num_cpus=4, object_store_mb=600, log_dir=base / "logs", temp_dir=base)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    """A real SQLite MLflow tracking store for one test."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def published_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A published (randomly initialised, seeded) tiny 8-band model directory: config.json + model.safetensors."""
+    from hsivar.publish import save_published
+
+    torch.manual_seed(0)
+    model = HSIVAR(preset("tiny", bands=TINY_BANDS)).eval()
+    return save_published(model, tmp_path_factory.mktemp("published") / "tiny8", stage="decoder")

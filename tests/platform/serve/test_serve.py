@@ -1,0 +1,277 @@
+"""The Serve HTTP app on real local Ray, over real HTTP: round trips equal Restorer, 4xx errors, batching, auth."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import socket
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from hsivar.io import CubeMeta, read_cube, write_cube
+from hsivar.restore import Restorer
+from hsivar.tasks import TASKS
+
+NPY = {"content-type": "application/x-npy"}
+TIFF = {"content-type": "image/tiff"}
+H5 = {"content-type": "application/x-hdf5"}
+CRS, TRANSFORM = "EPSG:32633", (10.0, 0.0, 500000.0, 0.0, -10.0, 4200000.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _npy(cube: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, cube)
+    return buf.getvalue()
+
+
+def _file_bytes(cube: np.ndarray, suffix: str, meta: CubeMeta | None = None) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"cube{suffix}"
+        write_cube(path, cube, meta)
+        return path.read_bytes()
+
+
+def _read(data: bytes, suffix: str) -> tuple[np.ndarray, CubeMeta]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"cube{suffix}"
+        path.write_bytes(data)
+        return read_cube(path, dataset="cube" if suffix == ".h5" else None)
+
+
+def _reference(model_dir: Path, cube: np.ndarray, **kwargs):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the replica
+    try:
+        return Restorer.from_published(model_dir).restore(cube, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    span = float(b.max() - b.min()) or 1.0
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * span)
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_cluster: None, published_tiny: Path) -> str:
+    """The app on the session's Ray, HTTP on a free 127.0.0.1 port; Serve shut down after the module."""
+    from hsivar_platform.serve import ServeSettings, build_app
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = ServeSettings(model=str(published_tiny), max_request_bytes=200_000, max_cube_values=100_000,
+                             max_samples=4, batch_wait_timeout_s=0.05)
+    serve.run(build_app(settings, ray_actor_options={"num_cpus": 0.5}), name="hsivar", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture
+def client(serve_url: str) -> httpx.Client:
+    with httpx.Client(base_url=serve_url, timeout=120) as c:
+        yield c
+
+
+def test_health_and_model_description(client: httpx.Client, published_tiny: Path) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/v1/model").json()
+    assert info["bands"] == 8 and info["tile"] == 32 and info["preset"] == "tiny" and info["tasks"] == list(TASKS)
+    assert len(info["wavelengths"]) == 8 and len(info["version"]) == 12 and info["stage"] == "decoder"
+    assert info["limits"]["max_request_bytes"] == 200_000
+
+
+def test_npy_round_trip_equals_restorer(client: httpx.Client, published_tiny: Path) -> None:
+    cube = (np.random.default_rng(0).random((8, 40, 40)) * 1000).astype(np.float32)
+    r = client.post("/v1/restore", content=_npy(cube), headers=NPY)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-npy"
+    restored = np.load(io.BytesIO(r.content), allow_pickle=False)
+    ref = _reference(published_tiny, cube)
+    assert restored.dtype == np.float32 and restored.shape == cube.shape
+    _close(restored, ref.cube)
+    assert r.headers["x-hsivar-task"] == max(ref.task_weights, key=ref.task_weights.get)
+    weights = json.loads(r.headers["x-hsivar-task-weights"])
+    np.testing.assert_allclose([weights[t] for t in TASKS], [ref.task_weights[t] for t in TASKS], atol=1e-4)
+    assert r.headers["x-hsivar-tiles"] == "4" and float(r.headers["x-hsivar-seconds"]) > 0
+    assert "restore;dur=" in r.headers["server-timing"]
+
+    # A named task and a mixture are honoured, and format=tiff converts the answer.
+    r = client.post("/v1/restore", params={"task": "blur:0.5,sr:0.5", "format": "tiff"}, content=_npy(cube),
+                    headers=NPY)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/tiff"
+    restored, _ = _read(r.content, ".tif")
+    _close(restored, _reference(published_tiny, cube, task={"blur": 0.5, "sr": 0.5}).cube)
+    assert r.headers["x-hsivar-task"] in ("blur", "sr")
+
+    # value_range: the input's units mapped to [0, 1] instead of the cube's own min–max
+    r = client.post("/v1/restore", params={"value_range": "0,1000", "task": "gaussian"}, content=_npy(cube),
+                    headers=NPY)
+    assert r.status_code == 200, r.text
+    restored = np.load(io.BytesIO(r.content), allow_pickle=False)
+    _close(restored, _reference(published_tiny, cube, task="gaussian", value_range=(0.0, 1000.0)).cube)
+
+
+def test_geotiff_round_trip_keeps_georeferencing(client: httpx.Client, published_tiny: Path) -> None:
+    cube = np.random.default_rng(1).integers(200, 3000, (8, 36, 44)).astype(np.uint16)
+    meta = CubeMeta(bands=8, crs=CRS, transform=TRANSFORM, nodata=0, wavelengths=[450.0 + 20 * i for i in range(8)])
+    r = client.post("/v1/restore", params={"task": "gaussian"}, content=_file_bytes(cube, ".tif", meta),
+                    headers=TIFF)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/tiff" and r.headers["x-hsivar-task"] == "gaussian"
+    restored, out_meta = _read(r.content, ".tif")
+    assert out_meta.dtype == "uint16" and out_meta.crs == CRS and out_meta.transform == TRANSFORM
+    assert out_meta.nodata == 0 and out_meta.wavelengths == meta.wavelengths
+    ref = _reference(published_tiny, cube.astype(np.float32), task="gaussian").cube
+    np.testing.assert_allclose(restored, np.clip(np.rint(ref), 0, 65535), atol=1.0)
+
+
+def test_hdf5_with_samples_returns_uncertainty(client: httpx.Client, published_tiny: Path) -> None:
+    cube = np.random.default_rng(2).random((8, 32, 40)).astype(np.float32)
+    r = client.post("/v1/restore", params={"samples": 2, "seed": 3, "uncertainty": "true"},
+                    content=_file_bytes(cube, ".h5"), headers=H5)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-hdf5"
+    ref = _reference(published_tiny, cube, samples=2, seed=3)
+    with h5py.File(io.BytesIO(r.content), "r") as h5:
+        assert sorted(h5) == ["cube", "std"]
+        _close(h5["cube"][()], ref.cube)
+        _close(h5["std"][()], ref.std)
+
+
+def _object_npy(marker: Path) -> bytes:
+    """A .npy holding a pickled object whose unpickling would create ``marker``."""
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    arr = np.empty(1, dtype=object)
+    arr[0] = Evil()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    return b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + pickle.dumps(arr, protocol=3)
+
+
+def test_bad_requests_answer_4xx_json_and_the_replica_survives(
+        client: httpx.Client, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    good = rng.random((8, 40, 40)).astype(np.float32)
+    nan = good.copy()
+    nan[0, 1, 2] = np.nan
+    marker = tmp_path / "unpickled"
+    big_but_small_body = _file_bytes(np.zeros((8, 200, 200), np.uint8), ".tif")
+    cases = [
+        (422, _npy(rng.random((5, 40, 40)).astype(np.float32)), NPY, {}, "5 bands but the model restores 8"),
+        (400, _npy(good[0]), NPY, {}, "not a cube"),
+        (400, b"\x93NUMPY garbage", NPY, {}, "request body"),
+        (400, _object_npy(marker), NPY, {}, "objects"),
+        (400, b"", NPY, {}, "empty"),
+        (400, b"\x89HDF\r\n\x1a\n broken", H5, {}, "request body"),
+        (400, b"II*\x00 broken tiff", TIFF, {}, "request body"),
+        (422, _npy(nan), NPY, {}, "non-finite"),
+        (415, _npy(good), {"content-type": "text/plain"}, {}, "unsupported media type"),
+        (415, _npy(good), {}, {}, "unsupported media type"),
+        (413, _npy(rng.random((8, 100, 100)).astype(np.float32)), NPY, {}, "over the limit"),
+        (413, big_but_small_body, TIFF, {}, "at most 100000"),
+        (422, _npy(good), NPY, {"task": "denoise"}, "unknown task"),
+        (422, _npy(good), NPY, {"tile": 16}, "32×32 tiles"),
+        (422, _npy(good), NPY, {"tile": "big"}, "not an integer"),
+        (422, _npy(good), NPY, {"overlap": 32}, "overlap"),
+        (422, _npy(good), NPY, {"samples": 99}, "samples"),
+        (422, _npy(good), NPY, {"format": "png"}, "unknown format"),
+        (422, _npy(good), NPY, {"uncertainty": "true"}, "samples ≥ 2"),
+        (422, _npy(good), NPY, {"value_range": "1,0"}, "value_range must be LO,HI"),
+        (422, _npy(good), NPY, {"value_range": "zero"}, "value_range must be LO,HI"),
+    ]
+    for status, body, headers, params, message in cases:
+        r = client.post("/v1/restore", content=body, headers=headers, params=params)
+        assert r.status_code == status, (status, message, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/json"
+        payload = r.json()
+        assert payload["status"] == status and message in payload["error"], (message, payload)
+    assert not marker.exists()  # nothing was unpickled
+    r = client.post("/v1/restore", content=_npy(good), headers=NPY)
+    assert r.status_code == 200
+    assert client.get("/v1/model").json()["stats"]["errors"] >= len(cases)
+
+
+def test_concurrent_requests_all_succeed_and_share_batches(client: httpx.Client, published_tiny: Path) -> None:
+    rng = np.random.default_rng(5)
+    cubes = [(rng.random((8, 32, 32)) * (i + 1)).astype(np.float32) for i in range(8)]
+    before = client.get("/v1/model").json()["stats"]
+
+    def call(cube: np.ndarray) -> httpx.Response:
+        return client.post("/v1/restore", content=_npy(cube), headers=NPY)
+
+    with ThreadPoolExecutor(len(cubes)) as pool:
+        responses = list(pool.map(call, cubes))
+    assert [r.status_code for r in responses] == [200] * len(cubes)
+    for cube, r in zip(cubes, responses):
+        _close(np.load(io.BytesIO(r.content), allow_pickle=False), _reference(published_tiny, cube).cube)
+    after = client.get("/v1/model").json()["stats"]
+    assert after["requests"] - before["requests"] == len(cubes)
+    assert after["tiles"] - before["tiles"] == len(cubes)
+    assert after["batches"] - before["batches"] < len(cubes)  # tiles of different requests shared passes
+    assert after["max_batch"] > 1
+
+
+def test_bearer_token_from_the_environment(serve_url: str, published_tiny: Path) -> None:
+    from hsivar_platform.serve import ServeSettings, build_app
+    from ray import serve
+
+    settings = ServeSettings(model=str(published_tiny), auth_token_env="HSIVAR_TEST_TOKEN")
+    app = build_app(settings, name="Secured", ray_actor_options={
+        "num_cpus": 0.5, "runtime_env": {"env_vars": {"HSIVAR_TEST_TOKEN": "s3cret"}}})
+    serve.run(app, name="secured", route_prefix="/secure")
+    try:
+        body = _npy(np.random.default_rng(6).random((8, 32, 32)).astype(np.float32))
+        with httpx.Client(base_url=f"{serve_url}/secure", timeout=120) as c:
+            assert c.get("/healthz").status_code == 200  # probes need no token
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
+                r = c.post("/v1/restore", content=body, headers={**NPY, **headers})
+                assert r.status_code == 401 and "bearer token" in r.json()["error"]
+                assert r.headers["www-authenticate"] == "Bearer"
+            assert c.get("/v1/model").status_code == 401
+            r = c.post("/v1/restore", content=body, headers={**NPY, "authorization": "Bearer s3cret"})
+            assert r.status_code == 200, r.text
+            assert c.get("/v1/model", headers={"authorization": "Bearer s3cret"}).json()["bands"] == 8
+    finally:
+        serve.delete("secured")
+
+
+def test_hsivar_serve_command_deploys_the_app(serve_url: str, published_tiny: Path) -> None:
+    """``hsivar serve --no-blocking`` deploys onto the running Ray/Serve (here: the session's) and returns."""
+    from hsivar_platform.cli import build_app
+
+    app = build_app()
+    from ray import serve
+    from typer.testing import CliRunner
+
+    port = serve_url.rsplit(":", 1)[1]
+    result = CliRunner().invoke(app, ["serve", "--model", str(published_tiny), "--port", port, "--name", "cli",
+                                      "--route-prefix", "/cli", "--replicas", "1", "--cpus-per-replica", "0.5",
+                                      "--no-blocking"])
+    try:
+        assert result.exit_code == 0, result.output
+        assert f"{serve_url}/cli/v1/restore" in result.output
+        with httpx.Client(base_url=f"{serve_url}/cli", timeout=120) as c:
+            assert c.get("/healthz").json()["model"] == str(published_tiny)
+            body = _npy(np.random.default_rng(7).random((8, 32, 32)).astype(np.float32))
+            assert c.post("/v1/restore", content=body, headers=NPY).status_code == 200
+    finally:
+        serve.delete("cli")

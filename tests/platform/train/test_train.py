@@ -1,0 +1,265 @@
+"""Ray Train stages end to end: real local Ray, S3 (moto server) data and checkpoints, SQLite MLflow.
+
+The tiny preset with 8 bands and a few steps per stage; the whole file stays within a few minutes on
+2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hsivar_platform import storage
+from hsivar_platform.model_uri import PUBLISHED_ARTIFACT_PATH, load_restorer, resolve_model
+from hsivar_platform.pipeline_config import load_config
+from hsivar_platform.tracking import RunLogger, experiment_id, register_published
+from hsivar_platform.train import train_pipeline
+from hsivar_platform.train.state import CKPT_EMA, CKPT_STATE, lr_factor
+
+from hsivar.publish import CONFIG_FILE, WEIGHTS_FILE, load_published
+from hsivar.synth import make_demo_dataset
+
+REPO = Path(__file__).resolve().parents[3]
+BANDS = 8
+
+# A pipeline small enough for seconds per stage: 8 bands, 40×40 cubes → one 40-px window each, 4 crops
+# per window; 3 cubes → 12 examples per epoch.
+TINY = [f"model.bands={BANDS}", "data.window=40", "data.crops_per_window=4", "data.batch_size=2",
+        "data.shuffle_buffer=0", "train.log_every=1", "val.max_cubes=1", "val.levels=middle", "val.batch_size=8"]
+
+
+def _mlflow(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def demo_local(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("demo8"))
+    make_demo_dataset(out, n_train=3, n_val=1, n_test=1, size=40, bands=BANDS, format="npy", seed=3)
+    return out
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    f = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_registry_contract_models_uri_resolves_to_published_files(published_tiny: Path, mlflow_uri: str,
+                                                                   tmp_path: Path, monkeypatch) -> None:
+    exp = experiment_id(mlflow_uri, "contract", artifact_location=str(tmp_path / "art"))
+    run_id = _mlflow(mlflow_uri).create_run(exp).info.run_id
+    RunLogger(mlflow_uri, run_id).published_model(published_tiny)
+    assert register_published(mlflow_uri, "hsivar-contract", run_id) == "1"
+    assert register_published(mlflow_uri, "hsivar-contract", run_id) == "2"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    local = resolve_model("models:/hsivar-contract/1", tmp_path / "dl")
+    assert (local / CONFIG_FILE).is_file() and (local / WEIGHTS_FILE).is_file()
+    restorer = load_restorer("models:/hsivar-contract/2")
+    assert restorer.bands == BANDS
+
+
+def test_print_config_from_the_job_and_config_errors(tmp_path: Path) -> None:
+    """jobs/train_var.py runs the same Typer command as ``hsivar train`` (flags, overrides, exit codes)."""
+    import subprocess
+    import sys
+
+    job = [sys.executable, str(REPO / "jobs" / "train_var.py"), "--config", str(REPO / "configs" / "tiny.yaml")]
+    ok = subprocess.run([*job, "--print-config", "--run.name", "x1", "--set", f"run.work_dir={tmp_path}"],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "name: x1" in ok.stdout and f"storage_path: {tmp_path}/runs" in ok.stdout
+    bad = subprocess.run([*job, "--set", "scaling.num_workers=0"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "scaling.num_workers: Input should be greater than or equal to 1" in bad.stderr
+
+    from hsivar_platform.cli import build_app
+    from typer.testing import CliRunner
+
+    app = build_app()
+    r = CliRunner().invoke(app, ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--print-config",
+                                 "--set", "train.var.steps=9", "--scaling.num_workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert "num_workers: 2" in r.output and "steps: 9" in r.output
+    r = CliRunner().invoke(app, ["train", "--stage", "gan", "--print-config"])
+    assert r.exit_code == 2 and "unknown stage(s) gan" in r.output
+
+
+def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str, mlflow_uri: str,
+                                                    tmp_path: Path) -> None:
+    data = storage.join(s3_bucket, "hsi")
+    make_demo_dataset(data, n_train=3, n_val=1, n_test=1, size=40, bands=BANDS, format="tif", seed=1)
+    storage.write_bytes(storage.join(data, "train", "cube_9999.h5"), b"corrupt")  # skipped with a warning
+    storage_uri = storage.join(s3_bucket, "runs")
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        *TINY, f"data.source={data}", f"run.storage_path={storage_uri}", f"run.work_dir={tmp_path}",
+        "run.name=e2e", f"tracking.tracking_uri={mlflow_uri}", "tracking.register_as=hsivar-e2e",
+        "scaling.num_workers=2", "scaling.torch_threads=1", "train.vqvae.steps=3", "train.var.steps=3",
+        "train.decoder.steps=2", "train.checkpoint_every=2"])
+    lines: list[str] = []
+    result = train_pipeline(cfg, echo=lines.append)
+
+    assert result.completed and [s.stage for s in result.stages] == ["vqvae", "var", "decoder"]
+    assert result.registered_model == "models:/hsivar-e2e/1"
+    config_uri = storage.join(storage_uri, "e2e", "pipeline.yaml")
+    assert any(f"resolved config in {config_uri}" in line for line in lines)
+    assert "name: e2e" in storage.read_bytes(config_uri).decode()  # the resolved config, in the run's storage
+    for stage in ("vqvae", "var", "decoder"):  # the rank-0 worker's progress reached the driver's console
+        assert any(line.startswith(f"[train {stage}] step 1/") for line in lines), lines
+        assert any(line.startswith(f"[train {stage}] published") for line in lines), lines
+    for s in result.stages:  # published weights at the stable URI, in S3
+        assert s.published_uri == storage.join(storage_uri, "e2e", s.stage, "latest")
+        doc = json.loads(storage.read_bytes(storage.join(s.published_uri, CONFIG_FILE)))
+        assert doc["stage"] == s.stage and doc["metadata"]["complete"] and storage.exists(
+            storage.join(s.published_uri, WEIGHTS_FILE))
+    ckpts = storage.list_files(storage.join(storage_uri, "e2e", "train", "var"))
+    names = {p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in ckpts}
+    assert {"checkpoint_step0000002/model.safetensors", "checkpoint_step0000002/train_state.pt",
+            "checkpoint_step0000002/rng_rank0.pt", "checkpoint_step0000002/rng_rank1.pt",
+            "checkpoint_step0000003/pipeline_config.json"} <= names
+
+    # the published decoder restores a cube through the Restorer
+    restorer = load_restorer(result.model_uri)
+    cube = np.random.default_rng(0).random((BANDS, 40, 36)).astype(np.float32)
+    assert restorer.restore(cube).cube.shape == cube.shape
+    # stage 2 started from stage 1's weights: the frozen VQ-VAE is unchanged, E_con was copied from E
+    m1, _ = load_published(storage.download_dir(result.stages[0].published_uri, tmp_path / "p1"))
+    m2, _ = load_published(storage.download_dir(result.stages[1].published_uri, tmp_path / "p2"))
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("vqvae.") and "ema_vocab" not in k)
+
+    # MLflow: parent + nested stage runs, params, metrics, artifacts, registry
+    client = _mlflow(mlflow_uri)
+    parent = client.get_run(result.mlflow_parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["train.vqvae.steps"] == "3" and parent.data.params["model.preset"] == "tiny"
+    assert parent.data.params["scaling.num_workers"] == "2"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_stage = {r.data.tags["hsivar.stage"]: r for r in children}
+    assert set(by_stage) == {"vqvae", "var", "decoder"}
+    m = {k: set(v.data.metrics) for k, v in by_stage.items()}
+    assert {"loss", "lr", "psnr", "val/recon/psnr"} | {f"codebook_usage_s{k}" for k in range(6)} <= m["vqvae"]
+    assert {"ce", "acc"} | {f"acc_s{k}" for k in range(6)} <= m["var"]
+    for stage in ("var", "decoder"):
+        assert {f"val/{t}/{k}" for t in ("gaussian", "complex", "blur", "sr", "inpaint", "bandmiss")
+                for k in ("psnr", "ssim", "sam")} <= m[stage]
+    assert [h.step for h in client.get_metric_history(by_stage["vqvae"].info.run_id, "loss")] == [1, 2, 3]
+    for run in by_stage.values():
+        assert run.info.status == "FINISHED" and run.data.params["stage.steps"] in ("2", "3")
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"panels", PUBLISHED_ARTIFACT_PATH} <= arts
+        pub = {a.path for a in client.list_artifacts(run.info.run_id, PUBLISHED_ARTIFACT_PATH)}
+        assert pub == {f"{PUBLISHED_ARTIFACT_PATH}/{CONFIG_FILE}", f"{PUBLISHED_ARTIFACT_PATH}/{WEIGHTS_FILE}"}
+    panels = client.list_artifacts(by_stage["var"].info.run_id, "panels")
+    assert panels and panels[0].path.endswith(".png")
+    version = client.get_model_version("hsivar-e2e", "1")
+    assert version.run_id == by_stage["decoder"].info.run_id
+
+    # a rerun with the same name finds every stage complete and trains nothing
+    again = train_pipeline(cfg, echo=lines.append)
+    assert all(s.skipped for s in again.stages) and again.registered_model is None
+
+
+def test_resume_after_interruption_and_worker_failure(ray_cluster, demo_local: str, mlflow_uri: str,
+                                                      tmp_path: Path) -> None:
+    overrides = [*TINY, f"data.source={demo_local}", f"run.work_dir={tmp_path}", "run.name=resume",
+                 f"tracking.tracking_uri={mlflow_uri}", "train.stages=[vqvae]", "train.vqvae.steps=6",
+                 "train.vqvae.warmup_steps=0", "train.vqvae.ema_decay=0.9", "train.checkpoint_every=2",
+                 "val.max_cubes=0", "scaling.num_workers=1"]
+    first = train_pipeline(load_config(None, [*overrides, "train.stop_after=2"]), echo=lambda s: None)
+    assert not first.completed and first.stages[0].step == 2 and first.model_uri is None
+    run_root = tmp_path / "runs" / "resume"
+    assert (run_root / "train" / "vqvae" / "checkpoint_step0000002" / CKPT_STATE).is_file()
+    assert not (run_root / "vqvae" / "latest").exists()
+
+    # the rerun resumes at step 2; rank 0 then fails once before step 5 and FailureConfig restarts the
+    # worker group from the last checkpoint (step 4), which finishes the stage
+    second = train_pipeline(load_config(None, [*overrides, "train.fail_at_step=5", "run.max_failures=1"]),
+                            echo=lambda s: None)
+    assert second.completed and second.stages[0].step == 6
+    assert (run_root / "_injected_failure_vqvae").is_file()
+    state = torch.load(run_root / "train" / "vqvae" / "checkpoint_step0000006" / CKPT_STATE, weights_only=True)
+    assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
+    assert (run_root / "train" / "vqvae" / "checkpoint_step0000006" / CKPT_EMA).is_file()
+    assert (run_root / "vqvae" / "latest" / WEIGHTS_FILE).is_file()  # published (the EMA weights)
+    assert all(int(s["step"]) == 6 for s in state["optimizer"]["state"].values())  # Adam's counter continued
+
+    client = _mlflow(mlflow_uri)
+    run_id = second.stages[0].mlflow_run_id
+    assert run_id == first.stages[0].mlflow_run_id  # the same MLflow stage run continues
+    hist = client.get_metric_history(run_id, "loss")
+    steps = [h.step for h in hist]
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
+    resumed = sorted(h.value for h in client.get_metric_history(run_id, "resumed_from_step"))
+    assert resumed == [0, 2, 4]  # job 1 started at 0, job 2 at 2, its restarted worker group at 4
+    loss = {h.step: h.value for h in hist}
+    assert loss[6] < loss[1]  # the loss continues downwards instead of restarting from scratch
+
+
+def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) -> None:
+    """``ray job submit --working-dir . -- python jobs/train_var.py …`` on a head node started here."""
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    gcs, dash, agent_http, agent_grpc, client_port = (free_port() for _ in range(5))
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+           "RAY_ACCEPT_CLOUD_OBJECT_STORE_MEMORY_LIMIT": "1"}
+    env.pop("RAY_ADDRESS", None)
+    temp = Path(f"/tmp/rjs-{os.getpid()}-{gcs}")
+    ray_bin = str(Path(venv_bin) / "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--ray-client-server-port={client_port}",
+         "--object-store-memory=300000000", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 120
+        while True:  # wait for the job API
+            probe = subprocess.run([ray_bin, "job", "list", "--address", address], env=env, capture_output=True,
+                                   text=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None, "the head node exited"
+            assert time.time() < deadline, f"job API not up: {probe.stderr[-2000:]}"
+            time.sleep(2)
+        cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+               "python", "jobs/train_var.py", "--config", "configs/tiny.yaml", "--stage", "vqvae",
+               "--set", f"data.source={demo_local}", "--set", f"run.work_dir={tmp_path}", "--run.name", "job",
+               "--train.vqvae.steps", "2", "--tracking.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db",
+               *[f"--set={o}" for o in TINY]]
+        deadline = time.time() + 120
+        while True:  # `job list` answers before the head's job agent registers: retry until it accepts
+            job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+            if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout.lower()
+        assert '"completed": true' in job.stdout
+        assert (tmp_path / "runs" / "job" / "vqvae" / "latest" / CONFIG_FILE).is_file()
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
+            head.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
