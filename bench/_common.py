@@ -11,7 +11,6 @@ import json
 import math
 import os
 import platform
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -67,32 +66,23 @@ def check_device(device: str) -> None:
 
 
 def init_ray(num_cpus: int | None = None, object_store_bytes: int = 600_000_000) -> None:
-    """Start a fresh local Ray (never attach to a running cluster) and quiet its driver-side logs.
-
-    ``num_cpus`` logical CPUs, default max(4, 2 × cores): more than cores, so two train workers, a
-    Serve replica or a model actor pool do not starve Ray Data tasks on a 2-core machine. A capped
-    object store, no dashboard, worker logs not echoed (they would interleave with the figures).
-    """
+    """Start a fresh local Ray (never attach to a running cluster) through :func:`hsivar_platform.ray_runtime.init`,
+    its driver-side logs in a temporary folder and the workers' output not echoed (it would interleave with
+    the figures). ``num_cpus`` logical CPUs, default max(4, 2 × cores)."""
     import logging
+    import tempfile
 
-    import ray
+    from hsivar_platform import ray_runtime
 
-    os.environ.setdefault("RAY_ACCEPT_CLOUD_OBJECT_STORE_MEMORY_LIMIT", "1")
-    ray.init(address="local", num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
-             object_store_memory=object_store_bytes, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    for name in ("ray", "ray.data", "ray.serve", "ray.train", "mlflow"):
+    ray_runtime.init("local", num_cpus=num_cpus, object_store_mb=object_store_bytes // 2**20,
+                     log_dir=tempfile.mkdtemp(prefix="hsivar-bench-logs-"), worker_output=False)
+    for name in ("mlflow",):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextmanager
 def local_s3() -> Iterator[str]:
-    """A local S3-compatible server on 127.0.0.1 (:func:`hsivar_platform.storage.local_s3_server`); → endpoint URL.
+    """A local S3-compatible server on 127.0.0.1 (:func:`hsivar_platform.testing.local_s3_server`); → endpoint URL.
 
     Call it before :func:`init_ray`: Ray workers inherit the driver's environment.
     """
@@ -100,13 +90,6 @@ def local_s3() -> Iterator[str]:
 
     with local_s3_server("bench", "bench") as endpoint:
         yield endpoint
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,7 +31,6 @@ import numpy as np
 from _common import (
     bench_parser,
     check_device,
-    free_port,
     init_ray,
     json_line,
     machine_info,
@@ -39,6 +38,7 @@ from _common import (
     publish_fresh_model,
     temp_dir,
 )
+from hsivar_platform.demo.http_check import free_port
 from hsivar_platform.model_uri import resolve_model
 from hsivar_platform.serve import ServeSettings, build_app
 

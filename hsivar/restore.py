@@ -5,7 +5,8 @@ restores a cube through the same three steps, so a new option is added once:
 
 1. :func:`prepare_cube` — validate (rank, band count, finite values), exclude nodata voxels, min–max
    normalise to [0, 1] (the model's range; ``value_range`` when the data's range is known), pad sides
-   shorter than a tile and cut the overlapping S×S tiles of :mod:`hsivar.tiling`. CPU only, no model.
+   shorter than a tile; the overlapping S×S tiles of :mod:`hsivar.tiling` are cut from it as the model
+   asks for them. CPU only, no model.
 2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles; the only place the
    model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it over a prepared cube's
    tiles in batches, ``samples`` times with generators seeded ``seed + i``, and blends each sample's
@@ -33,7 +34,7 @@ from hsivar.models.dag import TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
 from hsivar.models.var import GREEDY, Sampling
 from hsivar.publish import load_published
-from hsivar.tiling import TileBlender, cut_tiles, tile_grid
+from hsivar.tiling import TileBlender, pad_to_tile, tile_grid
 
 
 class RestoreInputError(ValueError):
@@ -95,11 +96,13 @@ def decoding(samples: int, batch_size: int = 1, sampling: Sampling | None = None
 
 @dataclass
 class PreparedCube:
-    """A cube normalised to [0, 1] and cut into the tiles the model restores.
+    """A cube normalised to [0, 1], padded to at least one tile, with the corners of the tiles the model
+    restores. Tiles are cut when asked for (:meth:`tiles`), so a prepared scene holds one copy of it.
 
     Attributes:
-        tiles: (n, C, S, S) float32 tiles in [0, 1], in :func:`hsivar.tiling.tile_grid` order.
-        coords: n top-left corners (row, col) in pixels of the (padded) cube.
+        cube01: (C, H', W') float32 in [0, 1], H' = max(H, S), W' = max(W, S) (sides shorter than a tile
+            padded); an empty tensor when only the description travels (:meth:`described`).
+        coords: n top-left corners (row, col) in pixels, in :func:`hsivar.tiling.tile_grid` order.
         shape: (C, H, W) of the cube.
         tile, overlap: S and the overlap, pixels.
         lo, scale: the normalisation x01 = (x − lo) / scale, in the input's units.
@@ -107,7 +110,7 @@ class PreparedCube:
         nodata: the source's nodata value, when it occurs in the cube.
     """
 
-    tiles: torch.Tensor
+    cube01: torch.Tensor
     coords: list[tuple[int, int]]
     shape: tuple[int, int, int]
     tile: int
@@ -120,12 +123,17 @@ class PreparedCube:
     @classmethod
     def described(cls, shape: tuple[int, int, int], tile: int, overlap: int, lo: float, scale: float,
                   mask: np.ndarray | None = None, nodata: float | None = None,
-                  tiles: torch.Tensor | None = None) -> PreparedCube:
+                  cube01: torch.Tensor | None = None) -> PreparedCube:
         """The prepared cube of a (C, H, W) ``shape`` from its normalisation and mask (the tile corners
-        recomputed), e.g. after its parts travelled separately; ``tiles`` default to none (n = 0)."""
+        recomputed), e.g. after its parts travelled separately; without ``cube01`` it cannot cut tiles."""
         C, H, W = shape
-        return cls(torch.empty(0, C, tile, tile) if tiles is None else tiles, tile_grid(H, W, tile, overlap),
+        return cls(torch.empty(0) if cube01 is None else cube01, tile_grid(H, W, tile, overlap),
                    (C, H, W), tile, overlap, lo, scale, mask, nodata)
+
+    def tiles(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Tiles ``start``..``stop`` (default all) as (b, C, S, S) float32 in [0, 1]."""
+        S = self.tile
+        return torch.stack([self.cube01[:, r:r + S, c:c + S] for r, c in self.coords[start:stop]])
 
     def blender(self) -> TileBlender:
         """An empty :class:`~hsivar.tiling.TileBlender` for this cube's tiles (blending in [0, 1] units)."""
@@ -185,8 +193,8 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
     if mask is not None:
         x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
     scale = (hi - lo) if hi > lo else 1.0
-    tiles, coords = cut_tiles((x - lo) / scale, tile, overlap)
-    return PreparedCube(tiles, coords, (C, H, W), tile, overlap, lo, scale, mask,
+    cube01 = pad_to_tile((x - lo) / scale, tile).contiguous()
+    return PreparedCube(cube01, tile_grid(H, W, tile, overlap), (C, H, W), tile, overlap, lo, scale, mask,
                         nodata if mask is not None else None)
 
 
@@ -298,13 +306,13 @@ class Restorer:
             RestoreInputError: bad ``samples`` / ``batch_size``, or greedy decoding with ``samples > 1``.
         """
         sampling = decoding(samples, batch_size, sampling)
-        n = prep.tiles.shape[0]
+        n = len(prep.coords)
         blended, weight_sum = [], torch.zeros(len(self.tasks), dtype=torch.float64)
         for s in range(samples):
             gen = torch.Generator(device=self.device).manual_seed(seed + s)
             blender = prep.blender()
             for i in range(0, n, batch_size):
-                out, weights = self.forward(prep.tiles[i:i + batch_size], task, sampling, gen, guidance=guidance,
+                out, weights = self.forward(prep.tiles(i, i + batch_size), task, sampling, gen, guidance=guidance,
                                             cfg_scale=cfg_scale, refine=refine)
                 blender.add(prep.coords[i:i + batch_size], out)
                 weight_sum += weights.double().sum(0)

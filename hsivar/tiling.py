@@ -59,14 +59,6 @@ def pad_to_tile(x: torch.Tensor, tile: int) -> torch.Tensor:
     return F.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)[0]
 
 
-def cut_tiles(x: torch.Tensor, tile: int, overlap: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Cut x (C, H, W) into the tiles of :func:`tile_grid`; → (tiles (n, C, tile, tile), n corners (row, col))."""
-    _, H, W = x.shape
-    xp = pad_to_tile(x, tile)
-    coords = tile_grid(H, W, tile, overlap)
-    return torch.stack([xp[:, r:r + tile, c:c + tile] for r, c in coords]).contiguous(), coords
-
-
 class TileBlender:
     """Accumulates tile outputs into a (C, height, width) cube, batch by batch.
 

@@ -1,9 +1,11 @@
 """What a person sees on the console: the platform's own progress, nothing of Ray's internals.
 
 * :func:`setup_logging` — the platform's loggers (``hsivar_platform.*``) print short lines to stderr;
-  Ray's and the libraries' loggers (mlflow, alembic, urllib3, …) go to ``<log_dir>/platform.log``.
-  Together with :func:`hsivar_platform.ray_runtime.init` (Ray's log lines to ``ray.log``, worker output
-  kept in Ray's session folder) the console shows only what the job itself says.
+  the libraries' loggers (mlflow, alembic, urllib3, …) go to ``<log_dir>/platform.log``.
+* :func:`filter_ray_lines` — the lines Ray prints for its other processes (workers' output, raylet
+  errors) go to ``<log_dir>/ray.log``, but the platform's own worker lines (:data:`WORKER_TAG`).
+  With :func:`hsivar_platform.ray_runtime.init` (Ray's driver-side loggers to ``ray.log``) the console
+  shows only what the job itself says.
 * :class:`StageProgress` — one training stage's progress from the events its rank-0 worker sends
   (:mod:`hsivar_platform.train.progress`): a live bar with step, loss and ETA on a terminal; on a pipe
   or in a log file one line every ``interval_s`` seconds and one at the end, so logs stay readable.
@@ -15,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,19 +33,41 @@ SHOWN_KEYS: tuple[str, ...] = ("loss", "psnr", "ce", "acc", "refiner_l1", "task_
 """Step metrics shown on the progress line (those the stage reports)."""
 
 
+class _Stderr(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _file_handler(path: Path, fmt: logging.Formatter) -> logging.FileHandler:
+    """The file handler for ``path``, created once per process."""
+    key = str(path.absolute())
+    if key not in _FILE_HANDLERS:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(fmt)
+        _FILE_HANDLERS[key] = handler
+    return _FILE_HANDLERS[key]
+
+
+_FILE_HANDLERS: dict[str, logging.FileHandler] = {}
+
+
 def setup_logging(level: str = "INFO", log_dir: str | os.PathLike | None = None) -> Path | None:
     """Platform loggers to stderr at ``level``; third-party loggers to ``<log_dir>/platform.log`` (or WARNING).
+
+    Calling it again (another command in the same process) adds no handler twice.
 
     Returns:
         The log file's path, or None without ``log_dir``.
     """
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    if not any(getattr(h, "_hsivar", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        console = _Stderr()
         console.setFormatter(fmt)
         console.addFilter(lambda record: record.name.startswith(("hsivar_platform", "hsivar")))
-        console._hsivar = True  # type: ignore[attr-defined]
         root.addHandler(console)
     root.setLevel(logging.WARNING)
     logging.getLogger("hsivar_platform").setLevel(getattr(logging, level.upper(), logging.INFO))
@@ -52,50 +77,75 @@ def setup_logging(level: str = "INFO", log_dir: str | os.PathLike | None = None)
         return None
     path = Path(log_dir) / "platform.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(fmt)
+    handler = _file_handler(path, fmt)
     for name in QUIET_LOGGERS:
         lg = logging.getLogger(name)
-        lg.handlers = [h for h in lg.handlers if isinstance(h, logging.FileHandler)]
-        lg.addHandler(handler)
+        lg.handlers = [h for h in lg.handlers if not isinstance(h, logging.StreamHandler)
+                       or isinstance(h, logging.FileHandler)]
+        if handler not in lg.handlers:
+            lg.addHandler(handler)
         lg.setLevel(logging.INFO)
         lg.propagate = False
     return path
 
 
-RAY_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|autoscaler|gcs_server|pid=\d+|[\w:.\-]+ pid=\d+)[^)]*\)")
-"""A line Ray's driver prints for another process (``(raylet) …``, ``(RayTrainWorker pid=12) …``)."""
+WORKER_TAG = "[hsivar]"
+"""Starts the platform's own lines logged inside Ray workers (skipped files, failed baselines): the console
+shows them although Ray prints them with its per-process prefix."""
+
+RAY_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|autoscaler|gcs_server|(?:[^\n]*?\s)?pid=\d+(?:,[^)\n]*)?)\)")
+"""A line Ray's driver prints for another process: ``(raylet) …``, ``(RayTrainWorker pid=12) …``,
+``(MapBatches(read_and_tile) pid=7, ip=…) …``."""
 
 
 class RayLineFilter:
-    """A text stream that passes every line through but those of :data:`RAY_LINE`, which go to a log file.
+    """A text stream that passes every line through but Ray's per-process lines (:data:`RAY_LINE`), which are
+    appended to a log file — unless they carry :data:`WORKER_TAG`.
 
-    Ray's driver prints the raylet's errors and (with ``log_to_driver``) the workers' output on the
-    process's stdout / stderr from background threads; this keeps them off the console.
+    Ray's driver prints the raylet's errors and the workers' output on this process's stdout / stderr from
+    background threads, a line in several writes: text is buffered per thread until its newline, and a
+    partial line that cannot be Ray's (a progress bar's ``\r`` frame, a prompt) is passed through at once.
     """
 
     def __init__(self, stream: TextIO, log_path: Path) -> None:
         """Filter ``stream``; diverted lines are appended to ``log_path``."""
-        self.stream, self.log_path, self._buf = stream, log_path, ""
+        self.stream, self.log_path = stream, log_path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _line(self, line: str) -> None:
+        if RAY_LINE.match(line) and WORKER_TAG not in line:
+            with open(self.log_path, "a") as f:
+                f.write(line + "\n")
+        else:
+            self.stream.write(line + "\n")
 
     def write(self, text: str) -> int:
         """Write ``text``; complete lines of Ray's are diverted, everything else goes to the stream."""
-        self._buf += text
-        *lines, self._buf = self._buf.split("\n")
-        for line in lines:
-            if RAY_LINE.match(line):
-                with open(self.log_path, "a") as f:
-                    f.write(line + "\n")
-            else:
-                self.stream.write(line + "\n")
-        if self._buf and not self._buf.startswith(("\x1b", "(")):  # a partial line that is not Ray's (a bar)
-            self.stream.write(self._buf)
-            self._buf = ""
+        with self._lock:
+            buf = getattr(self._local, "buf", "") + text
+            *lines, buf = buf.split("\n")
+            for line in lines:
+                self._line(line)
+            if buf and not buf.startswith(("\x1b", "(")):
+                self.stream.write(buf)
+                buf = ""
+            self._local.buf = buf
         return len(text)
 
+    def writelines(self, lines: Any) -> None:
+        """Write each of ``lines``."""
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
-        """Flush the underlying stream."""
-        self.stream.flush()
+        """Write out this thread's held partial line (it is not Ray's: Ray ends its lines) and flush."""
+        with self._lock:
+            buf = getattr(self._local, "buf", "")
+            if buf:
+                self.stream.write(buf)
+                self._local.buf = ""
+            self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)

@@ -36,6 +36,7 @@ from hsivar.io import cube_shape, read_cube, split_listing
 from hsivar.tasks import TASKS
 from hsivar.tiling import tile_starts
 from hsivar_platform import storage
+from hsivar_platform.console import WORKER_TAG
 from hsivar_platform.pipeline_config import DataSpec, DemoData
 
 if TYPE_CHECKING:
@@ -120,13 +121,14 @@ def scene_windows(row: dict[str, Any], *, window: int, tile: int, bands: int) ->
     try:
         C, H, W = cube_shape(uri, storage_options=storage.storage_options(uri))
     except Exception as e:  # CubeError, OSError, anything a broken file throws: skip, never stop training
-        log.warning("skipping %s: cannot read its header: %s", uri, e)
+        log.warning(WORKER_TAG + " skipping %s: cannot read its header: %s", uri, e)
         return []
     if C != bands:
-        log.warning("skipping %s: %d bands, the model trains on %d", uri, C, bands)
+        log.warning(WORKER_TAG + " skipping %s: %d bands, the model trains on %d", uri, C, bands)
         return []
     if H < tile or W < tile:
-        log.warning("skipping %s: %d×%d pixels is smaller than the %d×%d model tile", uri, H, W, tile, tile)
+        log.warning(WORKER_TAG + " skipping %s: %d×%d pixels is smaller than the %d×%d model tile",
+                    uri, H, W, tile, tile)
         return []
     side = max(tile, min(window, H, W))
     return [{"uri": uri, "row0": r, "col0": c, "size": side}
@@ -176,7 +178,7 @@ def read_crops(batch: dict[str, np.ndarray], *, bands: int, tile: int, crops_per
             win, _ = read_cube(uri, window=(int(r0), int(c0), int(side), int(side)),
                                storage_options=storage.storage_options(uri))
         except Exception as e:
-            log.warning("skipping a window of %s at (%d, %d): %s", uri, r0, c0, e)
+            log.warning(WORKER_TAG + " skipping a window of %s at (%d, %d): %s", uri, r0, c0, e)
             continue
         win01 = normalise(win, value_range)
         if win01 is None:
@@ -272,14 +274,14 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
         region = None if crop is None else max(crop, norm_window or 0)
         cube, _ = read_cube(uri, window=_centre_window(shape, region), storage_options=opts)
     except Exception as e:
-        log.warning("skipping %s in the test protocol: %s", uri, e)
+        log.warning(WORKER_TAG + " skipping %s in the test protocol: %s", uri, e)
         return None
     clean = normalise(cube, None)
     if clean is not None and crop is not None:
         r0, c0, h, w = _centre_window(clean.shape, crop)  # type: ignore[misc]
         clean = np.ascontiguousarray(clean[:, r0:r0 + h, c0:c0 + w])
     if clean is None:
-        log.warning("skipping %s in the test protocol: constant cube", uri)
+        log.warning(WORKER_TAG + " skipping %s in the test protocol: constant cube", uri)
         return None
     task = str(row["task"])
     level = case_level(task, float(row["level"]))

@@ -37,9 +37,13 @@ def resolve_model(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     s = str(uri)
     if s.startswith("models:/"):
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         dst = str(cache_dir) if cache_dir else None
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=s, dst_path=dst))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=s, dst_path=dst))
+        except MlflowException as exc:
+            raise FileNotFoundError(f"{s}: not in the model registry ({exc.message})") from None
         if not (local / CONFIG_FILE).is_file() and (local / PUBLISHED_ARTIFACT_PATH / CONFIG_FILE).is_file():
             local = local / PUBLISHED_ARTIFACT_PATH
     else:
@@ -66,27 +70,64 @@ def model_config(uri: str) -> ModelConfig:
     return cfg
 
 
-def model_version(uri: str, local: Path | None = None) -> str:
-    """The version a model URI names: the registry version number for ``models:/`` URIs (``latest`` and
-    aliases resolved), else the first 12 hex digits of the weights' sha256 (``local``: the resolved
-    directory; a remote directory is identified by its config and the weights' ETag or size, without
-    downloading them). When the registry cannot be reached the alias or ``latest`` itself is returned."""
-    if uri.startswith("models:/"):
-        from mlflow import MlflowClient
+def _registry_version(name: str, ref: str) -> str:
+    """The version number registry reference ``ref`` (``latest``, ``@alias`` or a number) of model ``name`` names."""
+    from mlflow import MlflowClient
 
-        ref = uri.removeprefix("models:/")
+    client = MlflowClient()
+    if ref.startswith("@"):
+        return str(client.get_model_version_by_alias(name, ref[1:]).version)
+    if ref == "latest":
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise FileNotFoundError(f"models:/{name}/latest: the registry has no version of {name!r}")
+        return str(max(int(v.version) for v in versions))
+    return ref
+
+
+def _split_registry_uri(uri: str) -> tuple[str, str]:
+    """``models:/NAME/REF`` or ``models:/NAME@ALIAS`` → (NAME, REF or ``@ALIAS``)."""
+    ref = uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, "@" + alias
+    name, _, version = ref.rpartition("/")
+    return name, version
+
+
+def pin_model_uri(uri: str) -> str:
+    """A model URI that keeps naming the same weights: ``models:/NAME/latest`` and ``models:/NAME@ALIAS``
+    become ``models:/NAME/<version>`` (a job's workers then load what its driver resolved, even if the alias
+    moves meanwhile); other URIs are returned as they are.
+
+    Raises:
+        FileNotFoundError: the registry has no such model, version or alias (the message names it).
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow.exceptions import MlflowException
+
+    name, ref = _split_registry_uri(uri)
+    try:
+        return f"models:/{name}/{_registry_version(name, ref)}"
+    except MlflowException as exc:
+        raise FileNotFoundError(f"{uri}: not in the model registry ({exc.message})") from None
+
+
+def model_version(uri: str, local: Path | None = None) -> str:
+    """The version a model URI names, the same for every job that reads it: the registry version number for
+    ``models:/`` URIs (``latest`` and aliases resolved; the reference itself when the registry cannot be
+    reached); for a remote directory a digest of its ``config.json`` and the weights' ETag or size (nothing
+    is downloaded); for a local directory (or ``local``, where a remote one was copied to, when the URI is
+    local) the first 12 hex digits of the weights' sha256."""
+    if uri.startswith("models:/"):
+        name, ref = _split_registry_uri(uri)
         try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-            name, _, version = ref.rpartition("/")
-            if version == "latest":
-                return str(max(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'")))
-            return version
+            return _registry_version(name, ref)
         except Exception:  # the reference itself is still a useful answer when the registry is unreachable
-            return ref.split("@", 1)[-1].rpartition("/")[-1]
+            return ref.lstrip("@")
     digest = hashlib.sha256()
-    if local is None and storage.is_remote(uri):  # no download: the config's bytes and the weights' ETag / size
+    if storage.is_remote(uri):
         fs, path = storage.filesystem(storage.join(uri, WEIGHTS_FILE))
         info = fs.info(path)
         digest.update(storage.read_bytes(storage.join(uri, CONFIG_FILE)))

@@ -59,7 +59,7 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """Which model to train: a preset, its band count, and field overrides of the preset."""
 
-    preset: str = Field("tiny", description="tiny, small or paper (hsivar.config.preset)")
+    preset: str = Field("tiny", description="tiny, small or paper (hsivar.presets.preset)")
     bands: int = Field(31, ge=1, description="spectral bands C of the training cubes")
     override: dict[str, Any] = Field(
         default_factory=dict,

@@ -8,9 +8,9 @@ Every job (training, evaluation, batch restoration, Serve, the demo) calls :func
   more logical CPUs than cores (training workers and Ray Data tasks must not starve each other on a
   laptop), a capped object store and no dashboard.
 
-Ray's own log lines (start-up banners, Ray Data's execution plans, worker output) go to
-``<log_dir>/ray.log`` instead of the console when a log folder is given, so the console shows the
-platform's progress only; the session's full logs stay in Ray's session folder (printed once).
+Ray's driver-side log lines (start-up banners, Ray Data's execution plans) go to ``<log_dir>/ray.log``
+instead of the console when a log folder is given; the workers' output still reaches the driver
+(``log_to_driver``), where :func:`hsivar_platform.console.filter_ray_lines` sends it to the same file.
 
 Workers see the driver's storage and tracking locations: :func:`runtime_env` forwards the
 :data:`FORWARDED_ENV` variables (endpoints, never credentials).
@@ -56,30 +56,37 @@ def redirect_ray_logs(log_dir: str | os.PathLike) -> Path:
     """Send Ray's Python loggers to ``<log_dir>/ray.log`` (not the console); → the file's path."""
     path = Path(log_dir) / "ray.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = None
     for name in RAY_LOGGERS:
         lg = logging.getLogger(name)
         for old in [h for h in lg.handlers if isinstance(h, logging.StreamHandler)
                     and not isinstance(h, logging.FileHandler)]:
             lg.removeHandler(old)
-        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.absolute()
-                   for h in lg.handlers):
-            lg.addHandler(handler)
+        mine = [h for h in lg.handlers if isinstance(h, logging.FileHandler)
+                and Path(h.baseFilename) == path.absolute()]
+        if mine:
+            handler = handler or mine[0]
+            continue
+        if handler is None:
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        lg.addHandler(handler)
         lg.propagate = False
     return path
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 1024,
-         log_dir: str | os.PathLike | None = None, temp_dir: str | os.PathLike | None = None) -> bool:
+         log_dir: str | os.PathLike | None = None, temp_dir: str | os.PathLike | None = None,
+         worker_output: bool = True) -> bool:
     """Connect to Ray or start a local one (see the module docstring).
 
     Args:
-        address: cluster address; default ``$RAY_ADDRESS``; neither → a new local Ray.
+        address: cluster address; default ``$RAY_ADDRESS``; neither, or ``"local"`` → a new local Ray.
         num_cpus: logical CPUs of a local Ray (default :func:`default_num_cpus`).
         object_store_mb: object store of a local Ray, MiB.
         log_dir: where Ray's log lines go (``ray.log``) instead of the console; None keeps Ray's defaults.
         temp_dir: session folder of a local Ray (default Ray's, ``/tmp/ray``).
+        worker_output: print the workers' output on the driver (``log_to_driver``; benchmarks turn it off).
     Returns:
         True when this call initialised Ray (the caller may ``ray.shutdown()`` when done), False when
         this process was already connected.
@@ -90,9 +97,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None, object_stor
         redirect_ray_logs(log_dir)
     if ray.is_initialized():
         return False
-    quiet = {"log_to_driver": log_dir is None, "logging_level": logging.WARNING if log_dir is None else logging.INFO}
+    quiet = {"logging_level": logging.WARNING if log_dir is None else logging.INFO, "log_to_driver": worker_output}
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
+    if address and address != "local":
         ray.init(address=address, **quiet)
     else:
         os.environ.setdefault("RAY_ACCEPT_CLOUD_OBJECT_STORE_MEMORY_LIMIT", "1")

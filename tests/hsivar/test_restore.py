@@ -104,9 +104,11 @@ def test_nodata_voxels_are_kept_and_left_out_of_the_range(published: Path) -> No
 def test_prepare_and_finish_round_trip_the_units() -> None:
     cube = np.random.default_rng(5).random((3, 40, 37), dtype=np.float32) * 7 + 2
     prep = prepare_cube(cube, 3, 32, 8)
-    assert prep.tiles.min() >= 0 and prep.tiles.max() <= 1 and prep.tiles.shape[0] == len(prep.coords) == 4
+    tiles = prep.tiles()
+    assert tiles.min() >= 0 and tiles.max() <= 1 and tiles.shape == (len(prep.coords), 3, 32, 32) == (4, 3, 32, 32)
+    assert torch.equal(prep.tiles(1, 3), tiles[1:3])
     blender = prep.blender()
-    blender.add(prep.coords, prep.tiles)
+    blender.add(prep.coords, tiles)
     mean, std = finish(prep, blender.result()[None])
     assert std is None
     np.testing.assert_allclose(mean, cube, atol=1e-5)

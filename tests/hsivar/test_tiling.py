@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from hsivar.tiling import TileBlender, blend_window, cut_tiles, pad_to_tile, tile_grid, tile_starts
+from hsivar.tiling import TileBlender, blend_window, pad_to_tile, tile_grid, tile_starts
+
+
+def cut_tiles(x: torch.Tensor, tile: int, overlap: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The tiles (n, C, tile, tile) of x (C, H, W) at the corners of :func:`tile_grid`, and the corners."""
+    xp = pad_to_tile(x, tile)
+    coords = tile_grid(x.shape[1], x.shape[2], tile, overlap)
+    return torch.stack([xp[:, r:r + tile, c:c + tile] for r, c in coords]), coords
 
 
 def test_tile_starts_cover_the_length_with_the_last_tile_flush() -> None:

@@ -39,7 +39,7 @@ from hsivar_platform.batch.keys import Input, list_inputs, norm_prefix, remove_s
 from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
 from hsivar_platform.batch.options import BatchOptions, BatchReport
 from hsivar_platform.batch.stages import Restore, finish_and_write, read_and_tile
-from hsivar_platform.model_uri import model_config, model_version
+from hsivar_platform.model_uri import model_config, model_version, pin_model_uri
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,13 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     src, dst = norm_prefix(options.input), norm_prefix(options.output)
     if src == dst:
         raise ValueError(f"--output must differ from --input ({options.input}); outputs never replace inputs")
-    cfg = model_config(options.model)
+    model = pin_model_uri(options.model)  # every actor loads the version the driver resolved
+    cfg = model_config(model)
     bands, S = cfg.vqvae.bands, cfg.vqvae.image_size
     overlap = resolve_overlap(S, options.tile, options.overlap)
     if options.uncertainty and options.samples < 2:
         raise ValueError("--uncertainty needs --samples ≥ 2 (the std over one sample is 0)")
-    version = model_version(options.model)
+    version = model_version(model)
 
     inputs = list_inputs(src, dst)
     manifest = {} if options.force else read_manifest(dst)
@@ -79,9 +80,11 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     already = 0
     for item in inputs:
         if item.skip_reason:
-            manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=options.model)
+            manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=options.model,
+                                        model_version=version)
         elif item.error:
-            manifest[item.uri] = record(item.uri, "failed", error=item.error, model=options.model)
+            manifest[item.uri] = record(item.uri, "failed", error=item.error, model=options.model,
+                                        model_version=version)
         else:
             prev = manifest.get(item.uri)
             done = prev is not None and (prev["status"] == "skipped" or (
@@ -97,7 +100,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     processed, pipeline_s = 0, 0.0
     if todo:
         processed, pipeline_s = _run_pipeline(options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap,
-                                              task=options.task_arg(), tasks=tuple(cfg.dag.tasks),
+                                              task=options.task_arg(), tasks=tuple(cfg.dag.tasks), model=model,
                                               version=version, total=total, already=already,
                                               ray_address=ray_address, log_dir=log_dir)
     uri = write_manifest(dst, manifest.values())
@@ -117,7 +120,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
 
 
 def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str, *,
-                  bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], version: str,
+                  bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], model: str, version: str,
                   total: int, already: int, ray_address: str | None,
                   log_dir: str | os.PathLike | None) -> tuple[int, float]:
     """Run the Ray Data pipeline over ``todo``, updating ``manifest`` (and its file) as rows finish;
@@ -141,7 +144,7 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                                    "value_range": options.value_range})
     ds = ds.map_batches(
         Restore, batch_size=1,
-        fn_constructor_kwargs={"model": options.model, "device": "cuda" if gpus > 0 else "cpu", "task": task,
+        fn_constructor_kwargs={"model": model, "device": "cuda" if gpus > 0 else "cpu", "task": task,
                                "samples": options.samples, "seed": options.seed, "batch_size": options.batch_size,
                                "tile": tile, "overlap": overlap},
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),

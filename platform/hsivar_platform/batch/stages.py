@@ -54,19 +54,24 @@ def describe(exc: BaseException, src: str) -> str:
     return msg if isinstance(exc, ValueError) else f"{type(exc).__name__}: {msg}"
 
 
-def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, tiles: torch.Tensor | None) -> PreparedCube:
-    """The :class:`PreparedCube` a row describes (``tiles`` may be empty after the model stage)."""
+def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, cube01: torch.Tensor | None = None,
+              with_mask: bool = True) -> PreparedCube:
+    """The :class:`PreparedCube` a row describes: with the normalised cube for the model stage, with the
+    nodata mask (unpacked from bits) for the last stage."""
     shape = tuple(int(v) for v in batch["shape"][0])
     has_mask = batch["mask"][0].size > 0
-    mask = np.unpackbits(batch["mask"][0], count=math.prod(shape)).reshape(shape).astype(bool) if has_mask else None
+    mask = None
+    if has_mask and with_mask:
+        mask = np.unpackbits(batch["mask"][0], count=math.prod(shape)).reshape(shape).astype(bool)
     return PreparedCube.described(shape, tile, overlap, float(_first(batch, "lo")),  # type: ignore[arg-type]
                                   float(_first(batch, "scale")), mask,
-                                  float(_first(batch, "nodata")) if has_mask else None, tiles)
+                                  float(_first(batch, "nodata")) if has_mask else None, cube01)
 
 
 def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int,
                   value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
-    """Stage 1: read one input and :func:`~hsivar.restore.prepare_cube` it; errors become the row's ``error``."""
+    """Stage 1: read one input and :func:`~hsivar.restore.prepare_cube` it (the normalised cube, its range and
+    nodata mask travel on); errors become the row's ``error``."""
     t0 = time.perf_counter()
     src = _str(batch, "input_uri")
     error, skip, prep, meta, shape = "", False, None, None, (0, 0, 0)
@@ -82,7 +87,7 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
         "uncertainty_uri": batch["uncertainty_uri"],
         "error": np.array([error]),
         "skip": np.array([skip]),
-        "tiles": (prep.tiles if prep is not None else torch.zeros((0, bands, tile, tile))).numpy()[None],
+        "cube01": (prep.cube01 if prep is not None else torch.zeros((bands, 0, 0))).numpy()[None],
         "shape": np.array([shape if len(shape) == 3 else (0, 0, 0)], dtype=np.int64),
         "lo": np.array([prep.lo if prep is not None else 0.0]),
         "scale": np.array([prep.scale if prep is not None else 1.0]),
@@ -94,11 +99,13 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
 
 
 class Restore:
-    """Stage 2 (actor pool): holds the model and restores each row's tiles, blended per sample."""
+    """Stage 2 (actor pool): holds the model and restores each row's cube, tile batch by tile batch, blended
+    per sample (the blending is cheap next to the model and keeps what leaves the actor cube-sized)."""
 
     def __init__(self, model: str, device: str, task: TaskArg, samples: int, seed: int, batch_size: int,
                  tile: int, overlap: int) -> None:
-        """Load the model at URI ``model`` on ``device`` (``auto``: CUDA when this actor has a GPU)."""
+        """Load the model at URI ``model`` (pinned by the driver: a registry URI names its version) on
+        ``device`` (``auto``: CUDA when this actor has a GPU)."""
         from hsivar_platform.model_uri import load_restorer
 
         if device == "auto":
@@ -116,13 +123,13 @@ class Restore:
         weights = np.zeros((1, len(self.restorer.tasks)), np.float32)
         if not error:
             try:
-                prep = _prepared(batch, self.tile, self.overlap, _tensor(batch["tiles"][0]))
+                prep = _prepared(batch, self.tile, self.overlap, _tensor(batch["cube01"][0]), with_mask=False)
                 out = self.restorer.restore_prepared(prep, self.task, samples=self.samples, seed=self.seed,
                                                      batch_size=self.batch_size)
                 restored, weights = out.samples01.numpy()[None], np.asarray([out.task_weights], np.float32)
             except Exception as exc:
                 error = describe(exc, _str(batch, "input_uri"))
-        out_row = {k: v for k, v in batch.items() if k != "tiles"}
+        out_row = {k: v for k, v in batch.items() if k != "cube01"}
         out_row.update(error=np.array([error]), restored=restored, task_weights=weights,
                        seconds=batch["seconds"] + (time.perf_counter() - t0))
         return out_row
@@ -142,7 +149,7 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
     if not error:
         try:
             meta = meta_from_json(_str(batch, "meta"))
-            prep = _prepared(batch, tile, overlap, None)
+            prep = _prepared(batch, tile, overlap)
             mean, std = finish(prep, _tensor(batch["restored"][0]))
             dtype = meta.dtype if output_dtype == "source" else "float32"
             row["checksum"] = write_output(dst, mean, meta, dtype=dtype)

@@ -13,6 +13,13 @@ from hsivar_platform.cli.options import MODEL, RAY_ADDRESS, setup
 _TOKEN = "env var holding the bearer token; auth is required when it is set"
 
 
+def _connected() -> bool:
+    """Whether this process is already connected to a Ray (then Serve lives as long as that Ray)."""
+    import ray
+
+    return ray.is_initialized()
+
+
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL)],
     host: Annotated[str, typer.Option(help="HTTP host of the Serve proxy")] = "127.0.0.1",
@@ -35,10 +42,10 @@ def serve(
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Serve POST /v1/restore, GET /v1/model and GET /healthz over HTTP with Ray Serve."""
-    import ray
-
     address = ray_address or os.environ.get("RAY_ADDRESS")
-    if not blocking and not address and not ray.is_initialized():
+    if address == "local":
+        address = None
+    if not blocking and not address and not _connected():
         # A local Ray started by this process dies with it: --no-blocking would print a URL that refuses
         # every connection a moment later.
         typer.echo("error: --no-blocking needs a running Ray cluster to deploy to (set RAY_ADDRESS or --ray-address, "

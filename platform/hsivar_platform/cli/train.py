@@ -42,7 +42,7 @@ def train(
     if print_config:
         typer.echo(cfg.resolved().to_yaml())
         return
-    setup(log_level, Path(cfg.resolved().run.work_dir) / "logs")
+    setup(log_level, Path(cfg.resolved().run.work_dir) / "logs", ray_lines_to_file=cfg.ray.logs_to_file)
     from hsivar_platform.train import train_pipeline
 
     result = train_pipeline(cfg, stages=stages, echo=typer.echo)
@@ -56,7 +56,7 @@ def evaluate(
     data: Annotated[str, typer.Option(help="prefix of clean test cubes (or one holding test/), or 'demo'")],
     out: Annotated[Path, typer.Option(help="output folder for metrics.csv / metrics.md")],
     levels: Annotated[str, typer.Option(help="all (19 cases) or middle (one level per family)")] = "all",
-    max_cubes: Annotated[int | None, typer.Option(min=1, help="first N cubes only")] = None,
+    max_cubes: Annotated[int | None, typer.Option(min=0, help="first N cubes only (0: all)")] = None,
     crop: Annotated[int, typer.Option(min=0, help="centre crop side in pixels (0: whole cubes)")] = 256,
     task: Annotated[str, typer.Option(help="auto (task classifier) or oracle (true task)")] = "auto",
     baselines: Annotated[bool, typer.Option(help="score the classical baseline of each family")] = True,

@@ -7,16 +7,19 @@ import os
 import time
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsivar.render import Example
 from hsivar_platform import storage
+
+if TYPE_CHECKING:
+    from hsivar_platform.demo.run import DemoPlan, DemoResult
 
 TEMPLATE = "report_template.md"
 """The report's text with ``${name}`` placeholders (:class:`string.Template`), next to this module."""
 
 
-def write_report(result: Any, plan: Any, batch_rows: list[dict[str, Any]], examples: list[Example],
+def write_report(result: DemoResult, plan: DemoPlan, batch_rows: list[dict[str, Any]], examples: list[Example],
                  wavelengths: list[float] | None, train_info: dict[str, Any], ray_cpus: int) -> Path:
     """Write ``result.report`` (REPORT.md, from :data:`TEMPLATE`) and its PNG figures beside it; → its path.
 

@@ -4,9 +4,6 @@
 printing one ``[demo]`` line per step and per finished step (training shows a progress bar per stage;
 Ray's own log lines go to ``OUT/logs/``):
 
-The steps live in :mod:`~hsivar_platform.demo.archive` (data, scores), :mod:`~hsivar_platform.demo.http_check`
-(Serve) and :mod:`~hsivar_platform.demo.report` (REPORT.md).
-
 1. **data** — 31-band demo cubes built from real reflectance spectra
    (:func:`hsivar.synth.make_demo_dataset`) into a bucket: a local folder (default
    ``OUT/bucket``) or ``s3://…`` (the local S3-compatible server). ``hsi/train/`` is the training
@@ -42,7 +39,8 @@ Layout under ``OUT`` (``BUCKET`` = ``OUT/bucket`` or the ``s3://`` URI)::
     logs/ray.log, logs/platform.log                                      Ray's and the libraries' log lines
 
 ``degraded/`` and ``restored/`` are rewritten by every run; the clean data is generated once per
-setting and reused.
+setting and reused. The steps' code: :mod:`~hsivar_platform.demo.archive` (data, scores),
+:mod:`~hsivar_platform.demo.http_check` (Serve) and :mod:`~hsivar_platform.demo.report` (REPORT.md).
 """
 
 from __future__ import annotations

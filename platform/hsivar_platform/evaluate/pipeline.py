@@ -35,6 +35,7 @@ import numpy as np
 from hsivar.degrade import family, protocol_cases
 from hsivar.metrics import evaluate as score
 from hsivar_platform import ray_runtime
+from hsivar_platform.console import WORKER_TAG
 from hsivar_platform.evaluate.tables import METHOD_DEGRADED, METHOD_MODEL, aggregate, family_summary, to_markdown
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool) -> dict[str, 
                 restored = fn(np.asarray(row["degraded"], np.float32), float(row["level"]))
                 rows.append(_metric_row(row, name, restored, time.perf_counter() - t0))
             except Exception as e:  # a baseline failing must not sink the evaluation
-                log.warning("baseline %s failed on %s %s: %s", name, row["uri"], row["case"], e)
+                log.warning(WORKER_TAG + " baseline %s failed on %s %s: %s", name, row["uri"], row["case"], e)
         scored.append(json.dumps(rows))
     out["scored"] = np.array(scored)
     return out
@@ -167,7 +168,8 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
     t0 = time.perf_counter()
     rows = ds.take_all()
     if not rows:
-        raise RuntimeError(f"{prefix}: no cube could be evaluated (see the warnings above)")
+        raise RuntimeError(f"{prefix}: no cube could be evaluated (the workers' '{WORKER_TAG} skipping …' lines above "
+                           "say why)")
     cases_df = pd.DataFrame(rows)
     table = aggregate(cases_df)
     summary = family_summary(table)

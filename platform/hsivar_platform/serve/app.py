@@ -118,6 +118,14 @@ class _TileResult:
     weights: torch.Tensor  # (N,) task weights
 
 
+def _blend(prep: PreparedCube, results: list[_TileResult]) -> RestoredSamples:
+    """One request's restored tiles (in the order of ``prep.coords``) blended into one sample, and the mean
+    task weights (runs in a worker thread, off the event loop)."""
+    blender = prep.blender()
+    blender.add(prep.coords, torch.stack([r.cube for r in results]))
+    return RestoredSamples(blender.result()[None], torch.stack([r.weights for r in results]).mean(0).tolist())
+
+
 def _int(params: Any, name: str, default: int | None) -> int | None:
     raw = params.get(name)
     if raw is None or raw == "":
@@ -293,11 +301,10 @@ class HSIVARService:
 
         if samples == 1:
             key = json.dumps(task, sort_keys=True)
-            results = await asyncio.gather(*[self._restore_batch(_TileJob(t, key, task)) for t in prep.tiles])
-            blender = prep.blender()
-            blender.add(prep.coords, torch.stack([r.cube for r in results]))
-            restored = RestoredSamples(blender.result()[None],
-                                       torch.stack([r.weights for r in results]).mean(0).tolist())
+            tiles = await asyncio.to_thread(prep.tiles)
+            results = await asyncio.gather(*[self._restore_batch(_TileJob(t, key, task)) for t in tiles])
+            del tiles
+            restored = await asyncio.to_thread(_blend, prep, results)
         else:
             loop = asyncio.get_running_loop()
             restored = await loop.run_in_executor(self._model_thread, partial(
@@ -329,7 +336,7 @@ class HSIVARService:
     def _restore_sampled(self, prep: PreparedCube, task: Any, samples: int, seed: int) -> RestoredSamples:
         out = self.restorer.restore_prepared(prep, task, samples=samples, seed=seed,
                                              batch_size=self.settings.max_batch_size)
-        self._count("batches", -(-prep.tiles.shape[0] // self.settings.max_batch_size) * samples)
+        self._count("batches", -(-len(prep.coords) // self.settings.max_batch_size) * samples)
         return out
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)

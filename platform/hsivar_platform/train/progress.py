@@ -82,11 +82,14 @@ def pumping(progress: StageProgress) -> Iterator[Any]:
     stop = threading.Event()
 
     def pump() -> None:
-        while not stop.is_set():
+        failures = 0
+        while not stop.is_set() and failures < 20:
             try:
                 drain(queue, progress, timeout_s=0.5)
-            except Exception:  # the queue actor is gone (shutdown): nothing more to show
-                return
+                failures = 0
+            except Exception:  # a malformed event or an unreachable queue: progress is best effort
+                failures += 1
+                time.sleep(0.5)
 
     thread = threading.Thread(target=pump, name="hsivar-progress", daemon=True)
     thread.start()
@@ -97,6 +100,6 @@ def pumping(progress: StageProgress) -> Iterator[Any]:
         thread.join(timeout=5)
         try:
             drain(queue, progress)
-        except Exception:
-            pass
-        queue.shutdown()
+            queue.shutdown()
+        except Exception:  # never mask the stage's own outcome
+            log.debug("progress queue shutdown failed", exc_info=True)
