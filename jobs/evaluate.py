@@ -7,7 +7,7 @@ sam, ergas, seconds_per_cube, …) and OUT/metrics.md, and logs both to MLflow. 
 ``s3://…`` and ``models:/NAME/VERSION``.
 """
 
-from hsivar_platform.cli import evaluate, job_app
+from hsivar_platform.cli import evaluate, run_job
 
 if __name__ == "__main__":
-    job_app(evaluate)(prog_name="evaluate.py")
+    run_job(evaluate, "evaluate.py")

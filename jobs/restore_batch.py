@@ -8,7 +8,7 @@ Exit status: 0 when the run finished (failed inputs are in the manifest), 1 with
 when any input failed, 2 for unusable options or a missing model.
 """
 
-from hsivar_platform.cli import job_app, restore
+from hsivar_platform.cli import restore, run_job
 
 if __name__ == "__main__":
-    job_app(restore)(prog_name="restore_batch.py")
+    run_job(restore, "restore_batch.py")

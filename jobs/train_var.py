@@ -12,7 +12,7 @@ The same flags as ``hsivar train`` (``--help``). A rerun with the same ``run.nam
 its last checkpoint. See docs/training.md.
 """
 
-from hsivar_platform.cli import job_app, train
+from hsivar_platform.cli import run_job, train
 
 if __name__ == "__main__":
-    job_app(train, extra_args=True)(prog_name="train_var.py")
+    run_job(train, "train_var.py", extra_args=True)

@@ -62,6 +62,8 @@ def setup_logging(level: str = "INFO", log_dir: str | os.PathLike | None = None)
     Returns:
         The log file's path, or None without ``log_dir``.
     """
+    if log_dir is not None:  # MLflow would put its own console handler on its loggers when imported
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     if not any(isinstance(h, _Stderr) for h in root.handlers):
@@ -155,6 +157,8 @@ def filter_ray_lines(log_dir: str | os.PathLike) -> Path:
     """Divert Ray's per-process lines from this process's stdout and stderr to ``<log_dir>/ray.log``; → that path."""
     path = Path(log_dir) / "ray.log"
     path.parent.mkdir(parents=True, exist_ok=True)
+    for native in _NATIVE:
+        native.log_path = path
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if not isinstance(stream, RayLineFilter):
@@ -244,3 +248,71 @@ class StageProgress:
             self.bar.write(line, file=self.stream)
         else:
             self.echo(line)
+
+
+GLOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] ")
+"""A line Ray's C++ core writes straight to this process's stderr (file descriptor 2), glog style."""
+
+
+class NativeStderrFilter:
+    """File descriptor 2 through a pipe: Ray's C++ log lines (:data:`GLOG_LINE`) go to a log file, the rest to
+    the original stderr. Python's ``sys.stderr`` is pointed at the original stderr directly, so the
+    platform's own lines keep their order with stdout. For the ``hsivar`` command's own process only (it
+    replaces fd 2)."""
+
+    def __init__(self) -> None:
+        """Install the pipe on fd 2, point ``sys.stderr`` at the original, start the thread that reads the pipe."""
+        self.log_path: Path | None = None
+        self.saved = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        sys.stderr.flush()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self.read_fd = read_fd
+        self.python_stderr = sys.stderr
+        sys.stderr = open(os.dup(self.saved), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None),
+                          errors="backslashreplace")
+        self.thread = threading.Thread(target=self._pump, name="hsivar-stderr", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        buf = b""
+        while chunk := os.read(self.read_fd, 65536):
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if GLOG_LINE.match(line) and self.log_path is not None:
+                    with open(self.log_path, "ab") as f:
+                        f.write(line + b"\n")
+                else:
+                    os.write(self.saved, line + b"\n")
+            if buf and not (buf.startswith(b"[") and len(buf) < 40):  # cannot be (the start of) a C++ line
+                os.write(self.saved, buf)
+                buf = b""
+        if buf:
+            os.write(self.saved, buf)
+
+    def close(self) -> None:
+        """Put the original stderr back on fd 2 and let the reader write out what is left."""
+        try:
+            sys.stderr.flush()
+        except Exception:  # a closed stream at exit
+            pass
+        sys.stderr = self.python_stderr
+        os.dup2(self.saved, 2)  # the pipe's last write end closes: the reader sees EOF
+        self.thread.join(timeout=5)
+
+
+_NATIVE: list[NativeStderrFilter] = []
+
+
+def filter_native_stderr() -> None:
+    """Install :class:`NativeStderrFilter` on this process once (undone at exit); its log file is set by
+    :func:`filter_ray_lines` (``<log_dir>/ray.log``), and until then nothing is diverted."""
+    if _NATIVE:
+        return
+    import atexit
+
+    filt = NativeStderrFilter()
+    _NATIVE.append(filt)
+    atexit.register(filt.close)

@@ -108,7 +108,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None, object_stor
                  _temp_dir=str(temp_dir) if temp_dir is not None else None, **quiet)
     if log_dir is not None:
         redirect_ray_logs(log_dir)  # ray.init configures its loggers again
-        log.info("Ray session logs: %s", _session_dir())
+        logging.getLogger("ray").info("the session's full logs (every process): %s/logs", _session_dir())
     quiet_ray_data()
     return True
 
@@ -123,10 +123,10 @@ def quiet_ray_data() -> None:
 
 
 def _session_dir() -> str:
+    """The local Ray session's folder (its full logs are under ``logs/``), or ``?`` when unknown."""
     try:
-        import ray
+        from ray._private import worker
 
-        return str(ray.get_runtime_context().get_session_dir()) if hasattr(ray.get_runtime_context(),
-                                                                            "get_session_dir") else "?"
+        return str(worker._global_node.get_session_dir_path())
     except Exception:  # only informative
         return "?"

@@ -42,9 +42,21 @@ def job_app(command: Callable[..., Any], extra_args: bool = False) -> typer.Type
     return app
 
 
+def run_job(command: Callable[..., Any], prog_name: str, extra_args: bool = False) -> None:
+    """Run ``command`` as the whole program ``prog_name`` (``jobs/*.py``), with the console of :func:`main`."""
+    from hsivar_platform.console import filter_native_stderr
+
+    filter_native_stderr()
+    job_app(command, extra_args)(prog_name=prog_name)
+
+
 def main() -> None:
-    """Console-script entry point (``hsivar``)."""
+    """Console-script entry point (``hsivar``): Ray's C++ log lines on this process's stderr go to the
+    command's log folder (:func:`hsivar_platform.console.filter_native_stderr`)."""
+    from hsivar_platform.console import filter_native_stderr
+
+    filter_native_stderr()
     build_app()()
 
 
-__all__ = ["build_app", "evaluate", "job_app", "main", "restore", "serve", "train"]
+__all__ = ["build_app", "evaluate", "job_app", "main", "restore", "run_job", "serve", "train"]

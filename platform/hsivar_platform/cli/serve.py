@@ -73,6 +73,7 @@ def serve(
         options["autoscaling_config"] = {"min_replicas": min_replicas, "max_replicas": max_replicas,
                                          "target_ongoing_requests": target_ongoing_requests}
     ray_runtime.init(address, log_dir=log_dir)
+    ray_runtime.redirect_ray_logs(log_dir)  # importing Serve gave its logger a console handler
     ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(build_app(settings, **options), name=name, route_prefix=route_prefix)
     base = f"http://{host}:{port}{route_prefix.rstrip('/')}"

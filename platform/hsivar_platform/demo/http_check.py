@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from hsivar.tasks import TASKS
 from hsivar_platform.console import Echo
 from hsivar_platform.demo.archive import ArchiveItem, normalise01, read
+from hsivar_platform.ray_runtime import redirect_ray_logs
 
 
 def free_port() -> int:
@@ -20,11 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_round_trip(model_uri: str, item: ArchiveItem, echo: Echo) -> dict[str, Any]:
+def http_round_trip(model_uri: str, item: ArchiveItem, echo: Echo, log_dir: Path | None = None) -> dict[str, Any]:
     """Serve ``model_uri`` on 127.0.0.1, restore ``item``'s degraded cube over HTTP, check it, stop Serve.
 
     The answer must be a cube of the input's shape, finite, with a known task header, and equal
-    (to 1e-4 of its value span) to :meth:`Restorer.restore` of the same cube in this process.
+    (to 1e-4 of its value span) to :meth:`Restorer.restore` of the same cube in this process. ``log_dir``:
+    where Ray's log lines go (Serve's driver-side lines included).
 
     Returns:
         ``url``, ``status``, ``shape``, ``task`` (the ``auto`` decision), ``seconds`` (request round trip),
@@ -48,6 +51,8 @@ def http_round_trip(model_uri: str, item: ArchiveItem, echo: Echo) -> dict[str, 
     buf = io.BytesIO()
     np.save(buf, cube)
     echo(f"[demo] starting Ray Serve on {url} with {model_uri}")
+    if log_dir is not None:  # importing Serve gave its logger a console handler
+        redirect_ray_logs(log_dir)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(ServeSettings(model=model_uri, device="cpu"), num_replicas=1,

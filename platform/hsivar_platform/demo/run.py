@@ -264,7 +264,7 @@ def run_demo(out: str | os.PathLike = "work/demo", *, quick: bool = False, bucke
                 raise RuntimeError(f"batch restoration: {report.failed} of {report.total} failed: {report.failures}")
 
         with _stage(seconds, "serve", "5/6 serve over HTTP: POST /v1/restore on 127.0.0.1", echo):
-            result.http = http_round_trip(model_uri, items[0], echo)
+            result.http = http_round_trip(model_uri, items[0], echo, log_dir=out_dir / "logs")
     finally:
         if started_ray:
             import ray

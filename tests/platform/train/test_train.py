@@ -95,6 +95,7 @@ def test_print_config_from_the_job_and_config_errors(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "unknown stage(s) gan" in r.output
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str, mlflow_uri: str,
                                                     tmp_path: Path) -> None:
     data = storage.join(s3_bucket, "hsi")
@@ -171,6 +172,7 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
     assert all(s.skipped for s in again.stages) and again.registered_model is None
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_and_worker_failure(ray_cluster, demo_local: str, mlflow_uri: str,
                                                       tmp_path: Path) -> None:
     overrides = [*TINY, f"data.source={demo_local}", f"run.work_dir={tmp_path}", "run.name=resume",
@@ -207,6 +209,7 @@ def test_resume_after_interruption_and_worker_failure(ray_cluster, demo_local: s
     assert loss[6] < loss[1]  # the loss continues downwards instead of restarting from scratch
 
 
+@pytest.mark.slow
 def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) -> None:
     """``ray job submit --working-dir . -- python jobs/train_var.py …`` on a head node started here."""
     def free_port() -> int:
