@@ -186,6 +186,10 @@ class ModelConfig(_Frozen):
     dag: DAGConfig = DAGConfig()
     loss: LossConfig = LossConfig()
     wavelengths: tuple[float, ...] | None = Field(None, description="band centres in nm, when known")
+    first_estimate: bool = Field(
+        False, description="restore from the classical first estimate x0 (hsivar.estimate): the condition encoder "
+        "sees x0 instead of the degraded tile, and the output fusion head starts from x0 and learns a "
+        "correction; the task classifier still sees the degraded tile")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

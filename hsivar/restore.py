@@ -3,17 +3,19 @@
 Every entry point (:meth:`Restorer.restore`, the batch job, the Serve endpoint, the evaluation)
 restores a cube through the same three steps, so a new option is added once:
 
-1. :func:`prepare_cube` — validate (rank, band count, finite values), exclude nodata voxels, min–max
-   normalise to [0, 1] (the model's range; ``value_range`` when the data's range is known), pad sides
-   shorter than a tile; the overlapping S×S tiles of :mod:`hsivar.tiling` are cut from it as the model
-   asks for them. CPU only, no model.
-2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles; the only place the
-   model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it over a prepared cube's
-   tiles in batches, ``samples`` times with generators seeded ``seed + i``, and blends each sample's
-   tiles (:class:`~hsivar.tiling.TileBlender`); Serve batches single tiles of concurrent requests
-   through :meth:`Restorer.forward` and blends them with :meth:`PreparedCube.blender`.
-3. :func:`finish` — back to the input's units; the mean over samples is the restored cube, their
-   per-pixel standard deviation the uncertainty; nodata voxels are written back as nodata.
+1. :func:`~hsivar.prepared.prepare_cube` — validate (rank, band count, finite values), exclude nodata
+   voxels, min–max normalise to [0, 1] (the model's range; ``value_range`` when the data's range is
+   known), pad sides shorter than a tile; read the observation (detected, nodata, what the caller knows)
+   and compute the classical first estimate for models that restore from it. CPU only, no model.
+2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles (and their first
+   estimate); the only place the model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it
+   over a prepared cube's tiles in batches, ``samples`` times with generators seeded ``seed + i``, blends
+   each sample's tiles (:class:`~hsivar.tiling.TileBlender`) and makes it consistent with the observation
+   (:mod:`hsivar.consistency`); Serve batches single tiles of concurrent requests through
+   :meth:`Restorer.forward` and blends them with :meth:`PreparedCube.blender`.
+3. :func:`~hsivar.prepared.finish` — back to the input's units; the mean over samples is the restored cube,
+   their per-pixel standard deviation the uncertainty; exactly observed entries are put back bit for bit,
+   nodata voxels written back as nodata.
 
 Greedy decoding is the default (restoration wants fidelity). With seeded top-k / top-p sampling,
 ``samples = N`` decodes N times. On CUDA the model runs under bf16 autocast; the quantiser stays fp32.
@@ -21,28 +23,24 @@ Greedy decoding is the default (restoration wants fidelity). With seeded top-k /
 
 from __future__ import annotations
 
-import math
 import os
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from hsivar.degrade.observation import Observation
 from hsivar.models.dag import TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
 from hsivar.models.var import GREEDY, Sampling
+from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, finish, prepare_cube
 from hsivar.publish import load_published
-from hsivar.tiling import TileBlender, pad_to_tile, tile_grid
 
-
-class RestoreInputError(ValueError):
-    """The cube cannot be restored by this model (wrong shape or band count, non-finite values, bad options)."""
-
-
-class NothingToRestore(RestoreInputError):
-    """Every voxel of the cube is nodata (the batch job marks it ``skipped``; Serve answers 422)."""
+__all__ = ["NothingToRestore", "PreparedCube", "RestoreInputError", "RestoredSamples", "Restoration", "Restorer",
+           "decoding", "finish", "parse_value_range", "prepare_cube", "resolve_overlap"]
 
 
 def resolve_overlap(model_tile: int, tile: int | None, overlap: int | None) -> int:
@@ -91,135 +89,6 @@ def decoding(samples: int, batch_size: int = 1, sampling: Sampling | None = None
     return sampling
 
 
-# ------------------------------------------------------------------------------------------ 1. prepare
-
-
-@dataclass
-class PreparedCube:
-    """A cube normalised to [0, 1], padded to at least one tile, with the corners of the tiles the model
-    restores. Tiles are cut when asked for (:meth:`tiles`), so a prepared scene holds one copy of it.
-
-    Attributes:
-        cube01: (C, H', W') float32 in [0, 1], H' = max(H, S), W' = max(W, S) (sides shorter than a tile
-            padded); an empty tensor when only the description travels (:meth:`described`).
-        coords: n top-left corners (row, col) in pixels, in :func:`hsivar.tiling.tile_grid` order.
-        shape: (C, H, W) of the cube.
-        tile, overlap: S and the overlap, pixels.
-        lo, scale: the normalisation x01 = (x − lo) / scale, in the input's units.
-        mask: (C, H, W) bool, voxels equal to ``nodata`` (written back as nodata), or None.
-        nodata: the source's nodata value, when it occurs in the cube.
-    """
-
-    cube01: torch.Tensor
-    coords: list[tuple[int, int]]
-    shape: tuple[int, int, int]
-    tile: int
-    overlap: int
-    lo: float
-    scale: float
-    mask: np.ndarray | None = None
-    nodata: float | None = None
-
-    @classmethod
-    def described(cls, shape: tuple[int, int, int], tile: int, overlap: int, lo: float, scale: float,
-                  mask: np.ndarray | None = None, nodata: float | None = None,
-                  cube01: torch.Tensor | None = None) -> PreparedCube:
-        """The prepared cube of a (C, H, W) ``shape`` from its normalisation and mask (the tile corners
-        recomputed), e.g. after its parts travelled separately; without ``cube01`` it cannot cut tiles."""
-        C, H, W = shape
-        return cls(torch.empty(0) if cube01 is None else cube01, tile_grid(H, W, tile, overlap),
-                   (C, H, W), tile, overlap, lo, scale, mask, nodata)
-
-    def tiles(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Tiles ``start``..``stop`` (default all) as (b, C, S, S) float32 in [0, 1]."""
-        S = self.tile
-        return torch.stack([self.cube01[:, r:r + S, c:c + S] for r, c in self.coords[start:stop]])
-
-    def blender(self) -> TileBlender:
-        """An empty :class:`~hsivar.tiling.TileBlender` for this cube's tiles (blending in [0, 1] units)."""
-        return TileBlender(*self.shape, self.tile, self.overlap)
-
-
-def _nodata_mask(cube: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """(C, H, W) bool where ``cube`` equals ``nodata`` (NaN matches NaN), or None when nothing does."""
-    if nodata is None:
-        return None
-    mask = np.isnan(cube) if math.isnan(nodata) else cube == np.float32(nodata)
-    return mask if mask.any() else None
-
-
-def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap: int,
-                 nodata: float | None = None, value_range: tuple[float, float] | None = None) -> PreparedCube:
-    """Validate, normalise and tile one cube.
-
-    Args:
-        cube: (C, H, W) in any units; C must equal ``bands``.
-        tile, overlap: the model's tile side S and the overlap in pixels (0 ≤ overlap < S).
-        nodata: voxels equal to it (NaN allowed) are left out of the min–max range, restored as the
-            range minimum and written back as nodata by :func:`finish`.
-        value_range: (lo, hi) in the input's units mapped to [0, 1] — the clean data's range (e.g. (0, 1)
-            for reflectance). Default: the cube's own min–max, which noise or outliers stretch: a noisy
-            cube then comes out darker and shifted, so pass the range whenever it is known.
-    Returns:
-        :class:`PreparedCube` with the tiles on the CPU.
-    Raises:
-        RestoreInputError: not 3-D, wrong band count, empty, non-finite values (other than nodata), a bad
-            overlap or value range; :class:`NothingToRestore` when every voxel is nodata.
-    """
-    x = torch.as_tensor(np.asarray(cube) if not isinstance(cube, torch.Tensor) else cube).float().cpu()
-    if x.ndim != 3:
-        raise RestoreInputError(f"expected a cube (C, H, W), got an array of shape {tuple(x.shape)}")
-    C, H, W = x.shape
-    if C != bands:
-        raise RestoreInputError(f"cube has {C} bands but the model restores {bands} bands")
-    if H == 0 or W == 0:
-        raise RestoreInputError(f"cube is empty (shape {tuple(x.shape)})")
-    if not 0 <= overlap < tile:
-        raise RestoreInputError(f"overlap must be in [0, {tile}), got {overlap}")
-    mask = _nodata_mask(x.numpy(), nodata)
-    bad = ~torch.isfinite(x)
-    if mask is not None:
-        bad &= ~torch.from_numpy(mask)
-    n_bad = int(bad.sum())
-    if n_bad:
-        raise RestoreInputError(f"cube has {n_bad} non-finite values (NaN/Inf)")
-    if value_range is not None and not float(value_range[1]) > float(value_range[0]):
-        raise RestoreInputError(f"value_range must be (lo, hi) with hi > lo, got {tuple(value_range)}")
-    valid = x if mask is None else x[~torch.from_numpy(mask)]
-    if valid.numel() == 0:
-        raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
-    lo, hi = (float(value_range[0]), float(value_range[1])) if value_range is not None else \
-        (float(valid.min()), float(valid.max()))
-    if mask is not None:
-        x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
-    scale = (hi - lo) if hi > lo else 1.0
-    cube01 = pad_to_tile((x - lo) / scale, tile).contiguous()
-    return PreparedCube(cube01, tile_grid(H, W, tile, overlap), (C, H, W), tile, overlap, lo, scale, mask,
-                        nodata if mask is not None else None)
-
-
-# ------------------------------------------------------------------------------------------ 3. finish
-
-
-def finish(prep: PreparedCube, samples01: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """Blended samples in [0, 1] → the restored cube and its uncertainty in the input's units.
-
-    Args:
-        samples01: (samples, C, H, W) blended restorations in [0, 1] units.
-    Returns:
-        (mean (C, H, W) float32, std (C, H, W) float32 over samples or None for one sample); nodata
-        voxels (``prep.mask``) hold ``prep.nodata`` in the mean and NaN in the std.
-    """
-    stack = samples01.float() * prep.scale + prep.lo
-    mean = stack.mean(0).numpy().astype(np.float32)
-    std = stack.std(0, unbiased=False).numpy().astype(np.float32) if stack.shape[0] > 1 else None
-    if prep.mask is not None:
-        mean[prep.mask] = prep.nodata
-        if std is not None:
-            std[prep.mask] = np.nan
-    return mean, std
-
-
 # ------------------------------------------------------------------------------------------ 2. the model
 
 
@@ -232,6 +101,8 @@ class Restoration:
     task_weights: dict[str, float]  # mean task weights over tiles and samples (the classifier's for "auto")
     tiles: int
     seconds: float
+    kept: np.ndarray | None = None  # (C, H, W) bool: entries kept exactly as observed; the rest was synthesised
+    observation: dict | None = None  # what was known of the observation (Observation.summary())
 
 
 @dataclass
@@ -277,28 +148,47 @@ class Restorer:
         """The context the model runs in: bf16 autocast on CUDA when ``bf16``, else a no-op."""
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
+    @property
+    def uses_estimate(self) -> bool:
+        """Whether the model restores from the classical first estimate (``ModelConfig.first_estimate``)."""
+        return bool(self.cfg.first_estimate)
+
     @torch.inference_mode()
     def forward(self, tiles01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
-                generator: torch.Generator | None = None, *, guidance: Guidance = "dag", cfg_scale: float = 1.5,
-                refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, *, estimate01: torch.Tensor | None = None,
+                guidance: Guidance = "dag", cfg_scale: float = 1.5, refine: bool = True) -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
         """One forward pass over a batch of tiles.
 
         Args:
             tiles01: (b, C, S, S) in [0, 1] (any device; moved to the model's).
             task: ``"auto"``, a task name, a {task: weight} mixture or weights (b, N).
             sampling, generator: the decoding and its random source (seeded sampling).
+            estimate01: (b, C, S, S) the tiles' classical first estimate (models with ``first_estimate``).
             guidance, cfg_scale, refine: as :meth:`hsivar.models.hsivar.HSIVAR.restore`.
         Returns:
             (restored tiles (b, C, S, S) float32 on the CPU in [0, 1], task weights used (b, N) float32 on the CPU).
         """
+        x0 = None if estimate01 is None else estimate01.to(self.device)
         with self.autocast():
-            out = self.model.restore(tiles01.to(self.device), task, sampling, generator, guidance, cfg_scale, refine)
+            out = self.model.restore(tiles01.to(self.device), task, sampling, generator, guidance, cfg_scale, refine,
+                                     estimate01=x0)
         return out.cube.float().cpu(), out.task_weights.float().cpu()
+
+    def prepare(self, cube: np.ndarray | torch.Tensor, overlap: int, *, nodata: float | None = None,
+                value_range: tuple[float, float] | None = None, observation: Observation | None = None,
+                consistency: bool = True, wavelengths: Sequence[float] | None = None) -> PreparedCube:
+        """:func:`~hsivar.prepared.prepare_cube` for this model: its bands and tile, and the first estimate if it
+        restores from one (``wavelengths`` in nm: the cube's, default the model's)."""
+        return prepare_cube(cube, self.bands, self.tile, overlap, nodata=nodata, value_range=value_range,
+                            observation=observation, consistency=consistency, estimate=self.uses_estimate,
+                            wavelengths=wavelengths or self.cfg.wavelengths)
 
     def restore_prepared(self, prep: PreparedCube, task: TaskSpec = "auto", *, samples: int = 1, seed: int = 0,
                          batch_size: int = 8, sampling: Sampling | None = None, guidance: Guidance = "dag",
                          cfg_scale: float = 1.5, refine: bool = True) -> RestoredSamples:
-        """Restore a prepared cube's tiles in batches of ``batch_size`` and blend them, once per sample.
+        """Restore a prepared cube's tiles in batches of ``batch_size``, blend them and make the result consistent
+        with the observation (:meth:`PreparedCube.consistent`), once per sample.
 
         Sample i decodes the tiles in order with one generator seeded ``seed + i``.
 
@@ -312,19 +202,20 @@ class Restorer:
             gen = torch.Generator(device=self.device).manual_seed(seed + s)
             blender = prep.blender()
             for i in range(0, n, batch_size):
-                out, weights = self.forward(prep.tiles(i, i + batch_size), task, sampling, gen, guidance=guidance,
+                out, weights = self.forward(prep.tiles(i, i + batch_size), task, sampling, gen,
+                                            estimate01=prep.estimate_tiles(i, i + batch_size), guidance=guidance,
                                             cfg_scale=cfg_scale, refine=refine)
                 blender.add(prep.coords[i:i + batch_size], out)
                 weight_sum += weights.double().sum(0)
-            blended.append(blender.result())
+            blended.append(prep.consistent(blender.result()))
         return RestoredSamples(torch.stack(blended), (weight_sum / (n * samples)).tolist())
 
     def restore(self, cube: np.ndarray | torch.Tensor, task: TaskSpec = "auto", *, overlap: int | None = None,
                 tile: int | None = None, batch_size: int = 8, samples: int = 1, seed: int = 0,
                 sampling: Sampling | None = None, value_range: tuple[float, float] | None = None,
-                nodata: float | None = None, guidance: Guidance = "dag", cfg_scale: float = 1.5,
-                refine: bool = True) -> Restoration:
-        """Restore one cube: :func:`prepare_cube` → :meth:`restore_prepared` → :func:`finish`.
+                nodata: float | None = None, observation: Observation | None = None, consistency: bool = True,
+                guidance: Guidance = "dag", cfg_scale: float = 1.5, refine: bool = True) -> Restoration:
+        """Restore one cube: :meth:`prepare` → :meth:`restore_prepared` → :func:`finish`.
 
         Args:
             cube: (C, H, W) in any units; C must equal the model's band count.
@@ -335,6 +226,10 @@ class Restorer:
             seed: seed of the first sample (sample i uses seed + i).
             value_range: (min, max) of the units to normalise with; default the cube's own min/max.
             nodata: a value marking voxels that hold no data (kept as nodata in the output).
+            observation: what is known of how the cube was observed (a mask of unobserved entries, bad bands,
+                a blur width, an sr scale), merged over what the cube shows; see
+                :class:`~hsivar.degrade.observation.Observation`.
+            consistency: keep exactly observed entries and back-project onto the observation (default).
         Returns:
             :class:`Restoration` with the cube (C, H, W) float32 in the input's units.
         Raises:
@@ -343,9 +238,11 @@ class Restorer:
         t0 = time.perf_counter()
         overlap = resolve_overlap(self.tile, tile, overlap)
         decoding(samples, batch_size, sampling)  # option errors before any work
-        prep = prepare_cube(cube, self.bands, self.tile, overlap, nodata=nodata, value_range=value_range)
+        prep = self.prepare(cube, overlap, nodata=nodata, value_range=value_range, observation=observation,
+                            consistency=consistency)
         out = self.restore_prepared(prep, task, samples=samples, seed=seed, batch_size=batch_size,
                                     sampling=sampling, guidance=guidance, cfg_scale=cfg_scale, refine=refine)
         mean, std = finish(prep, out.samples01)
         return Restoration(cube=mean, std=std, task_weights=dict(zip(self.tasks, out.task_weights)),
-                           tiles=len(prep.coords), seconds=time.perf_counter() - t0)
+                           tiles=len(prep.coords), seconds=time.perf_counter() - t0, kept=prep.kept,
+                           observation=prep.observation.summary() if prep.observation is not None else None)

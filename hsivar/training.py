@@ -25,10 +25,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hsivar.config import STAGES, Stage
+from hsivar.consistency import exact_entries
+from hsivar.degrade.observation import Observation
+from hsivar.degrade.record import DegradationRecord
+from hsivar.estimate import first_estimate
 from hsivar.losses import l1_ssim_loss
 from hsivar.metrics import psnr_from_mse
 from hsivar.models.condition import alignment_loss
@@ -37,11 +42,14 @@ from hsivar.models.hsivar import HSIVAR, to_model_range
 
 @dataclass
 class Batch:
-    """One training batch: clean and degraded cubes in [0, 1] and the true task weights."""
+    """One training batch: clean and degraded cubes in [0, 1], the true task weights and, for models with
+    ``first_estimate``, the classical first estimate and the entries observed exactly."""
 
     hq: torch.Tensor  # (B, C, S, S)
     lq: torch.Tensor  # (B, C, S, S)
     task_weights: torch.Tensor  # (B, N), rows sum to 1 (one-hot for a single degradation)
+    x0: torch.Tensor | None = None  # (B, C, S, S) first estimate in [0, 1] (hsivar.estimate)
+    kept: torch.Tensor | None = None  # (B, C, S, S) bool, entries the restoration keeps as observed
 
 
 @dataclass
@@ -50,6 +58,26 @@ class StepResult:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+
+
+def example_estimate(lq01: np.ndarray, record: DegradationRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The first estimate a training example gets, as restoration would compute it for its degraded crop.
+
+    Args:
+        lq01: (C, S, S) degraded crop in [0, 1] units; record: its degradation record.
+    Returns:
+        (x0 (C, S, S) float32, kept (C, S, S) bool): what the cube shows of its observation
+        (:meth:`Observation.detect`, as ``task="auto"`` reads it) plus the record's blur width (which the
+        cube does not show: restoration takes it from the user or the model's estimate), the classical
+        first estimate from it, and the entries a consistent restoration keeps.
+    """
+    obs = Observation.detect(lq01)
+    blur = record.blur_sigma if record.blur_sigma is not None else next(
+        (c.blur_sigma for c in record.components if c.blur_sigma is not None), None)
+    if blur is not None:
+        obs = obs.replaced(blur_sigma=float(blur))
+    kept = exact_entries(obs)
+    return first_estimate(lq01, obs), (np.zeros(lq01.shape, bool) if kept is None else kept)
 
 
 def _psnr_log(pred01: torch.Tensor, target01: torch.Tensor) -> float:
@@ -145,7 +173,7 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
         idx, fhats = vq.quantize.f_to_idx(f)
         x_in = vq.quantize.idx_to_var_input(idx)
         residual = f - fhats[-1]
-    c = model.cond.encode(to_model_range(batch.lq))
+    c = model.cond.encode(to_model_range(model.condition_input(batch.lq, batch.x0)))
     align = alignment_loss(c, f)
     d = model.dag.embed(batch.task_weights)
     drop = torch.rand(d.shape[0], generator=generator).to(d.device) < model.cfg.transformer.cond_drop_rate
@@ -183,16 +211,22 @@ def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator 
 
 def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
     """Decoder + SSA + refiner + fusion head on restored latents (greedy AR with
-    :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE)."""
+    :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE).
+
+    The loss is taken on the output made consistent with the observation as restoration makes it: the entries
+    observed exactly (``batch.kept``) are the input's, so the head learns only what was not observed.
+    """
     logs: dict[str, float] = {}
     task_term, logits = _task_term(model, "decoder", batch, logs)
     weights = stage3_task_weights(model, batch, generator, logits)
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path
-    out = model.autoregress(batch.lq, task=weights)  # no_grad; tokens only, nothing decoded
+    out = model.autoregress(batch.lq, task=weights, estimate01=batch.x0)  # no_grad; tokens only, nothing decoded
     model.train(was_training)
     latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
-    rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights)
+    rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights, batch.x0)
+    if batch.kept is not None:
+        rec01 = torch.where(batch.kept, batch.lq.to(rec01.dtype), rec01)
     loss, rec_logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
     logs.update(rec_logs, psnr=_psnr_log(rec01, batch.hq))
     return StepResult(loss + task_term, logs)

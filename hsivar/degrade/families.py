@@ -74,7 +74,16 @@ from typing import Any
 
 import numpy as np
 
-from hsivar.classical import BICUBIC, BIHARMONIC, RICHARDSON_LUCY, SPECTRAL_INTERP, TV_CHAMBOLLE, Baseline
+from hsivar.classical import (
+    BICUBIC,
+    BIHARMONIC,
+    RICHARDSON_LUCY,
+    SPECTRAL_INTERP,
+    TV_ADAPTIVE,
+    TV_CHAMBOLLE,
+    Baseline,
+    first_estimate_baseline,
+)
 from hsivar.degrade.record import DegradationRecord
 from hsivar.kernels import blur_sigma, gaussian_kernel1d
 
@@ -302,7 +311,9 @@ class Family:
         step: where in the imaging chain it acts (mixture order; ties keep the table order).
         case_format: protocol case name, formatted with ``name`` and ``level``.
         record_fields: the :class:`~hsivar.degrade.DegradationRecord` fields ``apply`` may set.
-        baseline: the classical method scored next to the model, or None.
+        baselines: the classical methods scored next to the model, the strongest first.
+        level_facts: what a level says about the observation, ``facts(level, bands) -> {Observation field:
+            value}`` (noise σ, blur width, sr scale, stripes); None when only the cube tells (masks).
     """
 
     name: str
@@ -316,7 +327,8 @@ class Family:
     step: ImagingStep
     case_format: str
     record_fields: tuple[str, ...]
-    baseline: Baseline | None
+    baselines: tuple[Baseline, ...]
+    level_facts: Callable[[Level, int], dict[str, Any]] | None = None
 
     def parse(self, level: Any) -> Level:
         """``level`` in its natural type (int or float), validated.
@@ -334,36 +346,52 @@ class Family:
         return self.case_format.format(name=self.name, level=level)
 
 
+def _noise_facts(level: Level, bands: int) -> dict[str, Any]:
+    return {"noise_sigma": np.full(bands, float(level) / 255.0, np.float32)}
+
+
+def _complex_facts(level: Level, bands: int) -> dict[str, Any]:
+    return {"stripes": int(level) == 2}
+
+
+def _blur_facts(level: Level, bands: int) -> dict[str, Any]:
+    return {"blur_sigma": blur_sigma(int(level))}
+
+
+def _sr_facts(level: Level, bands: int) -> dict[str, Any]:
+    return {"sr_scale": int(level)}
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("gaussian", _gaussian, _nonnegative, "σ in 0–255 units (σ/255 on [0, 1] data)",
            test_levels=(30, 50, 70), middle_level=50, train_levels=(30.0, 70.0), draw_train_level=draw_uniform,
            step=ImagingStep.SENSOR_NOISE, case_format="{name}_{level:g}", record_fields=("sigma",),
-           baseline=TV_CHAMBOLLE),
+           baselines=(first_estimate_baseline("gaussian"), TV_ADAPTIVE, TV_CHAMBOLLE), level_facts=_noise_facts),
     # Training: non-i.i.d. noise plus exactly one extra (cases 2–4); pure non-i.i.d. is never trained.
     Family("complex", _complex, _case, "case 1–4 (non-i.i.d. noise; + stripes, dead lines, impulse)",
            test_levels=(1, 2, 3, 4), middle_level=2, train_levels=(2, 3, 4), draw_train_level=draw_choice,
            step=ImagingStep.SENSOR_NOISE, case_format="{name}_case{level:g}",
            record_fields=("band_sigmas", "case", "extra", "affected_bands", "column_mask", "stripe_offsets",
                           "impulse_amount", "impulse_mask"),
-           baseline=TV_CHAMBOLLE),
+           baselines=(first_estimate_baseline("complex"), TV_ADAPTIVE, TV_CHAMBOLLE), level_facts=_complex_facts),
     Family("blur", _blur, _odd_size, "Gaussian kernel size k in pixels (odd)",
            test_levels=(9, 15, 21), middle_level=15, train_levels=(9, 15, 21), draw_train_level=draw_choice,
            step=ImagingStep.OPTICS, case_format="{name}_{level:g}",
            record_fields=("kernel", "kernel_size", "blur_sigma"),
-           baseline=RICHARDSON_LUCY),
+           baselines=(first_estimate_baseline("blur"), RICHARDSON_LUCY), level_facts=_blur_facts),
     Family("sr", _sr, _positive_int, "integer scale factor s",
            test_levels=(2, 4, 8), middle_level=4, train_levels=(2, 4, 8), draw_train_level=draw_choice,
            step=ImagingStep.SAMPLING, case_format="{name}_{level:g}", record_fields=("scale", "lr_shape"),
-           baseline=BICUBIC),
+           baselines=(first_estimate_baseline("sr"), BICUBIC), level_facts=_sr_facts),
     Family("inpaint", _inpaint, _fraction, "fraction r of voxels removed",
            test_levels=(0.7, 0.8, 0.9), middle_level=0.8, train_levels=(0.7, 0.8, 0.9), draw_train_level=draw_choice,
            step=ImagingStep.DATA_LOSS, case_format="{name}_{level:g}",
            record_fields=("removed_mask", "removed_fraction"),
-           baseline=BIHARMONIC),
+           baselines=(first_estimate_baseline("inpaint"), BIHARMONIC)),
     Family("bandmiss", _bandmiss, _fraction, "fraction r of bands removed",
            test_levels=(0.1, 0.2, 0.3), middle_level=0.2, train_levels=(0.1, 0.2, 0.3), draw_train_level=draw_choice,
            step=ImagingStep.DATA_LOSS, case_format="{name}_{level:g}", record_fields=("missing_bands",),
-           baseline=SPECTRAL_INTERP),
+           baselines=(first_estimate_baseline("bandmiss"), SPECTRAL_INTERP)),
 )
 """The families in task-embedding order (the model's contract: see :data:`TASKS`)."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from hsivar.degrade.families import FAMILIES, Family, Level, family, task_index, task_weights
+from hsivar.degrade.observation import Observation
 from hsivar.degrade.record import DegradationRecord
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = [
     "degrade",
     "degrade_for_test",
     "degrade_mixture",
+    "observation_of_level",
     "protocol_cases",
     "sample_training_degradation",
     "test_protocol",
@@ -226,3 +228,17 @@ def degrade_for_test(
     # Levels can be fractions; a fixed-point integer keeps the seed key exact and hashable.
     key = (int(seed), int(index), task_index(task), round(float(fam.parse(level)) * 1000))
     return degrade(cube, task, level, np.random.default_rng(key))
+
+
+def observation_of_level(task: str, level: Level | str, shape: tuple[int, int, int]) -> Observation:
+    """What knowing the family and level of a cube of ``shape`` (C, H, W) says about its observation (the row's
+    ``level_facts``: noise σ, blur width, sr scale, stripes); the masks come from the cube itself
+    (:meth:`Observation.detect`), so merge the two.
+
+    Raises:
+        ValueError: unknown family or invalid level.
+    """
+    fam = family(task)
+    lvl = fam.parse(level)
+    facts = fam.level_facts(lvl, int(shape[0])) if fam.level_facts is not None else {}
+    return Observation(tuple(shape), source={"level": f"{task} {lvl:g}"}, **facts)  # type: ignore[arg-type]

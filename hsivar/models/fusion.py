@@ -11,6 +11,10 @@ the image grid sees both tiles and the task weights and predicts a correction of
     a = A·weights                            (B, J), per-task amounts of J unsharp masks
     y = ŷ + g·(lq − ŷ) + Σ_j a_j·(lq − G_σj ∗ lq) + conv3×3(NAFBlocks(h))
 
+With ``ModelConfig.first_estimate`` the classical first estimate x0 (:mod:`hsivar.estimate`) takes lq's
+place in the gate and the unsharp masks, the input conv sees [lq, x0, ŷ], and the gate starts at 1: an
+untrained head returns x0, and training learns where ŷ improves on it.
+
 The gate is a full-rank path from the input, per band: the ``width``-channel bottleneck alone does not
 pass a good input (×2 super-resolution) through unchanged. G and the output conv start at zero, so an
 untrained head returns ŷ unchanged. It is trained in stage 3 with the decoder on autoregressive
@@ -38,11 +42,17 @@ from hsivar.models.refiner import NAFBlock
 
 
 class OutputFusion(nn.Module):
-    """(lq (B, C, S, S), ŷ (B, C, S, S), task weights (B, N)) → restored (B, C, S, S), all in [0, 1] units."""
+    """(lq, ŷ, task weights (B, N), base) → restored (B, C, S, S), all in [0, 1] units.
 
-    def __init__(self, cfg: FusionConfig, bands: int, tasks: int) -> None:
+    ``from_estimate`` (``ModelConfig.first_estimate``): the gate's base is the classical first estimate x0
+    instead of lq, the gate starts at 1 (so an untrained head returns x0) and the input conv also sees x0.
+    """
+
+    def __init__(self, cfg: FusionConfig, bands: int, tasks: int, from_estimate: bool = False) -> None:
+        """A head for ``bands``-band tiles and ``tasks`` task weights (see the class docstring)."""
         super().__init__()
-        self.intro = nn.Conv2d(2 * bands, cfg.width, 3, padding=1)
+        self.from_estimate = from_estimate
+        self.intro = nn.Conv2d((3 if from_estimate else 2) * bands, cfg.width, 3, padding=1)
         self.task = nn.Linear(tasks, cfg.width)
         self.blocks = nn.Sequential(*[NAFBlock(cfg.width) for _ in range(cfg.blocks)])
         self.ending = nn.Conv2d(cfg.width, bands, 3, padding=1)
@@ -54,6 +64,8 @@ class OutputFusion(nn.Module):
             self.register_buffer(f"gauss{j}", g, persistent=False)
         for p in (self.ending.weight, self.ending.bias, self.gate.weight):
             nn.init.zeros_(p)
+        if from_estimate:  # task weights sum to 1, so a gate of ones starts every task at g = 1: y = x0
+            nn.init.ones_(self.gate.weight)
         if self.unsharp is not None:
             nn.init.zeros_(self.unsharp.weight)
 
@@ -74,13 +86,17 @@ class OutputFusion(nn.Module):
                 out.append((x - blurred).reshape(B, C, H, W))
         return torch.stack(out, dim=1)
 
-    def forward(self, lq_BCHW: torch.Tensor, y_BCHW: torch.Tensor, weights_BN: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([lq_BCHW, y_BCHW], dim=1).to(self.intro.weight.dtype)
+    def forward(self, lq_BCHW: torch.Tensor, y_BCHW: torch.Tensor, weights_BN: torch.Tensor,
+                base_BCHW: torch.Tensor | None = None) -> torch.Tensor:
+        """The restored tiles: lq, ŷ, ``base`` (x0; default lq) (B, C, S, S) and task weights (B, N) → (B, C, S, S)."""
+        base = lq_BCHW if base_BCHW is None else base_BCHW
+        inputs = [lq_BCHW, base, y_BCHW] if self.from_estimate else [lq_BCHW, y_BCHW]
+        x = torch.cat(inputs, dim=1).to(self.intro.weight.dtype)
         w = weights_BN.to(self.task.weight.dtype)
         h = self.intro(x) + self.task(w)[:, :, None, None]
         g = self.gate(w).to(y_BCHW.dtype)[:, :, None, None]
-        y = y_BCHW + g * (lq_BCHW - y_BCHW) + self.ending(self.blocks(h)).to(y_BCHW.dtype)
+        y = y_BCHW + g * (base - y_BCHW) + self.ending(self.blocks(h)).to(y_BCHW.dtype)
         if self.unsharp is None:
             return y
         a_BJ = self.unsharp(w).float()
-        return y + torch.einsum("bj,bjchw->bchw", a_BJ, self.details(lq_BCHW)).to(y_BCHW.dtype)
+        return y + torch.einsum("bj,bjchw->bchw", a_BJ, self.details(base)).to(y_BCHW.dtype)

@@ -9,7 +9,9 @@ H = W = ``cfg.vqvae.image_size``; the VQ-VAE works in [-1, 1] internally, as VAR
 Restoration of one tile: c = E_con(lq) → prefix P(c), d from the task (or the classifier) →
 autoregressive tokens scale by scale (KV cache) → f̂_K → f̂_K + Q(z, W(e[r_K])) → D → cube
 (with ``decoder_skips``, D also receives E_con's per-level features of lq) → ŷ, and with a fusion
-head the cube is ŷ + F(lq, ŷ, task weights).
+head the cube is ŷ corrected by F(lq, ŷ, task weights). With ``cfg.first_estimate`` the classical first
+estimate x0 of the tile (:mod:`hsivar.estimate`) takes lq's place in E_con, and the fusion head starts
+from x0; the task classifier always reads lq.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class HSIVAR(nn.Module):
         self.dag = DegradationGuidance(cfg.dag, width, vq.bands)
         self.var = NextScaleTransformer(cfg.transformer, vq)
         self.refiner = Refiner(cfg.refiner, width, vq.z_channels, vq.latent_size)
-        self.fusion = OutputFusion(cfg.fusion, vq.bands, len(self.dag.tasks)) if cfg.fusion.width else None
+        self.fusion = (OutputFusion(cfg.fusion, vq.bands, len(self.dag.tasks), cfg.first_estimate)
+                       if cfg.fusion.width else None)
 
     def init_condition_encoder(self) -> None:
         """Start of stage 2: E_con ← copy of the trained E (and quant_conv)."""
@@ -77,18 +80,29 @@ class HSIVAR(nn.Module):
         w = self.var.word_embed(self.vqvae.quantize.embedding(idx_last).to(self.var.word_embed.weight.dtype))
         return self.refiner(hidden_last, w)
 
-    def output(self, lq01: torch.Tensor, decoded: torch.Tensor, task_weights: torch.Tensor) -> torch.Tensor:
+    def condition_input(self, lq01: torch.Tensor, estimate01: torch.Tensor | None) -> torch.Tensor:
+        """What E_con encodes (B, C, S, S) in [0, 1]: the first estimate x0 for models with ``first_estimate``
+        (the degraded tile when none is given), else the degraded tile."""
+        return estimate01 if self.cfg.first_estimate and estimate01 is not None else lq01
+
+    def output(self, lq01: torch.Tensor, decoded: torch.Tensor, task_weights: torch.Tensor,
+               estimate01: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's output (B, C, S, S) in [-1, 1] → the restored tiles in [0, 1] units (not clamped).
 
-        With a fusion head: ŷ + F(lq, ŷ, task weights (B, N)); without: ŷ = (decoded + 1) / 2.
+        With a fusion head: F(lq, ŷ, task weights (B, N), x0) (see :class:`OutputFusion`); without:
+        ŷ = (decoded + 1) / 2.
         """
         y01 = (decoded.float() + 1) / 2
-        return y01 if self.fusion is None else self.fusion(lq01.float(), y01, task_weights.float())
+        if self.fusion is None:
+            return y01
+        x0 = self.condition_input(lq01, estimate01).float()
+        return self.fusion(lq01.float(), y01, task_weights.float(), x0)
 
     @torch.no_grad()
     def autoregress(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                     generator: torch.Generator | None = None, guidance: Guidance = "dag",
-                    cfg_scale: float = 1.5, kv_cache: bool = True) -> RestoreOutput:
+                    cfg_scale: float = 1.5, kv_cache: bool = True,
+                    estimate01: torch.Tensor | None = None) -> RestoreOutput:
         """The token half of restoration: degraded tiles lq (B, C, S, S) in [0, 1] → latent f̂_K, no decoding.
 
         Returns a :class:`RestoreOutput` whose ``cube`` is empty (B, 0, 0, 0) and whose ``latent`` is f̂_K
@@ -96,7 +110,7 @@ class HSIVAR(nn.Module):
         (:func:`hsivar.training.stage3_loss`); :meth:`restore` decodes it. Arguments as in :meth:`restore`.
         """
         self.check_input(lq01)
-        c, feats = self.cond.encode_with_features(to_model_range(lq01))
+        c, feats = self.cond.encode_with_features(to_model_range(self.condition_input(lq01, estimate01)))
         skips = feats if self.cfg.vqvae.decoder_skips else None
         weights = self.dag.weights(task, lq01)
         d = self.dag.embed(weights)
@@ -111,7 +125,8 @@ class HSIVAR(nn.Module):
     @torch.no_grad()
     def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, guidance: Guidance = "dag",
-                cfg_scale: float = 1.5, refine: bool = True, kv_cache: bool = True) -> RestoreOutput:
+                cfg_scale: float = 1.5, refine: bool = True, kv_cache: bool = True,
+                estimate01: torch.Tensor | None = None) -> RestoreOutput:
         """Restore degraded tiles lq (B, C, S, S) in [0, 1].
 
         Args:
@@ -121,10 +136,11 @@ class HSIVAR(nn.Module):
                 d_basic, logits (1 + t)·cond − t·uncond, t ramping to ``cfg_scale``).
             refine: add the refiner's continuous residual to f̂_K before decoding.
             kv_cache: False recomputes the whole sequence at every scale (same result; benchmarks).
+            estimate01: (B, C, S, S) the tiles' classical first estimate x0 (used with ``first_estimate``).
         """
-        out = self.autoregress(lq01, task, sampling, generator, guidance, cfg_scale, kv_cache)
+        out = self.autoregress(lq01, task, sampling, generator, guidance, cfg_scale, kv_cache, estimate01)
         latent = out.latent
         if refine:
             latent = latent + self.refine(out.hidden_last, out.idx[-1])
-        cube = self.output(lq01, self.vqvae.decode(latent, out.skips), out.task_weights).clamp(0, 1)
+        cube = self.output(lq01, self.vqvae.decode(latent, out.skips), out.task_weights, estimate01).clamp(0, 1)
         return RestoreOutput(cube, out.task_weights, out.idx, latent, out.hidden_last, out.skips)

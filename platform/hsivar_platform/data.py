@@ -193,26 +193,41 @@ def read_crops(batch: dict[str, np.ndarray], *, bands: int, tile: int, crops_per
     return {"hq": np.stack(crops)}
 
 
-def degrade_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def degrade_batch(batch: dict[str, np.ndarray], *, estimate: bool = False) -> dict[str, np.ndarray]:
     """Apply the training degradation sampler to each clean crop.
 
+    Args:
+        estimate: also compute each example's classical first estimate and kept entries
+            (:func:`hsivar.training.example_estimate`), for models with ``first_estimate``.
     Returns:
         ``hq`` (N, C, S, S) and ``lq`` (N, C, S, S) float32 — clean in [0, 1], degraded (may leave
-        [0, 1]: noise is not clipped) — and ``task_weights`` (N, T) float32 (one-hot over the T task families).
+        [0, 1]: noise is not clipped) — ``task_weights`` (N, T) float32 (one-hot over the T task families)
+        and with ``estimate`` ``x0`` (N, C, S, S) float32 and ``kept`` (N, C, S, S) uint8.
     """
+    from hsivar.training import example_estimate
+
     hq = batch["hq"]
     rng = np.random.default_rng()
-    lq, weights = [], []
+    cols: dict[str, list[np.ndarray]] = {"lq": [], "task_weights": [], "x0": [], "kept": []}
     for crop in hq:
         degraded, record = sample_training_degradation(crop, rng)
-        lq.append(np.asarray(degraded, dtype=np.float32))
-        weights.append(record.weights.astype(np.float32))
-    if not lq:
-        return {"hq": hq, "lq": hq.copy(), "task_weights": np.zeros((0, len(TASKS)), np.float32)}
-    return {"hq": hq, "lq": np.stack(lq), "task_weights": np.stack(weights)}
+        lq = np.asarray(degraded, dtype=np.float32)
+        cols["lq"].append(lq)
+        cols["task_weights"].append(record.weights.astype(np.float32))
+        if estimate:
+            x0, kept = example_estimate(lq, record)
+            cols["x0"].append(x0)
+            cols["kept"].append(kept.astype(np.uint8))
+    names = ("lq", "task_weights", "x0", "kept") if estimate else ("lq", "task_weights")
+    if not cols["lq"]:
+        empty = {"lq": hq.copy(), "task_weights": np.zeros((0, len(TASKS)), np.float32), "x0": hq.copy(),
+                 "kept": hq.astype(np.uint8)}
+        return {"hq": hq, **{k: empty[k] for k in names}}
+    return {"hq": hq, **{k: np.stack(cols[k]) for k in names}}
 
 
-def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: int) -> ray.data.Dataset:
+def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: int,
+                     estimate: bool = False) -> ray.data.Dataset:
     """The streaming training dataset of ``files`` (see the module docstring).
 
     Args:
@@ -221,7 +236,8 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
         bands: the model's band count (other counts are skipped with a warning).
         tile: the model's tile side S (``cfg.vqvae.image_size``).
     Returns:
-        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32 and ``task_weights`` (T,) (T task families).
+        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32 and ``task_weights`` (T,) (T task families);
+        with ``estimate`` (models with ``first_estimate``) also ``x0`` (C, S, S) and ``kept`` (C, S, S).
     """
     import ray.data
 
@@ -233,7 +249,7 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
                         fn_kwargs={"bands": bands, "tile": tile, "crops_per_window": data.crops_per_window,
                                    "augment": data.dihedral, "value_range": data.value_range,
                                    "gain": data.gain})
-    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8))
+    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8), fn_kwargs={"estimate": estimate})
 
 
 # ------------------------------------------------------------------------------------------ protocol

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hsivar.config import ModelConfig
+from hsivar.degrade import DegradationRecord
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 from hsivar.tasks import TASKS
@@ -40,12 +42,27 @@ def _smooth_cubes(n: int, bands: int, size: int, seed: int) -> torch.Tensor:
 
 
 def _noisy_batch(hq: torch.Tensor, sigma255: float, seed: int) -> Batch:
-    """A training batch: ``hq`` plus seeded Gaussian noise of σ = sigma255/255, labelled gaussian."""
+    """A training batch: ``hq`` plus seeded Gaussian noise of σ = sigma255/255, labelled gaussian, with each
+    example's classical first estimate and kept entries as the training data pipeline computes them."""
+    from hsivar.degrade import Observation
+    from hsivar.training import example_estimate
+
     g = torch.Generator().manual_seed(seed)
     lq = hq + torch.randn(hq.shape, generator=g) * sigma255 / 255
     w = torch.zeros(hq.shape[0], len(TASKS))
     w[:, TASKS.index("gaussian")] = 1
-    return Batch(hq, lq, w)
+    record = _gaussian_record(tuple(hq.shape[1:]), sigma255)
+    pairs = [example_estimate(x.numpy(), record) for x in lq]
+    x0 = torch.from_numpy(np.stack([p[0] for p in pairs]))
+    kept = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    assert Observation.detect(lq[0].numpy()).noisy()
+    return Batch(hq, lq, w, x0, kept)
+
+
+def _gaussian_record(shape: tuple[int, ...], sigma255: float) -> DegradationRecord:
+    from hsivar.tasks import task_weights
+
+    return DegradationRecord("gaussian", sigma255, shape, task_weights(["gaussian"]), sigma=sigma255 / 255)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

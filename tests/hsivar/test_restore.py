@@ -46,10 +46,14 @@ def test_bad_published_models_raise_clear_errors(published: Path, tmp_path: Path
 
 
 def test_restorer_equals_the_model_on_one_tile(published: Path, tiny_model: HSIVAR) -> None:
+    from hsivar.degrade import Observation
+    from hsivar.estimate import first_estimate
+
     restorer = Restorer.from_published(published)
     cube = np.random.default_rng(0).random((8, 32, 32), dtype=np.float32)
     out = restorer.restore(cube, task="blur", value_range=(0.0, 1.0))
-    direct = tiny_model.restore(torch.from_numpy(cube)[None], task="blur").cube[0].numpy()
+    x0 = torch.from_numpy(first_estimate(cube, Observation.detect(cube)))[None]
+    direct = tiny_model.restore(torch.from_numpy(cube)[None], task="blur", estimate01=x0).cube[0].numpy()
     assert out.tiles == 1 and out.std is None
     np.testing.assert_allclose(out.cube, direct, atol=1e-6)
     assert out.task_weights["blur"] == pytest.approx(1.0)
@@ -70,17 +74,23 @@ def test_restorer_handles_any_size_and_returns_input_units(published: Path) -> N
 
 
 def test_multi_tile_restore_equals_the_model_applied_tile_by_tile(published: Path, tiny_model: HSIVAR) -> None:
-    """Batching tiles changes nothing: each tile restored alone by the model, blended by the window, is the answer."""
+    """Batching tiles changes nothing: each tile restored alone by the model (with its part of the cube's first
+    estimate), blended by the window, is the answer."""
+    from hsivar.degrade import Observation
+    from hsivar.estimate import first_estimate
     from hsivar.tiling import blend_window, tile_grid
 
     restorer = Restorer.from_published(published)
     cube = np.random.default_rng(3).random((8, 50, 45), dtype=np.float32)
+    x0 = first_estimate(cube, Observation.detect(cube))
     out = restorer.restore(cube, task="gaussian", batch_size=4, value_range=(0.0, 1.0), overlap=8)
     acc, weight = np.zeros(cube.shape), np.zeros(cube.shape[1:])
     w = blend_window(32, 8).double().numpy()
     for r, c in tile_grid(50, 45, 32, 8):
         tile = torch.from_numpy(cube[None, :, r:r + 32, c:c + 32].copy())
-        acc[:, r:r + 32, c:c + 32] += tiny_model.restore(tile, task="gaussian").cube[0].double().numpy() * w
+        est = torch.from_numpy(x0[None, :, r:r + 32, c:c + 32].copy())
+        restored = tiny_model.restore(tile, task="gaussian", estimate01=est).cube[0].double().numpy()
+        acc[:, r:r + 32, c:c + 32] += restored * w
         weight[r:r + 32, c:c + 32] += w
     assert out.tiles == len(tile_grid(50, 45, 32, 8)) == 4
     np.testing.assert_allclose(out.cube, acc / weight, atol=1e-5)

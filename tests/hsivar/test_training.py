@@ -133,11 +133,11 @@ def test_overfit_stage2_cross_entropy_falls_well_below_its_start(overfit_run: di
 def test_overfit_autoregressive_restoration_beats_the_degraded_input(overfit_run: dict) -> None:
     model, batch = overfit_run["model"], overfit_run["batch"]
     noisy = psnr(batch.lq, batch.hq)
-    restored = model.restore(batch.lq, task="gaussian").cube
+    restored = model.restore(batch.lq, task="gaussian", estimate01=batch.x0).cube
     assert psnr(restored, batch.hq) > noisy + 3, (psnr(restored, batch.hq), noisy)
     # the refiner's continuous residual helps on top of the discrete tokens
-    unrefined = model.restore(batch.lq, task="gaussian", refine=False).cube
+    unrefined = model.restore(batch.lq, task="gaussian", refine=False, estimate01=batch.x0).cube
     assert psnr(restored, batch.hq) >= psnr(unrefined, batch.hq) - 0.1
     # the task classifier learnt the (single) training task
-    auto = model.restore(batch.lq, task="auto")
+    auto = model.restore(batch.lq, task="auto", estimate01=batch.x0)
     assert (auto.task_weights.argmax(-1) == TASKS.index("gaussian")).all()

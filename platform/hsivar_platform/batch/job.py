@@ -35,7 +35,15 @@ from typing import Any
 from hsivar.restore import resolve_overlap
 from hsivar.tasks import TaskArg
 from hsivar_platform import ray_runtime, storage
-from hsivar_platform.batch.keys import Input, list_inputs, norm_prefix, remove_stale_temporaries, uncertainty_uri
+from hsivar_platform.batch.keys import (
+    KEPT_SUFFIX,
+    Input,
+    list_inputs,
+    norm_prefix,
+    remove_stale_temporaries,
+    sidecar_uri,
+    uncertainty_uri,
+)
 from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
 from hsivar_platform.batch.options import BatchOptions, BatchReport
 from hsivar_platform.batch.stages import Restore, finish_and_write, read_and_tile
@@ -101,6 +109,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     if todo:
         processed, pipeline_s = _run_pipeline(options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap,
                                               task=options.task_arg(), tasks=tuple(cfg.dag.tasks), model=model,
+                                              estimate=cfg.first_estimate,
                                               version=version, total=total, already=already,
                                               ray_address=ray_address, log_dir=log_dir)
     uri = write_manifest(dst, manifest.values())
@@ -120,7 +129,8 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
 
 
 def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str, *,
-                  bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], model: str, version: str,
+                  bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], model: str,
+                  estimate: bool, version: str,
                   total: int, already: int, ray_address: str | None,
                   log_dir: str | os.PathLike | None) -> tuple[int, float]:
     """Run the Ray Data pipeline over ``todo``, updating ``manifest`` (and its file) as rows finish;
@@ -137,11 +147,12 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
     env = ray_runtime.runtime_env()  # workers see the driver's S3 endpoint and MLflow server
 
     items = [{"input_uri": i.uri, "output_uri": i.out,
-              "uncertainty_uri": uncertainty_uri(i.out) if options.uncertainty else ""} for i in todo]
+              "uncertainty_uri": uncertainty_uri(i.out) if options.uncertainty else "",
+              "kept_uri": sidecar_uri(i.out, KEPT_SUFFIX) if options.kept_mask else ""} for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
     ds = ds.map_batches(read_and_tile, batch_size=1, num_cpus=1, runtime_env=env,
                         fn_kwargs={"bands": bands, "tile": tile, "overlap": overlap,
-                                   "value_range": options.value_range})
+                                   "value_range": options.value_range, "estimate": estimate})
     ds = ds.map_batches(
         Restore, batch_size=1,
         fn_constructor_kwargs={"model": model, "device": "cuda" if gpus > 0 else "cpu", "task": task,

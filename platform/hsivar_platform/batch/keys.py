@@ -17,6 +17,8 @@ from hsivar_platform import storage
 
 UNCERTAINTY_SUFFIX = ".std"
 """Inserted before the extension of an output to name its uncertainty cube: ``a.tif`` → ``a.std.tif``."""
+KEPT_SUFFIX = ".kept"
+"""Inserted before the extension of an output to name its mask of entries kept as observed: ``a.kept.tif``."""
 
 
 class UnsafeKeyError(ValueError):
@@ -71,10 +73,16 @@ def output_uri(output_prefix: str, rel: str) -> str:
     return storage.join(output_prefix, *rel.split("/"))
 
 
+def sidecar_uri(out_uri: str, suffix: str) -> str:
+    """A file beside an output, named by inserting ``suffix`` before its extension: ``…/a.tif`` → ``…/a<suffix>.tif``
+    (ENVI ``a.hdr`` → ``a<suffix>.hdr``)."""
+    head, ext = posixpath.splitext(out_uri)
+    return f"{head}{suffix}{ext}"
+
+
 def uncertainty_uri(out_uri: str) -> str:
     """``…/a.tif`` → ``…/a.std.tif`` (ENVI ``a.hdr`` → ``a.std.hdr``)."""
-    head, ext = posixpath.splitext(out_uri)
-    return f"{head}{UNCERTAINTY_SUFFIX}{ext}"
+    return sidecar_uri(out_uri, UNCERTAINTY_SUFFIX)
 
 
 def list_inputs(input_prefix: str, output_prefix: str) -> list[Input]:

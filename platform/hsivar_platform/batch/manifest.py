@@ -2,9 +2,10 @@
 
 Columns (:data:`MANIFEST_COLUMNS`): input and output URIs, status (``ok`` / ``failed`` / ``skipped``),
 error message, shape, bands, task used and its weights, tiles, seconds, the output's and the
-uncertainty cube's sha256, the model URI and the model version it resolved to, and when the row
-finished. The whole file is rewritten atomically (:func:`hsivar_platform.storage.write_bytes`), so a
-killed job never leaves a corrupt manifest.
+uncertainty cube's sha256, the mask of entries kept as observed, what was known of the observation
+(JSON: fraction of unobserved entries, missing bands, sr scale, noise σ), the model URI and the model
+version it resolved to, and when the row finished. The whole file is rewritten atomically
+(:func:`hsivar_platform.storage.write_bytes`), so a killed job never leaves a corrupt manifest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ STATUSES = ("ok", "failed", "skipped")
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "input_uri", "output_uri", "status", "error", "shape", "bands", "task", "task_weights", "tiles",
-    "seconds", "checksum", "uncertainty_uri", "uncertainty_checksum", "model", "model_version", "finished_at",
+    "seconds", "checksum", "uncertainty_uri", "uncertainty_checksum", "kept_uri", "observation", "model",
+    "model_version", "finished_at",
 )
 
 
@@ -36,7 +38,8 @@ def manifest_schema() -> Any:
         ("error", pa.string()), ("shape", pa.list_(pa.int64())), ("bands", pa.int64()), ("task", pa.string()),
         ("task_weights", pa.string()), ("tiles", pa.int64()), ("seconds", pa.float64()),
         ("checksum", pa.string()), ("uncertainty_uri", pa.string()), ("uncertainty_checksum", pa.string()),
-        ("model", pa.string()), ("model_version", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
+        ("kept_uri", pa.string()), ("observation", pa.string()), ("model", pa.string()),
+        ("model_version", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
     ])
 
 

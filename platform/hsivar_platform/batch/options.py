@@ -29,6 +29,8 @@ class BatchOptions(BaseModel):
         "own min–max (noise stretches it: pass the range when it is known)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     uncertainty: bool = Field(False, description="write <stem>.std<ext> (needs samples > 1)")
+    kept_mask: bool = Field(True, description="write <stem>.kept<ext>, uint8 1 where an entry was kept exactly as "
+                            "observed and 0 where it was synthesised (only for cubes with exactly observed entries)")
     output_dtype: Literal["source", "float32"] = Field("source", description="dtype of the outputs")
     actors: int = Field(1, ge=1, description="model actors (the pool's maximum size)")
     min_actors: int | None = Field(None, ge=1, description="smallest pool size (default: actors)")

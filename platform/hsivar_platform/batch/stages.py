@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsivar.degrade.observation import Observation
 from hsivar.io import read_cube
 from hsivar.restore import NothingToRestore, PreparedCube, finish, prepare_cube
 from hsivar.tasks import TaskArg, dominant_task
@@ -54,45 +55,70 @@ def describe(exc: BaseException, src: str) -> str:
     return msg if isinstance(exc, ValueError) else f"{type(exc).__name__}: {msg}"
 
 
-def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, cube01: torch.Tensor | None = None,
-              with_mask: bool = True) -> PreparedCube:
-    """The :class:`PreparedCube` a row describes: with the normalised cube for the model stage, with the
-    nodata mask (unpacked from bits) for the last stage."""
+def _bits(mask: np.ndarray | None) -> np.ndarray:
+    """A (C, H, W) bool mask as packed bits (an empty array for None), to travel in a row."""
+    return np.zeros(0, np.uint8) if mask is None else np.packbits(mask.reshape(-1))
+
+
+def _unbits(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The inverse of :func:`_bits`."""
+    return None if bits.size == 0 else np.unpackbits(bits, count=math.prod(shape)).reshape(shape).astype(bool)
+
+
+def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, *, for_model: bool) -> PreparedCube:
+    """The :class:`PreparedCube` a row describes: for the model stage with the normalised cube, the first estimate
+    and the observation (what consistency needs); for the last stage with the nodata mask and the kept entries."""
     shape = tuple(int(v) for v in batch["shape"][0])
-    has_mask = batch["mask"][0].size > 0
-    mask = None
-    if has_mask and with_mask:
-        mask = np.unpackbits(batch["mask"][0], count=math.prod(shape)).reshape(shape).astype(bool)
-    return PreparedCube.described(shape, tile, overlap, float(_first(batch, "lo")),  # type: ignore[arg-type]
-                                  float(_first(batch, "scale")), mask,
-                                  float(_first(batch, "nodata")) if has_mask else None, cube01)
+    nodata_mask = _unbits(batch["mask"][0], shape)
+    nodata = float(_first(batch, "nodata")) if batch["mask"][0].size else None
+    lo, scale = float(_first(batch, "lo")), float(_first(batch, "scale"))
+    if for_model:
+        facts = json.loads(_str(batch, "observation"))
+        obs = Observation.from_facts(facts, _unbits(batch["missing"][0], shape)) if facts else None
+        estimate = batch["estimate01"][0]
+        return PreparedCube.described(shape, tile, overlap, lo, scale, None, nodata,  # type: ignore[arg-type]
+                                      _tensor(batch["cube01"][0]), observation=obs,
+                                      estimate01=_tensor(estimate) if estimate.size else None)
+    kept = _unbits(batch["kept"][0], shape)
+    return PreparedCube.described(shape, tile, overlap, lo, scale, nodata_mask, nodata,  # type: ignore[arg-type]
+                                  kept=kept, source=batch["source"][0] if kept is not None else None)
 
 
 def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int,
-                  value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
-    """Stage 1: read one input and :func:`~hsivar.restore.prepare_cube` it (the normalised cube, its range and
-    nodata mask travel on); errors become the row's ``error``."""
+                  value_range: tuple[float, float] | None = None, estimate: bool = False) -> dict[str, np.ndarray]:
+    """Stage 1: read one input and :func:`~hsivar.prepared.prepare_cube` it (the normalised cube, its range,
+    nodata mask, observation, first estimate when the model uses one, and the exactly observed entries travel
+    on); errors become the row's ``error``."""
     t0 = time.perf_counter()
     src = _str(batch, "input_uri")
     error, skip, prep, meta, shape = "", False, None, None, (0, 0, 0)
     try:
         cube, meta = read_cube(src, storage_options=storage.storage_options(src), allow_nonfinite=True)
         shape = cube.shape
-        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata, value_range=value_range)
+        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata, value_range=value_range,
+                            estimate=estimate, wavelengths=meta.wavelengths)
     except Exception as exc:  # one bad file is a manifest row, never a failed job
         error, skip = describe(exc, src), isinstance(exc, NothingToRestore)
-    mask = np.packbits(prep.mask.reshape(-1)) if prep is not None and prep.mask is not None else np.zeros(0, np.uint8)
+    ok = prep is not None
+    obs = prep.observation if ok else None
+    empty = np.zeros((bands, 0, 0), np.float32)
     return {
         "input_uri": batch["input_uri"], "output_uri": batch["output_uri"],
-        "uncertainty_uri": batch["uncertainty_uri"],
+        "uncertainty_uri": batch["uncertainty_uri"], "kept_uri": batch["kept_uri"],
         "error": np.array([error]),
         "skip": np.array([skip]),
-        "cube01": (prep.cube01 if prep is not None else torch.zeros((bands, 0, 0))).numpy()[None],
+        "cube01": (prep.cube01.numpy() if ok else empty)[None],
+        "estimate01": (prep.estimate01.numpy() if ok and prep.estimate01 is not None else empty)[None],
         "shape": np.array([shape if len(shape) == 3 else (0, 0, 0)], dtype=np.int64),
-        "lo": np.array([prep.lo if prep is not None else 0.0]),
-        "scale": np.array([prep.scale if prep is not None else 1.0]),
-        "nodata": np.array([prep.nodata if prep is not None and prep.nodata is not None else np.nan]),
-        "mask": mask[None],
+        "lo": np.array([prep.lo if ok else 0.0]),
+        "scale": np.array([prep.scale if ok else 1.0]),
+        "nodata": np.array([prep.nodata if ok and prep.nodata is not None else np.nan]),
+        "mask": _bits(prep.mask if ok else None)[None],
+        "observation": np.array([json.dumps(obs.facts()) if obs is not None else "{}"]),
+        "observation_summary": np.array([json.dumps(obs.summary()) if obs is not None else ""]),
+        "missing": _bits(obs.missing if obs is not None else None)[None],
+        "kept": _bits(prep.kept if ok else None)[None],
+        "source": (prep.source if ok and prep.source is not None else empty)[None],
         "meta": np.array([meta_to_json(meta) if meta is not None else "{}"]),
         "seconds": np.array([time.perf_counter() - t0]),
     }
@@ -123,13 +149,13 @@ class Restore:
         weights = np.zeros((1, len(self.restorer.tasks)), np.float32)
         if not error:
             try:
-                prep = _prepared(batch, self.tile, self.overlap, _tensor(batch["cube01"][0]), with_mask=False)
+                prep = _prepared(batch, self.tile, self.overlap, for_model=True)
                 out = self.restorer.restore_prepared(prep, self.task, samples=self.samples, seed=self.seed,
                                                      batch_size=self.batch_size)
                 restored, weights = out.samples01.numpy()[None], np.asarray([out.task_weights], np.float32)
             except Exception as exc:
                 error = describe(exc, _str(batch, "input_uri"))
-        out_row = {k: v for k, v in batch.items() if k != "cube01"}
+        out_row = {k: v for k, v in batch.items() if k not in ("cube01", "estimate01", "missing")}
         out_row.update(error=np.array([error]), restored=restored, task_weights=weights,
                        seconds=batch["seconds"] + (time.perf_counter() - t0))
         return out_row
@@ -137,8 +163,8 @@ class Restore:
 
 def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: int, overlap: int, model: str,
                      model_version: str, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Stage 3: :func:`~hsivar.restore.finish` the restored samples and write the output (and uncertainty)
-    → the row's manifest record as JSON."""
+    """Stage 3: :func:`~hsivar.prepared.finish` the restored samples and write the output (its uncertainty, and
+    the mask of entries kept as observed when there are some) → the row's manifest record as JSON."""
     t0 = time.perf_counter()
     src, dst, std_dst = _str(batch, "input_uri"), _str(batch, "output_uri"), _str(batch, "uncertainty_uri")
     error = _str(batch, "error")
@@ -149,7 +175,7 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
     if not error:
         try:
             meta = meta_from_json(_str(batch, "meta"))
-            prep = _prepared(batch, tile, overlap)
+            prep = _prepared(batch, tile, overlap, for_model=False)
             mean, std = finish(prep, _tensor(batch["restored"][0]))
             dtype = meta.dtype if output_dtype == "source" else "float32"
             row["checksum"] = write_output(dst, mean, meta, dtype=dtype)
@@ -157,6 +183,12 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
                 std_meta = dataclasses.replace(meta, nodata=float("nan") if prep.mask is not None else None)
                 row["uncertainty_uri"] = std_dst
                 row["uncertainty_checksum"] = write_output(std_dst, std, std_meta, dtype="float32")
+            kept_dst = _str(batch, "kept_uri")
+            if kept_dst and prep.kept is not None:
+                kept_meta = dataclasses.replace(meta, nodata=None)
+                write_output(kept_dst, prep.kept.astype(np.uint8), kept_meta, dtype="uint8")
+                row["kept_uri"] = kept_dst
+            row["observation"] = _str(batch, "observation_summary") or None
             weights = [float(v) for v in batch["task_weights"][0]]
             row.update(task=dominant_task(weights, tasks), task_weights=json.dumps(dict(zip(tasks, weights))),
                        tiles=len(prep.coords))

@@ -28,6 +28,8 @@ def restore(
         help="LO,HI: input units mapped to [0, 1], e.g. 0,1 for reflectance (default: each cube's min–max)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 8,
     uncertainty: Annotated[bool, typer.Option(help="also write <stem>.std<ext> (needs --samples ≥ 2)")] = False,
+    kept_mask: Annotated[bool, typer.Option(help="write <stem>.kept<ext>: 1 where an entry was kept exactly as "
+                                            "observed, 0 where it was synthesised")] = True,
     output_dtype: Annotated[str, typer.Option(help="source (the input's dtype) or float32")] = "source",
     actors: Annotated[int, typer.Option(min=1, help="model actors (pool maximum)")] = 1,
     min_actors: Annotated[int | None, typer.Option(min=1, help="pool minimum (default: --actors)")] = None,
@@ -57,7 +59,7 @@ def restore(
     try:
         options = BatchOptions(
             input=input, output=output, model=model, task=task, tile=tile, overlap=overlap, samples=samples,
-            seed=seed, value_range=vrange, batch_size=batch_size, uncertainty=uncertainty,
+            seed=seed, value_range=vrange, batch_size=batch_size, uncertainty=uncertainty, kept_mask=kept_mask,
             output_dtype=output_dtype, actors=actors, min_actors=min_actors, gpus_per_actor=gpus_per_actor,
             cpus_per_actor=cpus_per_actor, memory_per_actor_gb=memory_per_actor_gb, force=force,
             fail_on_error=fail_on_error, manifest_interval_s=manifest_interval_s,

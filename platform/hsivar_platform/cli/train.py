@@ -59,7 +59,9 @@ def evaluate(
     max_cubes: Annotated[int | None, typer.Option(min=0, help="first N cubes only (0: all)")] = None,
     crop: Annotated[int, typer.Option(min=0, help="centre crop side in pixels (0: whole cubes)")] = 256,
     task: Annotated[str, typer.Option(help="auto (task classifier) or oracle (true task)")] = "auto",
-    baselines: Annotated[bool, typer.Option(help="score the classical baseline of each family")] = True,
+    baselines: Annotated[bool, typer.Option(help="score the classical baselines of each family")] = True,
+    extra_baseline: Annotated[list[str] | None, typer.Option(
+        help="an opt-in baseline too (repeatable): bm4d (needs pip install 'hsivar[bm4d]', non-commercial)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 16,
     concurrency: Annotated[int, typer.Option(min=1, help="model actors")] = 1,
     use_gpu: Annotated[bool, typer.Option(help="one GPU per model actor")] = False,
@@ -79,10 +81,11 @@ def evaluate(
     from hsivar_platform.evaluate import evaluate as run_evaluation
 
     try:
-        run_evaluation(model, data, out, levels=levels, max_cubes=max_cubes, crop=crop or None, baselines=baselines,
+        run_evaluation(model, data, out, levels=levels, max_cubes=max_cubes or None, crop=crop or None,
+                       baselines=baselines, extra_baselines=tuple(extra_baseline or ()),
                        task=task, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
                        work_dir=work_dir, tracking_uri=tracking_uri, experiment=experiment, log_mlflow=mlflow,
                        ray_address=ray_address, echo=typer.echo)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from hsivar.degrade import family, protocol_cases
+from hsivar.classical import OPTIONAL_BASELINES
+from hsivar.degrade import family, observation_of_level, protocol_cases
 from hsivar.metrics import evaluate as score
 from hsivar_platform import ray_runtime
 from hsivar_platform.console import WORKER_TAG
@@ -50,22 +51,24 @@ def _metric_row(row: dict[str, Any], method: str, restored: np.ndarray, seconds:
             "level": float(row["level"]), "case": str(row["case"]), "method": method, **m, "seconds": seconds}
 
 
-def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool) -> dict[str, Any]:
-    """CPU op: metrics of the degraded input and of the family's classical baseline, as JSON per row."""
+def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """CPU op: metrics of the degraded input and of the family's classical baselines (its row's, plus the
+    opt-in ``extra`` ones of :data:`hsivar.classical.OPTIONAL_BASELINES` that serve it), as JSON per row."""
     out = dict(batch)
     scored = []
     for i in range(len(batch["uri"])):
         row = {k: v[i] for k, v in batch.items()}
         rows = [_metric_row(row, METHOD_DEGRADED, row["degraded"], 0.0)]
-        baseline = family(str(row["task"])).baseline if baselines else None
-        if baseline is not None:
-            name, fn = baseline.name, baseline.fn
+        task = str(row["task"])
+        optional = (OPTIONAL_BASELINES[name] for name in extra)
+        methods = (*family(task).baselines, *(b for b, fams in optional if task in fams)) if baselines else ()
+        for baseline in methods:
             t0 = time.perf_counter()
             try:
-                restored = fn(np.asarray(row["degraded"], np.float32), float(row["level"]))
-                rows.append(_metric_row(row, name, restored, time.perf_counter() - t0))
+                restored = baseline.fn(np.asarray(row["degraded"], np.float32), float(row["level"]))
+                rows.append(_metric_row(row, baseline.name, restored, time.perf_counter() - t0))
             except Exception as e:  # a baseline failing must not sink the evaluation
-                log.warning(WORKER_TAG + " baseline %s failed on %s %s: %s", name, row["uri"], row["case"], e)
+                log.warning(WORKER_TAG + " baseline %s failed on %s %s: %s", baseline.name, row["uri"], row["case"], e)
         scored.append(json.dumps(rows))
     out["scored"] = np.array(scored)
     return out
@@ -85,9 +88,13 @@ class ModelScorer:
         for i in range(len(batch["uri"])):
             row = {k: v[i] for k, v in batch.items()}
             rows.extend(json.loads(str(row["scored"])))
-            task: Any = self.task if self.task == "auto" else str(row["task"])
-            res = self.restorer.restore(np.asarray(row["degraded"], np.float32), task=task, value_range=(0.0, 1.0),
-                                        batch_size=self.batch_size)
+            degraded = np.asarray(row["degraded"], np.float32)
+            if self.task == "auto":  # the model reads the task and the observation off the cube
+                res = self.restorer.restore(degraded, task="auto", value_range=(0.0, 1.0), batch_size=self.batch_size)
+            else:  # the true task and what its level says (noise σ, blur width, sr scale)
+                obs = observation_of_level(str(row["task"]), float(row["level"]), degraded.shape)
+                res = self.restorer.restore(degraded, task=str(row["task"]), value_range=(0.0, 1.0),
+                                            batch_size=self.batch_size, observation=obs)
             rows.append(_metric_row(row, METHOD_MODEL, res.cube, res.seconds))
         return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
@@ -119,7 +126,8 @@ def resolve_test_prefix(data_uri: str, bands: int, work_dir: str | os.PathLike =
 
 
 def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, levels: str = "all",
-             max_cubes: int | None = None, crop: int | None = 256, baselines: bool = True, task: str = "auto",
+             max_cubes: int | None = None, crop: int | None = 256, baselines: bool = True,
+             extra_baselines: tuple[str, ...] = (), task: str = "auto",
              batch_size: int = 16, concurrency: int = 1, use_gpu: bool = False, work_dir: str = "work",
              tracking_uri: str | None = None, experiment: str = "hsivar-eval", log_mlflow: bool = True,
              ray_address: str | None = None, echo: Callable[[str], None] = print) -> EvalResult:
@@ -132,6 +140,8 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
         levels: ``all`` 19 cases, or ``middle`` (one level per family).
         max_cubes: use the first N cubes of the prefix.
         crop: evaluate the centre crop×crop of each cube (None: whole cubes).
+        baselines: score each family's classical baselines; extra_baselines: names of opt-in ones
+            (:data:`hsivar.classical.OPTIONAL_BASELINES`, e.g. ``("bm4d",)``).
         task: ``auto`` (the model's task classifier) or ``oracle`` (the true task name).
         concurrency: model actors; use_gpu: one GPU per actor.
         tracking_uri: MLflow (default ``$MLFLOW_TRACKING_URI``, else SQLite in ``work_dir``).
@@ -149,6 +159,9 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
     from hsivar_platform.model_uri import resolve_model
 
     ray_runtime.init(ray_address, log_dir=Path(work_dir) / "logs")
+    unknown = sorted(set(extra_baselines) - set(OPTIONAL_BASELINES))
+    if unknown:
+        raise ValueError(f"unknown extra baseline(s) {', '.join(unknown)}; known: {', '.join(OPTIONAL_BASELINES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model(model_uri, out / "model")
@@ -160,7 +173,7 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
          f"{len(cases)} cases; task={task}")
 
     ds = protocol_dataset(files, cases, bands=mcfg.bands, crop=crop)
-    ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines})
+    ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines, "extra": extra_baselines})
     ds = ds.map_batches(ModelScorer, batch_size=1, concurrency=concurrency, num_gpus=1 if use_gpu else None,
                         fn_constructor_kwargs={"model_dir": str(model_dir), "device": "cuda" if use_gpu else "cpu",
                                                "task": "auto" if task == "auto" else "oracle",

@@ -59,7 +59,6 @@ from hsivar.restore import (
     Restorer,
     finish,
     parse_value_range,
-    prepare_cube,
     resolve_overlap,
 )
 from hsivar.tasks import dominant_task, parse_task
@@ -110,6 +109,7 @@ class _TileJob:
     tile: torch.Tensor  # (C, S, S) in [0, 1]
     key: str  # task spec as JSON: tiles with the same key share a forward pass
     task: Any
+    estimate: torch.Tensor | None = None  # (C, S, S) the tile's first estimate (models with first_estimate)
 
 
 @dataclass
@@ -119,11 +119,12 @@ class _TileResult:
 
 
 def _blend(prep: PreparedCube, results: list[_TileResult]) -> RestoredSamples:
-    """One request's restored tiles (in the order of ``prep.coords``) blended into one sample, and the mean
-    task weights (runs in a worker thread, off the event loop)."""
+    """One request's restored tiles (in the order of ``prep.coords``) blended into one sample made consistent with
+    the observation, and the mean task weights (runs in a worker thread, off the event loop)."""
     blender = prep.blender()
     blender.add(prep.coords, torch.stack([r.cube for r in results]))
-    return RestoredSamples(blender.result()[None], torch.stack([r.weights for r in results]).mean(0).tolist())
+    sample = prep.consistent(blender.result())
+    return RestoredSamples(sample[None], torch.stack([r.weights for r in results]).mean(0).tolist())
 
 
 def _int(params: Any, name: str, default: int | None) -> int | None:
@@ -296,14 +297,18 @@ class HSIVARService:
             decode_cube, body, fmt_in, bands=self.restorer.bands, max_values=self.settings.max_cube_values,
             dataset=q.get("dataset") or None)
         del body
-        prep = await asyncio.to_thread(prepare_cube, cube, self.restorer.bands, S, overlap, meta.nodata, value_range)
+        prep = await asyncio.to_thread(partial(self.restorer.prepare, cube, overlap, nodata=meta.nodata,
+                                               value_range=value_range, wavelengths=meta.wavelengths))
         t_decoded = time.perf_counter()
 
         if samples == 1:
             key = json.dumps(task, sort_keys=True)
             tiles = await asyncio.to_thread(prep.tiles)
-            results = await asyncio.gather(*[self._restore_batch(_TileJob(t, key, task)) for t in tiles])
-            del tiles
+            estimates = await asyncio.to_thread(prep.estimate_tiles)
+            results = await asyncio.gather(*[
+                self._restore_batch(_TileJob(t, key, task, None if estimates is None else estimates[k]))
+                for k, t in enumerate(tiles)])
+            del tiles, estimates
             restored = await asyncio.to_thread(_blend, prep, results)
         else:
             loop = asyncio.get_running_loop()
@@ -351,8 +356,10 @@ class HSIVARService:
         for i, job in enumerate(jobs):
             groups.setdefault(job.key, []).append(i)
         for idx in groups.values():
+            estimates = [jobs[i].estimate for i in idx]
+            x0 = None if any(e is None for e in estimates) else torch.stack(estimates)  # type: ignore[arg-type]
             cubes, weights = self.restorer.forward(torch.stack([jobs[i].tile for i in idx]), jobs[idx[0]].task,
-                                                   GREEDY)
+                                                   GREEDY, estimate01=x0)
             for j, i in enumerate(idx):
                 results[i] = _TileResult(cubes[j], weights[j])
         with self._stats_lock:

@@ -189,7 +189,8 @@ def _datasets(cfg: PipelineConfig, splits: Any) -> tuple[dict[str, Any], int]:
     mcfg = cfg.model_cfg()
     tile = mcfg.vqvae.image_size
     files = list_cubes(splits.train)
-    datasets = {"train": training_dataset(files, cfg.data, bands=mcfg.bands, tile=tile)}
+    datasets = {"train": training_dataset(files, cfg.data, bands=mcfg.bands, tile=tile,
+                                          estimate=mcfg.first_estimate)}
     if splits.val and cfg.val.max_cubes > 0:
         val_files = list_cubes(splits.val)[: cfg.val.max_cubes]
         datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels), bands=mcfg.bands, crop=tile,

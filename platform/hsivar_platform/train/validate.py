@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsivar.degrade import observation_of_level
 from hsivar.metrics import evaluate
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.render import false_colour
@@ -31,6 +32,18 @@ def _panel(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], wavelengths: A
     return img.repeat(scale, 0).repeat(scale, 1)
 
 
+def _restore(restorer: Restorer, b: dict[str, np.ndarray], i: int, task_mode: str) -> np.ndarray:
+    """Example ``i`` of a validation batch restored through the one restoration path (first estimate,
+    consistency), in [0, 1]; ``task_mode`` "oracle" passes the true task and level
+    (:func:`hsivar.degrade.observation_of_level`)."""
+    degraded = np.asarray(b["degraded"][i], np.float32)
+    if task_mode == "auto":
+        return restorer.restore(degraded, "auto", value_range=(0.0, 1.0)).cube
+    task, level = str(b["task"][i]), float(b["level"][i])
+    obs = observation_of_level(task, level, degraded.shape)
+    return restorer.restore(degraded, task, value_range=(0.0, 1.0), observation=obs).cube
+
+
 @torch.no_grad()
 def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *, task_mode: str, device: torch.device,
              bf16: bool) -> tuple[dict[str, float], np.ndarray | None]:
@@ -52,7 +65,6 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
     try:
         for b in examples:
             clean = torch.from_numpy(np.ascontiguousarray(b["clean"])).float().to(device)
-            lq = torch.from_numpy(np.ascontiguousarray(b["degraded"])).float().to(device)
             if stage == "vqvae":
                 keep = []
                 for i, u in enumerate(b["uri"]):  # one reconstruction per cube (rows repeat it per case)
@@ -69,8 +81,7 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
                     per.setdefault("recon", []).append(m)
                     panel_rows.setdefault(f"recon{len(panel_rows)}", (b["clean"][i], out[j], b["clean"][i]))
                 continue
-            task = "auto" if task_mode == "auto" else torch.from_numpy(b["task_weights"]).float().to(device)
-            out = restorer.forward(lq, task)[0].numpy()
+            out = np.stack([_restore(restorer, b, i, task_mode) for i in range(len(b["uri"]))])
             for i in range(len(out)):
                 t = str(b["task"][i])
                 m = evaluate(out[i], b["clean"][i], b["band_mask"][i], ergas_ratio=float(b["ergas_ratio"][i]))

@@ -32,8 +32,8 @@ from hsivar_platform.train.validate import val_examples, validate
 class StageStep(torch.nn.Module):
     """The model plus one stage's loss as a ``forward`` (what DDP wraps and synchronises).
 
-    ``forward(hq, lq, task_weights)`` with (B, C, S, S) cubes in [0, 1] and (B, N) weights → (loss,
-    logs dict of floats).
+    ``forward(hq, lq, task_weights, x0, kept)`` with (B, C, S, S) cubes in [0, 1], (B, N) weights and, for
+    models with ``first_estimate``, the first estimate and the kept entries (or None) → (loss, logs dict).
     """
 
     def __init__(self, model: HSIVAR, stage: str, generator: torch.Generator) -> None:
@@ -41,9 +41,12 @@ class StageStep(torch.nn.Module):
         super().__init__()
         self.model, self.stage, self.generator = model, stage, generator
 
-    def forward(self, hq: torch.Tensor, lq: torch.Tensor, task_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The stage's loss on one batch: hq, lq (B, C, S, S) in [0, 1], task weights (B, N) → (loss, logs)."""
-        res = stage_loss(self.model, self.stage, Batch(hq, lq, task_weights), self.generator)  # type: ignore[arg-type]
+    def forward(self, hq: torch.Tensor, lq: torch.Tensor, task_weights: torch.Tensor,
+                x0: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """The stage's loss on one batch: hq, lq, x0 (B, C, S, S) in [0, 1], task weights (B, N), kept (B, C, S, S)
+        bool → (loss, logs)."""
+        batch = Batch(hq, lq, task_weights, x0, kept)
+        res = stage_loss(self.model, self.stage, batch, self.generator)  # type: ignore[arg-type]
         return res.loss, res.logs
 
 
@@ -136,10 +139,13 @@ class _StageRun:
                              checkpoint_dir_name=f"checkpoint_step{self.step:07d}")
 
     def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimizer step on batch ``b`` (hq, lq, task_weights); → the step's logs."""
+        """One optimizer step on batch ``b`` (hq, lq, task_weights; x0 and kept for models with a first
+        estimate); → the step's logs."""
         hq, lq, w = (b[k].to(self.device, non_blocking=True) for k in ("hq", "lq", "task_weights"))
+        x0 = b["x0"].to(self.device, non_blocking=True) if "x0" in b else None
+        kept = b["kept"].to(self.device, non_blocking=True).bool() if "kept" in b else None
         with self.autocast():
-            loss, logs = self.net(hq, lq, w)
+            loss, logs = self.net(hq, lq, w, x0, kept)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.spec.grad_clip if self.spec.grad_clip else float("inf")

@@ -66,7 +66,7 @@ def test_table_rows_are_consistent() -> None:
         assert f.test_levels and f.train_levels and f.level_unit, f.name
         for level in (*f.test_levels, f.middle_level, *f.train_levels):
             f.parse(level)  # every listed level is valid
-        assert f.baseline is None or f.baseline.name
+        assert f.baselines and all(b.name for b in f.baselines)
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -120,7 +120,7 @@ def test_decoder_skips_start_at_zero_and_carry_the_degraded_cube() -> None:
 def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> None:
     """An untrained fusion head returns the decoder's output; once its output conv moves, the restored
     tile depends on the degraded pixels and the task weights; only stage 3 trains it, at its own lr."""
-    cfg = preset("tiny", bands=8)
+    cfg = preset("tiny", bands=8).model_copy(update={"first_estimate": False})
     assert cfg.fusion.width > 0
     torch.manual_seed(0)
     model = HSIVAR(cfg).eval()
@@ -152,9 +152,31 @@ def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> Non
     assert len(param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3)) == 1
 
 
+def test_a_model_with_a_first_estimate_starts_from_it() -> None:
+    """first_estimate: E_con reads x0 (not lq), an untrained head returns x0 exactly, and once the gate closes the
+    decoder's output and the degraded tile matter; the classifier still reads lq."""
+    cfg = preset("tiny", bands=8)
+    assert cfg.first_estimate
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    lq, x0 = torch.rand(2, 8, 32, 32), torch.rand(2, 8, 32, 32)
+    decoded = torch.rand(2, 8, 32, 32) * 2 - 1
+    w = torch.eye(len(TASKS))[:2]
+    with torch.no_grad():
+        assert torch.equal(model.output(lq, decoded, w, x0), x0)
+        assert torch.equal(model.condition_input(lq, x0), x0) and torch.equal(model.condition_input(lq, None), lq)
+        full = model.restore(lq, task="blur", estimate01=x0)
+        assert torch.allclose(full.cube, x0.clamp(0, 1))
+        a, b = model.autoregress(lq, "auto", estimate01=x0), model.autoregress(lq, "auto", estimate01=x0.flip(-1))
+        assert torch.equal(a.task_weights, b.task_weights)  # the classifier reads lq only
+        assert not torch.equal(a.latent, b.latent)  # the condition reads x0
+        model.fusion.gate.weight.zero_()
+        assert torch.allclose(model.output(lq, decoded, w, x0), (decoded + 1) / 2)
+
+
 def test_fusion_unsharp_masks_add_each_tasks_amount_of_every_band_detail() -> None:
     """Σ_j a_j (lq − G_σj ∗ lq): Gaussian details of every band (reflect padding), amounts mixed by the task."""
-    cfg = preset("tiny", bands=8)
+    cfg = preset("tiny", bands=8).model_copy(update={"first_estimate": False})
     sigmas = cfg.fusion.unsharp_sigmas
     assert len(sigmas) >= 2
     torch.manual_seed(0)

@@ -1,0 +1,277 @@
+"""The observation model: how a degraded cube was observed, and what is known about it.
+
+A degradation family is an operator A on the clean cube x (C, H, W) in [0, 1] plus noise: the degraded
+cube is y = A(x) + n. :class:`Observation` holds what is known about A and n for one cube:
+
+* ``missing`` — (C, H, W) bool, entries that were not observed: removed voxels (inpaint), missing bands
+  (bandmiss), dead lines and impulse-hit voxels (complex), a file's nodata or bad bands, a user's mask.
+  The entries that were observed are exact up to the noise, so the restoration keeps them.
+* ``sr_scale`` — y is x down-sampled by s (bicubic, ``align_corners=True``) and pixel-replicated back to
+  H×W; what was observed is the low-resolution grid ``y[:, ::s, ::s]``.
+* ``blur_sigma`` — y is x blurred by a separable Gaussian of this width (pixels), zero padding.
+* ``noise_sigma`` — (C,) per-band noise σ in [0, 1] units.
+* ``stripes`` — some bands carry column offsets (complex noise, case 2).
+
+It comes from the degradation record (training, evaluation with the true task, a user who says so:
+:meth:`Observation.from_record`), from a file's metadata or a request (nodata, bad bands, a mask:
+:meth:`Observation.merge`), and in blind ``auto`` mode from the cube itself (:meth:`Observation.detect`):
+bands that are zero everywhere, voxels that hold exactly 0, 1 or the cube's minimum or maximum when many do
+(removed, impulse-hit or saturated entries), pixel replication in s×s blocks, and each band's noise σ from its finest
+diagonal Haar coefficients (Donoho's median absolute deviation estimator). A blur cannot be told from
+the cube by these rules; the model's task classifier estimates it (:mod:`hsivar.restore`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from hsivar.degrade.record import DegradationRecord
+
+SR_SCALES: tuple[int, ...] = (8, 4, 2)
+"""Replication factors :meth:`Observation.detect` looks for, largest first."""
+
+SATURATED_FRACTION = 1e-3
+"""Exact minimum / maximum values count as unobserved entries when they hold more than this fraction of the
+cube's voxels (a clean normalised cube has one voxel at each extreme)."""
+
+
+@dataclass
+class Observation:
+    """What is known about how a cube of shape ``shape`` (C, H, W) was observed (see the module docstring)."""
+
+    shape: tuple[int, int, int]
+    missing: np.ndarray | None = None
+    sr_scale: int | None = None
+    blur_sigma: float | None = None
+    noise_sigma: np.ndarray | None = None
+    stripes: bool = False
+    source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def observed(self) -> np.ndarray:
+        """(C, H, W) bool: True where the entry was observed."""
+        return np.ones(self.shape, bool) if self.missing is None else ~self.missing
+
+    @property
+    def missing_bands(self) -> np.ndarray:
+        """(C,) bool: bands with no observed entry."""
+        if self.missing is None:
+            return np.zeros(self.shape[0], bool)
+        return self.missing.reshape(self.shape[0], -1).all(axis=1)
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether any entry is unobserved."""
+        return self.missing is not None and bool(self.missing.any())
+
+    def noisy(self, threshold: float = 5 / 255) -> bool:
+        """Whether the noisiest tenth of the bands has σ above ``threshold`` ([0, 1] units; 5/255 by default:
+        lighter noise is left to the model, the denoiser's smoothing would cost more than it removes). The 90th
+        percentile rather than the maximum: one band's estimate from few samples must not flip the decision."""
+        return self.noise_sigma is not None and bool(np.quantile(self.noise_sigma, 0.9) > threshold)
+
+    def merge(self, other: Observation) -> Observation:
+        """Both observations at once: the union of the unobserved entries; for every other field, this one's
+        value when known, else ``other``'s."""
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge observations of shapes {self.shape} and {other.shape}")
+        missing = self.missing if other.missing is None else (
+            other.missing if self.missing is None else self.missing | other.missing)
+        noise = self.noise_sigma if self.noise_sigma is not None else other.noise_sigma
+        return Observation(self.shape, missing, self.sr_scale or other.sr_scale,
+                           self.blur_sigma if self.blur_sigma is not None else other.blur_sigma, noise,
+                           self.stripes or other.stripes, {**other.source, **self.source})
+
+    def with_missing(self, mask: np.ndarray, source: str) -> Observation:
+        """This observation with the (C, H, W) bool ``mask`` of entries known to be unobserved added."""
+        return self.merge(Observation(self.shape, np.asarray(mask, bool), source={"missing": source}))
+
+    def facts(self) -> dict[str, Any]:
+        """Everything but the mask, JSON-able (for :meth:`from_facts` after travelling)."""
+        return {"shape": list(self.shape), "sr_scale": self.sr_scale, "blur_sigma": self.blur_sigma,
+                "noise_sigma": None if self.noise_sigma is None else [float(v) for v in self.noise_sigma],
+                "stripes": self.stripes, "source": dict(self.source)}
+
+    @classmethod
+    def from_facts(cls, facts: dict[str, Any], missing: np.ndarray | None = None) -> Observation:
+        """The observation of :meth:`facts` and its ``missing`` mask (C, H, W) bool."""
+        noise = facts.get("noise_sigma")
+        return cls(tuple(facts["shape"]), missing, facts.get("sr_scale"), facts.get("blur_sigma"),  # type: ignore[arg-type]
+                   None if noise is None else np.asarray(noise, np.float32), bool(facts.get("stripes")),
+                   dict(facts.get("source") or {}))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly facts: fraction of unobserved entries, missing bands, sr scale, blur σ, mean noise σ."""
+        return {"missing_fraction": float(self.missing.mean()) if self.missing is not None else 0.0,
+                "missing_bands": np.flatnonzero(self.missing_bands).tolist(), "sr_scale": self.sr_scale,
+                "blur_sigma": self.blur_sigma, "stripes": self.stripes,
+                "noise_sigma": float(np.mean(self.noise_sigma)) if self.noise_sigma is not None else None,
+                "source": dict(self.source)}
+
+    # ------------------------------------------------------------------------------------------ sources
+
+    @classmethod
+    def from_record(cls, record: DegradationRecord) -> Observation:
+        """What a degradation record says (mixtures: every component's facts merged)."""
+        if record.components:
+            obs = cls(tuple(record.shape))  # type: ignore[arg-type]
+            for comp in record.components:
+                obs = obs.merge(cls.from_record(comp))
+            return obs
+        C, H, W = record.shape
+        obs = cls((C, H, W), source={"record": record.task})
+        if record.removed_mask is not None:
+            obs.missing = np.asarray(record.removed_mask, bool).copy()
+        if record.missing_bands is not None and len(record.missing_bands):
+            obs.missing = np.zeros((C, H, W), bool)
+            obs.missing[np.asarray(record.missing_bands)] = True
+        if record.extra == "deadline" and record.column_mask is not None:
+            obs.missing = np.broadcast_to(np.asarray(record.column_mask, bool)[:, None, :], (C, H, W)).copy()
+        if record.extra == "impulse" and record.impulse_mask is not None:
+            obs.missing = np.asarray(record.impulse_mask, bool).copy()
+        obs.stripes = record.extra == "stripe"
+        if record.band_sigmas is not None:
+            obs.noise_sigma = np.asarray(record.band_sigmas, np.float32).copy()
+        if record.sigma is not None:
+            obs.noise_sigma = np.full(C, record.sigma, np.float32)
+        if record.scale:
+            obs.sr_scale = int(record.scale)
+        if record.blur_sigma is not None:
+            obs.blur_sigma = float(record.blur_sigma)
+        return obs
+
+    @classmethod
+    def detect(cls, cube01: np.ndarray, *, noise: bool = True) -> Observation:
+        """What the cube (C, H, W) in [0, 1] units shows of its own observation (see the module docstring)."""
+        x = np.asarray(cube01, np.float32)
+        C, H, W = x.shape
+        obs = cls((C, H, W), source={"detected": "cube"})
+        missing = np.zeros(x.shape, bool)
+        flat = x.reshape(C, -1)
+        zero_bands = ~np.any(flat != 0, axis=1)
+        if C > 1 and zero_bands.any() and not zero_bands.all():
+            missing[zero_bands] = True
+        rest = ~missing
+        lo, hi = float(x[rest].min()) if rest.any() else 0.0, float(x[rest].max()) if rest.any() else 0.0
+        limit = max(10, SATURATED_FRACTION * x.size)
+        for value in {0.0, 1.0, lo, hi}:  # [0, 1] units: the protocol's removed / impulse values, saturation
+            hits = (x == value) & rest
+            if hits.sum() > limit:
+                missing |= hits
+        if missing.any():
+            obs.missing = missing
+        obs.sr_scale = replication_scale(x, obs.observed)
+        if noise and not obs.sr_scale:  # a replicated cube shows no noise at the scale the estimator reads
+            obs.noise_sigma = band_noise_sigma(x, obs.observed)
+        return obs
+
+    def replaced(self, **changes: Any) -> Observation:
+        """A copy with some fields replaced (e.g. ``blur_sigma`` estimated by the model)."""
+        return replace(self, **changes)
+
+
+NEIGHBOUR_BANDS = 4  # predictors of a band in the noise estimate when few pixels are complete
+MIN_NOISE_SAMPLES = 128  # a band with fewer samples takes the other bands' median σ
+
+
+def replication_scale(cube: np.ndarray, observed: np.ndarray | None = None, tolerance: float = 0.99) -> int | None:
+    """The largest s of :data:`SR_SCALES` such that the cube (C, H, W) is constant over s×s blocks (aligned with
+    its origin) in at least ``tolerance`` of the blocks whose entries were all observed; None if none is."""
+    x = np.asarray(cube)
+    C, H, W = x.shape
+    ok = np.ones(x.shape, bool) if observed is None else np.asarray(observed, bool)
+    for s in SR_SCALES:
+        h, w = (H // s) * s, (W // s) * s
+        if h < 2 * s or w < 2 * s:
+            continue
+        blocks = x[:, :h, :w].reshape(C, h // s, s, w // s, s)
+        full = ok[:, :h, :w].reshape(C, h // s, s, w // s, s).all(axis=(2, 4))
+        if not full.any():
+            continue
+        same = (blocks == blocks[:, :, :1, :, :1]).all(axis=(2, 4))
+        if same[full].mean() >= tolerance:
+            return s
+    return None
+
+
+def band_noise_sigma(cube: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
+    """(C,) float32 noise σ of each band of a cube (C, H, W) in its units.
+
+    The finest diagonal Haar coefficients of each band, on the 2×2 blocks whose entries were all observed;
+    with 3 bands or more, of the band's residual after its least-squares prediction from the other bands
+    (HySime's noise estimate: texture shared across bands is predicted, noise is not), so a textured clean
+    cube reads as noise-free. When too few pixels have every band observed (heavy inpainting), each band is
+    predicted from its nearest :data:`NEIGHBOUR_BANDS` bands instead, on the pixels where those are observed.
+    σ is their median absolute value over 0.6745 (Donoho); a band with too few samples gets the other bands'
+    median, all 0 when no band has enough.
+    """
+    x = np.asarray(cube, np.float64)
+    C, H, W = x.shape
+    ok = np.ones(x.shape, bool) if observed is None else np.asarray(observed, bool)
+    if C >= 3:
+        flat, okf = x.reshape(C, -1), ok.reshape(C, -1)
+        cols = okf.all(axis=0)
+        if cols.sum() > 4 * C:
+            x = noise_by_regression(flat - flat[:, cols].mean(1, keepdims=True), cols).reshape(C, H, W)
+        else:
+            x, ok = _neighbour_residuals(flat, okf)
+            x, ok = x.reshape(C, H, W), ok.reshape(C, H, W)
+    h, w = (H // 2) * 2, (W // 2) * 2
+    if h == 0 or w == 0:
+        return np.zeros(C, np.float32)
+    q = x[:, :h, :w]
+    hh = (q[:, 0::2, 0::2] - q[:, 0::2, 1::2] - q[:, 1::2, 0::2] + q[:, 1::2, 1::2]) / 2
+    full = ok[:, :h, :w].reshape(C, h // 2, 2, w // 2, 2).all(axis=(2, 4))
+    out = np.full(C, np.nan, np.float32)
+    for b in range(C):
+        v = np.abs(hh[b][full[b]])
+        if v.size < MIN_NOISE_SAMPLES:  # too few full blocks: the residual itself (white noise, no texture left)
+            r = x[b][ok[b]]
+            v = np.abs(r - np.median(r)) if r.size else r
+        if v.size >= MIN_NOISE_SAMPLES:
+            out[b] = float(np.median(v)) / 0.6745
+    known = np.isfinite(out)
+    # a band with too few samples takes the median of the others (unknown is not noise-free); none known → 0
+    return np.where(known, out, np.median(out[known]) if known.any() else 0.0).astype(np.float32)
+
+
+def _neighbour_residuals(flat: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each band of ``flat`` (C, N) minus its least-squares prediction from its nearest bands, fitted and
+    defined where the band and those bands are observed (``ok`` (C, N) bool); → residuals, where defined."""
+    C, N = flat.shape
+    res, defined = np.zeros_like(flat), np.zeros_like(ok)
+    for b in range(C):
+        nb = [j for j in range(max(0, b - NEIGHBOUR_BANDS // 2), min(C, b + NEIGHBOUR_BANDS // 2 + 1)) if j != b]
+        cols = ok[[b, *nb]].all(axis=0)
+        if cols.sum() < MIN_NOISE_SAMPLES:
+            continue
+        A = np.vstack([flat[nb][:, cols], np.ones(int(cols.sum()))]).T
+        beta, *_ = np.linalg.lstsq(A, flat[b, cols], rcond=None)
+        # the prediction carries the neighbours' noise too: σ_res² = σ²(1 + Σβ²) for equal σ, undone here
+        res[b, cols] = (flat[b, cols] - A @ beta) / np.sqrt(1 + float(np.sum(beta[:-1] ** 2)))
+        defined[b] = cols
+    return res, defined
+
+
+def noise_by_regression(flat: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """HySime's noise estimate: each band of ``flat`` (C, N) minus its least-squares prediction from the other
+    bands, fitted on the ``columns`` (N,) bool pixels (default all); → (C, N)."""
+    C = flat.shape[0]
+    fit = flat if columns is None else flat[:, columns]
+    R = fit @ fit.T
+    Rinv = np.linalg.inv(R + 1e-9 * np.trace(R) / C * np.eye(C))
+    noise = np.empty_like(flat)
+    for i in range(C):
+        beta = (Rinv - np.outer(Rinv[:, i], Rinv[i]) / Rinv[i, i]) @ R[:, i]
+        beta[i] = 0.0
+        noise[i] = flat[i] - beta @ flat
+    return noise
+
+
+def blur_kernel_size(sigma: float) -> int:
+    """Odd kernel size covering ±3σ (pixels) of a Gaussian of width ``sigma`` px."""
+    return 2 * math.ceil(3 * sigma) + 1

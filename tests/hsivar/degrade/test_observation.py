@@ -1,0 +1,108 @@
+"""The observation model: what a record, a level and the cube itself say about how a cube was observed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hsivar.degrade import Observation, degrade, degrade_for_test, degrade_mixture, observation_of_level
+from hsivar.degrade.observation import band_noise_sigma, replication_scale
+from hsivar.kernels import blur_sigma
+
+
+def test_records_say_which_entries_were_not_observed(cube: np.ndarray) -> None:
+    C = cube.shape[0]
+    _, rec = degrade_for_test(cube, "inpaint", 0.8)
+    obs = Observation.from_record(rec)
+    assert np.array_equal(obs.missing, rec.removed_mask) and not obs.noisy() and obs.sr_scale is None
+    _, rec = degrade_for_test(cube, "bandmiss", 0.3)
+    obs = Observation.from_record(rec)
+    assert np.array_equal(np.flatnonzero(obs.missing_bands), rec.missing_bands)
+    assert obs.missing.sum() == len(rec.missing_bands) * cube[0].size
+    _, rec = degrade_for_test(cube, "complex", 3)  # dead lines: whole columns of some bands, plus noise
+    obs = Observation.from_record(rec)
+    assert np.array_equal(obs.missing[:, 0, :], rec.column_mask) and obs.noisy()
+    assert np.allclose(obs.noise_sigma, rec.band_sigmas)
+    _, rec = degrade_for_test(cube, "complex", 4)
+    assert np.array_equal(Observation.from_record(rec).missing, rec.impulse_mask)
+    assert Observation.from_record(degrade_for_test(cube, "complex", 2)[1]).stripes
+    assert Observation.from_record(degrade_for_test(cube, "sr", 4)[1]).sr_scale == 4
+    assert Observation.from_record(degrade_for_test(cube, "blur", 15)[1]).blur_sigma == pytest.approx(blur_sigma(15))
+    obs = Observation.from_record(degrade_for_test(cube, "gaussian", 50)[1])
+    assert obs.noise_sigma.shape == (C,) and np.allclose(obs.noise_sigma, 50 / 255)
+
+
+def test_a_mixture_merges_its_components(cube: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    _, rec = degrade_mixture(cube, [("blur", 9), ("inpaint", 0.7), ("bandmiss", 0.2)], rng)
+    obs = Observation.from_record(rec)
+    removed = rec.components[1].removed_mask.copy()
+    removed[rec.components[2].missing_bands] = True
+    assert np.array_equal(obs.missing, removed) and obs.blur_sigma == pytest.approx(blur_sigma(9))
+
+
+def test_the_cube_shows_missing_bands_removed_voxels_and_replication(cube: np.ndarray) -> None:
+    for level in (0.1, 0.2, 0.3):
+        degraded, rec = degrade_for_test(cube, "bandmiss", level)
+        assert np.array_equal(Observation.detect(degraded).missing, Observation.from_record(rec).missing)
+    degraded, rec = degrade_for_test(cube, "inpaint", 0.8)
+    detected = Observation.detect(degraded)
+    assert np.array_equal(detected.missing & (cube != 0), rec.removed_mask & (cube != 0))  # a clean 0 looks removed
+    assert not detected.noisy()
+    for s in (2, 4, 8):
+        assert Observation.detect(degrade_for_test(cube, "sr", s)[0]).sr_scale == s
+    for task, level in (("gaussian", 30), ("blur", 9), ("inpaint", 0.9)):
+        assert Observation.detect(degrade_for_test(cube, task, level)[0]).sr_scale is None
+    assert replication_scale(np.repeat(np.repeat(cube[:, ::3, ::3], 3, 1), 3, 2)) is None  # only 2, 4 and 8
+
+
+def test_the_cube_shows_its_noise_level(cube: np.ndarray) -> None:
+    from hsivar.synth import make_cube
+
+    assert not Observation.detect(make_cube(seed=3, size=48, bands=16)[0]).noisy()  # shared texture is no noise
+    for level in (30, 50, 70):
+        sigma = Observation.detect(degrade_for_test(cube, "gaussian", level)[0]).noise_sigma
+        assert np.median(sigma) == pytest.approx(level / 255, rel=0.15)
+    rng = np.random.default_rng(1)
+    even = cube[:30]
+    noisy = even + rng.normal(0, [[[0.02]], [[0.2]]] * 15, even.shape).astype(np.float32)
+    est = band_noise_sigma(noisy)
+    texture = 0.05 / np.sqrt(12)  # the fixture's per-band uniform texture is white noise to any estimator
+    assert np.median(est[::2]) == pytest.approx(np.hypot(0.02, texture), rel=0.15)
+    assert np.median(est[1::2]) == pytest.approx(0.2, rel=0.15)
+
+
+def test_impulse_hits_and_saturated_entries_count_as_unobserved(cube: np.ndarray) -> None:
+    degraded, rec = degrade_for_test(cube, "complex", 4)
+    detected = Observation.detect(degraded).missing
+    assert detected is not None
+    hit = rec.impulse_mask
+    assert (detected & hit).sum() >= 0.99 * hit.sum()  # the pepper (0) and salt (1) voxels
+    assert (detected & ~hit).sum() <= 0.01 * hit.sum()
+
+
+def test_a_level_says_what_the_masks_cannot() -> None:
+    shape = (8, 16, 16)
+    assert observation_of_level("blur", 21, shape).blur_sigma == pytest.approx(blur_sigma(21))
+    assert observation_of_level("sr", 8, shape).sr_scale == 8
+    assert np.allclose(observation_of_level("gaussian", 70, shape).noise_sigma, np.full(8, 70 / 255))
+    assert observation_of_level("complex", 2, shape).stripes and not observation_of_level("complex", 3, shape).stripes
+    assert observation_of_level("inpaint", 0.8, shape).missing is None
+    with pytest.raises(ValueError, match="unknown task"):
+        observation_of_level("haze", 1, shape)
+
+
+def test_merge_facts_and_masks(cube: np.ndarray) -> None:
+    C, H, W = cube.shape
+    a = Observation((C, H, W), np.zeros((C, H, W), bool), blur_sigma=2.0, source={"given": "user"})
+    a.missing[0, :2] = True
+    b = Observation((C, H, W), np.zeros((C, H, W), bool), sr_scale=4, blur_sigma=9.0)
+    b.missing[1, :, :3] = True
+    m = a.merge(b)
+    assert m.missing.sum() == 2 * W + 3 * H and m.blur_sigma == 2.0 and m.sr_scale == 4
+    again = Observation.from_facts(m.facts(), m.missing)
+    assert again.facts() == m.facts() and np.array_equal(again.missing, m.missing)
+    with pytest.raises(ValueError, match="cannot merge"):
+        a.merge(Observation((C, H + 1, W)))
+    degraded, _ = degrade(cube, "gaussian", 0, np.random.default_rng(0))  # σ = 0: a clean cube
+    assert Observation.detect(degraded).summary()["missing_fraction"] == 0.0
