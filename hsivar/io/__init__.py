@@ -8,6 +8,8 @@ or any fsspec URI.
 - :mod:`hsivar.io.location`: locations and the project's atomic write (:func:`staged`,
   :func:`write_bytes_atomic`).
 - :mod:`hsivar.io.bands`: :func:`select_bands`, :func:`resample_bands`, :func:`match_bands`.
+- :mod:`hsivar.io.masks`: the entries a file marks as not observed (bad band lists ``bbl``, masks; nonzero
+  mask = observed), read into ``CubeMeta.missing`` and written back from it; :func:`band_missing`.
 - One module per format (:mod:`~hsivar.io.npy`, :mod:`~hsivar.io.hdf5`, :mod:`~hsivar.io.mat`,
   :mod:`~hsivar.io.geotiff`, :mod:`~hsivar.io.envi`) with its reader and writer; :mod:`hsivar.io.layout`
   holds the layout rule and helpers they share.
@@ -17,6 +19,7 @@ from hsivar.io.bands import match_bands, resample_bands, select_bands
 from hsivar.io.cube import cube_shape, read_cube, write_cube
 from hsivar.io.layout import LAYOUTS
 from hsivar.io.location import staged, write_bytes_atomic
+from hsivar.io.masks import band_missing
 from hsivar.io.meta import CubeError, CubeMeta
 from hsivar.io.registry import (
     FORMAT_TABLE,
@@ -38,6 +41,7 @@ __all__ = [
     "CubeError",
     "CubeMeta",
     "Format",
+    "band_missing",
     "cube_shape",
     "cube_suffixes",
     "detect_format",

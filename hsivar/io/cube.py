@@ -17,6 +17,7 @@ and keep the georeferencing, band names and wavelengths wherever the format can 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from hsivar.io.layout import (
     subset_meta,
 )
 from hsivar.io.location import resolve_location, staged
+from hsivar.io.masks import check_missing
 from hsivar.io.meta import CubeError, CubeMeta
 from hsivar.io.registry import FORMAT_TABLE, Format, detect_file_format, detect_format
 
@@ -156,13 +158,16 @@ def read_cube(
     Returns:
         ``(cube, meta)``: cube of shape (C, H, W), dtype float32, in source units (C = len(bands)
         when given; H, W the window's size when given); meta with the wavelengths (nm) and names of
-        the bands read, source dtype, value range of the values read, and for GeoTIFF/ENVI the CRS
-        and the transform of the window.
+        the bands read, source dtype, value range of the values read, for GeoTIFF/ENVI the CRS
+        and the transform of the window, and ``meta.missing``: the (C, H, W) bool entries the file's
+        bad band list or mask marks as not observed (:mod:`hsivar.io.masks`), or ``None``.
 
     Raises:
         CubeError: missing, empty, truncated or unreadable file; not a 3-D cube; zero bands;
             impossible ``layout``; unknown ``dataset``; window or band indices out of range; NaN/Inf
-            values (with their count) unless ``allow_nonfinite``.
+            values (with their count) outside the entries the file marks as not observed, unless
+            ``allow_nonfinite``; a mask of the wrong shape or a bad band list of the wrong length
+            (the message names the file and both shapes).
     """
     allow_nonfinite, storage_options, fmt = _parse_read_options(options)
     with _open_source(
@@ -173,6 +178,7 @@ def read_cube(
         indices = check_bands(bands, source.shape[0], text)
         try:
             raw = source.read(win, indices)
+            missing = source.read_missing(win, indices) if source.read_missing is not None else None
         except (*_LIBRARY_ERRORS, *row.errors) as exc:
             raise CubeError(f"{text}: cannot read data: {type(exc).__name__}: {exc}") from exc
 
@@ -180,14 +186,19 @@ def read_cube(
         cube = np.ascontiguousarray(raw, dtype=np.float32)
     if not (cube.flags.owndata and cube.flags.writeable):
         cube = cube.copy()  # never hand out a read-only view of a memory-mapped file
+    if missing is not None and not missing.any():
+        missing = None
     finite = np.isfinite(cube)
     bad = int(cube.size - np.count_nonzero(finite))
-    if bad and not allow_nonfinite:
+    # entries the file marks as not observed may hold anything
+    refused = bad if not bad or missing is None else int(np.count_nonzero(~finite & ~missing))
+    if refused and not allow_nonfinite:
         raise CubeError(
-            f"{text}: {bad} non-finite value(s) (NaN/Inf after conversion to float32) among {cube.size}; "
+            f"{text}: {refused} non-finite value(s) (NaN/Inf after conversion to float32) among {cube.size}; "
             "pass allow_nonfinite=True to read them anyway"
         )
     meta = subset_meta(source.meta, indices)
+    meta.missing = missing
     if not bad:
         meta.value_range = (float(raw.min()), float(raw.max()))
     elif bad < cube.size:
@@ -271,9 +282,12 @@ def write_cube(
             :func:`read_cube`).
         meta: band wavelengths (nm) / names, CRS, transform, nodata to store where the format can hold
             them (GeoTIFF: all; ENVI: all, north-up transforms; HDF5: attributes; npz / .mat:
-            wavelengths and names; .npy: none). ``meta.extras["dataset"]`` names the HDF5 dataset /
-            npz key / .mat variable (default ``"cube"``), ``meta.extras["interleave"]`` the ENVI
-            interleave (default BSQ). .mat files store the cube MATLAB-style as H x W x C.
+            wavelengths and names; .npy: none). ``meta.missing`` (C, H, W) bool, the entries not
+            observed, as :mod:`hsivar.io.masks` says (whole bad bands as ``bbl``; other entries as a
+            mask in HDF5, .mat and GeoTIFF; ENVI refuses those, .npy / .npz drop it).
+            ``meta.extras["dataset"]`` names the HDF5 dataset / npz key / .mat variable (default
+            ``"cube"``), ``meta.extras["interleave"]`` the ENVI interleave (default BSQ). .mat files
+            store the cube MATLAB-style as H x W x C.
         format: one of :data:`hsivar.io.FORMATS`, overriding the extension.
         dtype: dtype written, e.g. ``meta.dtype`` to go back to the source dtype; integer dtypes
             round and clip to their range. Default: the cube's own dtype.
@@ -285,7 +299,8 @@ def write_cube(
 
     Raises:
         CubeError: not a non-empty 3-D numeric cube; unsupported format or dtype; metadata not
-            matching the band count; non-finite values for an integer dtype; the library refused.
+            matching the band count or the cube's shape; a mask the format cannot hold; non-finite
+            values for an integer dtype; the library refused.
     """
     loc = resolve_location(dst, storage_options)
     row = _row(format or detect_format(loc.text), loc.text)
@@ -304,6 +319,9 @@ def write_cube(
     target = target.newbyteorder("=")
     if row.dtypes is not None and target.name not in row.dtypes:
         raise CubeError(f"{loc.text}: {row.name} cannot store dtype {target.name}")
+    missing = check_missing(meta.missing, arr.shape, loc.text)
+    if missing is not meta.missing:
+        meta = dataclasses.replace(meta, missing=missing)
     problem = row.meta_problem(meta) if row.meta_problem is not None else None
     if problem:
         raise CubeError(f"{loc.text}: {problem}")

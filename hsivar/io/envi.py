@@ -4,8 +4,9 @@
 A cube is named by either file. The header describes the layout (BSQ / BIL / BIP interleave), so
 ``layout=`` is not consulted. Local data files are memory-mapped (a window reads only its block); remote
 ones are copied to a temporary folder first. Wavelengths (micrometres converted to nm), band names, data
-ignore value, ``map info`` (north-up transforms, WGS-84 UTM zones) and coordinate system strings are read
-and written.
+ignore value (nodata), bad band list ``bbl`` (0 = bad band: :attr:`CubeMeta.missing`, see
+:mod:`hsivar.io.masks`), ``map info`` (north-up transforms, WGS-84 UTM zones) and coordinate system strings
+are read and written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import spectral.io.envi as spectral_envi
 from rasterio.crs import CRS
 
-from hsivar.io import layout
+from hsivar.io import layout, masks
 from hsivar.io.location import Location
 from hsivar.io.meta import CubeError, CubeMeta
 
@@ -178,8 +179,10 @@ def open_envi(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOptio
         layout=axes,
         extras=extras,
     )
+    bad = masks.parse_bbl(header.get(masks.BBL_KEY), count, hdr_loc.text)
     return layout.Source(
-        shape=(count, height, width), meta=meta, read=lambda window, bands: layout.read_block(arr, axes, window, bands)
+        shape=(count, height, width), meta=meta, read=lambda window, bands: layout.read_block(arr, axes, window, bands),
+        read_missing=masks.bands_reader(bad) if bad is not None else None,
     )
 
 
@@ -195,16 +198,20 @@ def envi_targets(loc: Location) -> list[Location]:
 
 
 def envi_meta_problem(meta: CubeMeta) -> str | None:
-    """Why ENVI cannot store ``meta`` (a rotated or sheared transform), or ``None``."""
+    """Why ENVI cannot store ``meta`` (a rotated or sheared transform, missing entries that are not whole bands),
+    or ``None``."""
     if meta.transform is not None and (meta.transform[1] or meta.transform[3]):
         return "ENVI map info holds north-up transforms only; write GeoTIFF instead"
+    if meta.missing is not None and masks.split_missing(meta.missing)[1] is not None:
+        return "ENVI holds whole bad bands only (bbl), not a mask of single entries; write HDF5 instead"
     return None
 
 
 def write_envi(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
     """Write the (C, H, W) cube as little-endian raw data (``paths[0]``, interleave
     ``meta.extras["interleave"]``, default BSQ) and its header (``paths[1]``) with wavelengths (nm),
-    band names, data ignore value, map info and coordinate system string."""
+    band names, data ignore value, bad band list (bands wholly in ``meta.missing``), map info and coordinate
+    system string."""
     data_path, hdr_path = paths
     interleave = str(meta.extras.get("interleave") or "bsq").lower()
     if interleave not in _AXES:
@@ -231,6 +238,9 @@ def write_envi(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
         header["band names"] = [str(n) for n in meta.band_names]
     if meta.nodata is not None:
         header["data ignore value"] = repr(float(meta.nodata))
+    bad = masks.split_missing(meta.missing)[0] if meta.missing is not None else None
+    if bad is not None:
+        header[masks.BBL_KEY] = [str(int(not b)) for b in bad]
     if meta.transform is not None:
         a, b, x0, d, e, y0 = meta.transform[:6]
         header["map info"] = ["Arbitrary", 1, 1, repr(x0), repr(y0), repr(a), repr(-e)]

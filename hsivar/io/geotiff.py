@@ -3,7 +3,10 @@
 The file describes its own layout, so ``layout=`` is not consulted. Reads are windowed (remote files
 through fsspec, only the bytes needed). CRS, transform, nodata, band descriptions (names) and wavelengths
 (dataset tag ``wavelengths`` or per-band tags ``wavelength``, with ``wavelength_units``) are read and
-written; scales / offsets are reported in ``extras``, values are returned as stored.
+written; scales / offsets are reported in ``extras``, values are returned as stored. An internal (or
+``.msk``) per-dataset mask and a dataset tag ``bbl`` (bad band list) give :attr:`CubeMeta.missing`
+(:mod:`hsivar.io.masks`); the writer stores whole bad bands as ``bbl`` and the other missing entries as an
+internal mask (one for all the good bands).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import rasterio.errors
 import rasterio.windows
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 
-from hsivar.io import layout
+from hsivar.io import layout, masks
 from hsivar.io.location import Location
 from hsivar.io.meta import CubeError, CubeMeta
 
-__all__ = ["GEOTIFF_DTYPES", "GEOTIFF_ERRORS", "open_geotiff", "write_geotiff"]
+__all__ = ["GEOTIFF_DTYPES", "GEOTIFF_ERRORS", "geotiff_meta_problem", "open_geotiff", "write_geotiff"]
 
 GEOTIFF_ERRORS: tuple[type[Exception], ...] = (rasterio.errors.RasterioError,)
 """Library errors meaning "not a valid GeoTIFF" or "cannot write it" (besides OSError, ValueError, ...)."""
@@ -83,12 +87,51 @@ def open_geotiff(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOp
     if any(v != 1 for v in ds.scales) or any(v != 0 for v in ds.offsets):
         # Values are returned as stored; physical = stored * scale + offset.
         meta.extras.update(scales=list(ds.scales), offsets=list(ds.offsets))
-    return layout.Source(shape=(ds.count, ds.height, ds.width), meta=meta, read=read)
+    return layout.Source(shape=(ds.count, ds.height, ds.width), meta=meta, read=read,
+                         read_missing=_missing_reader(ds, loc.text))
+
+
+def _missing_reader(ds: Any, src: str) -> masks.MissingReader | None:
+    """The reader of the entries the dataset marks as not observed: its bad band list (tag ``bbl``) and the
+    bands whose GDAL mask is a per-dataset (internal, ``.msk``) mask; ``None`` when there are none. Nodata
+    masks are left to ``nodata``."""
+    tags = {k.lower(): v for k, v in ds.tags().items()}
+    bad = masks.parse_bbl(tags.get(masks.BBL_KEY), ds.count, src)
+    masked = np.array([MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags
+                       for flags in ds.mask_flag_enums])
+    if not masked.any():
+        return masks.bands_reader(bad) if bad is not None else None
+    first = int(np.flatnonzero(masked)[0]) + 1  # a per-dataset mask is the same for every band
+
+    def read(window: tuple[int, int, int, int], bands: list[int] | None) -> np.ndarray:
+        r0, c0, h, w = window
+        unobserved = ds.read_masks(first, window=rasterio.windows.Window(c0, r0, w, h)) == 0
+        idx = np.arange(ds.count) if bands is None else np.asarray(bands, int)
+        missing = masked[idx][:, None, None] & unobserved[None]
+        if bad is not None:
+            missing[bad[idx]] = True
+        return missing
+
+    return read
+
+
+def geotiff_meta_problem(meta: CubeMeta) -> str | None:
+    """Why a GeoTIFF cannot store ``meta`` (missing entries that differ between the good bands), or ``None``."""
+    if meta.missing is None:
+        return None
+    bad, rest = masks.split_missing(meta.missing)
+    if rest is not None:
+        good = rest if bad is None else rest[~bad]
+        if not (good == good[:1]).all():
+            return ("a GeoTIFF holds one mask for all its bands besides a bad band list (bbl); these missing "
+                    "entries differ between bands: write HDF5 instead")
+    return None
 
 
 def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
     """Write the (C, H, W) cube to ``paths[0]`` as a deflate-compressed, band-interleaved GeoTIFF (tiled
-    256 x 256 when large enough) with CRS, transform, nodata, band names and wavelengths (nm)."""
+    256 x 256 when large enough) with CRS, transform, nodata, band names, wavelengths (nm) and the missing
+    entries of ``meta.missing`` (tag ``bbl``, internal mask)."""
     c, h, w = arr.shape
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -108,10 +151,16 @@ def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
         profile["transform"] = Affine(*meta.transform[:6])
     if meta.nodata is not None:
         profile["nodata"] = meta.nodata
-    with warnings.catch_warnings():
+    bad, rest = masks.split_missing(meta.missing) if meta.missing is not None else (None, None)
+    with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(paths[0], "w", **profile) as ds:
             ds.write(arr)
+            if rest is not None:  # one mask for the good bands (geotiff_meta_problem checked it)
+                good = rest if bad is None else rest[~bad]
+                ds.write_mask(np.where(good[0], 0, 255).astype(np.uint8))
+            if bad is not None:
+                ds.update_tags(**{masks.BBL_KEY: ",".join(str(int(not b)) for b in bad)})
             if meta.band_names is not None:
                 for i, name in enumerate(meta.band_names, start=1):
                     ds.set_band_description(i, str(name))

@@ -3,7 +3,9 @@
 An array format: the band axis follows the layout rule of :mod:`hsivar.io.layout`. Datasets are read
 lazily (remote files through fsspec file objects), so a window reads only the chunks it touches. The
 writer stores the cube band-chunked with its layout, wavelengths (nm), band names, CRS, transform and
-nodata as dataset attributes.
+nodata as dataset attributes. A ``mask`` dataset and a bad band list ``bbl`` give
+:attr:`CubeMeta.missing` (:mod:`hsivar.io.masks`: mask nonzero = observed; bbl 0 = bad band); mask and bbl
+arrays are never taken for the cube unless ``dataset=`` names them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hsivar.io import layout
+from hsivar.io import layout, masks
 from hsivar.io.location import Location
-from hsivar.io.meta import CubeMeta
+from hsivar.io.meta import CubeError, CubeMeta
 
 __all__ = ["MATLAB_NON_NUMERIC", "open_hdf5", "write_hdf5"]
 
@@ -56,7 +58,11 @@ def open_hdf5(
     h5.visititems(visit)
     kind = "variable" if mat73 else "dataset"
     shapes = {name: (ds.shape[::-1] if mat73 else ds.shape) for name, ds in datasets.items()}
-    name = layout.pick(loc.text, kind, shapes, opts.dataset)
+    referenced = {masks.resolve_mask_name(layout.as_str(ds.attrs.get(masks.MASK_KEY)), name)
+                  for name, ds in datasets.items()}
+    aux = {n for n in shapes if posixpath.basename(n) in masks.AUX_KEYS or n in referenced}
+    candidates = shapes if opts.dataset is not None else {n: s for n, s in shapes.items() if n not in aux} or shapes
+    name = layout.pick(loc.text, kind, candidates, opts.dataset)
     ds = datasets[name]
 
     wl = _attr(ds, "wavelengths", "wavelength")
@@ -73,7 +79,7 @@ def open_hdf5(
     extras: dict[str, Any] = {"dataset": name}
     if mat73:
         extras["mat_version"] = "7.3"
-    return layout.array_source(
+    source = layout.array_source(
         loc.text,
         ds,
         "mat" if mat73 else "hdf5",
@@ -88,11 +94,40 @@ def open_hdf5(
         transform=tuple(transform) if transform and len(transform) >= 6 else None,
         nodata=nodata[0] if nodata else None,
     )
+    mask_name, bbl = _mask_and_bbl(loc.text, ds, name, datasets)
+    return masks.attach_array_mask(source, loc.text, mask=datasets[mask_name] if mask_name else None,
+                                   mask_name=mask_name or masks.MASK_KEY, bbl=bbl, reversed_axes=mat73)
+
+
+def _beside(name: str, key: str, datasets: dict[str, h5py.Dataset]) -> str | None:
+    """The dataset ``key`` in the group of dataset ``name``, else at the root, else ``None``."""
+    for candidate in (posixpath.join(posixpath.dirname(name), key), key):
+        if candidate != name and candidate in datasets:
+            return candidate
+    return None
+
+
+def _mask_and_bbl(src: str, ds: h5py.Dataset, name: str,
+                  datasets: dict[str, h5py.Dataset]) -> tuple[str | None, Any]:
+    """The cube's mask dataset (named by its ``mask`` attribute, else ``mask`` beside it) and bad band list
+    (its ``bbl`` attribute, else a ``bbl`` dataset beside it)."""
+    referenced = masks.resolve_mask_name(layout.as_str(ds.attrs.get(masks.MASK_KEY)), name)
+    if referenced is not None and referenced not in datasets:
+        raise CubeError(f"{src}: the cube's mask attribute names {referenced!r}, which is not a numeric "
+                        "dataset of the file")
+    mask_name = referenced or _beside(name, masks.MASK_KEY, datasets)
+    bbl = _attr(ds, masks.BBL_KEY)
+    if bbl is None:
+        bbl_name = _beside(name, masks.BBL_KEY, datasets)
+        bbl = datasets[bbl_name][()] if bbl_name is not None and datasets[bbl_name].size < 100_000 else None
+    return mask_name, bbl
 
 
 def write_hdf5(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
     """Write the (C, H, W) cube to ``paths[0]`` as a gzip-compressed dataset (``meta.extras["dataset"]``,
-    default ``cube``) chunked one band x 256 x 256 pixels, with its metadata as attributes."""
+    default ``cube``) chunked one band x 256 x 256 pixels, with its metadata as attributes; ``meta.missing``
+    as a ``bbl`` attribute (whole bad bands) and, for other missing entries, a (C, H, W) uint8 ``mask``
+    dataset (1 = observed) that the cube's ``mask`` attribute names."""
     c, h, w = arr.shape
     with h5py.File(paths[0], "w") as h5:
         ds = h5.create_dataset(
@@ -115,3 +150,11 @@ def write_hdf5(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
             ds.attrs["transform"] = np.asarray(meta.transform[:6], dtype=np.float64)
         if meta.nodata is not None:
             ds.attrs["nodata"] = float(meta.nodata)
+        bad, rest = masks.split_missing(meta.missing) if meta.missing is not None else (None, None)
+        if bad is not None:
+            ds.attrs[masks.BBL_KEY] = (~bad).astype(np.uint8)
+        if rest is not None:
+            mask_key = masks.MASK_KEY if ds.name.strip("/") != masks.MASK_KEY else "observed"
+            h5.create_dataset(mask_key, data=(~meta.missing).astype(np.uint8), chunks=ds.chunks, compression="gzip",
+                              compression_opts=4, shuffle=True)
+            ds.attrs[masks.MASK_KEY] = "/" + mask_key

@@ -35,6 +35,7 @@ __all__ = [
     "OpenOptions",
     "ShapeOnly",
     "Source",
+    "Window",
     "array_source",
     "as_floats",
     "as_names",
@@ -82,11 +83,14 @@ class Source:
         read: ``read(window, bands)`` returns the (c, h, w) block of the window (``(row0, col0, height,
             width)``) and band indices (``None``: all) in the source dtype, touching only that block
             where the format allows.
+        read_missing: ``read_missing(window, bands)`` returns the (c, h, w) bool entries of the same block
+            that the file marks as not observed (:mod:`hsivar.io.masks`); ``None`` when it marks none.
     """
 
     shape: tuple[int, int, int]
     meta: CubeMeta
     read: Callable[[Window, list[int] | None], np.ndarray]
+    read_missing: Callable[[Window, list[int] | None], np.ndarray] | None = None
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = ["CubeError", "CubeMeta"]
 
 
@@ -27,6 +29,13 @@ class CubeMeta:
         value_range: (min, max) of the finite source values that were read, in source units.
         format: one of :data:`hsivar.io.FORMATS`.
         layout: axis order the source was stored in (``"chw"``, ``"hwc"``, ``"hcw"`` for ENVI BIL).
+        missing: (C, H, W) bool, True where the file marks an entry as *not observed*, or ``None`` when it
+            marks none: every entry of the bands a bad band list names (ENVI header ``bbl``, GeoTIFF tag
+            ``bbl``, HDF5 attribute / dataset ``bbl``, .mat variable ``bbl``; 0 = bad band, 1 = good), and
+            the entries a mask leaves out (GeoTIFF internal / per-dataset mask, HDF5 / .mat ``mask``
+            dataset; mask value nonzero = observed, as GDAL masks). Voxels equal to ``nodata`` are not in
+            it (``nodata`` says them). For a window / band subset it covers what was read. See
+            :mod:`hsivar.io.masks`. Not compared, not shown by ``repr``.
         extras: format-specific details: ``source`` (the path/URI read), ``dataset`` (HDF5 dataset,
             npz key or .mat variable), ``mat_version``, ``interleave`` (ENVI), ``window``,
             ``full_shape`` (C, H, W of the whole source), ``warnings`` (metadata that was ignored).
@@ -43,3 +52,4 @@ class CubeMeta:
     format: str | None = None
     layout: str = "chw"
     extras: dict = field(default_factory=dict)
+    missing: np.ndarray | None = field(default=None, compare=False, repr=False)

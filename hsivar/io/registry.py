@@ -106,7 +106,7 @@ FORMAT_TABLE: dict[str, Format] = {
         Format(
             "geotiff", (".tif", ".tiff"), ".tif", geotiff.open_geotiff, geotiff.write_geotiff,
             aliases=("tif", "tiff"), media_types=("image/tiff", "image/tif", "image/geotiff"),
-            dtypes=geotiff.GEOTIFF_DTYPES, errors=geotiff.GEOTIFF_ERRORS,
+            dtypes=geotiff.GEOTIFF_DTYPES, meta_problem=geotiff.geotiff_meta_problem, errors=geotiff.GEOTIFF_ERRORS,
         ),
         Format(
             "envi", (envi.HEADER_SUFFIX, *envi.DATA_EXTENSIONS), envi.HEADER_SUFFIX, envi.open_envi,
