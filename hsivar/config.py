@@ -136,11 +136,17 @@ class FusionConfig(_Frozen):
                                               "the degraded tile, lq − G_σ ∗ lq, each with a learned amount per "
                                               "task: a linear deblurring / interpolation branch the small head "
                                               "does not learn in a short stage 3. Empty: none")
+    trust: tuple[float, ...] | None = Field(
+        None, description="per task (in dag.tasks order), the share τ in [0, 1] of the head's correction kept on "
+        "top of the first estimate x0: y = x0 + τ·(F(...) − x0), τ = trust · task weights. Set after stage 3 by "
+        "hsivar.calibrate on validation examples (the least-squares τ per family); null: 1 for every task")
 
     @model_validator(mode="after")
     def _check(self) -> FusionConfig:
         if any(not s > 0 for s in self.unsharp_sigmas):
             raise ValueError(f"fusion.unsharp_sigmas must be positive, got {self.unsharp_sigmas}")
+        if self.trust is not None and any(not 0 <= t <= 1 for t in self.trust):
+            raise ValueError(f"fusion.trust must lie in [0, 1], got {self.trust}")
         return self
 
 
@@ -153,6 +159,9 @@ class DAGConfig(_Frozen):
         STAGES, description="training stages that also train the task classifier (its CE, "
         "weight loss.task). It sees only the degraded tile, so it can learn alongside any stage")
     lambda_init: float = 1.0
+    blur_width: bool = Field(False, description="a head on the classifier's features that estimates the width σ "
+                             "(px) of a Gaussian blur, so blind (task='auto' or 'blur' without a level) restoration "
+                             "can deconvolve its first estimate; trained with loss.blur_width")
 
 
 class LossConfig(_Frozen):
@@ -163,6 +172,8 @@ class LossConfig(_Frozen):
     refiner: float = Field(2.0, description="β1: L1 refiner loss in stage 2")
     align: float = Field(0.5, description="β2: ‖E_con(lq) − E(hq)‖² in stage 2")
     task: float = Field(0.1, description="task-classifier CE (for task='auto'), in the stages of dag.classifier_stages")
+    blur_width: float = Field(0.5, description="weight of the blur-width head's squared error (px²) on blurred "
+                              "tiles, in the stages of dag.classifier_stages (dag.blur_width)")
     stage3_ssim: float = Field(0.2, description="γ: weight of (1 − SSIM) in stage 3")
     stage3_auto: float = Field(
         0.5, ge=0, le=1, description="fraction of stage-3 tiles restored with the classifier's task weights (as "
@@ -200,6 +211,8 @@ class ModelConfig(_Frozen):
         if any(unsharp_radius(s) >= self.vqvae.image_size for s in self.fusion.unsharp_sigmas):
             raise ValueError(f"fusion.unsharp_sigmas {self.fusion.unsharp_sigmas}: a kernel radius of 3σ must stay "
                              f"below the {self.vqvae.image_size}-pixel tile")
+        if self.fusion.trust is not None and len(self.fusion.trust) != len(self.dag.tasks):
+            raise ValueError(f"fusion.trust has {len(self.fusion.trust)} values for {len(self.dag.tasks)} tasks")
         return self
 
     @property

@@ -3,7 +3,8 @@
 :func:`prepare_cube` validates a cube (C, H, W) in any units, leaves nodata out, min–max normalises it to
 [0, 1] (the model's range; ``value_range`` when the data's range is known) and pads sides shorter than a
 tile. It reads the cube's :class:`~hsivar.degrade.observation.Observation` (detected, plus the nodata
-voxels and whatever the caller knows) and, for models that restore from it, computes the classical first
+voxels, the entries the source marks as not observed — a file's bad bands or mask — and whatever the caller
+knows) and, for models that restore from it, computes the classical first
 estimate (:func:`hsivar.estimate.first_estimate`). The model's S×S tiles of :mod:`hsivar.tiling` are cut
 from both as the model asks for them. :func:`finish` maps the blended, consistent samples back to the
 input's units, puts the exactly observed entries back bit for bit and nodata back as nodata. Everything
@@ -12,6 +13,7 @@ here runs on the CPU, without the model (:mod:`hsivar.restore` runs the model be
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class PreparedCube:
             or None for models that restore from the degraded cube itself.
         kept: (C, H, W) bool, the entries the output keeps exactly as observed (consistency), or None.
         source: (C, H, W) float32, the input's values at ``kept`` (zeros elsewhere), or None.
+        wavelengths: band centres in nm the first estimate interpolates over, or None (band index).
     """
 
     cube01: torch.Tensor
@@ -67,6 +70,7 @@ class PreparedCube:
     estimate01: torch.Tensor | None = None
     kept: np.ndarray | None = None
     source: np.ndarray | None = None
+    wavelengths: tuple[float, ...] | None = None
 
     @classmethod
     def described(cls, shape: tuple[int, int, int], tile: int, overlap: int, lo: float, scale: float,
@@ -90,6 +94,23 @@ class PreparedCube:
         S = self.tile
         return torch.stack([x[:, r:r + S, c:c + S] for r, c in self.coords[start:stop]])
 
+    def reobserved(self, observation: Observation) -> PreparedCube:
+        """This cube with a more complete observation of the same shape (e.g. the blur width the model estimated):
+        the first estimate recomputed when there is one, the kept entries narrowed to those the new observation
+        still calls exact (:func:`~hsivar.consistency.exact_entries`; a blur leaves none). Needs ``cube01``."""
+        if tuple(observation.shape) != self.shape:
+            raise RestoreInputError(f"the observation describes a cube of shape {tuple(observation.shape)}, "
+                                    f"the cube has shape {self.shape}")
+        C, H, W = self.shape
+        estimate01 = self.estimate01
+        if estimate01 is not None:
+            x0 = first_estimate(self.cube01[:, :H, :W].numpy(), observation, self.wavelengths)
+            estimate01 = pad_to_tile(torch.from_numpy(x0), self.tile)
+        exact = exact_entries(observation)
+        kept = None if exact is None or self.kept is None else self.kept & exact
+        source = None if kept is None or self.source is None else np.where(kept, self.source, 0.0).astype(np.float32)
+        return dataclasses.replace(self, observation=observation, estimate01=estimate01, kept=kept, source=source)
+
     def blender(self) -> TileBlender:
         """An empty :class:`~hsivar.tiling.TileBlender` for this cube's tiles (blending in [0, 1] units)."""
         return TileBlender(*self.shape, self.tile, self.overlap)
@@ -112,9 +133,27 @@ def _nodata_mask(cube: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def _missing_mask(missing: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The caller's (C, H, W) bool mask of unobserved entries, checked against the cube's ``shape``; None when empty.
+
+    Raises:
+        RestoreInputError: another shape, or not a mask.
+    """
+    if missing is None:
+        return None
+    arr = np.asarray(missing)
+    if arr.shape != shape:
+        raise RestoreInputError(f"the mask of unobserved entries has shape {arr.shape}; the cube has shape {shape} "
+                                "(C, H, W)")
+    if arr.dtype.kind not in "biuf":
+        raise RestoreInputError(f"the mask of unobserved entries has dtype {arr.dtype}; expected bool")
+    arr = arr.astype(bool, copy=False)
+    return arr if arr.any() else None
+
+
 def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap: int, nodata: float | None = None,
                  value_range: tuple[float, float] | None = None, *, observation: Observation | None = None,
-                 consistency: bool = True, estimate: bool = False,
+                 missing: np.ndarray | None = None, consistency: bool = True, estimate: bool = False,
                  wavelengths: Sequence[float] | None = None) -> PreparedCube:
     """Validate, normalise and describe one cube for the model.
 
@@ -128,6 +167,10 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
             cube then comes out darker and shifted, so pass the range whenever it is known.
         observation: what the caller knows of the observation (a mask, bad bands, a blur, the degradation
             record's facts); merged over what the cube shows (:meth:`Observation.detect`).
+        missing: (C, H, W) bool, entries the source marks as not observed (a file's bad bands or mask,
+            :attr:`hsivar.io.CubeMeta.missing`; a request's bad bands or mask). Their values are ignored
+            (any value, NaN included): left out of the min–max range like nodata, counted as unobserved, and
+            synthesised in the output (never in ``kept``).
         consistency: make the output consistent with the observation (keep exact entries, back-project);
             False: no observation is read.
         estimate: compute the classical first estimate (models with ``first_estimate``).
@@ -135,8 +178,9 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
     Returns:
         :class:`PreparedCube`, on the CPU.
     Raises:
-        RestoreInputError: not 3-D, wrong band count, empty, non-finite values (other than nodata), a bad
-            overlap, value range or observation; :class:`NothingToRestore` when every voxel is nodata.
+        RestoreInputError: not 3-D, wrong band count, empty, non-finite values (other than nodata and
+            ``missing``), a bad overlap, value range, observation or ``missing`` shape;
+            :class:`NothingToRestore` when every voxel is nodata or in ``missing``.
     """
     x = torch.as_tensor(np.asarray(cube) if not isinstance(cube, torch.Tensor) else cube).float().cpu()
     if x.ndim != 3:
@@ -151,31 +195,38 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
     if observation is not None and tuple(observation.shape) != (C, H, W):
         raise RestoreInputError(f"the observation describes a cube of shape {tuple(observation.shape)}, "
                                 f"the cube has shape {(C, H, W)}")
+    given = _missing_mask(missing, (C, H, W))
     mask = _nodata_mask(x.numpy(), nodata)
+    left_out = mask if given is None else (given if mask is None else mask | given)  # values that do not count
     bad = ~torch.isfinite(x)
-    if mask is not None:
-        bad &= ~torch.from_numpy(mask)
+    if left_out is not None:
+        bad &= ~torch.from_numpy(left_out)
     n_bad = int(bad.sum())
     if n_bad:
         raise RestoreInputError(f"cube has {n_bad} non-finite values (NaN/Inf)")
     if value_range is not None and not float(value_range[1]) > float(value_range[0]):
         raise RestoreInputError(f"value_range must be (lo, hi) with hi > lo, got {tuple(value_range)}")
-    valid = x if mask is None else x[~torch.from_numpy(mask)]
+    valid = x if left_out is None else x[~torch.from_numpy(left_out)]
     if valid.numel() == 0:
-        raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
+        if given is None:
+            raise NothingToRestore(f"every voxel equals the nodata value {nodata}; nothing to restore")
+        raise NothingToRestore(f"the mask of unobserved entries (bad bands, masks) leaves no entry observed "
+                               f"({int(given.sum())} of {given.size} unobserved"
+                               f"{'' if mask is None else f', {int(mask.sum())} nodata'}); nothing to restore")
     lo, hi = (float(value_range[0]), float(value_range[1])) if value_range is not None else \
         (float(valid.min()), float(valid.max()))
-    if mask is not None:
-        x = torch.where(torch.from_numpy(mask), torch.tensor(lo, dtype=x.dtype), x)
+    if left_out is not None:
+        x = torch.where(torch.from_numpy(left_out), torch.tensor(lo, dtype=x.dtype), x)
     scale = (hi - lo) if hi > lo else 1.0
     x01 = ((x - lo) / scale).contiguous()
     prep = PreparedCube(pad_to_tile(x01, tile).contiguous(), tile_grid(H, W, tile, overlap), (C, H, W), tile,
-                        overlap, lo, scale, mask, nodata if mask is not None else None)
+                        overlap, lo, scale, mask, nodata if mask is not None else None,
+                        wavelengths=tuple(float(v) for v in wavelengths) if wavelengths is not None else None)
     if not (consistency or estimate):
         return prep
-    obs = Observation.detect(x01.numpy(), noise=True)
-    if mask is not None:
-        obs = obs.with_missing(mask, "nodata")
+    obs = Observation.detect(x01.numpy(), noise=True, known=left_out)
+    if left_out is not None:
+        obs.source["missing"] = "+".join(n for n, m in (("nodata", mask), ("mask", given)) if m is not None)
     if observation is not None:
         if observation.has_missing and not observation.observed.any():
             raise RestoreInputError("the mask marks every entry of the cube as unobserved; nothing to restore from")

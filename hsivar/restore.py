@@ -4,9 +4,12 @@ Every entry point (:meth:`Restorer.restore`, the batch job, the Serve endpoint, 
 restores a cube through the same three steps, so a new option is added once:
 
 1. :func:`~hsivar.prepared.prepare_cube` — validate (rank, band count, finite values), exclude nodata
-   voxels, min–max normalise to [0, 1] (the model's range; ``value_range`` when the data's range is
-   known), pad sides shorter than a tile; read the observation (detected, nodata, what the caller knows)
-   and compute the classical first estimate for models that restore from it. CPU only, no model.
+   voxels and the entries the source marks as not observed (a file's bad bands / mask), min–max normalise
+   to [0, 1] (the model's range; ``value_range`` when the data's range is known), pad sides shorter than a
+   tile; read the observation (detected, nodata, what the caller knows) and compute the classical first
+   estimate for models that restore from it. CPU only, no model.
+   :meth:`Restorer.observe_blur` then adds what only the model can tell, the width of a blur (blind
+   deblurring), and recomputes the first estimate with it.
 2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles (and their first
    estimate); the only place the model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it
    over a prepared cube's tiles in batches, ``samples`` times with generators seeded ``seed + i``, blends
@@ -25,15 +28,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from hsivar.config import ModelConfig
 from hsivar.degrade.observation import Observation
-from hsivar.models.dag import TaskSpec
+from hsivar.models.dag import AutoAmong, TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
 from hsivar.models.var import GREEDY, Sampling
 from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, finish, prepare_cube
@@ -120,7 +124,6 @@ class Restorer:
         """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.cfg = model.cfg
         self.bf16 = (self.device.type == "cuda") if bf16 is None else (bf16 and self.device.type == "cuda")
 
     @classmethod
@@ -128,6 +131,11 @@ class Restorer:
         """Load a published model directory (safetensors + config.json; nothing is unpickled)."""
         model, _ = load_published(directory, device="cpu")
         return cls(model, device)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        """The model's configuration (current: calibration may change its ``fusion.trust``)."""
+        return self.model.cfg
 
     @property
     def bands(self) -> int:
@@ -177,12 +185,60 @@ class Restorer:
 
     def prepare(self, cube: np.ndarray | torch.Tensor, overlap: int, *, nodata: float | None = None,
                 value_range: tuple[float, float] | None = None, observation: Observation | None = None,
-                consistency: bool = True, wavelengths: Sequence[float] | None = None) -> PreparedCube:
+                missing: np.ndarray | None = None, consistency: bool = True,
+                wavelengths: Sequence[float] | None = None) -> PreparedCube:
         """:func:`~hsivar.prepared.prepare_cube` for this model: its bands and tile, and the first estimate if it
-        restores from one (``wavelengths`` in nm: the cube's, default the model's)."""
+        restores from one (``wavelengths`` in nm: the cube's, default the model's; ``missing`` (C, H, W) bool:
+        the entries the source marks as not observed)."""
         return prepare_cube(cube, self.bands, self.tile, overlap, nodata=nodata, value_range=value_range,
-                            observation=observation, consistency=consistency, estimate=self.uses_estimate,
-                            wavelengths=wavelengths or self.cfg.wavelengths)
+                            observation=observation, missing=missing, consistency=consistency,
+                            estimate=self.uses_estimate, wavelengths=wavelengths or self.cfg.wavelengths)
+
+    def resolve_task(self, prep: PreparedCube, task: TaskSpec) -> TaskSpec:
+        """``task`` for this cube: ``"auto"`` becomes :class:`~hsivar.models.dag.AutoAmong` the families the cube's
+        own observation leaves plausible (:meth:`~hsivar.degrade.observation.Observation.plausible_tasks`), so the
+        classifier weighs only those; any other task, or a cube whose observation rules nothing out, unchanged."""
+        obs = prep.observation
+        if not (isinstance(task, str) and task == "auto") or obs is None or not obs.plausible:
+            return task
+        allowed = tuple(t for t in obs.plausible if t in self.tasks)
+        return AutoAmong(allowed) if allowed else task
+
+    @torch.inference_mode()
+    def observe_blur(self, prep: PreparedCube, task: TaskSpec = "auto", max_tiles: int = 16) -> PreparedCube:
+        """Blind deblurring's missing fact: the blur width σ (px), estimated by the model when it has a width head
+        (``dag.blur_width``), the observation knows none and the task may be a blur — ``"blur"``, a mixture or
+        weights with a blur share, ``"auto"`` whose plausible families (:meth:`resolve_task`) are blur alone, or
+        ``"auto"`` among several where the classifier's mean blur weight over the tiles is at least one half.
+        σ is the lower quartile of the head's estimates on up to ``max_tiles`` tiles spread over the cube; the first
+        estimate and the kept entries follow (:meth:`PreparedCube.reobserved`). Otherwise, or without a cube to
+        cut tiles from, ``prep`` is returned unchanged.
+        """
+        dag, obs = self.model.dag, prep.observation
+        if dag.width_head is None or obs is None or obs.blur_sigma or "blur" not in self.tasks \
+                or prep.cube01.numel() == 0:
+            return prep
+        b = self.tasks.index("blur")
+        task = self.resolve_task(prep, task)
+        if isinstance(task, str) and task not in ("auto", "blur"):
+            return prep
+        if isinstance(task, AutoAmong) and "blur" not in task.tasks:
+            return prep
+        if isinstance(task, Mapping) and not float(task.get("blur", 0)) > 0:
+            return prep
+        if isinstance(task, torch.Tensor) and not float(task[..., b].mean()) > 0:
+            return prep
+        pick = np.unique(np.linspace(0, len(prep.coords) - 1, min(max_tiles, len(prep.coords))).round().astype(int))
+        tiles = torch.cat([prep.tiles(int(i), int(i) + 1) for i in pick]).to(self.device)
+        with self.autocast():
+            _, width = dag.classify_with_width(tiles)
+            if (isinstance(task, str) and task == "auto") or (isinstance(task, AutoAmong) and len(task.tasks) > 1):
+                if float(dag.weights(task, tiles)[:, b].mean()) < 0.5:
+                    return prep
+        # a texture-poor tile reads as more blurred than it is, never as less, and an over-estimated width costs
+        # far more than an under-estimated one (deconvolution rings): the lower quartile, not the median
+        sigma = float(torch.quantile(width.float(), 0.25))  # type: ignore[union-attr]
+        return prep.reobserved(obs.replaced(blur_sigma=sigma, source={**obs.source, "blur_sigma": "model"}))
 
     def restore_prepared(self, prep: PreparedCube, task: TaskSpec = "auto", *, samples: int = 1, seed: int = 0,
                          batch_size: int = 8, sampling: Sampling | None = None, guidance: Guidance = "dag",
@@ -190,12 +246,14 @@ class Restorer:
         """Restore a prepared cube's tiles in batches of ``batch_size``, blend them and make the result consistent
         with the observation (:meth:`PreparedCube.consistent`), once per sample.
 
-        Sample i decodes the tiles in order with one generator seeded ``seed + i``.
+        Sample i decodes the tiles in order with one generator seeded ``seed + i``. ``"auto"`` weighs only the
+        families the cube's observation leaves plausible (:meth:`resolve_task`).
 
         Raises:
             RestoreInputError: bad ``samples`` / ``batch_size``, or greedy decoding with ``samples > 1``.
         """
         sampling = decoding(samples, batch_size, sampling)
+        task = self.resolve_task(prep, task)
         n = len(prep.coords)
         blended, weight_sum = [], torch.zeros(len(self.tasks), dtype=torch.float64)
         for s in range(samples):
@@ -213,8 +271,9 @@ class Restorer:
     def restore(self, cube: np.ndarray | torch.Tensor, task: TaskSpec = "auto", *, overlap: int | None = None,
                 tile: int | None = None, batch_size: int = 8, samples: int = 1, seed: int = 0,
                 sampling: Sampling | None = None, value_range: tuple[float, float] | None = None,
-                nodata: float | None = None, observation: Observation | None = None, consistency: bool = True,
-                guidance: Guidance = "dag", cfg_scale: float = 1.5, refine: bool = True) -> Restoration:
+                nodata: float | None = None, observation: Observation | None = None,
+                missing: np.ndarray | None = None, consistency: bool = True, guidance: Guidance = "dag",
+                cfg_scale: float = 1.5, refine: bool = True) -> Restoration:
         """Restore one cube: :meth:`prepare` → :meth:`restore_prepared` → :func:`finish`.
 
         Args:
@@ -229,17 +288,24 @@ class Restorer:
             observation: what is known of how the cube was observed (a mask of unobserved entries, bad bands,
                 a blur width, an sr scale), merged over what the cube shows; see
                 :class:`~hsivar.degrade.observation.Observation`.
+            missing: (C, H, W) bool, entries the source marks as not observed, whatever their values — for a
+                file, ``read_cube(path)[1].missing`` (its bad band list and mask, :mod:`hsivar.io.masks`):
+                ``cube, meta = read_cube(path); restorer.restore(cube, nodata=meta.nodata, missing=meta.missing)``.
+                They are synthesised; ``Restoration.kept`` says which entries hold the input's values. Write the
+                output with ``dataclasses.replace(meta, missing=None)``: every entry holds a value now.
             consistency: keep exactly observed entries and back-project onto the observation (default).
         Returns:
             :class:`Restoration` with the cube (C, H, W) float32 in the input's units.
         Raises:
-            RestoreInputError: wrong rank or band count, empty or non-finite cube, bad options.
+            RestoreInputError: wrong rank or band count, empty or non-finite cube, bad options, a ``missing`` mask
+                of the wrong shape; :class:`NothingToRestore` when nodata and ``missing`` leave nothing observed.
         """
         t0 = time.perf_counter()
         overlap = resolve_overlap(self.tile, tile, overlap)
         decoding(samples, batch_size, sampling)  # option errors before any work
         prep = self.prepare(cube, overlap, nodata=nodata, value_range=value_range, observation=observation,
-                            consistency=consistency)
+                            missing=missing, consistency=consistency)
+        prep = self.observe_blur(prep, task)
         out = self.restore_prepared(prep, task, samples=samples, seed=seed, batch_size=batch_size,
                                     sampling=sampling, guidance=guidance, cfg_scale=cfg_scale, refine=refine)
         mean, std = finish(prep, out.samples01)

@@ -10,7 +10,8 @@ cube is y = A(x) + n. :class:`Observation` holds what is known about A and n for
   H×W; what was observed is the low-resolution grid ``y[:, ::s, ::s]``.
 * ``blur_sigma`` — y is x blurred by a separable Gaussian of this width (pixels), zero padding.
 * ``noise_sigma`` — (C,) per-band noise σ in [0, 1] units.
-* ``stripes`` — some bands carry column offsets (complex noise, case 2).
+* ``stripes`` — some bands carry column offsets (complex noise, case 2); None: not known (detection decides),
+  False: known to have none (a record or a protocol level says so, and detection does not override it).
 
 It comes from the degradation record (training, evaluation with the true task, a user who says so:
 :meth:`Observation.from_record`), from a file's metadata or a request (nodata, bad bands, a mask:
@@ -34,6 +35,13 @@ from hsivar.degrade.record import DegradationRecord
 SR_SCALES: tuple[int, ...] = (8, 4, 2)
 """Replication factors :meth:`Observation.detect` looks for, largest first."""
 
+SCATTERED_FRACTION = 0.05
+"""Scattered (not whole-band) unobserved entries above this fraction of the cube point to inpainting."""
+
+IID_NOISE_CV, NON_IID_NOISE_CV = 0.12, 0.25
+"""Coefficients of variation of the per-band noise σ below which noise reads as i.i.d. (gaussian) and above which
+as band-dependent (complex); between both, either."""
+
 SATURATED_FRACTION = 1e-3
 """Exact minimum / maximum values count as unobserved entries when they hold more than this fraction of the
 cube's voxels (a clean normalised cube has one voxel at each extreme)."""
@@ -48,8 +56,9 @@ class Observation:
     sr_scale: int | None = None
     blur_sigma: float | None = None
     noise_sigma: np.ndarray | None = None
-    stripes: bool = False
+    stripes: bool | None = None
     source: dict[str, str] = field(default_factory=dict)
+    plausible: tuple[str, ...] | None = None
 
     @property
     def observed(self) -> np.ndarray:
@@ -84,7 +93,9 @@ class Observation:
         noise = self.noise_sigma if self.noise_sigma is not None else other.noise_sigma
         return Observation(self.shape, missing, self.sr_scale or other.sr_scale,
                            self.blur_sigma if self.blur_sigma is not None else other.blur_sigma, noise,
-                           self.stripes or other.stripes, {**other.source, **self.source})
+                           self.stripes if self.stripes is not None else other.stripes,
+                           {**other.source, **self.source},
+                           self.plausible if self.plausible is not None else other.plausible)
 
     def with_missing(self, mask: np.ndarray, source: str) -> Observation:
         """This observation with the (C, H, W) bool ``mask`` of entries known to be unobserved added."""
@@ -94,15 +105,17 @@ class Observation:
         """Everything but the mask, JSON-able (for :meth:`from_facts` after travelling)."""
         return {"shape": list(self.shape), "sr_scale": self.sr_scale, "blur_sigma": self.blur_sigma,
                 "noise_sigma": None if self.noise_sigma is None else [float(v) for v in self.noise_sigma],
-                "stripes": self.stripes, "source": dict(self.source)}
+                "stripes": self.stripes, "source": dict(self.source),
+                "plausible": None if self.plausible is None else list(self.plausible)}
 
     @classmethod
     def from_facts(cls, facts: dict[str, Any], missing: np.ndarray | None = None) -> Observation:
         """The observation of :meth:`facts` and its ``missing`` mask (C, H, W) bool."""
         noise = facts.get("noise_sigma")
         return cls(tuple(facts["shape"]), missing, facts.get("sr_scale"), facts.get("blur_sigma"),  # type: ignore[arg-type]
-                   None if noise is None else np.asarray(noise, np.float32), bool(facts.get("stripes")),
-                   dict(facts.get("source") or {}))
+                   None if noise is None else np.asarray(noise, np.float32), facts.get("stripes"),
+                   dict(facts.get("source") or {}),
+                   None if facts.get("plausible") is None else tuple(facts["plausible"]))
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts: fraction of unobserved entries, missing bands, sr scale, blur σ, mean noise σ."""
@@ -110,6 +123,7 @@ class Observation:
                 "missing_bands": np.flatnonzero(self.missing_bands).tolist(), "sr_scale": self.sr_scale,
                 "blur_sigma": self.blur_sigma, "stripes": self.stripes,
                 "noise_sigma": float(np.mean(self.noise_sigma)) if self.noise_sigma is not None else None,
+                "plausible_tasks": None if self.plausible is None else list(self.plausible),
                 "source": dict(self.source)}
 
     # ------------------------------------------------------------------------------------------ sources
@@ -119,8 +133,10 @@ class Observation:
         """What a degradation record says (mixtures: every component's facts merged)."""
         if record.components:
             obs = cls(tuple(record.shape))  # type: ignore[arg-type]
-            for comp in record.components:
-                obs = obs.merge(cls.from_record(comp))
+            parts = [cls.from_record(comp) for comp in record.components]
+            for part in parts:
+                obs = obs.merge(part)
+            obs.stripes = any(bool(p.stripes) for p in parts)  # known for every component
             return obs
         C, H, W = record.shape
         obs = cls((C, H, W), source={"record": record.task})
@@ -145,15 +161,20 @@ class Observation:
         return obs
 
     @classmethod
-    def detect(cls, cube01: np.ndarray, *, noise: bool = True) -> Observation:
-        """What the cube (C, H, W) in [0, 1] units shows of its own observation (see the module docstring)."""
+    def detect(cls, cube01: np.ndarray, *, noise: bool = True, known: np.ndarray | None = None) -> Observation:
+        """What the cube (C, H, W) in [0, 1] units shows of its own observation (see the module docstring),
+        and with ``noise`` the families that could explain it (``plausible``, :meth:`plausible_tasks`).
+
+        ``known``: (C, H, W) bool entries already known not to be observed (nodata, a file's bad bands or mask, a
+        request's mask): they are in ``missing`` and left out of every rule (their values do not count)."""
         x = np.asarray(cube01, np.float32)
         C, H, W = x.shape
         obs = cls((C, H, W), source={"detected": "cube"})
-        missing = np.zeros(x.shape, bool)
-        flat = x.reshape(C, -1)
-        zero_bands = ~np.any(flat != 0, axis=1)
-        if C > 1 and zero_bands.any() and not zero_bands.all():
+        missing = np.zeros(x.shape, bool) if known is None else np.asarray(known, bool).copy()
+        flat, known_flat = x.reshape(C, -1), missing.reshape(C, -1)
+        known_bands = known_flat.all(axis=1)
+        zero_bands = ~np.any((flat != 0) & ~known_flat, axis=1) & ~known_bands
+        if C > 1 and zero_bands.any() and not (zero_bands | known_bands).all():
             missing[zero_bands] = True
         rest = ~missing
         lo, hi = float(x[rest].min()) if rest.any() else 0.0, float(x[rest].max()) if rest.any() else 0.0
@@ -167,7 +188,44 @@ class Observation:
         obs.sr_scale = replication_scale(x, obs.observed)
         if noise and not obs.sr_scale:  # a replicated cube shows no noise at the scale the estimator reads
             obs.noise_sigma = band_noise_sigma(x, obs.observed)
+            obs.stripes = obs.noisy() and bool(striped_bands(x, obs.noise_sigma, obs.observed).any())
+        if noise:  # the families this cube's own signs point to; entries a file or caller marked do not count
+            shown = obs if known is None or obs.missing is None else obs.replaced(missing=obs.missing & ~known)
+            obs.plausible = shown.plausible_tasks()
         return obs
+
+    def plausible_tasks(self) -> tuple[str, ...] | None:
+        """The degradation families that could explain what this observation shows, for ``task="auto"`` to choose
+        among (the task classifier weighs them; see :class:`hsivar.models.dag.AutoAmong`); None: no rule applies.
+
+        Pixel replication → sr; unobserved entries with noise → complex (dead lines, impulse); whole missing bands
+        alone → bandmiss; scattered missing entries → inpaint (with bandmiss when whole bands are missing too).
+        Scattered entries count only above :data:`SCATTERED_FRACTION` of the cube (a clean cube's exact zeros or
+        a few saturated pixels are no inpainting task; the protocol removes 70–90 %); then
+        noise alone → gaussian when its σ is nearly the same in every band, complex when it varies (the
+        coefficient of variation of the band σ: below :data:`IID_NOISE_CV` gaussian, above
+        :data:`NON_IID_NOISE_CV` complex, between both) or shows stripes; nothing → blur (or a clean cube, which
+        the blur path with the model's width estimate leaves nearly unchanged). Mixtures are not told apart:
+        pass them as a mixture.
+        """
+        if self.sr_scale:
+            return ("sr",)
+        noisy = self.noisy()
+        bands = self.missing_bands
+        scattered = 0.0 if self.missing is None else float((self.missing & ~bands[:, None, None]).mean())
+        if self.has_missing and (bands.any() or scattered > SCATTERED_FRACTION):
+            if noisy:
+                return ("complex",)
+            if scattered <= SCATTERED_FRACTION:
+                return ("bandmiss",)
+            return ("inpaint", "bandmiss") if bands.any() else ("inpaint",)
+        if noisy:
+            sigma = np.asarray(self.noise_sigma, np.float64)
+            cv = float(sigma.std() / max(sigma.mean(), 1e-12))
+            if self.stripes or cv > NON_IID_NOISE_CV:
+                return ("complex",)
+            return ("gaussian",) if cv < IID_NOISE_CV else ("gaussian", "complex")
+        return ("blur",)
 
     def replaced(self, **changes: Any) -> Observation:
         """A copy with some fields replaced (e.g. ``blur_sigma`` estimated by the model)."""
@@ -176,6 +234,52 @@ class Observation:
 
 NEIGHBOUR_BANDS = 4  # predictors of a band in the noise estimate when few pixels are complete
 MIN_NOISE_SAMPLES = 128  # a band with fewer samples takes the other bands' median σ
+
+
+STRIPE_Z = 8.0
+"""A column is offset when its median departs from its neighbours' by this many standard errors of a median."""
+STRIPE_COLUMNS = 0.03
+"""A band is striped when more than this fraction of its columns (and at least 3) are offset."""
+
+
+def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
+    """(C,) bool: bands of ``cube`` (C, H, W) whose columns carry offsets (stripes, complex noise case 2).
+
+    In each band, each column's median over its observed entries minus the median of its 9 neighbouring
+    columns (edges and smooth content follow the running median; an offset column does not), against the
+    larger of the standard error of a column median under the band's noise σ alone, 1.2533·σ/√H, and the
+    robust spread of those departures over the band's columns. A column is offset when it departs by more than
+    :data:`STRIPE_Z` times that from the 9-column median and, in the same direction and by comparable amounts
+    (within a factor 2), from the medians of its 4 left and its 4 right neighbours (a column at a step edge
+    matches one side); a band with more than
+    :data:`STRIPE_COLUMNS` of its columns offset is striped. Columns with no observed entry are skipped.
+    """
+    from scipy.ndimage import median_filter
+
+    x = np.asarray(cube, np.float32)
+    C, H, W = x.shape
+    out = np.zeros(C, bool)
+    if W < 9 or H < 2:
+        return out
+    ok = np.ones(x.shape, bool) if observed is None else np.asarray(observed, bool)
+    for b in range(C):
+        seen = ok[b].any(axis=0)
+        if seen.sum() < 9:
+            continue
+        cols = np.array([np.median(x[b][ok[b][:, c], c]) for c in np.flatnonzero(seen)])
+        dev = cols - median_filter(cols, size=9, mode="reflect")
+        spread = 1.4826 * float(np.median(np.abs(dev - np.median(dev))))
+        se = max(1.2533 * float(noise_sigma[b]) / np.sqrt(H), spread, 1e-6)
+        # an offset column stands out from both sides; at a step edge a column matches one side
+        pad = np.pad(cols, 4, mode="reflect")
+        left = cols - np.median(np.stack([pad[i:i + len(cols)] for i in range(4)]), axis=0)
+        right = cols - np.median(np.stack([pad[5 + i:5 + i + len(cols)] for i in range(4)]), axis=0)
+        limit = STRIPE_Z * se
+        near, far = np.minimum(np.abs(left), np.abs(right)), np.maximum(np.abs(left), np.abs(right))
+        both = (np.sign(left) == np.sign(right)) & (near > limit) & (near >= 0.5 * far)
+        hits = int((both & (np.abs(dev) > limit)).sum())
+        out[b] = hits >= 3 and hits > STRIPE_COLUMNS * W
+    return out
 
 
 def replication_scale(cube: np.ndarray, observed: np.ndarray | None = None, tolerance: float = 0.99) -> int | None:
@@ -204,7 +308,8 @@ def band_noise_sigma(cube: np.ndarray, observed: np.ndarray | None = None) -> np
     The finest diagonal Haar coefficients of each band, on the 2×2 blocks whose entries were all observed;
     with 3 bands or more, of the band's residual after its least-squares prediction from the other bands
     (HySime's noise estimate: texture shared across bands is predicted, noise is not), so a textured clean
-    cube reads as noise-free. When too few pixels have every band observed (heavy inpainting), each band is
+    cube reads as noise-free; that residual is defined on the pixels with every band observed (the prediction
+    reads them all). When too few pixels have every band observed (heavy inpainting), each band is
     predicted from its nearest :data:`NEIGHBOUR_BANDS` bands instead, on the pixels where those are observed.
     σ is their median absolute value over 0.6745 (Donoho); a band with too few samples gets the other bands'
     median, all 0 when no band has enough.
@@ -215,8 +320,10 @@ def band_noise_sigma(cube: np.ndarray, observed: np.ndarray | None = None) -> np
     if C >= 3:
         flat, okf = x.reshape(C, -1), ok.reshape(C, -1)
         cols = okf.all(axis=0)
-        if cols.sum() > 4 * C:
+        if cols.sum() > max(4 * C, MIN_NOISE_SAMPLES):  # enough complete pixels to fit and to measure on
             x = noise_by_regression(flat - flat[:, cols].mean(1, keepdims=True), cols).reshape(C, H, W)
+            # a residual is defined where its pixel has every band observed (the prediction reads them all)
+            ok = np.broadcast_to(cols.reshape(1, H, W), (C, H, W))
         else:
             x, ok = _neighbour_residuals(flat, okf)
             x, ok = x.reshape(C, H, W), ok.reshape(C, H, W)

@@ -12,12 +12,15 @@ with d_basic, doubling the batch.
 The classifier is a three-layer CNN on the degraded tile itself (B, C, H, W), pooled to per-channel
 mean and standard deviation (B, 2k). The degradations differ in local statistics (noise energy,
 zeroed voxels or bands, blockiness, missing high frequencies), which the tile keeps and the condition
-latent c does not: E_con is trained to make c look clean.
+latent c does not: E_con is trained to make c look clean. With ``blur_width`` a second head on the same
+features regresses the width σ (px) of a Gaussian blur, which blind restoration needs to deconvolve its
+first estimate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +28,19 @@ from torch import nn
 
 from hsivar.config import DAGConfig
 
-TaskSpec = str | Mapping[str, float] | torch.Tensor
-"""A task name, ``"auto"``, a {task: weight} mixture, or task weights (B, N)."""
+
+@dataclass(frozen=True)
+class AutoAmong:
+    """``task="auto"`` among some families only: the classifier's softmax over ``tasks``, the others weigh 0.
+    The restoration path uses it once the cube's own observation rules families out
+    (:meth:`hsivar.degrade.observation.Observation.plausible_tasks`)."""
+
+    tasks: tuple[str, ...]
+
+
+TaskSpec = str | Mapping[str, float] | torch.Tensor | AutoAmong
+"""A task name, ``"auto"``, ``"auto"`` among some families (:class:`AutoAmong`), a {task: weight} mixture, or task
+weights (B, N)."""
 
 
 class DegradationGuidance(nn.Module):
@@ -47,6 +61,13 @@ class DegradationGuidance(nn.Module):
             nn.Conv2d(k, k, 3, stride=2, padding=1), nn.GELU(),
         )
         self.head = nn.Sequential(nn.LayerNorm(2 * k), nn.Linear(2 * k, k), nn.GELU(), nn.Linear(k, n))
+        self.width_head = (nn.Sequential(nn.LayerNorm(2 * k), nn.Linear(2 * k, k), nn.GELU(), nn.Linear(k, 1))
+                           if cfg.blur_width else None)
+
+    def _pooled(self, lq01_BCHW: torch.Tensor) -> torch.Tensor:
+        """The classifier CNN's features of tiles (B, C, H, W) in [0, 1], pooled to mean and std; → (B, 2k)."""
+        h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
+        return torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1)
 
     def classify(self, lq01_BCHW: torch.Tensor) -> torch.Tensor:
         """Task logits of degraded tiles (B, C, H, W) in the data's [0, 1] units; → (B, N).
@@ -54,12 +75,19 @@ class DegradationGuidance(nn.Module):
         In [0, 1] a removed voxel or band is exactly 0, as the protocol writes it, so the CNN reads
         the tiles in those units rather than in the model's [-1, 1] range.
         """
-        h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
-        return self.head(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1))
+        return self.head(self._pooled(lq01_BCHW))
+
+    def classify_with_width(self, lq01_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Task logits (B, N) and, with ``blur_width``, the estimated Gaussian blur width σ (B,) in pixels
+        (softplus, > 0; meaningful on blurred tiles) of tiles (B, C, H, W) in [0, 1]; one CNN pass."""
+        pooled = self._pooled(lq01_BCHW)
+        width = None if self.width_head is None else F.softplus(self.width_head(pooled).float()).squeeze(-1)
+        return self.head(pooled), width
 
     def classifier_parameters(self) -> list[nn.Parameter]:
-        """The task classifier's parameters (its CNN and head; not the embeddings or λ)."""
-        return [*self.features.parameters(), *self.head.parameters()]
+        """The task classifier's parameters (its CNN, head and blur-width head; not the embeddings or λ)."""
+        extra = [] if self.width_head is None else list(self.width_head.parameters())
+        return [*self.features.parameters(), *self.head.parameters(), *extra]
 
     def embed(self, weights_BN: torch.Tensor) -> torch.Tensor:
         """d = Σ_i w_i (d_i + λ_i d_basic); weights (B, N) → (B, width)."""
@@ -71,7 +99,8 @@ class DegradationGuidance(nn.Module):
         return self.basic.expand(batch, -1)
 
     def weights(self, task: TaskSpec, lq01_BCHW: torch.Tensor) -> torch.Tensor:
-        """Task weights (B, N) for a task spec; ``"auto"`` classifies the degraded tiles lq (B, C, H, W) in [0, 1].
+        """Task weights (B, N) for a task spec; ``"auto"`` classifies the degraded tiles lq (B, C, H, W) in [0, 1]
+        (:class:`AutoAmong`: among its families only).
 
         Raises:
             ValueError: unknown task name, negative or all-zero mixture weights, wrong tensor shape.
@@ -81,6 +110,13 @@ class DegradationGuidance(nn.Module):
             if task.shape != (B, n):
                 raise ValueError(f"task weights must have shape ({B}, {n}), got {tuple(task.shape)}")
             return task.to(lq01_BCHW.device, torch.float32)
+        if isinstance(task, AutoAmong):
+            unknown = [t for t in task.tasks if t not in self.tasks]
+            if unknown or not task.tasks:
+                raise ValueError(f"auto among {list(task.tasks)}: expected some of {', '.join(self.tasks)}")
+            allowed = torch.tensor([t in task.tasks for t in self.tasks], device=lq01_BCHW.device)
+            logits = self.classify(lq01_BCHW).float().masked_fill(~allowed, float("-inf"))
+            return F.softmax(logits, dim=-1)
         if isinstance(task, str):
             if task == "auto":
                 return F.softmax(self.classify(lq01_BCHW), dim=-1)

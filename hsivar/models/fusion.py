@@ -13,7 +13,10 @@ the image grid sees both tiles and the task weights and predicts a correction of
 
 With ``ModelConfig.first_estimate`` the classical first estimate x0 (:mod:`hsivar.estimate`) takes lq's
 place in the gate and the unsharp masks, the input conv sees [lq, x0, ŷ], and the gate starts at 1: an
-untrained head returns x0, and training learns where ŷ improves on it.
+untrained head returns x0, and training learns where ŷ improves on it. The output is then shrunk towards
+x0 per task, ``x0 + τ·(y − x0)`` with τ = trust·weights (``FusionConfig.trust``, fitted on validation
+examples after stage 3 by :mod:`hsivar.calibrate`): where the learned correction does not help a family
+on held-out data, that family gets x0.
 
 The gate is a full-rank path from the input, per band: the ``width``-channel bottleneck alone does not
 pass a good input (×2 super-resolution) through unchanged. G and the output conv start at zero, so an
@@ -68,6 +71,12 @@ class OutputFusion(nn.Module):
             nn.init.ones_(self.gate.weight)
         if self.unsharp is not None:
             nn.init.zeros_(self.unsharp.weight)
+        trust = torch.ones(tasks) if cfg.trust is None else torch.tensor(cfg.trust, dtype=torch.float32)
+        self.register_buffer("trust", trust, persistent=False)  # from the config, not the weights
+
+    def set_trust(self, trust: torch.Tensor) -> None:
+        """Set τ per task (N,) in [0, 1] (:func:`hsivar.calibrate.calibrate_trust`)."""
+        self.trust.copy_(trust.to(self.trust))
 
     def details(self, lq_BCHW: torch.Tensor) -> torch.Tensor:
         """lq − G_σ ∗ lq for every σ of ``unsharp_sigmas`` (reflect padding); → (B, J, C, H, W) float32.
@@ -96,7 +105,10 @@ class OutputFusion(nn.Module):
         h = self.intro(x) + self.task(w)[:, :, None, None]
         g = self.gate(w).to(y_BCHW.dtype)[:, :, None, None]
         y = y_BCHW + g * (base - y_BCHW) + self.ending(self.blocks(h)).to(y_BCHW.dtype)
-        if self.unsharp is None:
+        if self.unsharp is not None:
+            a_BJ = self.unsharp(w).float()
+            y = y + torch.einsum("bj,bjchw->bchw", a_BJ, self.details(base)).to(y_BCHW.dtype)
+        if not self.from_estimate:
             return y
-        a_BJ = self.unsharp(w).float()
-        return y + torch.einsum("bj,bjchw->bchw", a_BJ, self.details(base)).to(y_BCHW.dtype)
+        tau = (weights_BN.float() @ self.trust.float()).to(y.dtype)[:, None, None, None]  # (B, 1, 1, 1)
+        return base + tau * (y - base)

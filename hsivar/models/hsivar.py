@@ -65,6 +65,15 @@ class HSIVAR(nn.Module):
         self.fusion = (OutputFusion(cfg.fusion, vq.bands, len(self.dag.tasks), cfg.first_estimate)
                        if cfg.fusion.width else None)
 
+    def set_trust(self, trust: tuple[float, ...]) -> None:
+        """Set the fusion head's per-task trust τ (N,) in [0, 1] in the weights' buffer and in ``cfg`` (so a
+        published config records it; see ``FusionConfig.trust``)."""
+        if self.fusion is None or not self.cfg.first_estimate:
+            raise ValueError("trust needs a fusion head on the first estimate (fusion.width > 0, first_estimate)")
+        fusion_cfg = self.cfg.fusion.model_copy(update={"trust": tuple(float(t) for t in trust)})
+        self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "fusion": fusion_cfg.model_dump()})
+        self.fusion.set_trust(torch.tensor(self.cfg.fusion.trust))
+
     def init_condition_encoder(self) -> None:
         """Start of stage 2: E_con ← copy of the trained E (and quant_conv)."""
         self.cond.copy_from(self.vqvae.encoder, self.vqvae.quant_conv)

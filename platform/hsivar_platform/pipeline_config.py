@@ -231,7 +231,13 @@ class ValSpec(_Strict):
     levels: Literal["middle", "all"] = Field("middle", description="one middle level per family, or all 19 cases")
     task: Literal["auto", "oracle"] = Field("auto", description="task classifier ('auto') or the true task weights")
     batch_size: int = Field(16, ge=1)
+    crop: int | None = Field(None, ge=1, description="centre crop side of each validation cube, pixels (default: "
+                             "one model tile). Larger crops validate and calibrate on blended tiles, as cubes are "
+                             "restored, at a few times the cost")
     panels: bool = Field(True, description="log false-colour PNG panels degraded / restored / clean")
+    calibrate: bool = Field(True, description="at the end of stage decoder, fit the per-family trust in the learned "
+                            "correction (model.fusion.trust, hsivar.calibrate) on the validation examples, before "
+                            "the final validation and publication; needs a model with first_estimate")
 
 
 class RaySpec(_Strict):

@@ -154,3 +154,12 @@ def test_precision_bench_scores_both_precisions_on_every_family(tmp_path: Path) 
     for fam in r["families"].values():
         assert fam["bf16_minus_fp32_db"] == 0.0 and fam["mean_abs_diff"] == 0.0  # bf16 is a CUDA path only
         assert math.isfinite(fam["degraded"]) and math.isfinite(fam["fp32"])
+
+
+def test_consistency_bench_times_every_step_of_every_family() -> None:
+    r = _run_bench("consistency", "--bands", "8", "--size", "40", "--repeats", "1")
+    assert r["device"] == "cpu" and r["size"] == 40 and r["tile"] == 32
+    assert set(r["families"]) == {"gaussian", "complex", "blur", "sr", "inpaint", "bandmiss"}
+    for fam in r["families"].values():
+        assert fam["tiles"] == 4 and set(fam["share"]) == {"prepare", "blur_width", "model", "consistency"}
+        assert math.isclose(sum(fam["share"].values()), 1.0) and all(v > 0 for v in fam["ms_per_tile"].values())

@@ -51,12 +51,12 @@ def test_restorer_equals_the_model_on_one_tile(published: Path, tiny_model: HSIV
 
     restorer = Restorer.from_published(published)
     cube = np.random.default_rng(0).random((8, 32, 32), dtype=np.float32)
-    out = restorer.restore(cube, task="blur", value_range=(0.0, 1.0))
+    out = restorer.restore(cube, task="gaussian", value_range=(0.0, 1.0))
     x0 = torch.from_numpy(first_estimate(cube, Observation.detect(cube)))[None]
-    direct = tiny_model.restore(torch.from_numpy(cube)[None], task="blur", estimate01=x0).cube[0].numpy()
+    direct = tiny_model.restore(torch.from_numpy(cube)[None], task="gaussian", estimate01=x0).cube[0].numpy()
     assert out.tiles == 1 and out.std is None
     np.testing.assert_allclose(out.cube, direct, atol=1e-6)
-    assert out.task_weights["blur"] == pytest.approx(1.0)
+    assert out.task_weights["gaussian"] == pytest.approx(1.0)
 
 
 def test_restorer_handles_any_size_and_returns_input_units(published: Path) -> None:
@@ -158,3 +158,42 @@ def test_restorer_refuses_bad_cubes_with_clear_messages(published: Path) -> None
         restorer.restore(np.zeros((8, 32, 32), np.float32), overlap=32)
     with pytest.raises(ValueError, match="unknown task"):
         restorer.restore(np.zeros((8, 32, 32), np.float32), task="haze")
+
+
+def test_blind_blur_gets_its_width_from_the_model(tiny_model: HSIVAR) -> None:
+    """task blur (or auto judged blurred) without a known width: the model's width head supplies σ, the first
+    estimate deconvolves with it; other tasks and a known width are left alone."""
+    from hsivar.degrade import Observation, degrade_for_test
+    from hsivar.estimate import first_estimate
+    from hsivar.synth import make_cube
+
+    restorer = Restorer(tiny_model)
+    cube = degrade_for_test(make_cube(seed=4, size=48, bands=8)[0], "blur", 15)[0]
+    prep = restorer.prepare(cube, 8, value_range=(0.0, 1.0))
+    assert prep.observation.blur_sigma is None
+    blind = restorer.observe_blur(prep, "blur")
+    sigma = blind.observation.blur_sigma
+    assert sigma and sigma > 0 and blind.observation.source["blur_sigma"] == "model"
+    expected = first_estimate(cube, Observation.detect(cube).replaced(blur_sigma=sigma))
+    np.testing.assert_allclose(blind.estimate01[:, :48, :48].numpy(), expected, atol=1e-6)
+    assert restorer.observe_blur(prep, "gaussian") is prep
+    assert restorer.observe_blur(prep, {"gaussian": 1.0}) is prep
+    known = restorer.prepare(cube, 8, value_range=(0.0, 1.0), observation=Observation(cube.shape, blur_sigma=2.6))
+    assert restorer.observe_blur(known, "blur") is known
+    out = restorer.restore(cube, "blur", value_range=(0.0, 1.0))
+    assert out.observation["blur_sigma"] == pytest.approx(sigma)
+
+
+def test_auto_restores_among_the_families_the_cube_leaves_plausible(tiny_model: HSIVAR) -> None:
+    from hsivar.degrade import degrade_for_test
+    from hsivar.models.dag import AutoAmong
+    from hsivar.synth import make_cube
+
+    restorer = Restorer(tiny_model)
+    clean = make_cube(seed=6, size=48, bands=8)[0]
+    degraded = degrade_for_test(clean, "bandmiss", 0.3)[0]
+    prep = restorer.prepare(degraded, 8, value_range=(0.0, 1.0))
+    assert restorer.resolve_task(prep, "auto") == AutoAmong(("bandmiss",))
+    assert restorer.resolve_task(prep, "gaussian") == "gaussian"  # a task given is a task taken
+    out = restorer.restore(degraded, "auto", value_range=(0.0, 1.0))
+    assert out.task_weights["bandmiss"] == pytest.approx(1.0) and out.observation["plausible_tasks"] == ["bandmiss"]

@@ -4,9 +4,10 @@ endpoint), SQLite MLflow stores, a published tiny model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,17 @@ def published_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = HSIVAR(preset("tiny", bands=TINY_BANDS)).eval()
     return save_published(model, tmp_path_factory.mktemp("published") / "tiny8", stage="decoder")
+
+
+def _smooth_cube(shape: tuple[int, int, int], scale: float = 1.0) -> np.ndarray:
+    c, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    bands = np.linspace(0, 1, c)[:, None, None]
+    return (scale * (0.5 + 0.3 * np.sin(3 * xx + 2 * bands) * np.cos(2 * yy - bands))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def smooth_cube() -> Callable[..., np.ndarray]:
+    """``smooth_cube((C, H, W), scale)`` → a smooth, noise-free float32 cube in [0.2, 0.8]·scale: every entry it
+    observes counts as exact, so the kept mask of its restoration is exactly its observed entries."""
+    return _smooth_cube

@@ -11,16 +11,19 @@ Every stage is a step of the one restoration path (:mod:`hsivar.restore`), so an
 input's format, back in the input's units and dtype; GeoTIFF keeps its CRS, transform, nodata and band
 names / wavelengths. With ``samples > 1`` and ``uncertainty=True`` a per-pixel standard deviation cube is
 written beside each output as ``<stem>.std<ext>`` (float32). Voxels equal to the source's nodata value
-are left out of the normalisation range and written back as nodata.
+are left out of the normalisation range and written back as nodata. Entries the file marks as not observed
+(ENVI / GeoTIFF / HDF5 / .mat bad band list ``bbl``, GeoTIFF internal mask, HDF5 / .mat ``mask``:
+:mod:`hsivar.io.masks`) are left out too and synthesised; ``<stem>.kept<ext>`` (uint8, same georeferencing)
+is 1 where an entry holds the input's value bit for bit and 0 where it was synthesised or restored.
 
 **Resuming.** The driver rewrites ``<output>/_manifest.parquet`` (:mod:`~hsivar_platform.batch.manifest`)
 as files finish, at most every ``manifest_interval_s``, and once more at the end. Outputs are written
 atomically, so a kill leaves every output complete or absent. A re-run skips inputs whose manifest row
 is ``ok`` (and whose output still exists) or ``skipped``, and retries failed and missing ones.
 
-**Failures.** A bad input (corrupt, not 3-D, NaN/Inf, wrong band count, unreadable, unsafe key) is a
-``failed`` row with its reason; the job goes on. Files that are not cubes and cubes that are nodata
-everywhere are ``skipped``.
+**Failures.** A bad input (corrupt, not 3-D, NaN/Inf, wrong band count, a mask of the wrong shape or a bad
+band list of the wrong length, unreadable, unsafe key) is a ``failed`` row with its reason; the job goes on.
+Files that are not cubes and cubes that are nodata or masked everywhere are ``skipped``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -109,7 +113,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     if todo:
         processed, pipeline_s = _run_pipeline(options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap,
                                               task=options.task_arg(), tasks=tuple(cfg.dag.tasks), model=model,
-                                              estimate=cfg.first_estimate,
+                                              estimate=cfg.first_estimate, wavelengths=cfg.wavelengths,
                                               version=version, total=total, already=already,
                                               ray_address=ray_address, log_dir=log_dir)
     uri = write_manifest(dst, manifest.values())
@@ -130,7 +134,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
 
 def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str, *,
                   bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], model: str,
-                  estimate: bool, version: str,
+                  estimate: bool, wavelengths: Sequence[float] | None, version: str,
                   total: int, already: int, ray_address: str | None,
                   log_dir: str | os.PathLike | None) -> tuple[int, float]:
     """Run the Ray Data pipeline over ``todo``, updating ``manifest`` (and its file) as rows finish;
@@ -152,7 +156,8 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
     ds = ds.map_batches(read_and_tile, batch_size=1, num_cpus=1, runtime_env=env,
                         fn_kwargs={"bands": bands, "tile": tile, "overlap": overlap,
-                                   "value_range": options.value_range, "estimate": estimate})
+                                   "value_range": options.value_range, "estimate": estimate,
+                                   "wavelengths": wavelengths})
     ds = ds.map_batches(
         Restore, batch_size=1,
         fn_constructor_kwargs={"model": model, "device": "cuda" if gpus > 0 else "cpu", "task": task,

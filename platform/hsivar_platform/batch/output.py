@@ -51,7 +51,10 @@ def write_output(uri: str, cube: np.ndarray, meta: CubeMeta, dtype: str | None =
 
 
 def meta_to_json(meta: CubeMeta) -> str:
-    """A :class:`~hsivar.io.CubeMeta` as JSON (arrays as lists), to travel in a Ray Data row."""
+    """A :class:`~hsivar.io.CubeMeta` as JSON (arrays as lists), to travel in a Ray Data row, without ``missing``:
+    the input's unobserved entries travel as the observation's mask, and an output holds no unobserved entry (they
+    were synthesised; the kept mask says which)."""
+    meta = dataclasses.replace(meta, missing=None)
     return json.dumps(dataclasses.asdict(meta), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 

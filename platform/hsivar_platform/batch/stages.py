@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -76,19 +76,25 @@ def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, *, for_model: b
         facts = json.loads(_str(batch, "observation"))
         obs = Observation.from_facts(facts, _unbits(batch["missing"][0], shape)) if facts else None
         estimate = batch["estimate01"][0]
+        wavelengths = json.loads(_str(batch, "wavelengths") or "null")
         return PreparedCube.described(shape, tile, overlap, lo, scale, None, nodata,  # type: ignore[arg-type]
                                       _tensor(batch["cube01"][0]), observation=obs,
-                                      estimate01=_tensor(estimate) if estimate.size else None)
+                                      estimate01=_tensor(estimate) if estimate.size else None,
+                                      wavelengths=tuple(wavelengths) if wavelengths else None)
     kept = _unbits(batch["kept"][0], shape)
     return PreparedCube.described(shape, tile, overlap, lo, scale, nodata_mask, nodata,  # type: ignore[arg-type]
                                   kept=kept, source=batch["source"][0] if kept is not None else None)
 
 
 def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int,
-                  value_range: tuple[float, float] | None = None, estimate: bool = False) -> dict[str, np.ndarray]:
-    """Stage 1: read one input and :func:`~hsivar.prepared.prepare_cube` it (the normalised cube, its range,
-    nodata mask, observation, first estimate when the model uses one, and the exactly observed entries travel
-    on); errors become the row's ``error``."""
+                  value_range: tuple[float, float] | None = None, estimate: bool = False,
+                  wavelengths: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """Stage 1: read one input and :func:`~hsivar.prepared.prepare_cube` it, the entries its bad band list or mask
+    marks as not observed (``meta.missing``) included (the normalised cube, its range, nodata mask, observation
+    with its missing entries, first estimate when the model uses one, and the exactly observed entries travel
+    on); errors become the row's ``error`` (a mask of the wrong shape: the file failed; a mask leaving nothing
+    observed: skipped, like a cube that is nodata everywhere). The first estimate interpolates over the file's band
+    centres (nm), else ``wavelengths`` (the model's)."""
     t0 = time.perf_counter()
     src = _str(batch, "input_uri")
     error, skip, prep, meta, shape = "", False, None, None, (0, 0, 0)
@@ -96,7 +102,7 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
         cube, meta = read_cube(src, storage_options=storage.storage_options(src), allow_nonfinite=True)
         shape = cube.shape
         prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata, value_range=value_range,
-                            estimate=estimate, wavelengths=meta.wavelengths)
+                            missing=meta.missing, estimate=estimate, wavelengths=meta.wavelengths or wavelengths)
     except Exception as exc:  # one bad file is a manifest row, never a failed job
         error, skip = describe(exc, src), isinstance(exc, NothingToRestore)
     ok = prep is not None
@@ -120,6 +126,7 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
         "kept": _bits(prep.kept if ok else None)[None],
         "source": (prep.source if ok and prep.source is not None else empty)[None],
         "meta": np.array([meta_to_json(meta) if meta is not None else "{}"]),
+        "wavelengths": np.array([json.dumps(list(prep.wavelengths) if ok and prep.wavelengths else None)]),
         "seconds": np.array([time.perf_counter() - t0]),
     }
 
@@ -142,20 +149,28 @@ class Restore:
         log.info("model actor ready: %s on %s", model, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Add ``restored`` (1, samples, C, H, W) in [0, 1] and ``task_weights`` (1, N) to the row."""
+        """Add ``restored`` (1, samples, C, H, W) in [0, 1] and ``task_weights`` (1, N) to the row; when the model
+        estimated a blur width (:meth:`~hsivar.restore.Restorer.observe_blur`), the row's kept entries and observation
+        follow."""
         t0 = time.perf_counter()
         error = _str(batch, "error")
         restored = np.zeros((1, self.samples, 0, 0, 0), np.float32)
         weights = np.zeros((1, len(self.restorer.tasks)), np.float32)
+        reobserved: dict[str, np.ndarray] = {}
         if not error:
             try:
                 prep = _prepared(batch, self.tile, self.overlap, for_model=True)
-                out = self.restorer.restore_prepared(prep, self.task, samples=self.samples, seed=self.seed,
+                seen = self.restorer.observe_blur(prep, self.task)  # a blur width only the model can tell
+                if seen is not prep:  # a blurred observation has no exact entries: nothing is kept
+                    reobserved = {"kept": _bits(None)[None], "source": np.zeros((1, prep.shape[0], 0, 0), np.float32),
+                                  "observation_summary": np.array([json.dumps(seen.observation.summary())])}
+                out = self.restorer.restore_prepared(seen, self.task, samples=self.samples, seed=self.seed,
                                                      batch_size=self.batch_size)
                 restored, weights = out.samples01.numpy()[None], np.asarray([out.task_weights], np.float32)
             except Exception as exc:
                 error = describe(exc, _str(batch, "input_uri"))
         out_row = {k: v for k, v in batch.items() if k not in ("cube01", "estimate01", "missing")}
+        out_row.update(reobserved)
         out_row.update(error=np.array([error]), restored=restored, task_weights=weights,
                        seconds=batch["seconds"] + (time.perf_counter() - t0))
         return out_row

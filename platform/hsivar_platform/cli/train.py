@@ -61,7 +61,7 @@ def evaluate(
     task: Annotated[str, typer.Option(help="auto (task classifier) or oracle (true task)")] = "auto",
     baselines: Annotated[bool, typer.Option(help="score the classical baselines of each family")] = True,
     extra_baseline: Annotated[list[str] | None, typer.Option(
-        help="an opt-in baseline too (repeatable): bm4d (needs pip install 'hsivar[bm4d]', non-commercial)")] = None,
+        help="an opt-in baseline too (repeatable): bm4d (needs pip install 'hsivar\\[bm4d]', non-commercial)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 16,
     concurrency: Annotated[int, typer.Option(min=1, help="model actors")] = 1,
     use_gpu: Annotated[bool, typer.Option(help="one GPU per model actor")] = False,

@@ -27,23 +27,28 @@ def aggregate(cases: Any) -> Any:
 
 def family_summary(table: Any) -> Any:
     """Per task family: mean PSNR / SSIM / SAM over levels of the degraded input, the best classical baseline
-    (the one with the highest mean PSNR) and the model; whether the model beats the input (PSNR) and is at
-    least as good as the best baseline (PSNR ≥ and SAM ≤)."""
+    (the one with the highest mean PSNR) and the model, and the seconds per cube of both; whether the model
+    beats the input (PSNR) and is at least as good as the best baseline (PSNR ≥ and SAM ≤, at 0.01)."""
     import pandas as pd
 
     rows = []
     for task in [t for t in TASKS if t in set(table["task"])]:
         t = table[table["task"] == task]
-        means = t.groupby("method")[["psnr", "ssim", "sam"]].mean()
+        means = t.groupby("method")[["psnr", "ssim", "sam", "seconds_per_cube"]].mean()
         classical = [m for m in means.index if m not in (METHOD_DEGRADED, METHOD_MODEL)]
         best = max(classical, key=lambda m: means.loc[m, "psnr"]) if classical else None
         r: dict[str, Any] = {"task": task, "baseline": best or ""}
         for label, method in (("degraded", METHOD_DEGRADED), ("baseline", best), ("model", METHOD_MODEL)):
             for k in ("psnr", "ssim", "sam"):
                 r[f"{label}_{k}"] = float(means.loc[method, k]) if method in means.index else float("nan")
+        for label, method in (("baseline", best), ("model", METHOD_MODEL)):
+            r[f"{label}_seconds"] = float(means.loc[method, "seconds_per_cube"]) if method in means.index else \
+                float("nan")
         r["model_beats_degraded"] = bool(r["model_psnr"] > r["degraded_psnr"])
-        r["model_beats_baseline"] = bool(best is not None and r["model_psnr"] >= r["baseline_psnr"]
-                                         and r["model_sam"] <= r["baseline_sam"])
+        # compared at the table's precision (0.01 dB, 0.01°): a model that returns the baseline's own estimate
+        # ties it rather than losing by rounding noise
+        r["model_beats_baseline"] = bool(best is not None and round(r["model_psnr"], 2) >= round(r["baseline_psnr"], 2)
+                                         and round(r["model_sam"], 2) <= round(r["baseline_sam"], 2))
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -57,11 +62,12 @@ def to_markdown(table: Any, summary: Any, title: str) -> str:
                      f"{r.ergas:.2f} | {r.seconds_per_cube:.3f} |")
     lines += ["", "Per family (mean over levels; the best classical baseline by PSNR):", "",
               "| task | degraded PSNR / SSIM / SAM | best baseline | baseline PSNR / SSIM / SAM "
-              "| HSI-VAR PSNR / SSIM / SAM | beats degraded | ≥ best baseline |",
-              "|---|---:|---|---:|---:|:---:|:---:|"]
+              "| HSI-VAR PSNR / SSIM / SAM | s/cube baseline / HSI-VAR | beats degraded | ≥ best baseline |",
+              "|---|---:|---|---:|---:|---:|:---:|:---:|"]
     for r in summary.itertuples(index=False):
         lines.append(f"| {r.task} | {r.degraded_psnr:.2f} / {r.degraded_ssim:.4f} / {r.degraded_sam:.2f} | "
                      f"{r.baseline} | {r.baseline_psnr:.2f} / {r.baseline_ssim:.4f} / {r.baseline_sam:.2f} | "
                      f"{r.model_psnr:.2f} / {r.model_ssim:.4f} / {r.model_sam:.2f} | "
+                     f"{r.baseline_seconds:.3f} / {r.model_seconds:.3f} | "
                      f"{'yes' if r.model_beats_degraded else 'no'} | {'yes' if r.model_beats_baseline else 'no'} |")
     return "\n".join(lines) + "\n"

@@ -6,15 +6,24 @@ Routes (one deployment, :class:`HSIVARService`, FastAPI ingress)::
                        query: task (auto | family | gaussian:0.7,blur:0.3), tile, overlap, samples, seed,
                               value_range (LO,HI input units mapped to [0, 1]; default the cube's min–max),
                               format (npy | tiff | h5; default: the request's), dtype (source | float32),
-                              uncertainty (true: add dataset "std", HDF5 only), dataset (HDF5 input)
+                              uncertainty (true: add dataset "std", HDF5 only), dataset (HDF5 input),
+                              bad_bands (0-based indices, e.g. 3,7: bands not observed, synthesised)
                        → the restored cube in the requested format, headers X-HSIVAR-Task (the task used),
-                         X-HSIVAR-Task-Weights, X-HSIVAR-Tiles, X-HSIVAR-Seconds, Server-Timing
+                         X-HSIVAR-Task-Weights, X-HSIVAR-Tiles, X-HSIVAR-Seconds, Server-Timing,
+                         X-HSIVAR-Kept-Entries (entries holding the request's values bit for bit),
+                         X-HSIVAR-Observation (JSON: missing_fraction, missing_bands, ...); HDF5 answers add
+                         dataset "kept" (uint8, 1 = kept as observed, 0 = synthesised or restored)
     GET  /v1/model     bands, wavelengths, tasks, tile, preset, version, limits
     GET  /healthz      {"status": "ok"} (no auth, for probes)
 
-Errors are JSON ``{"error": message, "status": code}``: 400 not a cube / corrupt body, 401 missing or
-wrong bearer token, 413 body or cube over the configured size, 415 unsupported media type, 422 wrong
-band count, shape, NaN/Inf values or options. An unexpected fault answers 503 (and is logged); it
+Entries a request marks as not observed — ``bad_bands``, a GeoTIFF body's internal mask, an HDF5 body's
+``mask`` dataset (nonzero = observed) or bad band list ``bbl`` (:mod:`hsivar.io.masks`) — are synthesised;
+the other exactly observed entries come back bit for bit.
+
+Errors are JSON ``{"error": message, "status": code}``: 400 not a cube / corrupt body / a body's mask of
+the wrong shape, 401 missing or wrong bearer token, 413 body or cube over the configured size, 415
+unsupported media type, 422 wrong band count, shape, NaN/Inf values, options (``bad_bands`` not integers
+or out of range) or a mask that leaves nothing observed. An unexpected fault answers 503 (and is logged); it
 never takes the replica down.
 
 A request goes through the one restoration path of :mod:`hsivar.restore` (prepare → model → blend →
@@ -50,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.deployment import Application
 
+from hsivar.models.dag import AutoAmong
 from hsivar.models.var import GREEDY
 from hsivar.publish import read_config
 from hsivar.restore import (
@@ -69,6 +79,8 @@ from hsivar_platform.serve.payload import (
     encode_cube,
     media_format,
     output_format,
+    parse_bad_bands,
+    request_missing,
 )
 
 log = logging.getLogger("ray.serve")
@@ -291,18 +303,25 @@ class HSIVARService:
         uncertainty = _bool(q, "uncertainty")
         if uncertainty and (samples < 2 or fmt_out != "hdf5"):
             raise _ApiError(422, "uncertainty=true needs samples ≥ 2 and format=h5 (the std is a second dataset)")
+        bad_bands = parse_bad_bands(q.get("bad_bands"), self.restorer.bands)
 
         body = await self._read_body(request)
         cube, meta = await asyncio.to_thread(
             decode_cube, body, fmt_in, bands=self.restorer.bands, max_values=self.settings.max_cube_values,
             dataset=q.get("dataset") or None)
         del body
+        missing = request_missing(meta, bad_bands, cube.shape)
         prep = await asyncio.to_thread(partial(self.restorer.prepare, cube, overlap, nodata=meta.nodata,
-                                               value_range=value_range, wavelengths=meta.wavelengths))
+                                               value_range=value_range, missing=missing,
+                                               wavelengths=meta.wavelengths))
+        # the blur width only the model can tell (blind deblurring), on the thread that runs the model
+        prep = await asyncio.get_running_loop().run_in_executor(
+            self._model_thread, partial(self.restorer.observe_blur, prep, task))
         t_decoded = time.perf_counter()
 
         if samples == 1:
-            key = json.dumps(task, sort_keys=True)
+            task = self.restorer.resolve_task(prep, task)  # "auto" among the families the cube leaves plausible
+            key = json.dumps(task.tasks if isinstance(task, AutoAmong) else task, sort_keys=True)
             tiles = await asyncio.to_thread(prep.tiles)
             estimates = await asyncio.to_thread(prep.estimate_tiles)
             results = await asyncio.gather(*[
@@ -320,7 +339,7 @@ class HSIVARService:
 
         dtype = meta.dtype if dtype_opt == "source" else "float32"
         data = await asyncio.to_thread(encode_cube, mean, meta, fmt_out, dtype=dtype,
-                                       std=std if uncertainty else None)
+                                       std=std if uncertainty else None, kept=prep.kept)
         t_done = time.perf_counter()
         self._count("requests")
         self._count("tiles", len(prep.coords))
@@ -332,6 +351,8 @@ class HSIVARService:
             "X-HSIVAR-Shape": ",".join(map(str, prep.shape)),
             "X-HSIVAR-Seconds": f"{t_done - t0:.4f}",
             "X-HSIVAR-Model-Version": self.version,
+            "X-HSIVAR-Kept-Entries": str(int(prep.kept.sum()) if prep.kept is not None else 0),
+            "X-HSIVAR-Observation": json.dumps(prep.observation.summary() if prep.observation is not None else {}),
             "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in (
                 ("decode", (t_decoded - t0) * 1e3), ("restore", (t_restored - t_decoded) * 1e3),
                 ("encode", (t_done - t_restored) * 1e3))),

@@ -3,8 +3,10 @@
 Nothing is unpickled: ``.npy`` bodies are read with ``allow_pickle=False`` (object arrays are refused),
 GeoTIFF through rasterio and HDF5 through h5py, all via :func:`hsivar.io.read_cube` on a private
 temporary file, so a request is parsed exactly like a file of the batch path (layout rules, CRS,
-transform, nodata, band names, wavelengths). Every problem is a :class:`PayloadError` carrying the
-HTTP status to answer with.
+transform, nodata, band names, wavelengths, and the entries the file marks as not observed: a GeoTIFF
+internal mask, an HDF5 ``mask`` dataset, a bad band list ``bbl``, :mod:`hsivar.io.masks`). The ``bad_bands``
+query parameter adds whole bands (:func:`parse_bad_bands`). Every problem is a :class:`PayloadError`
+carrying the HTTP status to answer with.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hsivar.io import (
     FORMAT_TABLE,
     CubeError,
     CubeMeta,
+    band_missing,
     cube_shape,
     format_aliases,
     media_types,
@@ -71,6 +74,39 @@ def output_format(name: str | None, default: str) -> str:
     return fmt
 
 
+def parse_bad_bands(text: str | None, bands: int) -> list[int]:
+    """The ``bad_bands`` query value, 0-based band indices separated by commas (``"3,7"``), checked against the
+    model's ``bands``; ``None`` or ``""`` → ``[]``.
+
+    Raises:
+        PayloadError(422): an item that is not an integer, or an index outside [0, bands) (the message names it).
+    """
+    if text is None or not text.strip():
+        return []
+    indices = []
+    for item in text.split(","):
+        try:
+            indices.append(int(item.strip()))
+        except ValueError:
+            raise PayloadError(422, f"query parameter bad_bands={text!r}: {item.strip()!r} is not a band index; "
+                                    "expected 0-based integers separated by commas, e.g. bad_bands=3,7") from None
+    out = sorted({b for b in indices if not 0 <= b < bands})
+    if out:
+        raise PayloadError(422, f"query parameter bad_bands={text!r}: band(s) {out} out of range for the model's "
+                                f"{bands} bands (0-based, 0..{bands - 1})")
+    return sorted(set(indices))
+
+
+def request_missing(meta: CubeMeta, bad_bands: list[int], shape: tuple[int, int, int]) -> np.ndarray | None:
+    """(C, H, W) bool entries of a request that were not observed: the body's own (``meta.missing``: its mask,
+    its bad band list) and the ``bad_bands`` of the query; ``None`` when there are none."""
+    missing = meta.missing
+    if bad_bands:
+        extra = band_missing(bad_bands, shape)
+        missing = extra if missing is None else missing | extra
+    return missing
+
+
 def decode_cube(body: bytes, fmt: str, *, bands: int | None = None, max_values: int | None = None,
                 dataset: str | None = None) -> tuple[np.ndarray, CubeMeta]:
     """Parse a request body into a cube (C, H, W) float32 in its own units, plus its metadata.
@@ -82,10 +118,12 @@ def decode_cube(body: bytes, fmt: str, *, bands: int | None = None, max_values: 
             its values are read (compressed GeoTIFF / HDF5 bodies can expand a lot).
         dataset: HDF5 dataset holding the cube (default: the only 3-D one).
     Returns:
-        (cube, meta); NaN/Inf values are kept (the caller decides: 422 unless they are nodata).
+        (cube, meta); NaN/Inf values are kept (the caller decides: 422 unless they are nodata or not observed);
+        ``meta.missing``: the (C, H, W) bool entries the body marks as not observed, or None.
     Raises:
         PayloadError: 400 for an empty, corrupt or non-cube body (not 3-D, Python objects, several
-            candidate datasets), 413 too many values, 422 wrong band count.
+            candidate datasets, a mask of the wrong shape, a bad band list of the wrong length), 413 too many
+            values, 422 wrong band count.
     """
     if not body:
         raise PayloadError(400, "empty request body; send the cube's bytes")
@@ -111,16 +149,21 @@ def decode_cube(body: bytes, fmt: str, *, bands: int | None = None, max_values: 
 
 
 def encode_cube(cube: np.ndarray, meta: CubeMeta, fmt: str, *, dtype: str | None = None,
-                std: np.ndarray | None = None) -> bytes:
-    """The bytes of ``cube`` (C, H, W) in ``fmt`` (GeoTIFF keeps CRS, transform, nodata, band metadata).
+                std: np.ndarray | None = None, kept: np.ndarray | None = None) -> bytes:
+    """The bytes of ``cube`` (C, H, W) in ``fmt`` (GeoTIFF keeps CRS, transform, nodata, band metadata). The
+    request's unobserved entries (``meta.missing``) are not written: the cube holds values there now.
 
     Args:
         dtype: dtype written (e.g. ``meta.dtype`` for the request's dtype); default the cube's.
         std: (C, H, W) per-pixel uncertainty, stored as dataset ``std`` next to the cube (HDF5 only).
+        kept: (C, H, W) bool entries that hold the request's values bit for bit, stored as dataset ``kept``
+            (uint8, 1 = kept as observed, 0 = synthesised or restored) next to the cube (HDF5 only; other
+            formats: ignored, the response headers count them).
     """
     keep = ("dataset",) if fmt == "hdf5" else ()
-    meta = dataclasses.replace(meta, extras={k: v for k, v in meta.extras.items() if k in keep})
-    if std is not None and meta.extras.get("dataset") == "std":
+    meta = dataclasses.replace(meta, extras={k: v for k, v in meta.extras.items() if k in keep}, missing=None)
+    taken = {name for name, extra in (("std", std), ("kept", kept)) if extra is not None}
+    if meta.extras.get("dataset") in taken:
         meta.extras["dataset"] = "cube"
     with tempfile.TemporaryDirectory(prefix="hsivar-resp-") as tmp:
         path = Path(tmp) / f"response{FORMAT_TABLE[fmt].write_suffix}"
@@ -132,6 +175,12 @@ def encode_cube(cube: np.ndarray, meta: CubeMeta, fmt: str, *, dtype: str | None
                 ds = h5.create_dataset("std", data=np.asarray(std, np.float32), compression="gzip")
                 ds.attrs["layout"] = "chw"
                 ds.attrs["description"] = "per-pixel standard deviation over samples, in the cube's units"
+        if kept is not None and fmt == "hdf5":
+            with h5py.File(path, "a") as h5:
+                ds = h5.create_dataset("kept", data=np.asarray(kept, np.uint8), compression="gzip")
+                ds.attrs["layout"] = "chw"
+                ds.attrs["description"] = ("1 where the entry holds the request's value bit for bit (observed), "
+                                           "0 where it was synthesised (not observed) or restored")
         return path.read_bytes()
 
 

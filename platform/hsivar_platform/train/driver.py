@@ -193,7 +193,8 @@ def _datasets(cfg: PipelineConfig, splits: Any) -> tuple[dict[str, Any], int]:
                                           estimate=mcfg.first_estimate)}
     if splits.val and cfg.val.max_cubes > 0:
         val_files = list_cubes(splits.val)[: cfg.val.max_cubes]
-        datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels), bands=mcfg.bands, crop=tile,
+        datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels), bands=mcfg.bands,
+                                           crop=cfg.val.crop or tile,
                                            norm_window=cfg.data.window)
     return datasets, len(files)
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsivar.calibrate import CalibrationExample
 from hsivar.degrade import observation_of_level
 from hsivar.metrics import evaluate
 from hsivar.models.hsivar import HSIVAR, to_model_range
@@ -18,6 +19,13 @@ from hsivar.tasks import TASKS
 def val_examples(it: Any, batch_size: int) -> list[dict[str, np.ndarray]]:
     """The validation shard's batches (rows of :func:`hsivar_platform.data.degrade_case`) as numpy dicts."""
     return [b for b in it.iter_batches(batch_size=batch_size, batch_format="numpy") if len(b.get("uri", []))]
+
+
+def calibration_examples(examples: list[dict[str, np.ndarray]]) -> list[CalibrationExample]:
+    """The validation rows (:func:`val_examples`) as :class:`~hsivar.calibrate.CalibrationExample` s."""
+    return [CalibrationExample(np.asarray(b["degraded"][i], np.float32), np.asarray(b["clean"][i], np.float32),
+                               str(b["task"][i]), float(b["level"][i]), np.asarray(b["band_mask"][i], bool))
+            for b in examples for i in range(len(b["uri"])) if str(b["task"][i]) in TASKS]
 
 
 def _panel(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], wavelengths: Any, scale: int = 4) -> np.ndarray:
@@ -49,7 +57,7 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
              bf16: bool) -> tuple[dict[str, float], np.ndarray | None]:
     """Validation on the seeded protocol examples (rank 0).
 
-    Stage ``vqvae``: reconstruction of the clean crops (``val/recon/{psnr,ssim,sam}``). Later stages:
+    Stage ``vqvae``: reconstruction of the clean crops' centre tiles (``val/recon/{psnr,ssim,sam}``). Later stages:
     true autoregressive restoration of the crops (one model tile each) through
     :meth:`hsivar.restore.Restorer.forward` (greedy, KV cache; ``task_mode`` "auto" = the task classifier,
     "oracle" = true weights; bf16 autocast on CUDA when ``bf16``) → ``val/<task>/{psnr,ssim,sam}``
@@ -73,13 +81,17 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
                         keep.append(i)
                 if not keep:
                     continue
+                S = model.cfg.vqvae.image_size  # the VQ-VAE sees one tile: the centre one of a larger crop
+                r0, c0 = max(0, (clean.shape[-2] - S) // 2), max(0, (clean.shape[-1] - S) // 2)
+                clean = clean[..., r0:r0 + S, c0:c0 + S]
                 with restorer.autocast():
                     rec = model.vqvae(to_model_range(clean[keep])).reconstruction
                 out = ((rec.float() + 1) / 2).clamp(0, 1).cpu().numpy()
+                tiles = clean.cpu().numpy()
                 for j, i in enumerate(keep):
-                    m = evaluate(out[j], b["clean"][i]).as_dict()
+                    m = evaluate(out[j], tiles[i]).as_dict()
                     per.setdefault("recon", []).append(m)
-                    panel_rows.setdefault(f"recon{len(panel_rows)}", (b["clean"][i], out[j], b["clean"][i]))
+                    panel_rows.setdefault(f"recon{len(panel_rows)}", (tiles[i], out[j], tiles[i]))
                 continue
             out = np.stack([_restore(restorer, b, i, task_mode) for i in range(len(b["uri"]))])
             for i in range(len(out)):

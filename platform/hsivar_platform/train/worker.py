@@ -19,21 +19,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsivar.calibrate import calibrate_trust
 from hsivar.models.hsivar import HSIVAR
 from hsivar.publish import save_published
+from hsivar.restore import Restorer
 from hsivar.training import Batch, param_groups, prepare_stage, stage_loss
 from hsivar_platform import storage
 from hsivar_platform.pipeline_config import PipelineConfig
 from hsivar_platform.train.progress import ProgressReporter
 from hsivar_platform.train.state import EMA, load_checkpoint, load_init_weights, lr_factor, save_checkpoint
-from hsivar_platform.train.validate import val_examples, validate
+from hsivar_platform.train.validate import calibration_examples, val_examples, validate
 
 
 class StageStep(torch.nn.Module):
     """The model plus one stage's loss as a ``forward`` (what DDP wraps and synchronises).
 
-    ``forward(hq, lq, task_weights, x0, kept)`` with (B, C, S, S) cubes in [0, 1], (B, N) weights and, for
-    models with ``first_estimate``, the first estimate and the kept entries (or None) → (loss, logs dict).
+    ``forward(hq, lq, task_weights, x0, kept, blur_sigma)`` with (B, C, S, S) cubes in [0, 1], (B, N) weights,
+    for models with ``first_estimate`` the first estimate and the kept entries (or None), and the true blur
+    widths (B,) in px (NaN without blur; or None) → (loss, logs dict).
     """
 
     def __init__(self, model: HSIVAR, stage: str, generator: torch.Generator) -> None:
@@ -42,10 +45,11 @@ class StageStep(torch.nn.Module):
         self.model, self.stage, self.generator = model, stage, generator
 
     def forward(self, hq: torch.Tensor, lq: torch.Tensor, task_weights: torch.Tensor,
-                x0: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                x0: torch.Tensor | None = None, kept: torch.Tensor | None = None,
+                blur_sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The stage's loss on one batch: hq, lq, x0 (B, C, S, S) in [0, 1], task weights (B, N), kept (B, C, S, S)
-        bool → (loss, logs)."""
-        batch = Batch(hq, lq, task_weights, x0, kept)
+        bool, blur widths (B,) px → (loss, logs)."""
+        batch = Batch(hq, lq, task_weights, x0, kept, blur_sigma)
         res = stage_loss(self.model, self.stage, batch, self.generator)  # type: ignore[arg-type]
         return res.loss, res.logs
 
@@ -127,6 +131,31 @@ class _StageRun:
         self.progress.message(f"validation at step {at}: PSNR (dB) {shown}")
         return metrics
 
+    def calibrate(self) -> None:
+        """End of stage decoder (rank 0, ``val.calibrate``, a model with a first estimate): fit the per-family
+        trust in the learned correction on the validation examples (:func:`hsivar.calibrate.calibrate_trust`,
+        the EMA weights when on); the published config records it."""
+        model = self.model
+        if self.stage != "decoder" or self.val_it is None or not self.cfg.val.calibrate \
+                or model.fusion is None or not model.cfg.first_estimate:
+            return
+        if self.val_cache is None:
+            self.val_cache = val_examples(self.val_it, self.cfg.val.batch_size)
+        was = model.training
+        try:
+            with self.ema.applied() if self.ema else nullcontext():
+                fit = calibrate_trust(Restorer(model, self.device, bf16=self.bf16),
+                                      calibration_examples(self.val_cache))
+        finally:
+            model.train(was)
+        trust = dict(zip(model.dag.tasks, fit.trust))
+        if self.logger:
+            self.logger.metrics({f"trust/{t}": v for t, v in trust.items()}, step=self.step)
+            self.logger.metrics({f"trust/{t}/{which}_{m}": v[k] for t, sc in fit.scores.items()
+                                 for which, v in sc.items() for k, m in enumerate(("psnr", "sam"))}, step=self.step)
+        self.progress.message("trust in the learned correction per family (1: all of it, 0: the first estimate): "
+                              + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
+
     def checkpoint(self, metrics: dict[str, Any], complete: bool) -> None:
         """Save this rank's part of a checkpoint at the current step and report it to Ray Train."""
         import ray.train
@@ -144,8 +173,9 @@ class _StageRun:
         hq, lq, w = (b[k].to(self.device, non_blocking=True) for k in ("hq", "lq", "task_weights"))
         x0 = b["x0"].to(self.device, non_blocking=True) if "x0" in b else None
         kept = b["kept"].to(self.device, non_blocking=True).bool() if "kept" in b else None
+        blur = b["blur_sigma"].to(self.device, non_blocking=True) if "blur_sigma" in b else None
         with self.autocast():
-            loss, logs = self.net(hq, lq, w, x0, kept)
+            loss, logs = self.net(hq, lq, w, x0, kept, blur)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.spec.grad_clip if self.spec.grad_clip else float("inf")
@@ -215,6 +245,7 @@ class _StageRun:
 
         complete = self.step >= self.spec.steps
         if complete:
+            self.calibrate()
             last_val = self.validation(self.step) or last_val
         final = {"loss": logs.get("loss", float("nan")), **last_val}
         if self.step > self.start_step:

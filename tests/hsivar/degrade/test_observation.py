@@ -106,3 +106,36 @@ def test_merge_facts_and_masks(cube: np.ndarray) -> None:
         a.merge(Observation((C, H + 1, W)))
     degraded, _ = degrade(cube, "gaussian", 0, np.random.default_rng(0))  # σ = 0: a clean cube
     assert Observation.detect(degraded).summary()["missing_fraction"] == 0.0
+
+
+def test_the_cube_tells_which_families_could_explain_it(cube: np.ndarray) -> None:
+    """plausible_tasks: the families auto mode chooses among (one each on the protocol's clear cases)."""
+    expected = {"gaussian": ("gaussian",), "complex": ("complex",), "blur": ("blur",), "sr": ("sr",),
+                "inpaint": ("inpaint",), "bandmiss": ("bandmiss",)}
+    for task, want in expected.items():
+        for level in {"gaussian": (30, 70), "complex": (1, 2, 3, 4), "blur": (9, 21), "sr": (2, 8),
+                      "inpaint": (0.7, 0.9), "bandmiss": (0.1, 0.3)}[task]:
+            obs = Observation.detect(degrade_for_test(cube, task, level)[0])
+            assert obs.plausible == want, (task, level, obs.plausible)
+    assert Observation.detect(cube).plausible == ("blur",)  # nothing shows: blur or clean
+    degraded, _ = degrade_for_test(cube, "gaussian", 50)
+    known = np.zeros(cube.shape, bool)
+    known[:, :8] = True  # nodata rows from a file are no sign of inpainting
+    assert Observation.detect(degraded, known=known).plausible == ("gaussian",)
+    facts = Observation.detect(degraded).facts()
+    assert Observation.from_facts(facts).plausible == ("gaussian",)
+
+
+def test_stripes_are_told_from_noise_edges_and_dead_lines(cube: np.ndarray) -> None:
+    from hsivar.degrade.observation import striped_bands
+
+    striped, rec = degrade_for_test(cube, "complex", 2)
+    obs = Observation.detect(striped)
+    assert obs.stripes and obs.plausible == ("complex",)
+    bands = striped_bands(striped, obs.noise_sigma, obs.observed)
+    assert bands.sum() >= 1 and not bands.all()  # the protocol stripes a third of the bands
+    for task, level in (("gaussian", 50), ("blur", 15), ("bandmiss", 0.2)):
+        assert not Observation.detect(degrade_for_test(cube, task, level)[0]).stripes, task
+    edge = cube.copy()
+    edge[:, :, 32:] += 0.2  # a vertical edge through the whole scene is content, not a stripe
+    assert not striped_bands(edge, band_noise_sigma(edge)).any()

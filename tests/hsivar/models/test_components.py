@@ -230,3 +230,58 @@ def test_task_classifier_reads_the_degraded_tile() -> None:
     with torch.no_grad():
         w = dag.weights("auto", x)
     assert (w.argmax(-1) == y).float().mean() >= 0.9
+
+
+def test_trust_shrinks_the_correction_towards_the_first_estimate(tmp_path) -> None:
+    """y = x0 + τ·(F − x0) with τ = trust · task weights; set_trust records τ in the config, which a published
+    model keeps (the weights file does not change)."""
+    from hsivar.publish import load_published, save_published
+
+    cfg = preset("tiny", bands=8)
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    with torch.no_grad():
+        model.fusion.ending.bias.fill_(0.05)  # a head whose correction is not zero
+    lq, x0 = torch.rand(2, 8, 32, 32), torch.rand(2, 8, 32, 32)
+    decoded = torch.rand(2, 8, 32, 32) * 2 - 1
+    w = torch.zeros(2, len(TASKS))
+    w[0, 0], w[1, 1], w[1, 2] = 1.0, 0.5, 0.5
+    with torch.no_grad():
+        full = model.output(lq, decoded, w, x0)
+        trust = (0.0, 0.5, 1.0, 1.0, 1.0, 1.0)
+        model.set_trust(trust)
+        shrunk = model.output(lq, decoded, w, x0)
+    assert torch.equal(shrunk[0], x0[0])  # τ = 0: the first estimate exactly
+    assert torch.allclose(shrunk[1], x0[1] + 0.75 * (full[1] - x0[1]), atol=1e-6)
+    assert model.cfg.fusion.trust == trust
+    save_published(model, tmp_path / "m", stage="decoder")
+    loaded, _ = load_published(tmp_path / "m")
+    assert loaded.cfg.fusion.trust == trust and torch.equal(loaded.fusion.trust, torch.tensor(trust))
+    with pytest.raises(ValueError, match="trust"):
+        model.set_trust((1.5,) * len(TASKS))
+    with pytest.raises(ValueError, match="tasks"):
+        model.set_trust((1.0,))
+
+
+def test_the_blur_width_head_reads_the_degraded_tile() -> None:
+    """dag.blur_width: one CNN pass gives the task logits and a positive width (px) per tile; without it, None."""
+    model = HSIVAR(preset("tiny", bands=8)).eval()
+    lq = torch.rand(3, 8, 32, 32)
+    logits, width = model.dag.classify_with_width(lq)
+    assert torch.equal(logits, model.dag.classify(lq)) and width.shape == (3,) and bool((width > 0).all())
+    cfg = preset("tiny", bands=8)
+    plain = HSIVAR(cfg.model_copy(update={"dag": cfg.dag.model_copy(update={"blur_width": False})}))
+    assert plain.dag.classify_with_width(lq)[1] is None and plain.dag.width_head is None
+
+
+def test_auto_among_some_families_weighs_only_those(tiny_model: HSIVAR) -> None:
+    from hsivar.models.dag import AutoAmong
+
+    lq = torch.rand(3, tiny_model.cfg.bands, 32, 32)
+    w = tiny_model.dag.weights(AutoAmong(("blur", "sr")), lq)
+    allowed = torch.tensor([t in ("blur", "sr") for t in TASKS])
+    assert torch.allclose(w.sum(-1), torch.ones(3)) and bool((w[:, ~allowed] == 0).all())
+    auto = tiny_model.dag.weights("auto", lq)[:, allowed]
+    assert torch.allclose(w[:, allowed], auto / auto.sum(-1, keepdim=True), atol=1e-6)
+    with pytest.raises(ValueError, match="auto among"):
+        tiny_model.dag.weights(AutoAmong(("mars",)), lq)

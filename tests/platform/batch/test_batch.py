@@ -191,6 +191,61 @@ def test_nodata_voxels_stay_nodata(ray_cluster: None, published_tiny: Path, tmp_
     assert valid.min() > -9999 and valid.max() < 10000  # the range came from valid voxels only
 
 
+def test_file_masks_are_synthesised_and_the_kept_sidecar_says_which(
+        ray_cluster: None, published_tiny: Path, tmp_path: Path, smooth_cube) -> None:
+    import h5py
+    import rasterio
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    clean = smooth_cube((8, 32, 32), 1000.0)
+    observed = np.ones((32, 32), np.uint8)
+    observed[5:12, 4:20] = 0
+    garbage = np.where(observed[None] == 0, np.float32(9999.0), clean)
+    garbage[3] = 9999.0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            raw / "masked.tif", "w", driver="GTiff", width=32, height=32, count=8, dtype="float32", crs=CRS,
+            transform=rasterio.Affine(*TRANSFORM)) as ds:
+        ds.write(garbage)
+        ds.write_mask(observed * 255)  # internal mask, nonzero = observed
+        ds.update_tags(bbl="1,1,1,0,1,1,1,1")  # band 3 is bad
+    envi = clean.copy()
+    envi[[1, 6]] = np.nan
+    envi[:, :2, :2] = -9999.0
+    envi.astype("<f4").tofile(raw / "scene.img")
+    (raw / "scene.hdr").write_text("ENVI\nsamples = 32\nlines = 32\nbands = 8\nheader offset = 0\ndata type = 4\n"
+                                   "interleave = bsq\nbyte order = 0\ndata ignore value = -9999\n"
+                                   "bbl = {1, 0, 1, 1, 1, 1, 0, 1}\n")
+    with h5py.File(raw / "wrong.h5", "w") as f:
+        f.create_dataset("cube", data=clean)
+        f.create_dataset("mask", data=np.ones((32, 31), np.uint8))
+    with h5py.File(raw / "hidden.h5", "w") as f:
+        f.create_dataset("cube", data=clean)
+        f.create_dataset("mask", data=np.zeros((32, 32), np.uint8))
+
+    report = run_batch(BatchOptions(input=str(raw), output=str(out), model=str(published_tiny), task="inpaint"))
+    assert (report.ok, report.failed, report.skipped) == (2, 1, 1), report.failures
+    rows = read_manifest(str(out))
+    failed = rows[str(raw / "wrong.h5")]
+    assert failed["status"] == "failed" and "mask 'mask' has shape (32, 31)" in failed["error"], failed
+    skipped = rows[str(raw / "hidden.h5")]
+    assert skipped["status"] == "skipped" and "leaves no entry observed" in skipped["error"], skipped
+    for key, kept_key in (("masked.tif", "masked.kept.tif"), ("scene.hdr", "scene.kept.hdr")):
+        cube, meta = read_cube(raw / key, allow_nonfinite=True)
+        restored, out_meta = read_cube(out / key)
+        kept, kept_meta = read_cube(out / kept_key)
+        nodata = cube == meta.nodata if meta.nodata is not None else np.zeros(cube.shape, bool)
+        exact = ~meta.missing & ~nodata
+        np.testing.assert_array_equal(kept.astype(bool), exact)  # 1 = kept as observed, 0 = synthesised
+        np.testing.assert_array_equal(restored[exact], cube[exact])  # bit for bit
+        assert np.isfinite(restored).all() and not (restored[meta.missing] == 9999.0).any()
+        assert out_meta.missing is None and kept_meta.transform == out_meta.transform
+        assert json.loads(rows[str(raw / key)]["observation"])["missing_fraction"] > 0
+    assert kept_meta.nodata is None and read_cube(out / "scene.hdr")[1].nodata == -9999.0
+    _, tif_kept = read_cube(out / "masked.kept.tif")
+    assert tif_kept.crs == CRS and tif_kept.transform == TRANSFORM and tif_kept.dtype == "uint8"
+
+
 # ------------------------------------------------------------------------------------------ S3
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsivar.io import CubeMeta, read_cube, write_cube
+from hsivar.io import CubeMeta, band_missing, read_cube, write_cube
 from hsivar.restore import Restorer
 from hsivar.tasks import TASKS
 
@@ -151,6 +151,58 @@ def test_hdf5_with_samples_returns_uncertainty(client: httpx.Client, published_t
         assert sorted(h5) == ["cube", "std"]
         _close(h5["cube"][()], ref.cube)
         _close(h5["std"][()], ref.std)
+
+
+def _masked_h5(cube: np.ndarray, observed: np.ndarray) -> bytes:
+    """An HDF5 body holding ``cube`` and a ``mask`` dataset (nonzero = observed), written with h5py."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        h5.create_dataset("cube", data=cube)
+        h5.create_dataset("mask", data=observed.astype(np.uint8))
+    return buf.getvalue()
+
+
+def test_bad_bands_and_body_masks_are_synthesised_and_the_answer_says_what_was_kept(
+        client: httpx.Client, published_tiny: Path, smooth_cube) -> None:
+    cube = smooth_cube((8, 32, 40), 1000.0)
+    sent = cube.copy()
+    sent[[1, 5]] = 9999.0  # bands the client knows are bad
+    r = client.post("/v1/restore", params={"bad_bands": "1, 5", "task": "inpaint"}, content=_npy(sent), headers=NPY)
+    assert r.status_code == 200, r.text
+    restored = np.load(io.BytesIO(r.content), allow_pickle=False)
+    missing = band_missing([1, 5], cube.shape)
+    np.testing.assert_array_equal(restored[~missing], cube[~missing])  # bit for bit
+    assert not (restored[missing] == 9999.0).any()
+    _close(restored, _reference(published_tiny, sent, task="inpaint", missing=missing).cube)
+    assert r.headers["x-hsivar-kept-entries"] == str(int((~missing).sum()))
+    assert json.loads(r.headers["x-hsivar-observation"])["missing_bands"] == [1, 5]
+
+    # A mask in the HDF5 body (one per pixel, every band), answered with the kept entries as dataset "kept".
+    observed = np.ones((32, 40), bool)
+    observed[4:20, 10:16] = False
+    sent = np.where(observed, cube, np.float32(np.nan))
+    r = client.post("/v1/restore", params={"task": "inpaint"}, content=_masked_h5(sent, observed), headers=H5)
+    assert r.status_code == 200, r.text
+    with h5py.File(io.BytesIO(r.content), "r") as h5:
+        assert sorted(h5) == ["cube", "kept"]
+        out, kept = h5["cube"][()], h5["kept"][()].astype(bool)
+    np.testing.assert_array_equal(kept, np.broadcast_to(observed, cube.shape))
+    np.testing.assert_array_equal(out[kept], cube[kept])
+    assert np.isfinite(out).all()
+
+    # Malformed masks and band lists: 4xx naming the problem; the replica stays up.
+    cases = [
+        (422, {"bad_bands": "1,x"}, _npy(cube), NPY, "'x' is not a band index"),
+        (422, {"bad_bands": "8"}, _npy(cube), NPY, "out of range for the model's 8 bands"),
+        (422, {"bad_bands": "-1"}, _npy(cube), NPY, "out of range"),
+        (422, {"bad_bands": "0,1,2,3,4,5,6,7"}, _npy(cube), NPY, "nothing to restore"),
+        (422, {}, _masked_h5(cube, np.zeros((32, 40))), H5, "nothing to restore"),
+        (400, {}, _masked_h5(cube, np.ones((40, 32))), H5, "mask 'mask' has shape (40, 32)"),
+    ]
+    for status, params, body, headers, message in cases:
+        r = client.post("/v1/restore", params=params, content=body, headers=headers)
+        assert r.status_code == status and message in r.json()["error"], (message, r.status_code, r.text)
+    assert client.post("/v1/restore", content=_npy(cube), headers=NPY).status_code == 200
 
 
 def _object_npy(marker: Path) -> bytes:

@@ -129,8 +129,14 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
             "checkpoint_step0000002/rng_rank0.pt", "checkpoint_step0000002/rng_rank1.pt",
             "checkpoint_step0000003/pipeline_config.json"} <= names
 
+    # stage decoder fitted the per-family trust on the validation examples: the published config records it
+    trust = json.loads(storage.read_bytes(storage.join(result.stages[2].published_uri, CONFIG_FILE)))["model"][
+        "fusion"]["trust"]
+    assert len(trust) == 6 and all(0 <= t <= 1 for t in trust)
+    assert any(line.startswith("[train decoder] trust in the learned correction") for line in lines), lines
     # the published decoder restores a cube through the Restorer
     restorer = load_restorer(result.model_uri)
+    assert restorer.cfg.fusion.trust == tuple(trust)
     cube = np.random.default_rng(0).random((BANDS, 40, 36)).astype(np.float32)
     assert restorer.restore(cube).cube.shape == cube.shape
     # stage 2 started from stage 1's weights: the frozen VQ-VAE is unchanged, E_con was copied from E
@@ -152,6 +158,7 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
     m = {k: set(v.data.metrics) for k, v in by_stage.items()}
     assert {"loss", "lr", "psnr", "val/recon/psnr"} | {f"codebook_usage_s{k}" for k in range(6)} <= m["vqvae"]
     assert {"ce", "acc"} | {f"acc_s{k}" for k in range(6)} <= m["var"]
+    assert {f"trust/{t}" for t in ("gaussian", "bandmiss")} <= m["decoder"]
     for stage in ("var", "decoder"):
         assert {f"val/{t}/{k}" for t in ("gaussian", "complex", "blur", "sr", "inpaint", "bandmiss")
                 for k in ("psnr", "ssim", "sam")} <= m[stage]
