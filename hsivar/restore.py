@@ -78,6 +78,10 @@ def parse_value_range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+MAX_SEED = 2**63 - 1
+"""The largest generator seed (torch seeds are 64-bit; sample i of a restoration uses ``seed + i``)."""
+
+
 def decoding(samples: int, batch_size: int = 1, sampling: Sampling | None = None) -> Sampling:
     """The decoding of a restoration: greedy for one sample, seeded top-p 0.9 for several (or ``sampling``).
 
@@ -250,9 +254,13 @@ class Restorer:
         families the cube's observation leaves plausible (:meth:`resolve_task`).
 
         Raises:
-            RestoreInputError: bad ``samples`` / ``batch_size``, or greedy decoding with ``samples > 1``.
+            RestoreInputError: bad ``samples`` / ``batch_size``, greedy decoding with ``samples > 1``, or a seed
+                outside [0, ``MAX_SEED`` − samples].
         """
         sampling = decoding(samples, batch_size, sampling)
+        if not 0 <= seed <= MAX_SEED - samples:
+            raise RestoreInputError(f"seed must be in [0, {MAX_SEED - samples}] for {samples} sample(s) (sample i is "
+                                    f"seeded seed + i), got {seed}")
         task = self.resolve_task(prep, task)
         n = len(prep.coords)
         blended, weight_sum = [], torch.zeros(len(self.tasks), dtype=torch.float64)

@@ -91,8 +91,9 @@ def test_pipeline_bench_ray_vs_loop_on_local_and_s3(launched: dict[str, _Launche
     for backend in r["storage"].values():
         for way in ("ray", "loop"):
             assert backend[way]["cubes"] == 1 and backend[way]["cubes_per_s"] > 0
-        assert backend["efficiency_ratio"] == pytest.approx(
-            backend["ray"]["cubes_per_s"] / backend["loop"]["cubes_per_s"], rel=1e-3)
+        # the job's own figure is over the pipeline alone, a part of the whole run_batch call
+        assert backend["ray"]["pipeline_cubes_per_s"] >= backend["ray"]["cubes_per_s"]
+        assert len(backend["ray"]["all_seconds"]) == len(backend["loop"]["all_seconds"]) == 1
 
 
 def test_serve_bench_latency_and_throughput_batching_on_and_off(launched: dict[str, _Launched]) -> None:
@@ -151,9 +152,27 @@ def test_precision_bench_scores_both_precisions_on_every_family(tmp_path: Path) 
     np.save(data / "cube.npy", np.random.default_rng(0).random((8, 32, 32), dtype=np.float32))
     r = _run_bench("precision", "--model", str(model), "--data", str(data), "--device", "cpu")
     assert r["cubes"] == 1 and set(r["families"]) == {"gaussian", "complex", "blur", "sr", "inpaint", "bandmiss"}
-    for fam in r["families"].values():
-        assert fam["bf16_minus_fp32_db"] == 0.0 and fam["mean_abs_diff"] == 0.0  # bf16 is a CUDA path only
-        assert math.isfinite(fam["degraded"]) and math.isfinite(fam["fp32"])
+    # The fp32 and degraded figures equal the protocol scored here directly: Restorer.restore of each seeded
+    # case, scored by evaluate_record (bf16 is a CUDA path: on the CPU both columns are fp32, nothing to check).
+    from collections import defaultdict
+
+    from hsivar.degrade import degrade_for_test, test_protocol
+    from hsivar.metrics import evaluate_record
+    from hsivar.restore import Restorer
+
+    cube = np.load(data / "cube.npy")
+    clean = (cube - cube.min()) / (cube.max() - cube.min())
+    restorer = Restorer.from_published(model)
+    want: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for case in test_protocol():
+        degraded, record = degrade_for_test(clean, case.task, case.level, index=0)
+        degraded = np.asarray(degraded, np.float32)
+        out = restorer.restore(degraded, task="auto", value_range=(0.0, 1.0)).cube
+        want[case.task]["degraded"].append(evaluate_record(degraded, clean, record).psnr)
+        want[case.task]["fp32"].append(evaluate_record(out, clean, record).psnr)
+    for task, fam in r["families"].items():
+        assert fam["degraded"] == pytest.approx(np.mean(want[task]["degraded"]), abs=1e-4), task
+        assert fam["fp32"] == pytest.approx(np.mean(want[task]["fp32"]), abs=1e-3), task
 
 
 def test_consistency_bench_times_every_step_of_every_family() -> None:

@@ -137,9 +137,11 @@ def test_overfit_autoregressive_restoration_beats_the_degraded_input(overfit_run
     noisy = psnr(batch.lq, batch.hq)
     restored = model.restore(batch.lq, task="gaussian", estimate01=batch.x0).cube
     assert psnr(restored, batch.hq) > noisy + 3, (psnr(restored, batch.hq), noisy)
-    # the refiner's continuous residual helps on top of the discrete tokens
+    # the refiner's continuous residual helps on top of the discrete tokens: it changes the output and raises
+    # PSNR, with no tolerance for a loss (measured, seeded: 30.268 dB refined vs 30.255 dB without, noisy 14.85)
     unrefined = model.restore(batch.lq, task="gaussian", refine=False, estimate01=batch.x0).cube
-    assert psnr(restored, batch.hq) >= psnr(unrefined, batch.hq) - 0.1
+    assert not torch.equal(restored, unrefined)
+    assert psnr(restored, batch.hq) > psnr(unrefined, batch.hq), (psnr(restored, batch.hq), psnr(unrefined, batch.hq))
     # the task classifier learnt the (single) training task
     auto = model.restore(batch.lq, task="auto", estimate01=batch.x0)
     assert (auto.task_weights.argmax(-1) == TASKS.index("gaussian")).all()

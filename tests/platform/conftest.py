@@ -38,11 +38,20 @@ def mlflow_uri(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def published_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A published (randomly initialised, seeded) tiny 8-band model directory: config.json + model.safetensors."""
+    """A published (randomly initialised, seeded) tiny 8-band model directory: config.json + model.safetensors.
+
+    Its output head is switched on: an untrained head returns the classical first estimate exactly, so a fresh
+    model's restorations would not depend on its weights (a wrong model, task or tile batching would pass every
+    comparison with :class:`~hsivar.restore.Restorer`); here half of each output is the decoder's, plus the head's.
+    """
     from hsivar.publish import save_published
 
     torch.manual_seed(0)
     model = HSIVAR(preset("tiny", bands=TINY_BANDS)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.fusion.gate.weight.fill_(0.5)
+        model.fusion.ending.weight.copy_(0.02 * torch.randn(model.fusion.ending.weight.shape, generator=g))
     return save_published(model, tmp_path_factory.mktemp("published") / "tiny8", stage="decoder")
 
 

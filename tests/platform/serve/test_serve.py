@@ -140,6 +140,58 @@ def test_geotiff_round_trip_keeps_georeferencing(client: httpx.Client, published
     np.testing.assert_allclose(restored, np.clip(np.rint(ref), 0, 65535), atol=1.0)
 
 
+def test_dtype_float32_and_the_hdf5_dataset_option(client: httpx.Client, published_tiny: Path) -> None:
+    """dtype=float32 answers the unrounded restoration of an integer cube; dataset= picks the cube in an
+    HDF5 body holding several (without it: 400 naming the ambiguity)."""
+    cube = np.random.default_rng(11).integers(200, 3000, (8, 32, 36)).astype(np.uint16)
+    meta = CubeMeta(bands=8, crs=CRS, transform=TRANSFORM)
+    ref = _reference(published_tiny, cube.astype(np.float32), task="gaussian").cube
+    r = client.post("/v1/restore", params={"task": "gaussian", "dtype": "float32"},
+                    content=_file_bytes(cube, ".tif", meta), headers=TIFF)
+    assert r.status_code == 200, r.text
+    restored, out_meta = _read(r.content, ".tif")
+    assert out_meta.dtype == "float32" and out_meta.crs == CRS
+    _close(restored, ref)
+    assert not np.array_equal(restored, np.rint(restored))  # not rounded to the source's integers
+    r = client.post("/v1/restore", params={"task": "gaussian", "dtype": "float64"},
+                    content=_file_bytes(cube, ".tif", meta), headers=TIFF)
+    assert r.status_code == 422 and "dtype must be source or float32" in r.json()["error"]
+
+    rng = np.random.default_rng(12)
+    first, second = rng.random((8, 32, 32)).astype(np.float32), (rng.random((8, 32, 40)) * 5).astype(np.float32)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        h5.create_dataset("first", data=first)
+        h5.create_dataset("second", data=second)
+    body = buf.getvalue()
+    r = client.post("/v1/restore", content=body, headers=H5)
+    assert r.status_code == 400 and "first" in r.json()["error"] and "second" in r.json()["error"], r.text
+    r = client.post("/v1/restore", params={"dataset": "second", "task": "gaussian"}, content=body, headers=H5)
+    assert r.status_code == 200, r.text
+    with h5py.File(io.BytesIO(r.content), "r") as h5:
+        (name,) = [k for k in h5 if k != "kept"]
+        out = h5[name][()]
+    assert out.shape == second.shape
+    _close(out, _reference(published_tiny, second, task="gaussian").cube)
+    r = client.post("/v1/restore", params={"dataset": "third"}, content=body, headers=H5)
+    assert r.status_code == 400 and "third" in r.json()["error"], r.text
+
+
+def test_a_seed_out_of_range_is_a_422_and_the_replica_serves_on(client: httpx.Client) -> None:
+    """A seed torch's generator cannot hold (sample i is seeded seed + i) is the request's fault: JSON 422 naming
+    the range, counted as an error; the replica serves the next request."""
+    cube = np.random.default_rng(13).random((8, 32, 32)).astype(np.float32)
+    before = client.get("/v1/model").json()["stats"]
+    for seed in (2**70, 2**63 - 1, -1):
+        r = client.post("/v1/restore", params={"samples": 2, "seed": seed}, content=_npy(cube), headers=NPY)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"].startswith(f"seed must be in [0, {2**63 - 3}] for 2 sample(s)")
+    assert client.get("/v1/model").json()["stats"]["errors"] == before["errors"] + 3
+    r = client.post("/v1/restore", params={"samples": 2, "seed": 2**63 - 3}, content=_npy(cube), headers=NPY)
+    assert r.status_code == 200, r.text
+
+
 def test_hdf5_with_samples_returns_uncertainty(client: httpx.Client, published_tiny: Path) -> None:
     cube = np.random.default_rng(2).random((8, 32, 40)).astype(np.float32)
     r = client.post("/v1/restore", params={"samples": 2, "seed": 3, "uncertainty": "true"},
@@ -306,24 +358,92 @@ def test_bearer_token_from_the_environment(serve_url: str, published_tiny: Path)
         serve.delete("secured")
 
 
-def test_hsivar_serve_command_deploys_the_app(serve_url: str, published_tiny: Path) -> None:
-    """``hsivar serve --no-blocking`` deploys onto the running Ray/Serve (here: the session's) and returns."""
+def test_hsivar_serve_command_deploys_the_app(serve_url: str, published_tiny: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hsivar serve --no-blocking`` deploys onto the running Ray/Serve (here: the session's) and returns: with
+    autoscaling (the default: no --replicas) and the bearer token of this shell's HSIVAR_SERVE_TOKEN."""
     from hsivar_platform.cli import build_app
 
     app = build_app()
     from ray import serve
+    from ray.serve.context import _get_global_client
     from typer.testing import CliRunner
 
+    monkeypatch.setenv("HSIVAR_SERVE_TOKEN", "cli-s3cret")  # set in this shell only, not in the cluster's
     port = serve_url.rsplit(":", 1)[1]
     result = CliRunner().invoke(app, ["serve", "--model", str(published_tiny), "--port", port, "--name", "cli",
-                                      "--route-prefix", "/cli", "--replicas", "1", "--cpus-per-replica", "0.5",
+                                      "--route-prefix", "/cli", "--min-replicas", "1", "--max-replicas", "2",
+                                      "--target-ongoing-requests", "3", "--cpus-per-replica", "0.5",
                                       "--no-blocking"])
     try:
         assert result.exit_code == 0, result.output
         assert f"{serve_url}/cli/v1/restore" in result.output
+        # what Serve deployed (the controller's own record): autoscaling with the command's bounds
+        deployed = _get_global_client().get_serve_details()["applications"]["cli"]["deployments"]["HSIVARService"]
+        scaling = deployed["deployment_config"]["autoscaling_config"]
+        assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (1, 2, 3.0)
+        assert deployed["status"] == "HEALTHY" and len(deployed["replicas"]) >= 1
         with httpx.Client(base_url=f"{serve_url}/cli", timeout=120) as c:
             assert c.get("/healthz").json()["model"] == str(published_tiny)
             body = _npy(np.random.default_rng(7).random((8, 32, 32)).astype(np.float32))
-            assert c.post("/v1/restore", content=body, headers=NPY).status_code == 200
+            r = c.post("/v1/restore", content=body, headers=NPY)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+            r = c.post("/v1/restore", content=body, headers={**NPY, "authorization": "Bearer cli-s3cret"})
+            assert r.status_code == 200, r.text
+            info = c.get("/v1/model", headers={"authorization": "Bearer cli-s3cret"}).json()
+            assert info["auth"] is True and info["bands"] == 8
     finally:
         serve.delete("cli")
+
+
+def test_serve_yaml_deploys_with_its_autoscaling_and_models_latest(serve_url: str, published_tiny: Path,
+                                                                    tmp_path: Path, mlflow_uri: str) -> None:
+    """deploy/serve.yaml's application as Serve deploys it: its args (model models:/hsivar-tiny/latest, resolved
+    in the replica from the registry at MLFLOW_TRACKING_URI) and its deployment options, autoscaling included."""
+    import mlflow
+    import yaml
+    from hsivar_platform.model_uri import PUBLISHED_ARTIFACT_PATH
+    from hsivar_platform.serve import DEPLOYMENT_NAME, ServeSettings, build_app
+    from hsivar_platform.tracking import register_published
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from hsivar.models.hsivar import HSIVAR
+    from hsivar.presets import preset
+    from hsivar.publish import save_published
+
+    (app_cfg,) = yaml.safe_load((Path(__file__).parents[3] / "deploy" / "serve.yaml").read_text())["applications"]
+    assert app_cfg["args"]["model"] == "models:/hsivar-tiny/latest"
+    client = mlflow.MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("serve-yaml", artifact_location=str(tmp_path / "artifacts"))
+    torch.manual_seed(2)
+    older = save_published(HSIVAR(preset("tiny", bands=8)).eval(), tmp_path / "older", stage="decoder")
+    for model_dir in (older, published_tiny):  # version 1: another model; version 2 (latest): published_tiny
+        run_id = client.create_run(experiment).info.run_id
+        client.log_artifacts(run_id, str(model_dir), PUBLISHED_ARTIFACT_PATH)
+        register_published(mlflow_uri, "hsivar-tiny", run_id)
+
+    (deployment,) = app_cfg["deployments"]
+    assert deployment.pop("name") == DEPLOYMENT_NAME
+    deployment["ray_actor_options"] = {**deployment["ray_actor_options"], "num_cpus": 0.5,  # this 2-core machine
+                                       "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}}}
+    scaling = dict(deployment["autoscaling_config"])
+    serve.run(build_app(ServeSettings.model_validate(app_cfg["args"]), **deployment), name="yaml",
+              route_prefix="/yaml")
+    try:
+        deployed = _get_global_client().get_serve_details()["applications"]["yaml"]["deployments"][DEPLOYMENT_NAME]
+        got = deployed["deployment_config"]["autoscaling_config"]
+        assert {k: got[k] for k in scaling} == scaling
+        assert deployed["deployment_config"]["max_ongoing_requests"] == deployment["max_ongoing_requests"]
+        assert deployed["status"] == "HEALTHY" and len(deployed["replicas"]) == scaling["initial_replicas"]
+        with httpx.Client(base_url=f"{serve_url}/yaml", timeout=120) as c:
+            info = c.get("/v1/model").json()
+            assert info["model"] == "models:/hsivar-tiny/latest" and info["version"] == "2"
+            cube = np.random.default_rng(14).random((8, 32, 40)).astype(np.float32)
+            r = c.post("/v1/restore", params={"task": "gaussian"}, content=_npy(cube), headers=NPY)
+            assert r.status_code == 200, r.text
+            restored = np.load(io.BytesIO(r.content), allow_pickle=False)
+        _close(restored, _reference(published_tiny, cube, task="gaussian").cube)  # version 2's weights
+        assert not np.allclose(restored, _reference(older, cube, task="gaussian").cube, atol=1e-3)
+    finally:
+        serve.delete("yaml")

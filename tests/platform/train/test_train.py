@@ -58,16 +58,41 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 def test_registry_contract_models_uri_resolves_to_published_files(published_tiny: Path, mlflow_uri: str,
                                                                    tmp_path: Path, monkeypatch) -> None:
+    """Versions 1 and 2 come from two runs holding different weights, so a mix-up of versions (or of runs)
+    fails; ``models:/NAME/latest`` (the default of deploy/serve.yaml) is the newest version."""
+    from hsivar_platform.model_uri import pin_model_uri
+
+    from hsivar.models.hsivar import HSIVAR
+    from hsivar.presets import preset
+    from hsivar.publish import save_published
+
+    torch.manual_seed(1)
+    other = save_published(HSIVAR(preset("tiny", bands=BANDS)).eval(), tmp_path / "other", stage="decoder")
+    weights = {name: (path / WEIGHTS_FILE).read_bytes() for name, path in (("first", published_tiny),
+                                                                           ("second", other))}
+    assert weights["first"] != weights["second"]
     exp = experiment_id(mlflow_uri, "contract", artifact_location=str(tmp_path / "art"))
-    run_id = _mlflow(mlflow_uri).create_run(exp).info.run_id
-    RunLogger(mlflow_uri, run_id).published_model(published_tiny)
-    assert register_published(mlflow_uri, "hsivar-contract", run_id) == "1"
-    assert register_published(mlflow_uri, "hsivar-contract", run_id) == "2"
+    runs = []
+    for model_dir in (published_tiny, other):
+        run_id = _mlflow(mlflow_uri).create_run(exp).info.run_id
+        RunLogger(mlflow_uri, run_id).published_model(model_dir)
+        runs.append(run_id)
+    assert register_published(mlflow_uri, "hsivar-contract", runs[0]) == "1"
+    assert register_published(mlflow_uri, "hsivar-contract", runs[1]) == "2"
+    assert _mlflow(mlflow_uri).get_model_version("hsivar-contract", "2").run_id == runs[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    local = resolve_model("models:/hsivar-contract/1", tmp_path / "dl")
-    assert (local / CONFIG_FILE).is_file() and (local / WEIGHTS_FILE).is_file()
-    restorer = load_restorer("models:/hsivar-contract/2")
-    assert restorer.bands == BANDS
+    for uri, want in (("models:/hsivar-contract/1", "first"), ("models:/hsivar-contract/2", "second"),
+                      ("models:/hsivar-contract/latest", "second")):
+        local = resolve_model(uri, tmp_path / "dl" / uri.rsplit("/", 1)[1])
+        assert (local / CONFIG_FILE).is_file() and (local / WEIGHTS_FILE).read_bytes() == weights[want], uri
+    assert pin_model_uri("models:/hsivar-contract/latest") == "models:/hsivar-contract/2"
+    cube = np.random.default_rng(0).random((BANDS, 32, 32)).astype(np.float32)
+    restored = load_restorer("models:/hsivar-contract/latest").restore(cube, task="gaussian").cube
+    from hsivar.restore import Restorer
+
+    np.testing.assert_array_equal(restored, Restorer.from_published(other).restore(cube, task="gaussian").cube)
+    with pytest.raises(FileNotFoundError, match="models:/hsivar-nothing/latest"):
+        pin_model_uri("models:/hsivar-nothing/latest")
 
 
 def test_print_config_from_the_job_and_config_errors(tmp_path: Path) -> None:
@@ -214,6 +239,64 @@ def test_resume_after_interruption_and_worker_failure(ray_cluster, demo_local: s
     assert resumed == [0, 2, 4]  # job 1 started at 0, job 2 at 2, its restarted worker group at 4
     loss = {h.step: h.value for h in hist}
     assert loss[6] < loss[1]  # the loss continues downwards instead of restarting from scratch
+
+
+def _var_checkpoint(path: Path, cfg, seed: int) -> dict[str, torch.Tensor]:
+    """A transformer checkpoint in the layout of the released var_d16.pth, sized for ``cfg`` (seeded values)."""
+    g = torch.Generator().manual_seed(seed)
+    C, L = cfg.transformer.width, sum(p * p for p in cfg.vqvae.patch_nums)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    state = {"word_embed.weight": r(C, cfg.vqvae.z_channels), "word_embed.bias": r(C), "class_emb.weight": r(1001, C),
+             "lvl_embed.weight": r(10, C), "pos_start": r(1, 1, C), "pos_1LC": r(1, L, C),
+             "head_nm.ada_lin.1.weight": r(2 * C, C), "head.weight": r(cfg.vqvae.vocab_size, C),
+             "head.bias": r(cfg.vqvae.vocab_size)}
+    for i in range(cfg.transformer.depth):
+        p = f"blocks.{i}."
+        state |= {p + "attn.mat_qkv.weight": r(3 * C, C), p + "attn.q_bias": r(C), p + "attn.v_bias": r(C),
+                  p + "attn.zero_k_bias": torch.zeros(C), p + "attn.scale_mul_1H11": r(1, 2, 1, 1),
+                  p + "attn.proj.weight": r(C, C), p + "attn.proj.bias": r(C), p + "ffn.fc1.weight": r(4 * C, C),
+                  p + "ffn.fc1.bias": r(4 * C), p + "ffn.fc2.weight": r(C, 4 * C), p + "ffn.fc2.bias": r(C),
+                  p + "ada_lin.1.weight": r(6 * C, C)}
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.slow
+def test_convert_var_output_starts_a_training_run_as_init_uri(ray_cluster, demo_local: str, mlflow_uri: str,
+                                                              tmp_path: Path) -> None:
+    """``hsivar convert-var`` (the CLI) publishes a model that ``train.init_uri`` starts stage var from: the
+    published var stage holds the converted transformer (one small step away) and the init's frozen VQ-VAE."""
+    from hsivar_platform.cli import build_app
+    from typer.testing import CliRunner
+
+    from hsivar.presets import preset
+
+    cfg = preset("tiny", bands=BANDS)
+    state = _var_checkpoint(tmp_path / "var_d16.pth", cfg, seed=4)
+    init = tmp_path / "init"
+    torch.manual_seed(123)  # the init's fresh parts differ from what a fresh model of the run (seed 0) would hold
+    r = CliRunner().invoke(build_app(), ["convert-var", "--var", str(tmp_path / "var_d16.pth"), "--preset", "tiny",
+                                         "--bands", str(BANDS), "--out", str(init)])
+    assert r.exit_code == 0, r.output
+    assert f"published to {init}" in r.output
+    init_model, doc = load_published(init)
+    assert doc["stage"] == "init"
+    assert torch.equal(init_model.var.blocks[1].attn.mat_qkv.weight, state["blocks.1.attn.mat_qkv.weight"])
+
+    cfg_run = load_config(None, [*TINY, f"data.source={demo_local}", f"run.work_dir={tmp_path}", "run.name=fromvar",
+                                 f"tracking.tracking_uri={mlflow_uri}", "train.stages=[var]", f"train.init_uri={init}",
+                                 "train.var.steps=1", "train.var.lr=1e-4", "train.var.warmup_steps=0",
+                                 "val.max_cubes=0", "scaling.num_workers=1"])
+    result = train_pipeline(cfg_run, echo=lambda s: None)
+    assert result.completed and [s.stage for s in result.stages] == ["var"]
+    trained, _ = load_published(tmp_path / "runs" / "fromvar" / "var" / "latest")
+    got, want = trained.state_dict(), init_model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want if k.startswith("vqvae.") and "ema_vocab" not in k)
+    for key in ("blocks.1.attn.mat_qkv.weight", "blocks.0.ffn.fc1.weight", "word_embed.weight"):
+        torch.testing.assert_close(got[f"var.{key}"], state[key], atol=2e-3, rtol=0)  # one step of lr 1e-4
 
 
 @pytest.mark.slow
