@@ -7,8 +7,8 @@ this estimate wherever the model adds nothing. :func:`first_estimate` applies, i
 imaging chain undone backwards:
 
 1. unobserved entries filled (:func:`fill_missing`): missing bands by linear interpolation over
-   wavelength; missing voxels by a low-rank spectral completion started from a normalised spatial–spectral
-   convolution;
+   wavelength; missing voxels by a low-rank spectral completion started from a normalised convolution
+   within each band;
 2. super-resolution from the low-resolution grid by bicubic interpolation (:func:`upsample_grid`);
 3. column stripes removed (:func:`destripe`), then noise by projection onto the cube's spectral subspace
    with non-local means on its eigen-images (:func:`denoise_subspace`, after HySime's noise estimation
@@ -59,22 +59,25 @@ def interpolate_bands(cube: np.ndarray, missing_bands: np.ndarray,
 
 
 def _normalised_convolution(cube: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Unobserved entries as Gaussian-weighted means of the observed ones around them in (band, row, column),
-    from the finest scale that reaches observed entries (σ = 1.5 … 12 px, 1 … 8 bands)."""
+    """Unobserved entries as Gaussian-weighted means of the observed ones around them in their band, from the finest
+    scale that reaches enough of them (σ = 0.7 … 12 px), else the band's observed mean. Within the band: neighbouring
+    bands of a multispectral sensor can differ a lot, and the low-rank completion that follows does the spectral
+    part."""
     from scipy.ndimage import gaussian_filter
 
     w = observed.astype(np.float32)
     out = cube.copy()
     todo = ~observed
-    for s in ((1, 1.5, 1.5), (2, 3, 3), (4, 6, 6), (8, 12, 12)):
+    for s, enough in ((0.7, 0.05), (1.5, 0.05), (3, 1e-3), (6, 1e-3), (12, 1e-3)):
         if not todo.any():
             break
-        num = gaussian_filter(cube * w, s, mode="reflect")
-        den = gaussian_filter(w, s, mode="reflect")
-        ok = todo & (den > 1e-3)
+        num = gaussian_filter(cube * w, (0, s, s), mode="reflect")
+        den = gaussian_filter(w, (0, s, s), mode="reflect")
+        ok = todo & (den > enough)
         out[ok] = num[ok] / den[ok]
         todo &= ~ok
-    out[todo] = float(cube[observed].mean()) if observed.any() else 0.0
+    for b in np.flatnonzero(todo.reshape(len(cube), -1).any(axis=1)):
+        out[b][todo[b]] = float(cube[b][observed[b]].mean()) if observed[b].any() else 0.0
     return out
 
 

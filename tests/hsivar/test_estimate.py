@@ -90,3 +90,14 @@ def test_blur_consistency_lowers_the_data_misfit(clean: np.ndarray) -> None:
     fixed = project(guess, blurred, obs)
     assert misfit(fixed) < 0.5 * misfit(guess) and psnr(fixed, clean) > psnr(guess, clean)
     assert np.array_equal(project(guess, blurred, Observation(clean.shape)), guess)  # nothing known: unchanged
+
+
+def test_fill_does_not_mix_bands_at_its_finest_scales() -> None:
+    """Neighbouring bands of a multispectral sensor can differ a lot: scattered missing voxels are filled from
+    their own band (two constant bands far apart come back exact), and a hole missing in every band too."""
+    cube = np.stack([np.full((32, 32), 0.1, np.float32), np.full((32, 32), 0.9, np.float32)])
+    observed = np.random.default_rng(0).random(cube.shape) > 0.8
+    observed[:, 10:20, 12:22] = False  # a nodata hole in both bands
+    filled = fill_missing(np.where(observed, cube, 0.0).astype(np.float32), observed)
+    assert np.array_equal(filled[observed], cube[observed])
+    np.testing.assert_allclose(filled, cube, atol=1e-6)

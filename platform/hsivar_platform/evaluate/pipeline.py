@@ -153,6 +153,7 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
         FileNotFoundError: no model or no cubes at the URIs (the message names them).
     """
     import pandas as pd
+    import ray.data
 
     from hsivar.publish import read_config
     from hsivar_platform.data import list_cubes, protocol_dataset
@@ -174,7 +175,8 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
 
     ds = protocol_dataset(files, cases, bands=mcfg.bands, crop=crop)
     ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines, "extra": extra_baselines})
-    ds = ds.map_batches(ModelScorer, batch_size=1, concurrency=concurrency, num_gpus=1 if use_gpu else None,
+    ds = ds.map_batches(ModelScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                        num_gpus=1 if use_gpu else None,
                         fn_constructor_kwargs={"model_dir": str(model_dir), "device": "cuda" if use_gpu else "cpu",
                                                "task": "auto" if task == "auto" else "oracle",
                                                "batch_size": batch_size})
