@@ -334,6 +334,42 @@ def test_concurrent_requests_all_succeed_and_share_batches(client: httpx.Client,
     assert after["max_batch"] > 1
 
 
+def test_an_internal_fault_answers_503_and_the_replica_serves_on(serve_url: str, published_tiny: Path) -> None:
+    """A fault inside the model step (injected here, in test code: a subclass of the service whose model step fails
+    for one kind of request) answers a JSON 503 that names no internals, is counted as an
+    error, and the same replica serves the next request."""
+    from hsivar_platform.serve import ServeSettings
+    from hsivar_platform.serve.app import HSIVARService
+    from ray import serve
+
+    class Faulty(HSIVARService.func_or_class):  # type: ignore[misc,name-defined]
+        def _run_jobs(self, jobs):  # noqa: ANN001, ANN202 - the service's own signature
+            if any(float(job.tile.max()) > 0.999 for job in jobs):  # a cube with a saturated entry: the fault
+                raise RuntimeError("injected fault")
+            return super()._run_jobs(jobs)
+
+    settings = ServeSettings(model=str(published_tiny))
+    app = serve.deployment(Faulty, name="Faulty", ray_actor_options={"num_cpus": 0.5}).bind(settings.model_dump())
+    serve.run(app, name="faulty", route_prefix="/faulty")
+    try:
+        rng = np.random.default_rng(8)
+        fine = (0.1 + 0.8 * rng.random((8, 32, 32))).astype(np.float32)
+        faulty = fine.copy()
+        faulty[3, 5, 5] = 1.0
+        with httpx.Client(base_url=f"{serve_url}/faulty", timeout=120) as c:
+            r = c.post("/v1/restore", params={"value_range": "0,1"}, content=_npy(faulty), headers=NPY)
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert r.json() == {"status": 503, "error": "internal error while restoring; the replica logged the "
+                                                        "details, retry later"}
+            assert c.get("/v1/model").json()["stats"]["errors"] == 1
+            r = c.post("/v1/restore", params={"value_range": "0,1"}, content=_npy(fine), headers=NPY)
+            assert r.status_code == 200, r.text
+            assert c.get("/v1/model").json()["stats"]["requests"] == 1
+    finally:
+        serve.delete("faulty")
+
+
 def test_bearer_token_from_the_environment(serve_url: str, published_tiny: Path) -> None:
     from hsivar_platform.serve import ServeSettings, build_app
     from ray import serve
