@@ -32,6 +32,21 @@ def tiny_model(tiny_cfg: ModelConfig) -> HSIVAR:
     return HSIVAR(tiny_cfg).eval()
 
 
+@pytest.fixture
+def head_on_model(tiny_cfg: ModelConfig) -> HSIVAR:
+    """The tiny model (as ``tiny_model``) with its output head switched on (seeded). An untrained head returns the
+    classical first estimate x0 exactly (gate 1, last conv 0), so a fresh model's restorations depend neither on
+    its weights nor on its decoder, task or tiling: a test comparing restorations needs this one. Half of every
+    output is the decoder's, plus the head's."""
+    torch.manual_seed(0)
+    model = HSIVAR(tiny_cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.fusion.gate.weight.fill_(0.5)
+        model.fusion.ending.weight.copy_(0.02 * torch.randn(model.fusion.ending.weight.shape, generator=g))
+    return model
+
+
 def _smooth_cubes(n: int, bands: int, size: int, seed: int) -> torch.Tensor:
     """Spatially and spectrally smooth cubes (n, bands, size, size) in [0, 1]: 3 endmembers mixed on a 4×4 field."""
     g = torch.Generator().manual_seed(seed)

@@ -22,6 +22,13 @@ GARBAGE = 5000.0  # what unobserved entries hold in the files: far outside the d
 
 
 @pytest.fixture
+def tiny_model(head_on_model: HSIVAR) -> HSIVAR:
+    """The kept entries must be put back by the restoration path, not survive because an untrained head returns
+    x0 (which keeps them): the output head is switched on (conftest)."""
+    return head_on_model
+
+
+@pytest.fixture
 def scene(smooth_cubes: Callable[..., torch.Tensor]) -> np.ndarray:
     """A smooth (8, 40, 40) float32 cube in [0, 1000): noise-free, so every observed entry is exact."""
     return (smooth_cubes(1, 8, 40, 7)[0].numpy() * 1000).astype(np.float32)
