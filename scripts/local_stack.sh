@@ -11,7 +11,10 @@
 #   eval "$(scripts/local_stack.sh env)"   # then: ray job submit …, serve deploy …, hsivar restore …
 #
 # State (PIDs, logs, the MLflow SQLite store and artifacts, env.sh) lives in $HSIVAR_STACK_DIR
-# (default: work/stack under the repository); Ray's session files in $HSIVAR_STACK_RAY_TMP. The S3
+# (default: work/stack under the repository); Ray's session files in $HSIVAR_STACK_RAY_TMP. Jobs write
+# checkpoints, published weights, demo data and logs into $HSIVAR_STACK_WORK_DIR (default: work/ under the
+# repository), passed to them as HSIVAR_WORK_DIR: `ray job submit --working-dir .` runs a job in a
+# temporary copy of the directory that Ray deletes, so its relative work/ would be lost. The S3
 # server keeps its objects in memory: they are gone after `stop`. Ports and paths are set with the
 # HSIVAR_STACK_* variables below. `stop` never runs `ray stop` (that would stop every Ray instance on
 # the machine): it ends the process sessions `start` created, by their recorded ids.
@@ -23,6 +26,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="${HSIVAR_STACK_DIR:-$ROOT/work/stack}"
+WORK_DIR="${HSIVAR_STACK_WORK_DIR:-$ROOT/work}"             # HSIVAR_WORK_DIR of every job (absolute)
 VENV_BIN="${HSIVAR_STACK_BIN:-$ROOT/.venv/bin}"
 HOST=127.0.0.1
 RAY_PORT="${HSIVAR_STACK_RAY_PORT:-6390}"                  # GCS
@@ -59,6 +63,7 @@ export RAY_DASHBOARD_ADDRESS=http://$HOST:$DASHBOARD_PORT
 export RAY_AUTH_MODE=token
 export HSIVAR_SERVE_URL=http://$HOST:$SERVE_PORT
 export HSIVAR_STACK_BUCKET=$BUCKET
+export HSIVAR_WORK_DIR=$WORK_DIR
 EOF
 }
 
@@ -95,7 +100,8 @@ wait_port() {  # wait_port NAME PORT
 }
 
 start() {
-  mkdir -p "$STACK/logs" "$STACK/mlartifacts"
+  [[ "$WORK_DIR" == /* ]] || die "HSIVAR_STACK_WORK_DIR must be an absolute path, got $WORK_DIR"
+  mkdir -p "$STACK/logs" "$STACK/mlartifacts" "$WORK_DIR"
   write_env
   # On any failure below, stop whatever this call started (its exit status stays non-zero).
   trap 'rc=$?; if (( rc != 0 )); then echo "local_stack: start failed; stopping what was started" >&2; stop; fi' EXIT
@@ -114,10 +120,12 @@ EOF
   launch mlflow "$MLFLOW_PORT" env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$VENV_BIN/mlflow" server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$STACK/mlflow.db" --artifacts-destination "$STACK/mlartifacts"
   # The Ray head inherits the S3 and MLflow variables, so every job and replica it runs can reach them,
-  # and finds this virtual environment's `python` first on PATH (job entrypoints say `python jobs/…`).
+  # and HSIVAR_WORK_DIR, so jobs keep their outputs in $WORK_DIR rather than in the temporary copy of
+  # their working directory; it finds this virtual environment's `python` first on PATH (job
+  # entrypoints say `python jobs/…`).
   # --block keeps `ray start` in the foreground as the parent of the head's processes (it stops them
   # on SIGTERM); everything this Ray instance runs stays in the session `launch` creates.
-  launch ray "$DASHBOARD_PORT" env RAY_ADDRESS= PATH="$VENV_BIN:$PATH" \
+  launch ray "$DASHBOARD_PORT" env RAY_ADDRESS= HSIVAR_WORK_DIR="$WORK_DIR" PATH="$VENV_BIN:$PATH" \
     "$VENV_BIN/ray" start --head --block --node-ip-address "$HOST" \
     --port "$RAY_PORT" --dashboard-host "$HOST" --dashboard-port "$DASHBOARD_PORT" \
     --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \

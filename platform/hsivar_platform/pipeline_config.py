@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hsivar.config import STAGES, ModelConfig, Stage
 from hsivar.presets import PRESETS, preset
+from hsivar_platform.locations import check_outlives_job, default_work_dir
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,7 +208,9 @@ class RunSpec(_Strict):
 
     name: str = Field("hsivar-tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="stable run name; a rerun with the same name resumes from the last checkpoint")
-    work_dir: str = Field("work", description="local directory for the demo data, the SQLite MLflow store, Ray temp")
+    work_dir: str = Field(default_factory=default_work_dir,
+                          description="local directory for the demo data, the SQLite MLflow store, logs; default "
+                          "$HSIVAR_WORK_DIR, else work (relative to the current directory)")
     storage_path: str | None = Field(None, description="checkpoints and published weights (local, file://, s3://); "
                                      "default <work_dir>/runs")
     max_failures: int = Field(2, ge=-1, description="FailureConfig: worker-group restarts from the last checkpoint")
@@ -309,7 +312,14 @@ class PipelineConfig(_Strict):
 
     def resolved(self) -> PipelineConfig:
         """A copy with the derived locations filled in (storage path, tracking URI, artifact root, an absolute
-        ``train.init_uri`` for a local path)."""
+        ``train.init_uri`` for a local path).
+
+        Raises:
+            ConfigError: inside a Ray job's copy of its working directory, a local location that must outlive
+                the job (storage, a SQLite tracking store, its artifacts) would land in that copy
+                (:func:`hsivar_platform.locations.check_outlives_job`).
+        """
+        self._check_outlives_job()
         upd = self.model_copy(deep=True)
         upd.run.work_dir = str(Path(self.run.work_dir).absolute())
         upd.run.storage_path = self.storage_root
@@ -320,6 +330,30 @@ class PipelineConfig(_Strict):
         if upd.tracking.artifact_location is None and _is_local_store(upd.tracking.tracking_uri):
             upd.tracking.artifact_location = str(Path(upd.run.work_dir) / "mlartifacts")
         return upd
+
+    def _check_outlives_job(self) -> None:
+        """Raise :class:`ConfigError` when checkpoints, published weights or a local MLflow store would be written
+        into a Ray job's temporary working-directory copy (logs and demo data may: Ray keeps job logs, and the
+        demo data is regenerated)."""
+        work = self.run.work_dir
+        checks = [("run.storage_path", self.run.storage_path, "checkpoints and published weights")
+                  if self.run.storage_path else
+                  ("run.work_dir", work, "checkpoints and published weights go to <work_dir>/runs")]
+        tracking = self.tracking_uri()
+        if self.tracking.enabled and _is_local_store(tracking):
+            if self.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+                setting = "tracking.tracking_uri" if self.tracking.tracking_uri else "MLFLOW_TRACKING_URI"
+                checks.append((setting, tracking, "the MLflow tracking store"))
+            else:
+                checks.append(("run.work_dir", work, "the SQLite MLflow store goes to <work_dir>/mlflow.db"))
+            checks.append(("tracking.artifact_location", self.tracking.artifact_location, "the MLflow artifacts")
+                          if self.tracking.artifact_location else
+                          ("run.work_dir", work, "the MLflow artifacts go to <work_dir>/mlartifacts"))
+        try:
+            for setting, value, what in checks:
+                check_outlives_job(setting, value, what)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def to_yaml(self) -> str:
         """The config as YAML (what ``--config`` reads back)."""

@@ -165,7 +165,8 @@ def test_local_stack_starts_serves_a_job_and_stops(tmp_path: Path) -> None:
            "HSIVAR_STACK_DASHBOARD_PORT": str(dash), "HSIVAR_STACK_CLIENT_PORT": str(client),
            "HSIVAR_STACK_AGENT_PORT": str(agent), "HSIVAR_STACK_METRICS_PORT": str(metrics),
            "HSIVAR_STACK_S3_PORT": str(s3), "HSIVAR_STACK_MLFLOW_PORT": str(mlflow), "HSIVAR_STACK_RAY_CPUS": "1",
-           "HSIVAR_STACK_OBJECT_STORE_BYTES": str(150 * 2**20), "HSIVAR_STACK_RAY_TMP": f"{ray_tmp}/ray"}
+           "HSIVAR_STACK_OBJECT_STORE_BYTES": str(150 * 2**20), "HSIVAR_STACK_RAY_TMP": f"{ray_tmp}/ray",
+           "HSIVAR_STACK_WORK_DIR": str(tmp_path / "work")}
     script = [str(ROOT / "scripts" / "local_stack.sh")]
     stack = tmp_path / "stack"
     try:
@@ -176,6 +177,7 @@ def test_local_stack_starts_serves_a_job_and_stops(tmp_path: Path) -> None:
         assert exports["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{s3}"
         assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{mlflow}"
         assert exports["RAY_ADDRESS"] == f"127.0.0.1:{ray_port}" and exports["RAY_AUTH_MODE"] == "token"
+        assert exports["HSIVAR_WORK_DIR"] == str(tmp_path / "work")
         assert subprocess.run([*script, "status"], env=env, capture_output=True, timeout=30).returncode == 0
 
         import boto3
@@ -190,15 +192,16 @@ def test_local_stack_starts_serves_a_job_and_stops(tmp_path: Path) -> None:
             status = exc.code
         assert status in (200, 401)
 
-        # The cluster workflow: a job submitted to the stack's Ray sees the stack's S3 and MLflow.
-        job_env = {**os.environ, **exports}
-        probe = ("import os, ray; ray.init(); "
-                 "print('PROBE', os.environ['AWS_ENDPOINT_URL'], ray.cluster_resources()['CPU'])")
+        # The cluster workflow: a job submitted to the stack's Ray sees the stack's S3, MLflow and work dir
+        # (from the head's environment: the submitting shell's is not passed on).
+        job_env = {**os.environ, **exports, "HSIVAR_WORK_DIR": "/elsewhere"}
+        probe = ("import os, ray; ray.init(); print('PROBE', os.environ['AWS_ENDPOINT_URL'], "
+                 "ray.cluster_resources()['CPU'], os.environ['HSIVAR_WORK_DIR'])")
         ray_cli = str(Path(sys.executable).parent / "ray")
         job = subprocess.run([ray_cli, "job", "submit", "--", "python", "-c", probe], env=job_env,
                              capture_output=True, text=True, timeout=180)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert f"PROBE http://127.0.0.1:{s3} 1.0" in job.stdout
+        assert f"PROBE http://127.0.0.1:{s3} 1.0 {tmp_path / 'work'}" in job.stdout
     finally:
         stopped = subprocess.run([*script, "stop"], env=env, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -51,6 +51,7 @@ from hsivar_platform.batch.keys import (
 from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
 from hsivar_platform.batch.options import BatchOptions, BatchReport
 from hsivar_platform.batch.stages import Restore, finish_and_write, read_and_tile
+from hsivar_platform.locations import check_outlives_job, inside_job_copy
 from hsivar_platform.model_uri import model_config, model_version, pin_model_uri
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,12 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
         FileNotFoundError: no model at ``options.model``, nothing at ``options.input``.
     """
     t_start = time.perf_counter()
+    _check_locations(options)
     src, dst = norm_prefix(options.input), norm_prefix(options.output)
     if src == dst:
         raise ValueError(f"--output must differ from --input ({options.input}); outputs never replace inputs")
-    model = pin_model_uri(options.model)  # every actor loads the version the driver resolved
+    # Every actor loads the version the driver resolved, and the manifest records it (models:/NAME/<version>).
+    model = pin_model_uri(options.model)
     cfg = model_config(model)
     bands, S = cfg.vqvae.bands, cfg.vqvae.image_size
     overlap = resolve_overlap(S, options.tile, options.overlap)
@@ -92,11 +95,11 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     already = 0
     for item in inputs:
         if item.skip_reason:
-            manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=options.model,
-                                        model_version=version)
+            manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=model,
+                                        model_requested=options.model, model_version=version)
         elif item.error:
-            manifest[item.uri] = record(item.uri, "failed", error=item.error, model=options.model,
-                                        model_version=version)
+            manifest[item.uri] = record(item.uri, "failed", error=item.error, model=model,
+                                        model_requested=options.model, model_version=version)
         else:
             prev = manifest.get(item.uri)
             done = prev is not None and (prev["status"] == "skipped" or (
@@ -106,8 +109,9 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
             else:
                 todo.append(item)
     total = len(inputs)
-    log.info("restore %s → %s with %s (version %s): %d input(s), %d already done, %d to restore",
-             src, dst, options.model, version, total, already, len(todo))
+    requested = "" if model == options.model else f" (from {options.model})"
+    log.info("restore %s → %s with %s%s, version %s: %d input(s), %d already done, %d to restore",
+             src, dst, model, requested, version, total, already, len(todo))
 
     processed, pipeline_s = 0, 0.0
     if todo:
@@ -124,12 +128,30 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     report = BatchReport(
         total=total, ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"], already_done=already,
         processed=processed, seconds=seconds, cubes_per_s=processed / pipeline_s if pipeline_s > 0 else 0.0,
-        manifest=uri, model_version=version,
+        manifest=uri, model=model, model_requested=options.model, model_version=version,
         failures=[(r["input_uri"], r["error"]) for r in current if r["status"] == "failed"],
     )
     log.info("done: %d ok, %d failed, %d skipped of %d in %.1f s (%.2f cubes/s); manifest %s",
              report.ok, report.failed, report.skipped, total, seconds, report.cubes_per_s, uri)
     return report
+
+
+def _check_locations(options: BatchOptions) -> None:
+    """Inside a Ray job's temporary working-directory copy, refuse an output that would land in it (Ray deletes
+    the copy) and name the cause of an input missing from it (only the uploaded files are there).
+
+    Raises:
+        ValueError: the output resolves inside the copy; FileNotFoundError: the input resolves inside it and
+            does not exist.
+    """
+    fix = "pass an absolute path (on shared storage for a cluster) or an s3:// prefix"
+    check_outlives_job("--output", options.output, "the restored cubes and the manifest", fix=fix)
+    missing = inside_job_copy(options.input)
+    if missing is not None and not missing.exists():
+        raise FileNotFoundError(
+            f"--input: {options.input!r} resolves to {missing}, inside the temporary copy of the working directory "
+            f"this Ray job runs in, which holds only the uploaded files (.rayignore and .gitignore leave work/ "
+            f"out); {fix}")
 
 
 def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str, *,
@@ -171,7 +193,8 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
     )
     ds = ds.map_batches(finish_and_write, batch_size=1, num_cpus=1, runtime_env=env,
                         fn_kwargs={"output_dtype": options.output_dtype, "tile": tile, "overlap": overlap,
-                                   "model": options.model, "model_version": version, "tasks": tasks})
+                                   "model": model, "model_requested": options.model, "model_version": version,
+                                   "tasks": tasks})
 
     t0 = time.perf_counter()
     last_manifest = last_log = t0

@@ -3,9 +3,11 @@
 Columns (:data:`MANIFEST_COLUMNS`): input and output URIs, status (``ok`` / ``failed`` / ``skipped``),
 error message, shape, bands, task used and its weights, tiles, seconds, the output's and the
 uncertainty cube's sha256, the mask of entries kept as observed, what was known of the observation
-(JSON: fraction of unobserved entries, missing bands, sr scale, noise σ), the model URI and the model
-version it resolved to, and when the row finished. The whole file is rewritten atomically
-(:func:`hsivar_platform.storage.write_bytes`), so a killed job never leaves a corrupt manifest.
+(JSON: fraction of unobserved entries, missing bands, sr scale, noise σ), the model — ``model`` the URI the
+job loaded, pinned (``models:/NAME/latest`` and aliases become ``models:/NAME/<version>``), ``model_requested``
+the URI as given, ``model_version`` the registry version or a digest of the weights — and when the row
+finished. The whole file is rewritten atomically (:func:`hsivar_platform.storage.write_bytes`), so a killed
+job never leaves a corrupt manifest. Manifests written before a column existed read back with it None.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ STATUSES = ("ok", "failed", "skipped")
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "input_uri", "output_uri", "status", "error", "shape", "bands", "task", "task_weights", "tiles",
     "seconds", "checksum", "uncertainty_uri", "uncertainty_checksum", "kept_uri", "observation", "model",
-    "model_version", "finished_at",
+    "model_requested", "model_version", "finished_at",
 )
 
 
@@ -39,7 +41,8 @@ def manifest_schema() -> Any:
         ("task_weights", pa.string()), ("tiles", pa.int64()), ("seconds", pa.float64()),
         ("checksum", pa.string()), ("uncertainty_uri", pa.string()), ("uncertainty_checksum", pa.string()),
         ("kept_uri", pa.string()), ("observation", pa.string()), ("model", pa.string()),
-        ("model_version", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
+        ("model_requested", pa.string()), ("model_version", pa.string()),
+        ("finished_at", pa.timestamp("ms", tz="UTC")),
     ])
 
 
@@ -49,7 +52,8 @@ def manifest_uri(output_prefix: str) -> str:
 
 
 def read_manifest(output_prefix: str) -> dict[str, dict[str, Any]]:
-    """The manifest rows under ``output_prefix`` keyed by input URI ({} when there is none)."""
+    """The manifest rows under ``output_prefix`` keyed by input URI ({} when there is none); a column an older
+    manifest lacks (e.g. ``model_requested``) is None in its rows."""
     import pyarrow.parquet as pq
 
     uri = manifest_uri(output_prefix)

@@ -68,7 +68,8 @@ class BatchReport:
     ``already_done``: inputs skipped because an earlier run completed them; ``processed``: inputs this
     run went through (restored or failed); ``cubes_per_s``: ``processed`` over the pipeline's time
     (from the start of the Ray Data pipeline); ``failures``: (input URI, error) of every failed input;
-    ``model_version``: the version the model URI resolved to.
+    ``model``: the model URI the job loaded, pinned (``models:/NAME/latest`` → ``models:/NAME/<version>``);
+    ``model_requested``: the URI as given; ``model_version``: the version the model URI resolved to.
     """
 
     total: int
@@ -80,6 +81,8 @@ class BatchReport:
     seconds: float
     cubes_per_s: float
     manifest: str
+    model: str = ""
+    model_requested: str = ""
     model_version: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
 

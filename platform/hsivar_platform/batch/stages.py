@@ -177,7 +177,7 @@ class Restore:
 
 
 def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: int, overlap: int, model: str,
-                     model_version: str, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+                     model_requested: str, model_version: str, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Stage 3: :func:`~hsivar.prepared.finish` the restored samples and write the output (its uncertainty, and
     the mask of entries kept as observed when there are some) → the row's manifest record as JSON."""
     t0 = time.perf_counter()
@@ -185,7 +185,7 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
     error = _str(batch, "error")
     shape = [int(v) for v in batch["shape"][0]]
     row: dict[str, Any] = {"output_uri": dst, "shape": shape if any(shape) else None, "bands": shape[0] or None,
-                           "model": model, "model_version": model_version}
+                           "model": model, "model_requested": model_requested, "model_version": model_version}
     status = "failed"
     if not error:
         try:

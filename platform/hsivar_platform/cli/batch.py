@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hsivar.tasks import TASKS
 from hsivar_platform.cli.options import MODEL, RAY_ADDRESS, setup
+from hsivar_platform.locations import default_work_dir
 
 _INPUT = "input prefix (folder, file://, s3://) or one cube file"
 _OUTPUT = "output prefix (gets the outputs and _manifest.parquet)"
@@ -41,7 +43,8 @@ def restore(
     manifest_interval_s: Annotated[float, typer.Option(min=0, help="least seconds between manifest rewrites")] = 2.0,
     progress_interval_s: Annotated[float, typer.Option(min=0, help="least seconds between progress lines")] = 5.0,
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS)] = None,
-    log_dir: Annotated[str, typer.Option(help="where Ray's and the libraries' log lines go")] = "work/logs",
+    log_dir: Annotated[str | None, typer.Option(help="where Ray's and the libraries' log lines go; default "
+                                                "<$HSIVAR_WORK_DIR, else work>/logs")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
@@ -51,6 +54,7 @@ def restore(
     from hsivar.restore import parse_value_range
     from hsivar_platform.batch import BatchOptions, run_batch
 
+    log_dir = log_dir or str(Path(default_work_dir()) / "logs")
     setup(log_level, log_dir)
     try:
         vrange = parse_value_range(value_range)
@@ -77,8 +81,8 @@ def restore(
         typer.echo(json.dumps(report.as_dict()))
     else:
         typer.echo(f"{report.ok} ok, {report.failed} failed, {report.skipped} skipped of {report.total} "
-                   f"({report.processed} processed in this run, {report.cubes_per_s:.2f} cubes/s; model version "
-                   f"{report.model_version}); manifest {report.manifest}")
+                   f"({report.processed} processed in this run, {report.cubes_per_s:.2f} cubes/s; model "
+                   f"{report.model}, version {report.model_version}); manifest {report.manifest}")
         for _, error in report.failures:
             typer.echo(f"  failed: {error}", err=True)
     if options.fail_on_error and report.failed:

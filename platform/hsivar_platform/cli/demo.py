@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from hsivar_platform.cli.options import setup
+from hsivar_platform.locations import default_work_dir
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="work directory: bucket, MLflow store, checkpoints, evaluation, report, "
-                                      "logs")] = Path("work/demo"),
+    out: Annotated[Path | None, typer.Option(help="work directory: bucket, MLflow store, checkpoints, evaluation, "
+                                             "report, logs; default <$HSIVAR_WORK_DIR, else work>/demo")] = None,
     quick: Annotated[bool, typer.Option(help="a few steps per stage and one small held-out cube "
                                         "(minutes; what CI runs)")] = False,
     bucket: Annotated[str | None, typer.Option(help="data and restored files: a folder or s3://bucket/prefix "
@@ -21,6 +22,7 @@ def demo(
                                                 "configs/tiny.yaml)")] = None,
 ) -> None:
     """Demo data → train on local Ray (MLflow) → evaluate → batch-restore → serve over HTTP → REPORT.md."""
+    out = out or Path(default_work_dir()) / "demo"
     setup("INFO", out / "logs")
     from hsivar_platform.demo import run_demo
     from hsivar_platform.pipeline_config import ConfigError

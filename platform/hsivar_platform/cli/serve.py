@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hsivar_platform.cli.options import MODEL, RAY_ADDRESS, setup
+from hsivar_platform.locations import default_work_dir
 
 _TOKEN = "env var holding the bearer token; auth is required when it is set"
 
@@ -38,7 +40,8 @@ def serve(
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS)] = None,
     blocking: Annotated[bool, typer.Option(help="keep running until Ctrl-C (--no-blocking: deploy to a running "
                                            "cluster and return)")] = True,
-    log_dir: Annotated[str, typer.Option(help="where Ray's and the libraries' log lines go")] = "work/logs",
+    log_dir: Annotated[str | None, typer.Option(help="where Ray's and the libraries' log lines go; default "
+                                                "<$HSIVAR_WORK_DIR, else work>/logs")] = None,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Serve POST /v1/restore, GET /v1/model and GET /healthz over HTTP with Ray Serve."""
@@ -51,6 +54,7 @@ def serve(
         typer.echo("error: --no-blocking needs a running Ray cluster to deploy to (set RAY_ADDRESS or --ray-address, "
                    "e.g. after scripts/local_stack.sh start); without one, run in the foreground", err=True)
         raise typer.Exit(2)
+    log_dir = log_dir or str(Path(default_work_dir()) / "logs")
     setup(log_level, log_dir)
     from ray import serve as ray_serve
 

@@ -8,12 +8,14 @@ of the CLI stays fast.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hsivar_platform.cli.options import RAY_ADDRESS, setup
+from hsivar_platform.locations import WORK_DIR_ENV, check_outlives_job, default_work_dir, local_path
 
 
 def train(
@@ -36,13 +38,14 @@ def train(
     try:
         cfg = load_config(config, [*(set_ or []), *split_dotted_args(list(ctx.args))])
         stages = check_stages(stage)
+        resolved = cfg.resolved()  # also refuses outputs inside a Ray job's temporary working-directory copy
     except ConfigError as e:
         typer.echo(f"config error:\n{e}", err=True)
         raise typer.Exit(2) from None
     if print_config:
-        typer.echo(cfg.resolved().to_yaml())
+        typer.echo(resolved.to_yaml())
         return
-    setup(log_level, Path(cfg.resolved().run.work_dir) / "logs", ray_lines_to_file=cfg.ray.logs_to_file)
+    setup(log_level, Path(resolved.run.work_dir) / "logs", ray_lines_to_file=cfg.ray.logs_to_file)
     from hsivar_platform.train import train_pipeline
 
     result = train_pipeline(cfg, stages=stages, echo=typer.echo)
@@ -65,7 +68,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 16,
     concurrency: Annotated[int, typer.Option(min=1, help="model actors")] = 1,
     use_gpu: Annotated[bool, typer.Option(help="one GPU per model actor")] = False,
-    work_dir: Annotated[str, typer.Option(help="work dir (demo data, default SQLite MLflow, logs/)")] = "work",
+    work_dir: Annotated[str | None, typer.Option(help="work dir (demo data, default SQLite MLflow, logs/); default "
+                                                 "$HSIVAR_WORK_DIR, else work")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default $MLFLOW_TRACKING_URI)")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "hsivar-eval",
     mlflow: Annotated[bool, typer.Option(help="log to MLflow")] = True,
@@ -77,10 +81,12 @@ def evaluate(
         raise typer.BadParameter("expected all or middle", param_hint="--levels")
     if task not in ("auto", "oracle"):
         raise typer.BadParameter("expected auto or oracle", param_hint="--task")
+    work_dir = work_dir or default_work_dir()
     setup(log_level, Path(work_dir) / "logs")
     from hsivar_platform.evaluate import evaluate as run_evaluation
 
     try:
+        _check_evaluation_outlives_job(out, work_dir, tracking_uri, mlflow)
         run_evaluation(model, data, out, levels=levels, max_cubes=max_cubes or None, crop=crop or None,
                        baselines=baselines, extra_baselines=tuple(extra_baseline or ()),
                        task=task, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
@@ -89,3 +95,21 @@ def evaluate(
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _check_evaluation_outlives_job(out: Path, work_dir: str, tracking_uri: str | None, log_mlflow: bool) -> None:
+    """Refuse (ValueError) an evaluation whose tables or local MLflow store would land in a Ray job's temporary
+    working-directory copy (:func:`hsivar_platform.locations.check_outlives_job`)."""
+    check_outlives_job("--out", out, "metrics.csv, cases.csv, metrics.md",
+                       fix="pass an absolute --out (on shared storage for a cluster)")
+    if not log_mlflow:
+        return
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        setting = "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI"
+        check_outlives_job(setting, uri, "the MLflow tracking store", fix=f"point {setting} at a tracking server")
+    if not uri or local_path(uri) is not None:  # a local store: its artifacts (and SQLite by default) in work_dir
+        check_outlives_job("--work-dir", work_dir, "the local MLflow store and its artifacts go under it",
+                           fix=f"set {WORK_DIR_ENV}=/absolute/path in the cluster's environment "
+                           "(scripts/local_stack.sh sets it), or pass --work-dir /absolute/path, or "
+                           "MLFLOW_TRACKING_URI (a tracking server), or --no-mlflow")

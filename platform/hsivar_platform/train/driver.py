@@ -131,6 +131,8 @@ def train_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None,
     config_uri = storage.join(cfg.run_uri(), "pipeline.yaml")
     storage.write_bytes(config_uri, cfg.to_yaml().encode())
     echo(f"[hsivar] run {cfg.run.name}: resolved config in {config_uri}")
+    echo(f"[hsivar] checkpoints under {cfg.checkpoint_root()}, published weights at "
+         f"{storage.join(cfg.run_uri(), '<stage>', 'latest')}, work dir {cfg.run.work_dir}")
     ray_runtime.init(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_mb=cfg.ray.object_store_mb,
                      log_dir=Path(cfg.run.work_dir) / "logs" if cfg.ray.logs_to_file else None)
     splits = resolve_splits(cfg.data, cfg.run.work_dir, cfg.model.bands)

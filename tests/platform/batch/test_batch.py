@@ -79,6 +79,21 @@ def test_task_option_and_safe_keys(tmp_path: Path) -> None:
             relative_key(key, "s3://bucket/raw")
 
 
+def test_a_manifest_written_before_model_requested_reads_and_rewrites(tmp_path: Path) -> None:
+    """Older manifests have no model_requested column: their rows read back with it None and rewrite cleanly."""
+    import pyarrow as pa
+    from hsivar_platform.batch.manifest import manifest_schema, record, write_manifest
+
+    old_schema = pa.schema([f for f in manifest_schema() if f.name != "model_requested"])
+    row = record("a.npy", "ok", output_uri="out/a.npy", model="models:/m/3", model_version="3")
+    pq.write_table(pa.Table.from_pylist([{k: row[k] for k in old_schema.names}], schema=old_schema),
+                   tmp_path / MANIFEST_NAME)
+    rows = read_manifest(str(tmp_path))
+    assert rows["a.npy"]["model"] == "models:/m/3" and rows["a.npy"]["model_requested"] is None
+    write_manifest(str(tmp_path), rows.values())
+    assert pq.read_table(tmp_path / MANIFEST_NAME).column("model_requested").to_pylist() == [None]
+
+
 # ------------------------------------------------------------------------------------------ local prefix
 
 
@@ -329,7 +344,8 @@ def test_batch_on_s3_with_uncertainty_matches_restorer(
 def test_batch_with_a_registry_alias_and_a_single_file(
         ray_cluster: None, published_tiny: Path, tmp_path: Path, mlflow_uri: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """models:/NAME@ALIAS resolves in the driver and in the actors (MLFLOW_TRACKING_URI is forwarded)."""
+    """models:/NAME@ALIAS and models:/NAME/latest resolve in the driver and in the actors (MLFLOW_TRACKING_URI is
+    forwarded); the manifest and the report name the version loaded, models:/NAME/<number>, and what was asked."""
     import mlflow
     from hsivar_platform.model_uri import PUBLISHED_ARTIFACT_PATH
     from hsivar_platform.tracking import register_published
@@ -350,7 +366,19 @@ def test_batch_with_a_registry_alias_and_a_single_file(
     restored, _ = read_cube(tmp_path / "out" / "one.npy")
     _close(restored, _reference(published_tiny, cube, task="inpaint")[0])
     row = read_manifest(str(tmp_path / "out"))[str(tmp_path / "one.npy")]
-    assert row["task"] == "inpaint" and row["model"] == "models:/hsivar-batch-test@production"
+    assert row["task"] == "inpaint" and row["model"] == f"models:/hsivar-batch-test/{version}"
+    assert row["model_requested"] == "models:/hsivar-batch-test@production" and row["model_version"] == str(version)
+
+    # A second version (the same weights): models:/NAME/latest is pinned to it.
+    latest = register_published(mlflow_uri, "hsivar-batch-test", run_id)
+    assert int(latest) == int(version) + 1
+    report = run_batch(BatchOptions(input=str(tmp_path / "one.npy"), output=str(tmp_path / "out-latest"),
+                                    model="models:/hsivar-batch-test/latest", task="inpaint"))
+    assert report.ok == 1 and report.model == f"models:/hsivar-batch-test/{latest}", report
+    assert report.model_requested == "models:/hsivar-batch-test/latest"
+    row = read_manifest(str(tmp_path / "out-latest"))[str(tmp_path / "one.npy")]
+    assert row["model"] == f"models:/hsivar-batch-test/{latest}" and row["model_version"] == str(latest)
+    assert row["model_requested"] == "models:/hsivar-batch-test/latest"
 
 
 # ------------------------------------------------------------------------------------------ kill + resume

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -301,7 +302,10 @@ def test_convert_var_output_starts_a_training_run_as_init_uri(ray_cluster, demo_
 
 @pytest.mark.slow
 def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) -> None:
-    """``ray job submit --working-dir . -- python jobs/train_var.py …`` on a head node started here."""
+    """``ray job submit --working-dir . -- python jobs/train_var.py …`` on a head node started here with
+    HSIVAR_WORK_DIR in its environment, as scripts/local_stack.sh starts it: the job runs in Ray's temporary copy
+    of the repository, yet its checkpoints and published weights land in HSIVAR_WORK_DIR, a second submission
+    resumes from them, a job without it fails fast naming run.work_dir, and the upload leaves tests/ out."""
     def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -311,7 +315,9 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
            "RAY_ACCEPT_CLOUD_OBJECT_STORE_MEMORY_LIMIT": "1"}
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "HSIVAR_WORK_DIR"):  # jobs see only the head's settings
+        env.pop(name, None)
+    work = tmp_path / "work"
     temp = Path(f"/tmp/rjs-{os.getpid()}-{gcs}")
     ray_bin = str(Path(venv_bin) / "ray")
     head = subprocess.Popen(
@@ -320,7 +326,8 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
          f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--ray-client-server-port={client_port}",
          "--object-store-memory=300000000", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env={**env, "HSIVAR_WORK_DIR": str(work)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     try:
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 120
@@ -332,21 +339,49 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
             assert head.poll() is None, "the head node exited"
             assert time.time() < deadline, f"job API not up: {probe.stderr[-2000:]}"
             time.sleep(2)
-        cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-               "python", "jobs/train_var.py", "--config", "configs/tiny.yaml", "--stage", "vqvae",
-               "--set", f"data.source={demo_local}", "--set", f"run.work_dir={tmp_path}", "--run.name", "job",
-               "--train.vqvae.steps", "2", "--tracking.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db",
-               *[f"--set={o}" for o in TINY]]
-        deadline = time.time() + 120
-        while True:  # `job list` answers before the head's job agent registers: retry until it accepts
-            job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-            if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > deadline:
-                break
-            time.sleep(2)
+
+        def submit(*entrypoint: str, runtime_env: dict | None = None) -> subprocess.CompletedProcess:
+            cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
+                   *(["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []), "--", *entrypoint]
+            deadline = time.time() + 120
+            while True:  # `job list` answers before the head's job agent registers: retry until it accepts
+                job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+                if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > deadline:
+                    return job
+                time.sleep(2)
+
+        # No run.work_dir and no tracking URI: everything goes to the head's HSIVAR_WORK_DIR.
+        train = ["python", "jobs/train_var.py", "--config", "configs/tiny.yaml", "--stage", "vqvae",
+                 "--set", f"data.source={demo_local}", "--run.name", "job", *[f"--set={o}" for o in TINY]]
+        job = submit(*train, "--train.vqvae.steps", "2")
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout.lower()
-        assert '"completed": true' in job.stdout
-        assert (tmp_path / "runs" / "job" / "vqvae" / "latest" / CONFIG_FILE).is_file()
+        assert "succeeded" in job.stdout.lower() and '"completed": true' in job.stdout
+        run_root = work / "runs" / "job"
+        assert f"checkpoints under {run_root / 'train'}" in job.stdout, job.stdout[-3000:]
+        assert (run_root / "train" / "vqvae" / "checkpoint_step0000002" / CKPT_STATE).is_file()
+        assert (run_root / "vqvae" / "latest" / CONFIG_FILE).is_file()
+        assert (work / "mlflow.db").is_file()
+
+        # The same run name with more steps: a later submission (a new copy) resumes from the checkpoint.
+        job = submit(*train, "--train.vqvae.steps", "4")
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "resumed from the checkpoint at step 2" in job.stdout, job.stdout[-3000:]
+        assert (run_root / "train" / "vqvae" / "checkpoint_step0000004" / CKPT_STATE).is_file()
+        assert json.loads((run_root / "vqvae" / "latest" / CONFIG_FILE).read_text())["metadata"]["step"] == 4
+
+        # Without HSIVAR_WORK_DIR the relative work dir would be inside the job's copy: refused before training.
+        job = submit(*train, runtime_env={"env_vars": {"HSIVAR_WORK_DIR": ""}})
+        out = job.stdout + job.stderr
+        assert job.returncode != 0 and "failed" in out.lower(), out[-3000:]
+        assert "run.work_dir: 'work' resolves to" in out and "Ray deletes that copy" in out, out[-3000:]
+        assert "working_dir_files" in out and "HSIVAR_WORK_DIR" in out
+
+        # What the job's copy holds: the code, not tests/ (.rayignore).
+        job = submit("python", "-c", "import os; print('LISTING', sorted(os.listdir('.')))")
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        listing = next(line for line in job.stdout.splitlines() if line.startswith("LISTING"))
+        assert "'jobs'" in listing and "'hsivar'" in listing and "'platform'" in listing
+        assert "'tests'" not in listing and "'work'" not in listing and "'docs'" not in listing, listing
     finally:
         try:
             os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
@@ -356,3 +391,4 @@ def test_ray_job_submit_against_a_local_head(demo_local: str, tmp_path: Path) ->
                 os.killpg(head.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(temp, ignore_errors=True)  # the head's session files and the uploaded copies
