@@ -1,34 +1,44 @@
-"""Per-family trust in the learned correction, fitted on held-out examples after training.
+"""Fitted after training on held-out examples: the per-family trust in the learned correction, and the calibrated
+uncertainty.
 
-A model with ``first_estimate`` outputs ``x0 + τ·(y − x0)``: the classical first estimate x0 plus a share τ
-of the fusion head's correction (:class:`~hsivar.models.fusion.OutputFusion`). Training fits y; it does not
-ask whether y beats x0 on data it has not seen, and on families where x0 is already near-exact (missing
-bands filled over wavelength) a tiny model's correction costs more than it brings. :func:`calibrate_trust`
-answers that question per family on validation examples, through the one restoration path (first estimate,
-model, consistency): R1 is the restoration at τ = 1 and R0 at τ = 0 (x0 made consistent). The output is
-affine in τ (exactly for kept entries and sr back-projection, nearly for the few conjugate-gradient steps of
-blur consistency), R(τ) = R0 + τ·(R1 − R0), so every τ of a grid is scored without restoring again.
+**Trust.** A model with ``first_estimate`` outputs ``x0 + τ·(y − x0)``: the classical first estimate x0 plus a
+share τ of the fusion head's correction (:class:`~hsivar.models.fusion.OutputFusion`). Training fits y; it does
+not ask whether y beats x0 on data it has not seen, and on families where x0 is already near-exact (missing bands
+filled over wavelength) a tiny model's correction costs more than it brings. :func:`calibrate` answers that
+question per family on validation examples, through the one restoration path (first estimate, model,
+consistency): R1 is the restoration at τ = 1 and R0 at τ = 0 — x0 made consistent, which needs no model. The
+output is affine in τ (exactly for kept entries and sr back-projection, nearly for the few conjugate-gradient
+steps of blur consistency), R(τ) = R0 + τ·(R1 − R0), so every τ of a grid is scored without restoring again.
+The rule: the τ with the highest mean PSNR among those whose mean PSNR **and** mean spectral angle (SAM) are at
+least as good as τ = 0's (the first estimate's) — the learned correction is kept where it helps on held-out data
+in both, and no more of it; τ = 0 when none helps. Metrics are those of the evaluation (:mod:`hsivar.metrics`),
+on the example's ``band_mask`` (a bandmiss example is scored on its missing bands).
 
-The rule: the τ with the highest mean PSNR among those whose mean PSNR **and** mean spectral angle (SAM) are
-at least as good as τ = 0's (the first estimate's) — the learned correction is kept where it helps on held-out
-data in both, and no more of it; τ = 0 when none helps. Metrics are those of the evaluation
-(:mod:`hsivar.metrics`), on the example's ``band_mask`` (a bandmiss example is scored on its missing bands).
+**Uncertainty.** Then, on the same restorations at the chosen τ, the error-variance coefficients of
+:mod:`hsivar.uncertainty` per family, from the entries each example synthesised (not those kept as observed).
+A family without examples gets the largest coefficient of the fitted families for each feature (wide bars
+rather than none).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from hsivar.degrade import observation_of_level
 from hsivar.metrics import psnr, sam
-from hsivar.restore import Restorer
+from hsivar.prepared import PreparedCube, finish, uncertainty_features
+from hsivar.restore import Restorer, resolve_overlap
+from hsivar.uncertainty import COVERAGE, FEATURES, coverage_stats, fit_coefficients, std_from
 
 TRUST_GRID = tuple(i / 20 for i in range(21))
 """The τ values scored per family."""
+
+ENTRIES_PER_EXAMPLE = 20_000
+"""Synthesised entries drawn (seeded) from each example for the uncertainty fit."""
 
 
 @dataclass(frozen=True)
@@ -44,33 +54,64 @@ class CalibrationExample:
 
 
 @dataclass(frozen=True)
-class TrustFit:
-    """The fitted τ per task (the model's task order), per task the examples used (0: τ left at 1), and per task
-    the mean (PSNR dB, SAM °) at τ = 0, at the chosen τ and at τ = 1."""
+class CalibrationFit:
+    """What :func:`calibrate` fitted, per task in the model's task order.
+
+    Attributes:
+        trust: τ per task (1 where not fitted: no example, or a model without a first estimate).
+        examples: per task the examples used.
+        scores: per task with examples, the mean (PSNR dB, SAM °) at τ = 0, at the chosen τ and at τ = 1
+            (models with a first estimate).
+        uncertainty: (N, F) coefficients of :mod:`hsivar.uncertainty`.
+        coverage: per task with examples, the validation entries' coverage at 1σ / 2σ and the correlation of σ
+            with |error| (:func:`hsivar.uncertainty.coverage_stats`).
+    """
 
     trust: tuple[float, ...]
     examples: dict[str, int]
     scores: dict[str, dict[str, tuple[float, float]]]
+    uncertainty: tuple[tuple[float, ...], ...] = ()
+    coverage: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _restore(restorer: Restorer, ex: CalibrationExample) -> np.ndarray:
-    """``ex`` restored with its true task and level (oracle), (C, H, W) float64 in [0, 1]."""
+@dataclass
+class _Restored:
+    """One example restored at τ = 0 and τ = 1 (C, H, W) float64 in [0, 1], with its prepared cube."""
+
+    ex: CalibrationExample
+    prep: PreparedCube
+    r0: np.ndarray
+    r1: np.ndarray
+
+
+def _restore(restorer: Restorer, ex: CalibrationExample, with_trust: bool) -> _Restored:
+    """``ex`` restored with its true task and level (oracle): one model pass at τ = 1; τ = 0 is the first estimate
+    made consistent (the model's output at τ = 0 is x0 itself, clamped to [0, 1] as every output)."""
     obs = observation_of_level(ex.task, ex.level, ex.degraded.shape)
-    out = restorer.restore(ex.degraded, ex.task, value_range=(0.0, 1.0), observation=obs)
-    return out.cube.astype(np.float64)
+    prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0),
+                            observation=obs)
+    prep = restorer.observe_blur(prep, ex.task)  # unchanged when the level gives the blur width
+    if with_trust:
+        restorer.model.fusion.set_trust(torch.ones(len(restorer.tasks)))
+    r1 = finish(prep, restorer.restore_prepared(prep, ex.task).samples01)[0].astype(np.float64)
+    if not with_trust:
+        return _Restored(ex, prep, r1, r1)
+    C, H, W = prep.shape
+    x0 = prep.consistent(prep.estimate01[:, :H, :W].clamp(0, 1).contiguous())  # type: ignore[index]
+    return _Restored(ex, prep, finish(prep, x0[None])[0].astype(np.float64), r1)
 
 
-def _choose(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
-            ) -> tuple[float, dict[str, tuple[float, float]]]:
-    """The τ of :data:`TRUST_GRID` the module's rule picks for one family's (R0, R1, clean, band mask) examples,
-    and the mean (PSNR, SAM) at τ = 0, the chosen τ and τ = 1."""
+def _choose(pairs: list[_Restored]) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The τ of :data:`TRUST_GRID` the module's rule picks for one family's examples, and the mean (PSNR, SAM)
+    at τ = 0, the chosen τ and τ = 1."""
     scores = []
     for tau in TRUST_GRID:
         ps, sa = [], []
-        for r0, r1, clean, bands in pairs:
-            out = np.clip(r0 + tau * (r1 - r0), 0.0, 1.0)
-            ps.append(psnr(out, clean, bands))
-            sa.append(sam(out, clean, bands))
+        for r in pairs:
+            out = np.clip(r.r0 + tau * (r.r1 - r.r0), 0.0, 1.0)
+            clean = np.asarray(r.ex.clean, np.float64)
+            ps.append(psnr(out, clean, r.ex.band_mask))
+            sa.append(sam(out, clean, r.ex.band_mask))
         scores.append((float(np.mean(ps)), float(np.mean(sa))))
     base = scores[0]
     ok = [i for i, (p, a) in enumerate(scores) if p >= base[0] and a <= base[1]]
@@ -78,37 +119,57 @@ def _choose(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | N
     return TRUST_GRID[best], {"first_estimate": base, "chosen": scores[best], "full": scores[-1]}
 
 
-def calibrate_trust(restorer: Restorer, examples: Iterable[CalibrationExample]) -> TrustFit:
-    """Fit τ per task on ``examples`` (see the module docstring) and set it on the restorer's model.
+def _entries(r: _Restored, tau: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Errors (n,) and features (F, n) of up to :data:`ENTRIES_PER_EXAMPLE` synthesised entries of the restoration
+    at ``tau`` (seeded draw)."""
+    out = r.r0 + tau * (r.r1 - r.r0)
+    free = np.ones(out.shape, bool) if r.prep.kept is None else ~r.prep.kept
+    idx = np.flatnonzero(free)
+    idx = np.random.default_rng(seed).choice(idx, min(idx.size, ENTRIES_PER_EXAMPLE), replace=False)
+    feats = uncertainty_features(r.prep, out.astype(np.float32)).reshape(len(FEATURES), -1)[:, idx]
+    return (out - np.asarray(r.ex.clean, np.float64)).ravel()[idx], feats
+
+
+def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: int = 0) -> CalibrationFit:
+    """Fit τ per task (models with a fusion head on the first estimate) and the uncertainty's coefficients per
+    task on ``examples`` (see the module docstring), and set both on the restorer's model.
 
     Returns:
-        :class:`TrustFit`; tasks without examples keep τ = 1.
+        :class:`CalibrationFit`; tasks without examples keep τ = 1.
     Raises:
-        ValueError: the model has no fusion head on a first estimate.
+        ValueError: no example of any of the model's tasks.
     """
     model = restorer.model
-    if model.fusion is None or not model.cfg.first_estimate:
-        raise ValueError("calibrate_trust needs a model with a fusion head on the first estimate")
+    with_trust = model.fusion is not None and bool(model.cfg.first_estimate)
     tasks = tuple(model.dag.tasks)
-    pairs: dict[str, list] = {t: [] for t in tasks}
-    saved = model.fusion.trust.clone()
+    restored: dict[str, list[_Restored]] = {t: [] for t in tasks}
+    saved = model.fusion.trust.clone() if with_trust else None
     try:
         for ex in examples:
-            if ex.task not in pairs:
-                continue
-            model.fusion.set_trust(torch.ones(len(tasks)))
-            r1 = _restore(restorer, ex)
-            model.fusion.set_trust(torch.zeros(len(tasks)))
-            r0 = _restore(restorer, ex)
-            pairs[ex.task].append((r0, r1, np.asarray(ex.clean, np.float64), ex.band_mask))
+            if ex.task in restored:
+                restored[ex.task].append(_restore(restorer, ex, with_trust))
     finally:
-        model.fusion.set_trust(saved)
+        if saved is not None:
+            model.fusion.set_trust(saved)
+    if not any(restored.values()):
+        raise ValueError(f"calibrate: no example of the model's tasks {tasks}")
     trust, scores = [], {}
     for t in tasks:
-        if not pairs[t]:
-            trust.append(1.0)
-            continue
-        tau, scores[t] = _choose(pairs[t])
+        tau = 1.0
+        if with_trust and restored[t]:
+            tau, scores[t] = _choose(restored[t])
         trust.append(tau)
-    model.set_trust(tuple(trust))
-    return TrustFit(tuple(trust), {t: len(v) for t, v in pairs.items()}, scores)
+    if with_trust:
+        model.set_trust(tuple(trust))
+    coefficients, coverage = {}, {}
+    for i, t in enumerate(tasks):
+        if not restored[t]:
+            continue
+        parts = [_entries(r, trust[i], seed + k) for k, r in enumerate(restored[t])]
+        errors, feats = np.concatenate([e for e, _ in parts]), np.concatenate([f for _, f in parts], axis=1)
+        coefficients[t] = fit_coefficients(errors, feats, seed=seed)
+        coverage[t] = coverage_stats(errors, std_from(feats, coefficients[t]))
+    widest = np.max(np.stack(list(coefficients.values())), axis=0)
+    rows = tuple(tuple(float(v) for v in coefficients.get(t, widest)) for t in tasks)
+    model.set_uncertainty(rows, COVERAGE)
+    return CalibrationFit(tuple(trust), {t: len(v) for t, v in restored.items()}, scores, rows, coverage)

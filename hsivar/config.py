@@ -14,6 +14,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hsivar.tasks import TASKS
+from hsivar.uncertainty import FEATURES
 
 Stage = Literal["vqvae", "var", "decoder"]
 """A training stage: ``vqvae`` (stage 1, the tokenizer), ``var`` (stage 2, the transformer and refiner),
@@ -139,7 +140,8 @@ class FusionConfig(_Frozen):
     trust: tuple[float, ...] | None = Field(
         None, description="per task (in dag.tasks order), the share τ in [0, 1] of the head's correction kept on "
         "top of the first estimate x0: y = x0 + τ·(F(...) − x0), τ = trust · task weights. Set after stage 3 by "
-        "hsivar.calibrate on validation examples (the least-squares τ per family); null: 1 for every task")
+        "hsivar.calibrate on validation examples (per family, the most of the correction that keeps PSNR and SAM at "
+        "least the first estimate's); null: 1 for every task")
 
     @model_validator(mode="after")
     def _check(self) -> FusionConfig:
@@ -186,6 +188,25 @@ def unsharp_radius(sigma: float) -> int:
     return math.ceil(3 * sigma)
 
 
+class UncertaintyConfig(_Frozen):
+    """The calibrated per-pixel uncertainty (:mod:`hsivar.uncertainty`): per task, the non-negative coefficients of
+    the error-variance features, fitted on validation examples after stage 3 (:func:`hsivar.calibrate.calibrate`)."""
+
+    features: tuple[str, ...] = Field(FEATURES, description="the feature names, in coefficient order")
+    coefficients: tuple[tuple[float, ...], ...] = Field(description="per task (dag.tasks order), one coefficient "
+                                                        "per feature, [0, 1]² units")
+    coverage: float = Field(0.95, gt=0, lt=1, description="share of validation entries within 2σ after fitting")
+
+    @model_validator(mode="after")
+    def _check(self) -> UncertaintyConfig:
+        if self.features != FEATURES:
+            raise ValueError(f"uncertainty.features {self.features} are not this version's {FEATURES}: "
+                             "calibrate the model again (hsivar.calibrate)")
+        if any(len(c) != len(FEATURES) or any(not v >= 0 for v in c) for c in self.coefficients):
+            raise ValueError(f"uncertainty.coefficients must hold {len(FEATURES)} values ≥ 0 per task")
+        return self
+
+
 class ModelConfig(_Frozen):
     """The whole HSI-VAR model."""
 
@@ -201,6 +222,9 @@ class ModelConfig(_Frozen):
         False, description="restore from the classical first estimate x0 (hsivar.estimate): the condition encoder "
         "sees x0 instead of the degraded tile, and the output fusion head starts from x0 and learns a "
         "correction; the task classifier still sees the degraded tile")
+    uncertainty: UncertaintyConfig | None = Field(
+        None, description="calibrated error bars (hsivar.uncertainty), set after stage 3; null: the std over "
+        "samples, uncalibrated")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -213,6 +237,9 @@ class ModelConfig(_Frozen):
                              f"below the {self.vqvae.image_size}-pixel tile")
         if self.fusion.trust is not None and len(self.fusion.trust) != len(self.dag.tasks):
             raise ValueError(f"fusion.trust has {len(self.fusion.trust)} values for {len(self.dag.tasks)} tasks")
+        if self.uncertainty is not None and len(self.uncertainty.coefficients) != len(self.dag.tasks):
+            raise ValueError(f"uncertainty.coefficients has {len(self.uncertainty.coefficients)} rows for "
+                             f"{len(self.dag.tasks)} tasks")
         return self
 
     @property

@@ -25,6 +25,7 @@ from hsivar.consistency import exact_entries, project
 from hsivar.degrade.observation import Observation
 from hsivar.estimate import first_estimate
 from hsivar.tiling import TileBlender, pad_to_tile, tile_grid
+from hsivar.uncertainty import features, std_from
 
 
 class RestoreInputError(ValueError):
@@ -241,19 +242,46 @@ def prepare_cube(cube: np.ndarray | torch.Tensor, bands: int, tile: int, overlap
     return prep
 
 
-def finish(prep: PreparedCube, samples01: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+def uncertainty_features(prep: PreparedCube, restored01: np.ndarray) -> np.ndarray:
+    """The error-variance features (:func:`hsivar.uncertainty.features`) of a restoration (C, H, W) in [0, 1] of
+    ``prep``: its starting point is the first estimate (models with one) or the input itself, its noise σ the
+    observation's. → (F, C, H, W) float32."""
+    C, H, W = prep.shape
+    start = prep.estimate01 if prep.estimate01 is not None else prep.cube01
+    noise = prep.observation.noise_sigma if prep.observation is not None else None
+    return features(restored01, start[:, :H, :W].numpy() if start.numel() else None, noise)
+
+
+def calibrated_std(prep: PreparedCube, samples01: torch.Tensor, coefficients: np.ndarray) -> np.ndarray:
+    """The calibrated error bar of a restoration of ``prep`` (:mod:`hsivar.uncertainty`): √(a·f + s²) for the
+    samples (n, C, H, W) in [0, 1] — f from their mean, s² their unbiased variance (n > 1) — and the coefficients
+    a (F,) mixed for the cube's task weights. Needs the whole ``prep`` (input, first estimate, observation).
+    → (C, H, W) float32 in [0, 1] units."""
+    x = samples01.float()
+    var01 = x.var(0, unbiased=True).numpy() if x.shape[0] > 1 else None
+    return std_from(uncertainty_features(prep, x.mean(0).numpy()), coefficients, var01)
+
+
+def finish(prep: PreparedCube, samples01: torch.Tensor,
+           std01: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Blended (and consistent) samples in [0, 1] → the restored cube and its uncertainty in the input's units.
 
     Args:
         samples01: (samples, C, H, W) blended restorations in [0, 1] units.
+        std01: (C, H, W) the calibrated error bar in [0, 1] units (:func:`calibrated_std`), or None: the std over
+            samples (an uncalibrated model).
     Returns:
-        (mean (C, H, W) float32, std (C, H, W) float32 over samples or None for one sample). Entries the
-        observation saw exactly (``prep.kept``) hold the input's value bit for bit and std 0; nodata voxels
-        (``prep.mask``) hold ``prep.nodata`` in the mean and NaN in the std.
+        (mean (C, H, W) float32, std (C, H, W) float32 or None): ``std01`` in the input's units when given, else
+        the std over samples (None for one sample). Entries the observation saw exactly (``prep.kept``) hold the
+        input's value bit for bit and std 0; nodata voxels (``prep.mask``) hold ``prep.nodata`` in the mean and NaN
+        in the std.
     """
     stack = samples01.float() * prep.scale + prep.lo
     mean = stack.mean(0).numpy().astype(np.float32)
-    std = stack.std(0, unbiased=False).numpy().astype(np.float32) if stack.shape[0] > 1 else None
+    if std01 is not None:
+        std = (np.asarray(std01, np.float32) * np.float32(prep.scale)).astype(np.float32)
+    else:
+        std = stack.std(0, unbiased=False).numpy().astype(np.float32) if stack.shape[0] > 1 else None
     if prep.kept is not None and prep.source is not None:
         mean[prep.kept] = prep.source[prep.kept]
         if std is not None:

@@ -9,7 +9,7 @@ without Ray or MLflow:
   baseline vs HSI-VAR, PSNR and SSIM) as bar charts plus the table itself;
 * :func:`panels_figure` — false-colour renderings degraded / restored / clean, one row per example;
 * :func:`spectra_figure` — clean / degraded / restored spectra at a few pixels of each example;
-* :func:`uncertainty_figure` — per-pixel std over samples next to the absolute error;
+* :func:`uncertainty_figure` — the per-pixel uncertainty (error bar σ) next to the absolute error;
 * :func:`markdown_table` — a list of rows as a Markdown table.
 
 Cubes are (C, H, W) float32 in the clean cube's units (the demo's are in [0, 1]).
@@ -226,21 +226,24 @@ def spectra_figure(examples: Sequence[Example], path: str | Path, pixels: Sequen
 
 
 def uncertainty_figure(examples: Sequence[Example], path: str | Path) -> Path:
-    """Per example: mean over bands of |restored − clean| (top) and of the std over samples (bottom).
+    """Per example: mean over bands of |restored − clean| (top) and of the uncertainty σ (bottom).
 
-    Each map has its own colour scale (the std is usually much smaller than the error; where they
-    are large together is what matters), and the correlation of the two maps is printed under each
-    column. Examples without ``std`` are left out. Raises ValueError when none has one.
+    Each map has its own colour scale (an uncalibrated std over samples is much smaller than the error; where
+    they are large together is what matters). Under each column: the correlation of the two maps and the share
+    of entries with σ > 0 (those synthesised, not kept as observed) whose error lies within 2σ. Examples without
+    ``std`` are left out. Raises ValueError when none has one.
     """
     plt = _pyplot()
     shown = [ex for ex in examples if ex.std is not None]
     if not shown:
-        raise ValueError("uncertainty_figure: no example has a std over samples")
+        raise ValueError("uncertainty_figure: no example has an uncertainty (std)")
     fig, axes = plt.subplots(2, len(shown), figsize=(2.4 * len(shown), 5.0), squeeze=False)
     for k, ex in enumerate(shown):
-        err = np.abs(ex.restored - ex.clean).mean(0)
-        std = np.asarray(ex.std).mean(0)
-        for ax, img, name in ((axes[0, k], err, "|error|"), (axes[1, k], std, "std over samples")):
+        full_err, full_std = np.abs(ex.restored - ex.clean), np.asarray(ex.std, np.float64)
+        synth = np.isfinite(full_std) & (full_std > 0)
+        within = float(np.mean(full_err[synth] <= 2 * full_std[synth])) if synth.any() else float("nan")
+        err, std = full_err.mean(0), np.nan_to_num(full_std).mean(0)
+        for ax, img, name in ((axes[0, k], err, "|error|"), (axes[1, k], std, "uncertainty σ")):
             vmax = max(float(np.percentile(img, 99)), 1e-9)
             im = ax.imshow(img, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
@@ -248,7 +251,7 @@ def uncertainty_figure(examples: Sequence[Example], path: str | Path) -> Path:
             ax.set_title(f"{ex.label}\n{name}" if name == "|error|" else name, fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
         corr = np.corrcoef(err.ravel(), std.ravel())[0, 1] if err.std() > 0 and std.std() > 0 else float("nan")
-        axes[1, k].set_xlabel(f"corr(|err|, std) = {corr:.2f}", fontsize=8)
+        axes[1, k].set_xlabel(f"corr(|err|, σ) = {corr:.2f}\n|err| ≤ 2σ: {within:.0%}", fontsize=8)
     fig.suptitle("per-pixel mean over bands: absolute error (top) and uncertainty (bottom)", fontsize=10)
     return _save(fig, path)
 

@@ -16,8 +16,9 @@ restores a cube through the same three steps, so a new option is added once:
    each sample's tiles (:class:`~hsivar.tiling.TileBlender`) and makes it consistent with the observation
    (:mod:`hsivar.consistency`); Serve batches single tiles of concurrent requests through
    :meth:`Restorer.forward` and blends them with :meth:`PreparedCube.blender`.
-3. :func:`~hsivar.prepared.finish` — back to the input's units; the mean over samples is the restored cube,
-   their per-pixel standard deviation the uncertainty; exactly observed entries are put back bit for bit,
+3. :meth:`Restorer.finish` (:func:`~hsivar.prepared.finish`) — back to the input's units; the mean over samples
+   is the restored cube; the uncertainty is the calibrated error bar (:mod:`hsivar.uncertainty`) of a calibrated
+   model, else the per-pixel standard deviation over samples; exactly observed entries are put back bit for bit,
    nodata voxels written back as nodata.
 
 Greedy decoding is the default (restoration wants fidelity). With seeded top-k / top-p sampling,
@@ -40,11 +41,12 @@ from hsivar.degrade.observation import Observation
 from hsivar.models.dag import AutoAmong, TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
 from hsivar.models.var import GREEDY, Sampling
-from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, finish, prepare_cube
+from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, calibrated_std, finish, prepare_cube
 from hsivar.publish import load_published
+from hsivar.uncertainty import mix
 
 __all__ = ["NothingToRestore", "PreparedCube", "RestoreInputError", "RestoredSamples", "Restoration", "Restorer",
-           "decoding", "finish", "parse_value_range", "prepare_cube", "resolve_overlap"]
+           "calibrated_std", "decoding", "finish", "parse_value_range", "prepare_cube", "resolve_overlap"]
 
 
 def resolve_overlap(model_tile: int, tile: int | None, overlap: int | None) -> int:
@@ -105,12 +107,14 @@ class Restoration:
     """A restored cube, in the input's units."""
 
     cube: np.ndarray  # (C, H, W) float32
-    std: np.ndarray | None  # (C, H, W) float32 per-pixel std over samples (samples > 1), else None
+    std: np.ndarray | None  # (C, H, W) float32: the calibrated error bar (std_calibrated), else the std over samples
+    # (samples > 1), else None
     task_weights: dict[str, float]  # mean task weights over tiles and samples (the classifier's for "auto")
     tiles: int
     seconds: float
     kept: np.ndarray | None = None  # (C, H, W) bool: entries kept exactly as observed; the rest was synthesised
     observation: dict | None = None  # what was known of the observation (Observation.summary())
+    std_calibrated: bool = False  # std is the calibrated error bar (|error| ≤ 2·std for ≈95 % of entries)
 
 
 @dataclass
@@ -164,6 +168,24 @@ class Restorer:
     def uses_estimate(self) -> bool:
         """Whether the model restores from the classical first estimate (``ModelConfig.first_estimate``)."""
         return bool(self.cfg.first_estimate)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the model carries a calibrated uncertainty (``ModelConfig.uncertainty``)."""
+        return self.cfg.uncertainty is not None
+
+    def uncertainty_coefficients(self, task_weights: Sequence[float]) -> np.ndarray | None:
+        """The calibrated uncertainty's coefficients (F,) for task weights (N,) in the model's task order (the
+        per-family coefficients mixed, :func:`hsivar.uncertainty.mix`); None for an uncalibrated model."""
+        unc = self.cfg.uncertainty
+        return None if unc is None else mix(unc.coefficients, task_weights)
+
+    def finish(self, prep: PreparedCube, out: RestoredSamples) -> tuple[np.ndarray, np.ndarray | None]:
+        """:func:`~hsivar.prepared.finish` with this model's calibrated error bar when it has one
+        (:func:`~hsivar.prepared.calibrated_std` for the restoration's task weights). → (mean, std) as there."""
+        coef = self.uncertainty_coefficients(out.task_weights)
+        std01 = None if coef is None else calibrated_std(prep, out.samples01, coef)
+        return finish(prep, out.samples01, std01)
 
     @torch.inference_mode()
     def forward(self, tiles01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
@@ -316,7 +338,8 @@ class Restorer:
         prep = self.observe_blur(prep, task)
         out = self.restore_prepared(prep, task, samples=samples, seed=seed, batch_size=batch_size,
                                     sampling=sampling, guidance=guidance, cfg_scale=cfg_scale, refine=refine)
-        mean, std = finish(prep, out.samples01)
+        mean, std = self.finish(prep, out)
         return Restoration(cube=mean, std=std, task_weights=dict(zip(self.tasks, out.task_weights)),
                            tiles=len(prep.coords), seconds=time.perf_counter() - t0, kept=prep.kept,
-                           observation=prep.observation.summary() if prep.observation is not None else None)
+                           observation=prep.observation.summary() if prep.observation is not None else None,
+                           std_calibrated=self.calibrated)

@@ -75,7 +75,7 @@ class OutputFusion(nn.Module):
         self.register_buffer("trust", trust, persistent=False)  # from the config, not the weights
 
     def set_trust(self, trust: torch.Tensor) -> None:
-        """Set τ per task (N,) in [0, 1] (:func:`hsivar.calibrate.calibrate_trust`)."""
+        """Set τ per task (N,) in [0, 1] (:func:`hsivar.calibrate.calibrate`)."""
         self.trust.copy_(trust.to(self.trust))
 
     def details(self, lq_BCHW: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,13 @@ class HSIVAR(nn.Module):
         self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "fusion": fusion_cfg.model_dump()})
         self.fusion.set_trust(torch.tensor(self.cfg.fusion.trust))
 
+    def set_uncertainty(self, coefficients: tuple[tuple[float, ...], ...] | None, coverage: float = 0.95) -> None:
+        """Set the calibrated uncertainty's coefficients (N tasks, F features) in ``cfg`` (so a published config
+        records them; see :mod:`hsivar.uncertainty`); None removes the calibration."""
+        unc = None if coefficients is None else {"coefficients": [[float(v) for v in c] for c in coefficients],
+                                                 "coverage": coverage}
+        self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "uncertainty": unc})
+
     def init_condition_encoder(self) -> None:
         """Start of stage 2: E_con ← copy of the trained E (and quant_conv)."""
         self.cond.copy_from(self.vqvae.encoder, self.vqvae.quant_conv)

@@ -238,9 +238,10 @@ class ValSpec(_Strict):
                              "one model tile). Larger crops validate and calibrate on blended tiles, as cubes are "
                              "restored, at a few times the cost")
     panels: bool = Field(True, description="log false-colour PNG panels degraded / restored / clean")
-    calibrate: bool = Field(True, description="at the end of stage decoder, fit the per-family trust in the learned "
-                            "correction (model.fusion.trust, hsivar.calibrate) on the validation examples, before "
-                            "the final validation and publication; needs a model with first_estimate")
+    calibrate: bool = Field(True, description="at the end of stage decoder, fit on the validation examples the "
+                            "per-family trust in the learned correction (model.fusion.trust; models with "
+                            "first_estimate) and the calibrated uncertainty (model.uncertainty), before the final "
+                            "validation and publication (hsivar.calibrate)")
 
 
 class RaySpec(_Strict):

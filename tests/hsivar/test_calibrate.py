@@ -1,4 +1,5 @@
-"""Per-family trust: the least-squares share of the learned correction, fitted through the restoration path."""
+"""Calibration after training: the per-family trust in the learned correction and the calibrated uncertainty, fitted
+through the restoration path."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsivar.calibrate import CalibrationExample, calibrate_trust
+from hsivar.calibrate import CalibrationExample, calibrate
 from hsivar.degrade import degrade_for_test
 from hsivar.metrics import psnr, sam
 from hsivar.models.hsivar import HSIVAR
@@ -29,7 +30,7 @@ def test_the_chosen_trust_is_never_worse_than_the_first_estimate_in_psnr_or_sam(
     clean = make_cube(seed=2, size=32, bands=8)[0]
     examples = [CalibrationExample(degrade_for_test(clean, t, lvl)[0], clean, t, lvl)
                 for t, lvl in (("inpaint", 0.8), ("sr", 2), ("gaussian", 50))]
-    fit = calibrate_trust(restorer, examples)
+    fit = calibrate(restorer, examples)
     assert fit.examples == {**dict.fromkeys(TASKS, 0), "inpaint": 1, "sr": 1, "gaussian": 1}
     assert restorer.cfg.fusion.trust == fit.trust and set(fit.scores) == {"inpaint", "sr", "gaussian"}
     assert fit.trust[TASKS.index("bandmiss")] == 1.0  # no example: left alone
@@ -50,13 +51,60 @@ def test_bandmiss_examples_are_scored_on_their_band_mask() -> None:
     restorer = Restorer(_model())
     clean = make_cube(seed=3, size=32, bands=8)[0]
     degraded, rec = degrade_for_test(clean, "bandmiss", 0.3)
-    fit = calibrate_trust(restorer, [CalibrationExample(degraded, clean, "bandmiss", 0.3, rec.band_mask)])
+    fit = calibrate(restorer, [CalibrationExample(degraded, clean, "bandmiss", 0.3, rec.band_mask)])
     first = fit.scores["bandmiss"]["first_estimate"]
     assert np.isfinite(first[0])  # the kept bands alone would score an infinite PSNR
 
 
-def test_calibration_needs_a_first_estimate_model() -> None:
+def test_a_model_without_a_first_estimate_gets_an_uncertainty_and_keeps_its_trust() -> None:
     cfg = preset("tiny", bands=8)
-    model = HSIVAR(cfg.model_copy(update={"first_estimate": False}))
-    with pytest.raises(ValueError, match="first estimate"):
-        calibrate_trust(Restorer(model), [])
+    torch.manual_seed(0)
+    restorer = Restorer(HSIVAR(cfg.model_copy(update={"first_estimate": False})))
+    clean = make_cube(seed=2, size=32, bands=8)[0]
+    fit = calibrate(restorer, [CalibrationExample(degrade_for_test(clean, "gaussian", 50)[0], clean, "gaussian", 50)])
+    assert fit.trust == (1.0,) * len(TASKS) and fit.scores == {}
+    assert restorer.calibrated and len(restorer.cfg.uncertainty.coefficients) == len(TASKS)
+    with pytest.raises(ValueError, match="no example"):
+        calibrate(restorer, [])
+
+
+def test_the_calibrated_error_bar_covers_held_out_entries_and_travels_with_the_published_model(tmp_path) -> None:
+    from hsivar.publish import load_published, save_published
+
+    restorer = Restorer(_model())
+    cubes = [make_cube(seed=s, size=32, bands=8)[0] for s in (4, 5, 6)]
+    examples = [CalibrationExample(degrade_for_test(c, t, lvl, index=k)[0], c, t, lvl)
+                for k, c in enumerate(cubes[:2]) for t, lvl in (("gaussian", 50), ("inpaint", 0.8))]
+    fit = calibrate(restorer, examples)
+    for t in ("gaussian", "inpaint"):
+        assert 0.94 <= fit.coverage[t]["cover_2sigma"] <= 0.96  # the conformal scale, on the fit's own entries
+    assert fit.examples["sr"] == 0 and fit.uncertainty[TASKS.index("sr")] == tuple(
+        max(fit.uncertainty[TASKS.index(t)][j] for t in ("gaussian", "inpaint")) for j in range(5))
+    held_out = cubes[2]
+    degraded = degrade_for_test(held_out, "gaussian", 50, index=9)[0]
+    out = restorer.restore(degraded, "gaussian", value_range=(0.0, 1.0))  # one greedy decoding
+    assert out.std_calibrated and out.std is not None and out.std.shape == held_out.shape
+    share = float(np.mean(np.abs(out.cube - held_out) <= 2 * out.std))
+    assert 0.85 <= share <= 1.0, share
+    save_published(restorer.model, tmp_path / "m")
+    loaded, _ = load_published(tmp_path / "m")
+    assert loaded.cfg.uncertainty == restorer.cfg.uncertainty
+    again = Restorer(loaded).restore(degraded, "gaussian", value_range=(0.0, 1.0))
+    np.testing.assert_array_equal(again.std, out.std)
+
+
+def test_tau_zero_without_the_model_equals_the_model_at_tau_zero() -> None:
+    from hsivar.calibrate import _restore
+    from hsivar.degrade import observation_of_level
+
+    restorer = Restorer(_model())
+    clean = make_cube(seed=7, size=40, bands=8)[0]  # two tiles a side: blended
+    n = len(TASKS)
+    for task, level in (("sr", 4), ("blur", 15), ("gaussian", 70)):
+        degraded = degrade_for_test(clean, task, level)[0]
+        got = _restore(restorer, CalibrationExample(degraded, clean, task, level), with_trust=True).r0
+        restorer.model.set_trust((0.0,) * n)
+        want = restorer.restore(degraded, task, value_range=(0.0, 1.0),
+                                observation=observation_of_level(task, level, degraded.shape)).cube
+        restorer.model.set_trust((1.0,) * n)
+        np.testing.assert_allclose(got, want, atol=1e-5)  # x0 clamped to [0, 1] like every output, then consistent

@@ -43,6 +43,7 @@ def published_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Its output head is switched on: an untrained head returns the classical first estimate exactly, so a fresh
     model's restorations would not depend on its weights (a wrong model, task or tile batching would pass every
     comparison with :class:`~hsivar.restore.Restorer`); here half of each output is the decoder's, plus the head's.
+    It carries a calibrated uncertainty (coefficients that differ per task, so their mixing by task weights shows).
     """
     from hsivar.publish import save_published
 
@@ -52,6 +53,7 @@ def published_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch.no_grad():
         model.fusion.gate.weight.fill_(0.5)
         model.fusion.ending.weight.copy_(0.02 * torch.randn(model.fusion.ending.weight.shape, generator=g))
+    model.set_uncertainty(tuple((0.5 * k, 0.5, 1.0, 1.0, 1e-4 * k) for k in range(1, len(model.dag.tasks) + 1)))
     return save_published(model, tmp_path_factory.mktemp("published") / "tiny8", stage="decoder")
 
 

@@ -9,8 +9,9 @@ runs a Ray Data pipeline, one row per input file (:mod:`hsivar_platform.batch.st
 Every stage is a step of the one restoration path (:mod:`hsivar.restore`), so an output equals
 ``Restorer.restore`` on the same file. Outputs go to the input's key under the output prefix, in the
 input's format, back in the input's units and dtype; GeoTIFF keeps its CRS, transform, nodata and band
-names / wavelengths. With ``samples > 1`` and ``uncertainty=True`` a per-pixel standard deviation cube is
-written beside each output as ``<stem>.std<ext>`` (float32). Voxels equal to the source's nodata value
+names / wavelengths. With ``uncertainty=True`` a per-pixel error bar is written beside each output as
+``<stem>.std<ext>`` (float32): the calibrated one of a calibrated model (:mod:`hsivar.uncertainty`), else the
+standard deviation over ``samples > 1``. Voxels equal to the source's nodata value
 are left out of the normalisation range and written back as nodata. Entries the file marks as not observed
 (ENVI / GeoTIFF / HDF5 / .mat bad band list ``bbl``, GeoTIFF internal mask, HDF5 / .mat ``mask``:
 :mod:`hsivar.io.masks`) are left out too and synthesised; ``<stem>.kept<ext>`` (uint8, same georeferencing)
@@ -67,7 +68,8 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     Returns:
         :class:`BatchReport`; the manifest holds the per-file detail.
     Raises:
-        ValueError: options that cannot work with this model (tile, overlap, uncertainty without samples).
+        ValueError: options that cannot work with this model (tile, overlap, uncertainty from one sample of a
+            model without a calibrated uncertainty).
         FileNotFoundError: no model at ``options.model``, nothing at ``options.input``.
     """
     t_start = time.perf_counter()
@@ -80,8 +82,9 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     cfg = model_config(model)
     bands, S = cfg.vqvae.bands, cfg.vqvae.image_size
     overlap = resolve_overlap(S, options.tile, options.overlap)
-    if options.uncertainty and options.samples < 2:
-        raise ValueError("--uncertainty needs --samples ≥ 2 (the std over one sample is 0)")
+    if options.uncertainty and options.samples < 2 and cfg.uncertainty is None:
+        raise ValueError(f"--uncertainty needs --samples ≥ 2 with {model}: it has no calibrated uncertainty, so "
+                         "the std is the spread over samples (0 for one)")
     version = model_version(model)
 
     inputs = list_inputs(src, dst)
@@ -184,7 +187,7 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
         Restore, batch_size=1,
         fn_constructor_kwargs={"model": model, "device": "cuda" if gpus > 0 else "cpu", "task": task,
                                "samples": options.samples, "seed": options.seed, "batch_size": options.batch_size,
-                               "tile": tile, "overlap": overlap},
+                               "tile": tile, "overlap": overlap, "uncertainty": options.uncertainty},
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
         num_gpus=gpus, num_cpus=options.cpus_per_actor, runtime_env=env,
         # Reserving the model's memory also keeps Ray Data from fusing the read stage into the model

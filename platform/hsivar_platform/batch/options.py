@@ -28,7 +28,8 @@ class BatchOptions(BaseModel):
         None, description="(lo, hi) input units mapped to [0, 1], e.g. 0 1 for reflectance; default each cube's "
         "own min–max (noise stretches it: pass the range when it is known)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
-    uncertainty: bool = Field(False, description="write <stem>.std<ext> (needs samples > 1)")
+    uncertainty: bool = Field(False, description="write <stem>.std<ext>: the calibrated error bar of a calibrated "
+                                "model, else the std over samples (needs samples > 1)")
     kept_mask: bool = Field(True, description="write <stem>.kept<ext>, uint8 1 where an entry was kept exactly as "
                             "observed and 0 where it was synthesised (only for cubes with exactly observed entries)")
     output_dtype: Literal["source", "float32"] = Field("source", description="dtype of the outputs")

@@ -24,7 +24,7 @@ import torch
 
 from hsivar.degrade.observation import Observation
 from hsivar.io import read_cube
-from hsivar.restore import NothingToRestore, PreparedCube, finish, prepare_cube
+from hsivar.restore import NothingToRestore, PreparedCube, calibrated_std, finish, prepare_cube
 from hsivar.tasks import TaskArg, dominant_task
 from hsivar_platform import storage
 from hsivar_platform.batch.output import meta_from_json, meta_to_json, write_output
@@ -136,9 +136,10 @@ class Restore:
     per sample (the blending is cheap next to the model and keeps what leaves the actor cube-sized)."""
 
     def __init__(self, model: str, device: str, task: TaskArg, samples: int, seed: int, batch_size: int,
-                 tile: int, overlap: int) -> None:
+                 tile: int, overlap: int, uncertainty: bool = False) -> None:
         """Load the model at URI ``model`` (pinned by the driver: a registry URI names its version) on
-        ``device`` (``auto``: CUDA when this actor has a GPU)."""
+        ``device`` (``auto``: CUDA when this actor has a GPU); ``uncertainty``: add the calibrated error bar of a
+        calibrated model to each row (it needs the input and first estimate, which only this stage holds)."""
         from hsivar_platform.model_uri import load_restorer
 
         if device == "auto":
@@ -146,16 +147,19 @@ class Restore:
         self.restorer = load_restorer(model, device=device)
         self.task, self.samples, self.seed, self.batch_size = task, samples, seed, batch_size
         self.tile, self.overlap = tile, overlap
+        self.uncertainty = uncertainty and self.restorer.calibrated
         log.info("model actor ready: %s on %s", model, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Add ``restored`` (1, samples, C, H, W) in [0, 1] and ``task_weights`` (1, N) to the row; when the model
-        estimated a blur width (:meth:`~hsivar.restore.Restorer.observe_blur`), the row's kept entries and observation
-        follow."""
+        """Add ``restored`` (1, samples, C, H, W) in [0, 1], ``task_weights`` (1, N) and ``std01`` (1, C, H, W), the
+        calibrated error bar in [0, 1] units (empty unless asked for and the model is calibrated), to the row; when
+        the model estimated a blur width (:meth:`~hsivar.restore.Restorer.observe_blur`), the row's kept entries and
+        observation follow."""
         t0 = time.perf_counter()
         error = _str(batch, "error")
         restored = np.zeros((1, self.samples, 0, 0, 0), np.float32)
         weights = np.zeros((1, len(self.restorer.tasks)), np.float32)
+        std01 = np.zeros((1, 0, 0, 0), np.float32)
         reobserved: dict[str, np.ndarray] = {}
         if not error:
             try:
@@ -167,11 +171,14 @@ class Restore:
                 out = self.restorer.restore_prepared(seen, self.task, samples=self.samples, seed=self.seed,
                                                      batch_size=self.batch_size)
                 restored, weights = out.samples01.numpy()[None], np.asarray([out.task_weights], np.float32)
+                if self.uncertainty:
+                    coef = self.restorer.uncertainty_coefficients(out.task_weights)
+                    std01 = calibrated_std(seen, out.samples01, coef)[None]
             except Exception as exc:
                 error = describe(exc, _str(batch, "input_uri"))
         out_row = {k: v for k, v in batch.items() if k not in ("cube01", "estimate01", "missing")}
         out_row.update(reobserved)
-        out_row.update(error=np.array([error]), restored=restored, task_weights=weights,
+        out_row.update(error=np.array([error]), restored=restored, task_weights=weights, std01=std01,
                        seconds=batch["seconds"] + (time.perf_counter() - t0))
         return out_row
 
@@ -191,7 +198,8 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
         try:
             meta = meta_from_json(_str(batch, "meta"))
             prep = _prepared(batch, tile, overlap, for_model=False)
-            mean, std = finish(prep, _tensor(batch["restored"][0]))
+            std01 = batch["std01"][0] if batch["std01"][0].size else None  # the calibrated bar, else sample spread
+            mean, std = finish(prep, _tensor(batch["restored"][0]), std01)
             dtype = meta.dtype if output_dtype == "source" else "float32"
             row["checksum"] = write_output(dst, mean, meta, dtype=dtype)
             if std_dst:

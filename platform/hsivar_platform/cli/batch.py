@@ -29,7 +29,9 @@ def restore(
     value_range: Annotated[str | None, typer.Option(
         help="LO,HI: input units mapped to [0, 1], e.g. 0,1 for reflectance (default: each cube's min–max)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 8,
-    uncertainty: Annotated[bool, typer.Option(help="also write <stem>.std<ext> (needs --samples ≥ 2)")] = False,
+    uncertainty: Annotated[bool, typer.Option(help="also write <stem>.std<ext>: the calibrated error bar of a "
+                                              "calibrated model (any --samples), else the std over --samples ≥ 2"
+                                              )] = False,
     kept_mask: Annotated[bool, typer.Option(help="write <stem>.kept<ext>: 1 where an entry was kept exactly as "
                                             "observed, 0 where it was synthesised")] = True,
     output_dtype: Annotated[str, typer.Option(help="source (the input's dtype) or float32")] = "source",

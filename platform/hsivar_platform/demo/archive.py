@@ -106,10 +106,13 @@ def score_outputs(items: list[ArchiveItem]) -> tuple[list[dict[str, Any]], list[
 
     Returns:
         (per family: mean PSNR / SSIM / SAM of the degraded inputs and the restorations over the
-        held-out cubes, plus the mean std; one :class:`Example` per family: its first cube).
+        held-out cubes, plus the mean std and, on the entries each restoration synthesised (not kept as
+        observed), the share within 1σ and 2σ and the correlation of σ with |error|; one :class:`Example` per
+        family: its first cube).
     """
     from hsivar.metrics import evaluate_record
-    from hsivar_platform.batch.keys import uncertainty_uri
+    from hsivar.uncertainty import coverage_stats
+    from hsivar_platform.batch.keys import KEPT_SUFFIX, sidecar_uri, uncertainty_uri
 
     per_task: dict[str, list[dict[str, float]]] = {t: [] for t in TASKS}
     examples: dict[str, Example] = {}
@@ -122,10 +125,14 @@ def score_outputs(items: list[ArchiveItem]) -> tuple[list[dict[str, Any]], list[
         std = read(uncertainty_uri(it.restored_uri)) if storage.exists(uncertainty_uri(it.restored_uri)) else None
         before = evaluate_record(degraded, clean, it.record).as_dict()
         after = evaluate_record(restored, clean, it.record).as_dict()
+        kept_uri = sidecar_uri(it.restored_uri, KEPT_SUFFIX)
+        free = ~read(kept_uri).astype(bool) if storage.exists(kept_uri) else np.ones(clean.shape, bool)
+        cover = coverage_stats((restored - clean)[free], std[free]) if std is not None else \
+            coverage_stats(np.empty(0), np.empty(0))
         per_task[it.task].append({"psnr_degraded": before["psnr"], "psnr_restored": after["psnr"],
                                   "ssim_degraded": before["ssim"], "ssim_restored": after["ssim"],
                                   "sam_degraded": before["sam"], "sam_restored": after["sam"],
-                                  "mean_std": float(np.mean(std)) if std is not None else float("nan")})
+                                  "mean_std": float(np.mean(std)) if std is not None else float("nan"), **cover})
         if it.task not in examples:
             examples[it.task] = Example(it.task, it.level, clean, degraded, restored, std, before["psnr"],
                                         after["psnr"])

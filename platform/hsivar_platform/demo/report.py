@@ -50,6 +50,7 @@ def write_report(result: DemoResult, plan: DemoPlan, batch_rows: list[dict[str, 
                                               "model_sam")}}
     f4 = {k: ".4f" for k in ("degraded_ssim", "baseline_ssim", "model_ssim", "ssim_degraded", "ssim_restored",
                              "mean_std")}
+    f3 = {k: ".3f" for k in ("cover_1sigma", "cover_2sigma")} | {"std_error_corr": ".2f"}
     eval_table = markdown_table(
         [{**r, "beats": "yes" if r["model_beats_degraded"] else "no",
           "beats_base": "yes" if r["model_beats_baseline"] else "no"} for r in result.summary],
@@ -61,7 +62,8 @@ def write_report(result: DemoResult, plan: DemoPlan, batch_rows: list[dict[str, 
         batch_rows, [("task", "task"), ("level", "level"), ("cubes", "cubes"), ("psnr_degraded", "degraded PSNR"),
                      ("psnr_restored", "restored PSNR"), ("ssim_degraded", "degraded SSIM"),
                      ("ssim_restored", "restored SSIM"), ("sam_degraded", "degraded SAM"),
-                     ("sam_restored", "restored SAM"), ("mean_std", "mean std")], {**f2, **f4})
+                     ("sam_restored", "restored SAM"), ("mean_std", "mean std"), ("cover_1sigma", "within 1σ"),
+                     ("cover_2sigma", "within 2σ"), ("std_error_corr", "corr(σ, |err|)")], {**f2, **f4, **f3})
     stages = markdown_table(
         [{"stage": s, **v} for s, v in train_info.items()],
         [("stage", "stage"), ("steps", "steps"), ("metrics", "final metrics"), ("published", "published weights")])

@@ -7,7 +7,8 @@ an actor pool (one :class:`~hsivar.restore.Restorer` per actor, a GPU each when 
 autoregressive decoding, and writes:
 
 * ``DIR/metrics.csv`` — mean over cubes per (task, level, method): psnr (dB), ssim, sam (degrees),
-  ergas, seconds_per_cube, n_cubes;
+  ergas, seconds_per_cube, n_cubes, and for the model with an error bar (a calibrated model, or samples > 1)
+  the share of synthesised entries within 1σ and 2σ and the correlation of σ with |error|;
 * ``DIR/cases.csv`` — every (cube, case, method) row;
 * ``DIR/metrics.md`` — the table plus a per-family summary (model vs degraded vs baseline);
 
@@ -35,9 +36,17 @@ import numpy as np
 from hsivar.classical import OPTIONAL_BASELINES
 from hsivar.degrade import family, observation_of_level, protocol_cases
 from hsivar.metrics import evaluate as score
+from hsivar.uncertainty import coverage_stats
 from hsivar_platform import ray_runtime
 from hsivar_platform.console import WORKER_TAG
-from hsivar_platform.evaluate.tables import METHOD_DEGRADED, METHOD_MODEL, aggregate, family_summary, to_markdown
+from hsivar_platform.evaluate.tables import (
+    METHOD_DEGRADED,
+    METHOD_MODEL,
+    UNCERTAINTY_COLUMNS,
+    aggregate,
+    family_summary,
+    to_markdown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +54,21 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ Ray Data ops
 
 
-def _metric_row(row: dict[str, Any], method: str, restored: np.ndarray, seconds: float) -> dict[str, Any]:
+def _metric_row(row: dict[str, Any], method: str, restored: np.ndarray, seconds: float,
+                uncertainty: dict[str, float] | None = None) -> dict[str, Any]:
     m = score(restored, row["clean"], row["band_mask"], ergas_ratio=float(row["ergas_ratio"])).as_dict()
     return {"uri": str(row["uri"]), "index": int(row["index"]), "task": str(row["task"]),
-            "level": float(row["level"]), "case": str(row["case"]), "method": method, **m, "seconds": seconds}
+            "level": float(row["level"]), "case": str(row["case"]), "method": method, **m, "seconds": seconds,
+            **(uncertainty or dict.fromkeys(UNCERTAINTY_COLUMNS, float("nan")))}
+
+
+def _uncertainty_row(res: Any, clean: np.ndarray) -> dict[str, float] | None:
+    """Coverage of the restoration's error bar (``res.std``) on the entries it synthesised (not kept as observed):
+    shares within 1σ and 2σ, correlation of σ with |error| (:func:`hsivar.uncertainty.coverage_stats`)."""
+    if res.std is None:
+        return None
+    free = np.ones(clean.shape, bool) if res.kept is None else ~res.kept
+    return coverage_stats((res.cube - clean)[free], res.std[free])
 
 
 def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -95,7 +115,8 @@ class ModelScorer:
                 obs = observation_of_level(str(row["task"]), float(row["level"]), degraded.shape)
                 res = self.restorer.restore(degraded, task=str(row["task"]), value_range=(0.0, 1.0),
                                             batch_size=self.batch_size, observation=obs)
-            rows.append(_metric_row(row, METHOD_MODEL, res.cube, res.seconds))
+            rows.append(_metric_row(row, METHOD_MODEL, res.cube, res.seconds,
+                                    _uncertainty_row(res, np.asarray(row["clean"], np.float32))))
         return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
 

@@ -10,16 +10,25 @@ METHOD_MODEL = "hsivar"
 """Method name of the model's rows."""
 METHOD_DEGRADED = "degraded"
 """Method name of the rows scoring the degraded input itself."""
-COLUMNS = ("task", "level", "case", "method", "psnr", "ssim", "sam", "ergas", "seconds_per_cube", "n_cubes")
+UNCERTAINTY_COLUMNS = ("cover_1sigma", "cover_2sigma", "std_error_corr")
+"""The model's error bar on the entries it synthesised: shares within 1σ and 2σ, correlation of σ with |error|
+(:func:`hsivar.uncertainty.coverage_stats`); NaN for the other methods and a model without one."""
+COLUMNS = ("task", "level", "case", "method", "psnr", "ssim", "sam", "ergas", "seconds_per_cube", "n_cubes",
+           *UNCERTAINTY_COLUMNS)
 """Columns of ``metrics.csv``."""
 
 
 def aggregate(cases: Any) -> Any:
-    """Per (task, level, case, method): mean psnr/ssim/sam/ergas, mean seconds per cube, cube count."""
+    """Per (task, level, case, method): mean psnr/ssim/sam/ergas, mean seconds per cube, cube count, mean coverage
+    and correlation of the error bar (NaN where there is none)."""
     order = {t: i for i, t in enumerate(TASKS)}
+    for col in UNCERTAINTY_COLUMNS:  # cases.csv of an evaluation without them
+        if col not in cases:
+            cases = cases.assign(**{col: float("nan")})
     g = cases.groupby(["task", "level", "case", "method"], as_index=False).agg(
         psnr=("psnr", "mean"), ssim=("ssim", "mean"), sam=("sam", "mean"), ergas=("ergas", "mean"),
-        seconds_per_cube=("seconds", "mean"), n_cubes=("uri", "nunique"))
+        seconds_per_cube=("seconds", "mean"), n_cubes=("uri", "nunique"),
+        **{col: (col, "mean") for col in UNCERTAINTY_COLUMNS})
     g["_t"] = g["task"].map(order)
     g["_m"] = g["method"].map(lambda m: 0 if m == METHOD_DEGRADED else (2 if m == METHOD_MODEL else 1))
     return g.sort_values(["_t", "level", "_m"]).drop(columns=["_t", "_m"]).reset_index(drop=True)[list(COLUMNS)]
@@ -44,6 +53,8 @@ def family_summary(table: Any) -> Any:
         for label, method in (("baseline", best), ("model", METHOD_MODEL)):
             r[f"{label}_seconds"] = float(means.loc[method, "seconds_per_cube"]) if method in means.index else \
                 float("nan")
+        for col in UNCERTAINTY_COLUMNS:
+            r[f"model_{col}"] = float(t[t["method"] == METHOD_MODEL][col].mean()) if col in t else float("nan")
         r["model_beats_degraded"] = bool(r["model_psnr"] > r["degraded_psnr"])
         # compared at the table's precision (0.01 dB, 0.01°): a model that returns the baseline's own estimate
         # ties it rather than losing by rounding noise
@@ -70,4 +81,10 @@ def to_markdown(table: Any, summary: Any, title: str) -> str:
                      f"{r.model_psnr:.2f} / {r.model_ssim:.4f} / {r.model_sam:.2f} | "
                      f"{r.baseline_seconds:.3f} / {r.model_seconds:.3f} | "
                      f"{'yes' if r.model_beats_degraded else 'no'} | {'yes' if r.model_beats_baseline else 'no'} |")
+    if summary["model_cover_2sigma"].notna().any():
+        lines += ["", "The model's error bar σ on the entries it synthesised (calibrated: ≈95 % within 2σ expected):",
+                  "", "| task | within 1σ | within 2σ | corr(σ, abs error) |", "|---|---:|---:|---:|"]
+        for r in summary.itertuples(index=False):
+            lines.append(f"| {r.task} | {r.model_cover_1sigma:.3f} | {r.model_cover_2sigma:.3f} | "
+                         f"{r.model_std_error_corr:.2f} |")
     return "\n".join(lines) + "\n"

@@ -6,12 +6,14 @@ Routes (one deployment, :class:`HSIVARService`, FastAPI ingress)::
                        query: task (auto | family | gaussian:0.7,blur:0.3), tile, overlap, samples, seed,
                               value_range (LO,HI input units mapped to [0, 1]; default the cube's min–max),
                               format (npy | tiff | h5; default: the request's), dtype (source | float32),
-                              uncertainty (true: add dataset "std", HDF5 only), dataset (HDF5 input),
+                              uncertainty (true: add dataset "std", HDF5 only: the calibrated error bar of a
+                              calibrated model, else the std over samples ≥ 2), dataset (HDF5 input),
                               bad_bands (0-based indices, e.g. 3,7: bands not observed, synthesised)
                        → the restored cube in the requested format, headers X-HSIVAR-Task (the task used),
                          X-HSIVAR-Task-Weights, X-HSIVAR-Tiles, X-HSIVAR-Seconds, Server-Timing,
                          X-HSIVAR-Kept-Entries (entries holding the request's values bit for bit),
-                         X-HSIVAR-Observation (JSON: missing_fraction, missing_bands, ...); HDF5 answers add
+                         X-HSIVAR-Observation (JSON: missing_fraction, missing_bands, ...), X-HSIVAR-Uncertainty
+                         (with uncertainty=true: calibrated | sample-spread); HDF5 answers add
                          dataset "kept" (uint8, 1 = kept as observed, 0 = synthesised or restored)
     GET  /v1/model     bands, wavelengths, tasks, tile, preset, version, limits
     GET  /healthz      {"status": "ok"} (no auth, for probes)
@@ -67,7 +69,6 @@ from hsivar.restore import (
     RestoredSamples,
     RestoreInputError,
     Restorer,
-    finish,
     parse_value_range,
     resolve_overlap,
 )
@@ -301,8 +302,11 @@ class HSIVARService:
         if dtype_opt not in ("source", "float32"):
             raise _ApiError(422, f"dtype must be source or float32, got {dtype_opt!r}")
         uncertainty = _bool(q, "uncertainty")
-        if uncertainty and (samples < 2 or fmt_out != "hdf5"):
-            raise _ApiError(422, "uncertainty=true needs samples ≥ 2 and format=h5 (the std is a second dataset)")
+        if uncertainty and fmt_out != "hdf5":
+            raise _ApiError(422, "uncertainty=true needs format=h5 (the std is a second dataset)")
+        if uncertainty and samples < 2 and not self.restorer.calibrated:
+            raise _ApiError(422, "uncertainty=true needs samples ≥ 2 with this model (it has no calibrated "
+                                 "uncertainty; the std is the spread over samples)")
         bad_bands = parse_bad_bands(q.get("bad_bands"), self.restorer.bands)
 
         body = await self._read_body(request)
@@ -333,7 +337,7 @@ class HSIVARService:
             loop = asyncio.get_running_loop()
             restored = await loop.run_in_executor(self._model_thread, partial(
                 self._restore_sampled, prep, task, samples, seed))
-        mean, std = await asyncio.to_thread(finish, prep, restored.samples01)
+        mean, std = await asyncio.to_thread(self.restorer.finish, prep, restored)
         weights = restored.task_weights
         t_restored = time.perf_counter()
 
@@ -353,6 +357,8 @@ class HSIVARService:
             "X-HSIVAR-Model-Version": self.version,
             "X-HSIVAR-Kept-Entries": str(int(prep.kept.sum()) if prep.kept is not None else 0),
             "X-HSIVAR-Observation": json.dumps(prep.observation.summary() if prep.observation is not None else {}),
+            **({"X-HSIVAR-Uncertainty": "calibrated" if self.restorer.calibrated else "sample-spread"}
+               if uncertainty else {}),
             "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in (
                 ("decode", (t_decoded - t0) * 1e3), ("restore", (t_restored - t_decoded) * 1e3),
                 ("encode", (t_done - t_restored) * 1e3))),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsivar.calibrate import calibrate_trust
+from hsivar.calibrate import calibrate
 from hsivar.models.hsivar import HSIVAR
 from hsivar.publish import save_published
 from hsivar.restore import Restorer
@@ -132,20 +132,21 @@ class _StageRun:
         return metrics
 
     def calibrate(self) -> None:
-        """End of stage decoder (rank 0, ``val.calibrate``, a model with a first estimate): fit the per-family
-        trust in the learned correction on the validation examples (:func:`hsivar.calibrate.calibrate_trust`,
-        the EMA weights when on); the published config records it."""
+        """End of stage decoder (rank 0, ``val.calibrate``): fit the per-family trust in the learned correction (a
+        model with a first estimate) and the calibrated uncertainty on the validation examples
+        (:func:`hsivar.calibrate.calibrate`, the EMA weights when on); the published config records both."""
         model = self.model
-        if self.stage != "decoder" or self.val_it is None or not self.cfg.val.calibrate \
-                or model.fusion is None or not model.cfg.first_estimate:
+        if self.stage != "decoder" or self.val_it is None or not self.cfg.val.calibrate:
             return
         if self.val_cache is None:
             self.val_cache = val_examples(self.val_it, self.cfg.val.batch_size)
+        examples = calibration_examples(self.val_cache)
+        if not examples:
+            return
         was = model.training
         try:
             with self.ema.applied() if self.ema else nullcontext():
-                fit = calibrate_trust(Restorer(model, self.device, bf16=self.bf16),
-                                      calibration_examples(self.val_cache))
+                fit = calibrate(Restorer(model, self.device, bf16=self.bf16), examples)
         finally:
             model.train(was)
         trust = dict(zip(model.dag.tasks, fit.trust))
@@ -153,8 +154,14 @@ class _StageRun:
             self.logger.metrics({f"trust/{t}": v for t, v in trust.items()}, step=self.step)
             self.logger.metrics({f"trust/{t}/{which}_{m}": v[k] for t, sc in fit.scores.items()
                                  for which, v in sc.items() for k, m in enumerate(("psnr", "sam"))}, step=self.step)
-        self.progress.message("trust in the learned correction per family (1: all of it, 0: the first estimate): "
-                              + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
+            self.logger.metrics({f"uncertainty/{t}/{k}": v for t, cov in fit.coverage.items() for k, v in cov.items()
+                                 if np.isfinite(v)}, step=self.step)
+        if fit.scores:
+            self.progress.message("trust in the learned correction per family (1: all of it, 0: the first "
+                                  "estimate): " + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
+        self.progress.message("calibrated uncertainty on the validation entries, coverage at 2σ (corr. with "
+                              "|error|): " + ", ".join(f"{t} {c['cover_2sigma']:.2f} ({c['std_error_corr']:.2f})"
+                                                       for t, c in fit.coverage.items()))
 
     def checkpoint(self, metrics: dict[str, Any], complete: bool) -> None:
         """Save this rank's part of a checkpoint at the current step and report it to Ray Train."""

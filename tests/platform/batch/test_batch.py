@@ -187,14 +187,15 @@ def test_batch_restores_a_local_prefix_with_manifest_and_failures(
     assert len(pq.read_table(out / MANIFEST_NAME)) == 12
 
 
-def test_nodata_voxels_stay_nodata(ray_cluster: None, published_tiny: Path, tmp_path: Path) -> None:
+def test_nodata_voxels_stay_nodata_and_one_decoding_gets_its_calibrated_error_bar(
+        ray_cluster: None, published_tiny: Path, tmp_path: Path) -> None:
     cube = np.random.default_rng(3).integers(100, 4000, (8, 32, 40)).astype(np.int16)
     cube[:, :4, :4] = -9999
     meta = CubeMeta(bands=8, crs=CRS, transform=TRANSFORM, nodata=-9999)
     write_cube(tmp_path / "raw" / "edge.tif", cube, meta)
     write_cube(tmp_path / "raw" / "empty.tif", np.full((8, 32, 32), -9999, np.int16), meta)
     report = run_batch(BatchOptions(input=str(tmp_path / "raw"), output=str(tmp_path / "out"),
-                                    model=str(published_tiny)))
+                                    model=str(published_tiny), uncertainty=True))  # one greedy decoding
     assert (report.ok, report.skipped, report.failed) == (1, 1, 0), report.failures
     skipped = read_manifest(str(tmp_path / "out"))[str(tmp_path / "raw" / "empty.tif")]
     assert skipped["status"] == "skipped" and "nothing to restore" in skipped["error"]
@@ -206,8 +207,27 @@ def test_nodata_voxels_stay_nodata(ray_cluster: None, published_tiny: Path, tmp_
     # tests/hsivar/test_restore.py), rounded to the source's int16
     valid = np.ones(cube.shape, bool)
     valid[:, :4, :4] = False
-    ref, _ = _reference(published_tiny, cube.astype(np.float32), nodata=-9999.0)
+    ref, ref_std = _reference(published_tiny, cube.astype(np.float32), nodata=-9999.0)
     np.testing.assert_allclose(restored[valid], np.rint(ref[valid]), atol=1.0)
+    # the model is calibrated (tests/platform/conftest); nodata voxels have a NaN bar
+    std, std_meta = read_cube(tmp_path / "out" / "edge.std.tif", allow_nonfinite=True)
+    assert std_meta.dtype == "float32" and np.isnan(std[~valid]).all() and (std[valid] > 0).all()
+    np.testing.assert_allclose(std[valid], ref_std[valid], rtol=1e-4, atol=1e-3)
+
+
+def test_uncertainty_from_one_decoding_of_an_uncalibrated_model_is_refused(
+        published_tiny: Path, tmp_path: Path) -> None:
+    from hsivar.publish import load_published, save_published
+
+    model, _ = load_published(published_tiny)
+    model.set_uncertainty(None)
+    plain = save_published(model, tmp_path / "uncalibrated")
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "a.npy", np.zeros((8, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="needs --samples ≥ 2 .* no calibrated uncertainty"):
+        run_batch(BatchOptions(input=str(tmp_path / "raw"), output=str(tmp_path / "out"), model=str(plain),
+                               uncertainty=True))
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from hsivar.metrics import evaluate as score
 from hsivar.restore import Restorer
 from hsivar.synth import make_demo_dataset
 from hsivar.tasks import TASKS
+from hsivar.uncertainty import coverage_stats
 
 BANDS = 8
 
@@ -48,14 +49,21 @@ def test_evaluate_writes_tables_and_logs_to_mlflow(ray_cluster, published_tiny: 
         for case in protocol_cases("middle"):
             row = degrade_case({"uri": uri, "index": i, "task": case.task, "level": case.level, "case": case.name},
                                bands=BANDS, crop=32)
-            out = restorer.restore(row["degraded"], task="auto", value_range=(0.0, 1.0), batch_size=16).cube
+            direct = restorer.restore(row["degraded"], task="auto", value_range=(0.0, 1.0), batch_size=16)
+            out = direct.cube
             want = score(out, row["clean"], row["band_mask"], ergas_ratio=row["ergas_ratio"])
+            free = ~direct.kept if direct.kept is not None else np.ones(out.shape, bool)  # synthesised entries
+            cover = coverage_stats((out - row["clean"])[free], direct.std[free])  # the model is calibrated
             got = cases[(cases["uri"] == uri) & (cases["case"] == case.name) & (cases["method"] == "hsivar")]
             assert len(got) == 1
             assert got["psnr"].iloc[0] == pytest.approx(want.psnr, abs=1e-3), (uri, case.name)
             assert got["sam"].iloc[0] == pytest.approx(want.sam, abs=1e-3)
+            for k, v in cover.items():
+                assert got[k].iloc[0] == pytest.approx(v, abs=1e-3), (uri, case.name, k)
+    assert table[table["method"] != "hsivar"]["cover_2sigma"].isna().all()
     md = (tmp_path / "eval" / "metrics.md").read_text()
     assert "| task | level | method | PSNR (dB)" in md and "beats degraded" in md
+    assert "| task | within 1σ | within 2σ | corr(σ, abs error) |" in md
 
     from mlflow import MlflowClient
 

@@ -205,6 +205,20 @@ def test_hdf5_with_samples_returns_uncertainty(client: httpx.Client, published_t
         _close(h5["std"][()], ref.std)
 
 
+def test_a_calibrated_model_answers_an_error_bar_for_one_greedy_decoding(
+        client: httpx.Client, published_tiny: Path) -> None:
+    cube = np.random.default_rng(4).random((8, 32, 40)).astype(np.float32)
+    r = client.post("/v1/restore", params={"uncertainty": "true", "format": "h5"}, content=_npy(cube), headers=NPY)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-hsivar-uncertainty"] == "calibrated"
+    ref = _reference(published_tiny, cube)
+    assert ref.std_calibrated and ref.std is not None
+    with h5py.File(io.BytesIO(r.content), "r") as h5:
+        _close(h5["cube"][()], ref.cube)
+        _close(h5["std"][()], ref.std)
+        assert float(h5["std"][()].min()) > 0  # nothing kept in a noisy cube: every entry has its bar
+
+
 def _masked_h5(cube: np.ndarray, observed: np.ndarray) -> bytes:
     """An HDF5 body holding ``cube`` and a ``mask`` dataset (nonzero = observed), written with h5py."""
     buf = io.BytesIO()
@@ -298,7 +312,7 @@ def test_bad_requests_answer_4xx_json_and_the_replica_survives(
         (422, _npy(good), NPY, {"overlap": 32}, "overlap"),
         (422, _npy(good), NPY, {"samples": 99}, "samples"),
         (422, _npy(good), NPY, {"format": "png"}, "unknown format"),
-        (422, _npy(good), NPY, {"uncertainty": "true"}, "samples ≥ 2"),
+        (422, _npy(good), NPY, {"uncertainty": "true"}, "format=h5"),
         (422, _npy(good), NPY, {"value_range": "1,0"}, "value_range must be LO,HI"),
         (422, _npy(good), NPY, {"value_range": "zero"}, "value_range must be LO,HI"),
     ]
