@@ -14,10 +14,14 @@ least as good as τ = 0's (the first estimate's) — the learned correction is k
 in both, and no more of it; τ = 0 when none helps. Metrics are those of the evaluation (:mod:`hsivar.metrics`),
 on the example's ``band_mask`` (a bandmiss example is scored on its missing bands).
 
-**Uncertainty.** Then, on the same restorations at the chosen τ, the error-variance coefficients of
-:mod:`hsivar.uncertainty` per family, from the entries each example synthesised (not those kept as observed).
-A family without examples gets the largest coefficient of the fitted families for each feature (wide bars
-rather than none).
+**Uncertainty.** Then every example is restored once more as users restore it — blind (``task="auto"``, the
+observation read off the cube, the blur width estimated by the model) at the fitted τ — and the error-variance
+coefficients of :mod:`hsivar.uncertainty` are fitted per true family on the entries each restoration
+synthesised (not those kept as observed). Fitting on blind restorations matters where the blind task is
+harder than the true one (deblurring with an estimated width). A family without examples gets the largest
+coefficient of the fitted families for each feature (wide bars rather than none). The blind restorations are
+returned (:attr:`CalibrationFit.restored`): they are what a validation in ``auto`` mode computes, so the
+training job scores them instead of restoring again.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class CalibrationFit:
         uncertainty: (N, F) coefficients of :mod:`hsivar.uncertainty`.
         coverage: per task with examples, the validation entries' coverage at 1σ / 2σ and the correlation of σ
             with |error| (:func:`hsivar.uncertainty.coverage_stats`).
+        restored: per example given (in order), its blind restoration (C, H, W) float32 in [0, 1] with the
+            calibrated model — what ``Restorer.restore(degraded, "auto", value_range=(0, 1)).cube`` returns.
     """
 
     trust: tuple[float, ...]
@@ -72,6 +78,7 @@ class CalibrationFit:
     scores: dict[str, dict[str, tuple[float, float]]]
     uncertainty: tuple[tuple[float, ...], ...] = ()
     coverage: dict[str, dict[str, float]] = field(default_factory=dict)
+    restored: tuple[np.ndarray, ...] = ()
 
 
 @dataclass
@@ -84,21 +91,26 @@ class _Restored:
     r1: np.ndarray
 
 
-def _restore(restorer: Restorer, ex: CalibrationExample, with_trust: bool) -> _Restored:
+def _restore(restorer: Restorer, ex: CalibrationExample) -> _Restored:
     """``ex`` restored with its true task and level (oracle): one model pass at τ = 1; τ = 0 is the first estimate
     made consistent (the model's output at τ = 0 is x0 itself, clamped to [0, 1] as every output)."""
     obs = observation_of_level(ex.task, ex.level, ex.degraded.shape)
     prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0),
                             observation=obs)
     prep = restorer.observe_blur(prep, ex.task)  # unchanged when the level gives the blur width
-    if with_trust:
-        restorer.model.fusion.set_trust(torch.ones(len(restorer.tasks)))
+    restorer.model.fusion.set_trust(torch.ones(len(restorer.tasks)))
     r1 = finish(prep, restorer.restore_prepared(prep, ex.task).samples01)[0].astype(np.float64)
-    if not with_trust:
-        return _Restored(ex, prep, r1, r1)
     C, H, W = prep.shape
     x0 = prep.consistent(prep.estimate01[:, :H, :W].clamp(0, 1).contiguous())  # type: ignore[index]
     return _Restored(ex, prep, finish(prep, x0[None])[0].astype(np.float64), r1)
+
+
+def _restore_blind(restorer: Restorer, ex: CalibrationExample) -> tuple[PreparedCube, np.ndarray]:
+    """``ex`` restored as :meth:`Restorer.restore` does with ``task="auto"`` and ``value_range=(0, 1)``: its
+    prepared cube and the restored cube (C, H, W) float32 in [0, 1]."""
+    prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0))
+    prep = restorer.observe_blur(prep, "auto")
+    return prep, finish(prep, restorer.restore_prepared(prep, "auto").samples01)[0]
 
 
 def _choose(pairs: list[_Restored]) -> tuple[float, dict[str, tuple[float, float]]]:
@@ -119,57 +131,61 @@ def _choose(pairs: list[_Restored]) -> tuple[float, dict[str, tuple[float, float
     return TRUST_GRID[best], {"first_estimate": base, "chosen": scores[best], "full": scores[-1]}
 
 
-def _entries(r: _Restored, tau: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Errors (n,) and features (F, n) of up to :data:`ENTRIES_PER_EXAMPLE` synthesised entries of the restoration
-    at ``tau`` (seeded draw)."""
-    out = r.r0 + tau * (r.r1 - r.r0)
-    free = np.ones(out.shape, bool) if r.prep.kept is None else ~r.prep.kept
+def _entries(prep: PreparedCube, out: np.ndarray, clean: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Errors (n,) and features (F, n) of up to :data:`ENTRIES_PER_EXAMPLE` synthesised entries of a restoration
+    ``out`` of ``prep`` (C, H, W) in [0, 1] against ``clean`` (seeded draw)."""
+    free = np.ones(out.shape, bool) if prep.kept is None else ~prep.kept
     idx = np.flatnonzero(free)
     idx = np.random.default_rng(seed).choice(idx, min(idx.size, ENTRIES_PER_EXAMPLE), replace=False)
-    feats = uncertainty_features(r.prep, out.astype(np.float32)).reshape(len(FEATURES), -1)[:, idx]
-    return (out - np.asarray(r.ex.clean, np.float64)).ravel()[idx], feats
+    feats = uncertainty_features(prep, out.astype(np.float32)).reshape(len(FEATURES), -1)[:, idx]
+    return (out.astype(np.float64) - np.asarray(clean, np.float64)).ravel()[idx], feats
 
 
-def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: int = 0) -> CalibrationFit:
-    """Fit τ per task (models with a fusion head on the first estimate) and the uncertainty's coefficients per
-    task on ``examples`` (see the module docstring), and set both on the restorer's model.
+def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: int = 0,
+              fit_trust: bool = True) -> CalibrationFit:
+    """Fit τ per task (``fit_trust`` and a model with a fusion head on the first estimate) and the uncertainty's
+    coefficients per task on ``examples`` (see the module docstring), and set them on the restorer's model.
 
     Returns:
-        :class:`CalibrationFit`; tasks without examples keep τ = 1.
+        :class:`CalibrationFit`; tasks without examples keep τ = 1 (τ as it was when not fitted).
     Raises:
         ValueError: no example of any of the model's tasks.
     """
     model = restorer.model
-    with_trust = model.fusion is not None and bool(model.cfg.first_estimate)
+    with_trust = fit_trust and model.fusion is not None and bool(model.cfg.first_estimate)
     tasks = tuple(model.dag.tasks)
-    restored: dict[str, list[_Restored]] = {t: [] for t in tasks}
-    saved = model.fusion.trust.clone() if with_trust else None
-    try:
-        for ex in examples:
-            if ex.task in restored:
-                restored[ex.task].append(_restore(restorer, ex, with_trust))
-    finally:
-        if saved is not None:
-            model.fusion.set_trust(saved)
-    if not any(restored.values()):
+    examples = list(examples)
+    counts = {t: sum(ex.task == t for ex in examples) for t in tasks}
+    if not any(counts.values()):
         raise ValueError(f"calibrate: no example of the model's tasks {tasks}")
-    trust, scores = [], {}
-    for t in tasks:
-        tau = 1.0
-        if with_trust and restored[t]:
-            tau, scores[t] = _choose(restored[t])
-        trust.append(tau)
+    trust = list(model.cfg.fusion.trust or (1.0,) * len(tasks))
+    scores: dict[str, dict[str, tuple[float, float]]] = {}
     if with_trust:
+        oracle: dict[str, list[_Restored]] = {t: [] for t in tasks}
+        saved = model.fusion.trust.clone()
+        try:
+            for ex in examples:
+                if ex.task in oracle:
+                    oracle[ex.task].append(_restore(restorer, ex))
+        finally:
+            model.fusion.set_trust(saved)
+        for i, t in enumerate(tasks):
+            trust[i], scores[t] = _choose(oracle[t]) if oracle[t] else (1.0, {})
+        scores = {t: v for t, v in scores.items() if v}
         model.set_trust(tuple(trust))
+        del oracle
+    blind = [_restore_blind(restorer, ex) for ex in examples]  # at the fitted τ, as users restore
     coefficients, coverage = {}, {}
-    for i, t in enumerate(tasks):
-        if not restored[t]:
+    for t in tasks:
+        parts = [_entries(prep, out, ex.clean, seed + k)
+                 for k, (ex, (prep, out)) in enumerate(zip(examples, blind)) if ex.task == t]
+        if not parts:
             continue
-        parts = [_entries(r, trust[i], seed + k) for k, r in enumerate(restored[t])]
         errors, feats = np.concatenate([e for e, _ in parts]), np.concatenate([f for _, f in parts], axis=1)
         coefficients[t] = fit_coefficients(errors, feats, seed=seed)
         coverage[t] = coverage_stats(errors, std_from(feats, coefficients[t]))
     widest = np.max(np.stack(list(coefficients.values())), axis=0)
     rows = tuple(tuple(float(v) for v in coefficients.get(t, widest)) for t in tasks)
     model.set_uncertainty(rows, COVERAGE)
-    return CalibrationFit(tuple(trust), {t: len(v) for t, v in restored.items()}, scores, rows, coverage)
+    return CalibrationFit(tuple(float(v) for v in trust), counts, scores, rows, coverage,
+                          tuple(np.asarray(out, np.float32) for _, out in blind))

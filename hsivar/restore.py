@@ -257,9 +257,9 @@ class Restorer:
         pick = np.unique(np.linspace(0, len(prep.coords) - 1, min(max_tiles, len(prep.coords))).round().astype(int))
         tiles = torch.cat([prep.tiles(int(i), int(i) + 1) for i in pick]).to(self.device)
         with self.autocast():
-            _, width = dag.classify_with_width(tiles)
+            logits, width = dag.classify_with_width(tiles)  # one classifier pass for the width and the weights
             if (isinstance(task, str) and task == "auto") or (isinstance(task, AutoAmong) and len(task.tasks) > 1):
-                if float(dag.weights(task, tiles)[:, b].mean()) < 0.5:
+                if float(dag.weights(task, tiles, logits)[:, b].mean()) < 0.5:
                     return prep
         # a texture-poor tile reads as more blurred than it is, never as less, and an over-estimated width costs
         # far more than an under-estimated one (deconvolution rings): the lower quartile, not the median

@@ -98,9 +98,10 @@ class DegradationGuidance(nn.Module):
         """The unconditional embedding d_basic for ``batch`` samples; → (B, width)."""
         return self.basic.expand(batch, -1)
 
-    def weights(self, task: TaskSpec, lq01_BCHW: torch.Tensor) -> torch.Tensor:
+    def weights(self, task: TaskSpec, lq01_BCHW: torch.Tensor, logits_BN: torch.Tensor | None = None) -> torch.Tensor:
         """Task weights (B, N) for a task spec; ``"auto"`` classifies the degraded tiles lq (B, C, H, W) in [0, 1]
-        (:class:`AutoAmong`: among its families only).
+        (:class:`AutoAmong`: among its families only), or uses ``logits_BN``, the classifier's logits of these tiles
+        when the caller already has them (:meth:`classify_with_width`).
 
         Raises:
             ValueError: unknown task name, negative or all-zero mixture weights, wrong tensor shape.
@@ -115,11 +116,12 @@ class DegradationGuidance(nn.Module):
             if unknown or not task.tasks:
                 raise ValueError(f"auto among {list(task.tasks)}: expected some of {', '.join(self.tasks)}")
             allowed = torch.tensor([t in task.tasks for t in self.tasks], device=lq01_BCHW.device)
-            logits = self.classify(lq01_BCHW).float().masked_fill(~allowed, float("-inf"))
+            logits = self.classify(lq01_BCHW) if logits_BN is None else logits_BN
+            logits = logits.float().masked_fill(~allowed, float("-inf"))
             return F.softmax(logits, dim=-1)
         if isinstance(task, str):
             if task == "auto":
-                return F.softmax(self.classify(lq01_BCHW), dim=-1)
+                return F.softmax(self.classify(lq01_BCHW) if logits_BN is None else logits_BN, dim=-1)
             task = {task: 1.0}
         w = torch.zeros(n, device=lq01_BCHW.device)
         for name, value in task.items():

@@ -174,9 +174,6 @@ class TrainSpec(_Strict):
     stop_after: int | None = Field(
         None, ge=1, description="end this job after this many steps of a stage (checkpoint kept); a rerun with "
         "the same run name resumes. For time-boxed jobs and the resume test")
-    fail_at_step: int | None = Field(
-        None, ge=1, description="testing: rank 0 raises once at this step of each stage (a marker under the "
-        "run's storage remembers it), exercising FailureConfig's restart from the last checkpoint")
 
     @field_validator("stages")
     @classmethod

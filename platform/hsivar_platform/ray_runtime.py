@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 FORWARDED_ENV: tuple[str, ...] = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EC2_METADATA_DISABLED",
-    "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE",
+    "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HSIVAR_S3_CONNECT_TIMEOUT_S", "HSIVAR_S3_READ_TIMEOUT_S",
+    "HSIVAR_S3_MAX_ATTEMPTS",
 )
 """Where-to-find-things variables the driver passes to its Ray workers (no credentials: those come from
 the cluster's own environment, so they never appear in job metadata)."""

@@ -34,12 +34,35 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+S3_CONNECT_TIMEOUT_ENV = "HSIVAR_S3_CONNECT_TIMEOUT_S"
+S3_READ_TIMEOUT_ENV = "HSIVAR_S3_READ_TIMEOUT_S"
+S3_MAX_ATTEMPTS_ENV = "HSIVAR_S3_MAX_ATTEMPTS"
+S3_DEFAULTS = {S3_CONNECT_TIMEOUT_ENV: 10.0, S3_READ_TIMEOUT_ENV: 60.0, S3_MAX_ATTEMPTS_ENV: 5}
+"""How long an S3 request may take to connect and to answer (s), and how many times it is tried: a dropped,
+reset or stalled connection is retried with botocore's "standard" policy (exponential backoff with jitter,
+capped at 20 s) up to the attempts; the environment variables override them (forwarded to Ray workers)."""
+
+
+def _s3_setting(name: str) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else float(S3_DEFAULTS[name])
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {raw!r}")
+    return value
+
+
 def storage_options(uri: str | os.PathLike) -> dict[str, Any]:
-    """fsspec options for ``uri``: the S3 endpoint for ``s3://``, nothing otherwise."""
-    if str(uri).startswith(("s3://", "s3a://")):
-        endpoint = s3_endpoint()
-        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    return {}
+    """fsspec options for ``uri``: for ``s3://`` the endpoint (:func:`s3_endpoint`), timeouts and the retry policy
+    of :data:`S3_DEFAULTS` (botocore's; s3fs retries some errors again on top); nothing otherwise."""
+    if not str(uri).startswith(("s3://", "s3a://")):
+        return {}
+    endpoint = s3_endpoint()
+    config = {"connect_timeout": _s3_setting(S3_CONNECT_TIMEOUT_ENV), "read_timeout": _s3_setting(S3_READ_TIMEOUT_ENV),
+              "retries": {"max_attempts": int(_s3_setting(S3_MAX_ATTEMPTS_ENV)), "mode": "standard"}}
+    return {**({"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}), "config_kwargs": config}
 
 
 def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -134,7 +157,8 @@ def download_dir(uri: str | os.PathLike, local_dir: str | os.PathLike | None = N
 
 
 def pyarrow_filesystem(uri: str | os.PathLike) -> tuple[Any, str]:
-    """(pyarrow filesystem, path) for Ray Train's ``storage_path``; S3 uses the environment's endpoint."""
+    """(pyarrow filesystem, path) for Ray Train's ``storage_path``; S3 uses the environment's endpoint and the
+    timeouts and retry attempts of :data:`S3_DEFAULTS`."""
     import pyarrow.fs as pafs
 
     s = str(uri)
@@ -147,5 +171,8 @@ def pyarrow_filesystem(uri: str | os.PathLike) -> tuple[Any, str]:
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         if region:
             kwargs["region"] = region
+        kwargs |= {"connect_timeout": _s3_setting(S3_CONNECT_TIMEOUT_ENV),
+                   "request_timeout": _s3_setting(S3_READ_TIMEOUT_ENV),
+                   "retry_strategy": pafs.AwsStandardS3RetryStrategy(int(_s3_setting(S3_MAX_ATTEMPTS_ENV)))}
         return pafs.S3FileSystem(**kwargs), s.removeprefix("s3://")
     return pafs.LocalFileSystem(), str(Path(s.removeprefix("file://")).absolute())

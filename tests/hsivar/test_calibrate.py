@@ -76,6 +76,9 @@ def test_the_calibrated_error_bar_covers_held_out_entries_and_travels_with_the_p
     examples = [CalibrationExample(degrade_for_test(c, t, lvl, index=k)[0], c, t, lvl)
                 for k, c in enumerate(cubes[:2]) for t, lvl in (("gaussian", 50), ("inpaint", 0.8))]
     fit = calibrate(restorer, examples)
+    assert len(fit.restored) == len(examples)  # the blind restorations validation scores instead of restoring
+    for ex, blind in zip(examples, fit.restored):
+        np.testing.assert_array_equal(blind, restorer.restore(ex.degraded, "auto", value_range=(0.0, 1.0)).cube)
     for t in ("gaussian", "inpaint"):
         assert 0.94 <= fit.coverage[t]["cover_2sigma"] <= 0.96  # the conformal scale, on the fit's own entries
     assert fit.examples["sr"] == 0 and fit.uncertainty[TASKS.index("sr")] == tuple(
@@ -102,7 +105,7 @@ def test_tau_zero_without_the_model_equals_the_model_at_tau_zero() -> None:
     n = len(TASKS)
     for task, level in (("sr", 4), ("blur", 15), ("gaussian", 70)):
         degraded = degrade_for_test(clean, task, level)[0]
-        got = _restore(restorer, CalibrationExample(degraded, clean, task, level), with_trust=True).r0
+        got = _restore(restorer, CalibrationExample(degraded, clean, task, level)).r0
         restorer.model.set_trust((0.0,) * n)
         want = restorer.restore(degraded, task, value_range=(0.0, 1.0),
                                 observation=observation_of_level(task, level, degraded.shape)).cube

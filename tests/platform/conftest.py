@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,25 @@ def ray_cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ray_runtime.init(num_cpus=4, object_store_mb=600, log_dir=base / "logs", temp_dir=base)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def fault_proxy(s3_server: str) -> Iterator[Any]:
+    """A fault-injecting TCP proxy in front of the local S3 server (``tests/platform/fault_proxy.py``); point a
+    job at it with ``AWS_ENDPOINT_URL=<proxy>.url``."""
+    import importlib.util
+    import sys
+
+    name = "hsivar_tests_fault_proxy"
+    module = sys.modules.get(name)
+    if module is None:  # registered before it runs: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fault_proxy.py"))
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    proxy = module.FaultProxy(int(s3_server.rsplit(":", 1)[1]))
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture

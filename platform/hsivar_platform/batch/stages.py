@@ -66,12 +66,15 @@ def _unbits(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, *, for_model: bool) -> PreparedCube:
-    """The :class:`PreparedCube` a row describes: for the model stage with the normalised cube, the first estimate
-    and the observation (what consistency needs); for the last stage with the nodata mask and the kept entries."""
+    """The :class:`PreparedCube` a row describes, with its kept entries: for the model stage with the normalised
+    cube, the first estimate and the observation (what consistency needs); for the last stage with the nodata
+    mask."""
     shape = tuple(int(v) for v in batch["shape"][0])
     nodata_mask = _unbits(batch["mask"][0], shape)
     nodata = float(_first(batch, "nodata")) if batch["mask"][0].size else None
     lo, scale = float(_first(batch, "lo")), float(_first(batch, "scale"))
+    kept = _unbits(batch["kept"][0], shape)
+    source = batch["source"][0] if kept is not None else None
     if for_model:
         facts = json.loads(_str(batch, "observation"))
         obs = Observation.from_facts(facts, _unbits(batch["missing"][0], shape)) if facts else None
@@ -80,10 +83,10 @@ def _prepared(batch: Mapping[str, Any], tile: int, overlap: int, *, for_model: b
         return PreparedCube.described(shape, tile, overlap, lo, scale, None, nodata,  # type: ignore[arg-type]
                                       _tensor(batch["cube01"][0]), observation=obs,
                                       estimate01=_tensor(estimate) if estimate.size else None,
-                                      wavelengths=tuple(wavelengths) if wavelengths else None)
-    kept = _unbits(batch["kept"][0], shape)
+                                      wavelengths=tuple(wavelengths) if wavelengths else None, kept=kept,
+                                      source=source)
     return PreparedCube.described(shape, tile, overlap, lo, scale, nodata_mask, nodata,  # type: ignore[arg-type]
-                                  kept=kept, source=batch["source"][0] if kept is not None else None)
+                                  kept=kept, source=source)
 
 
 def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overlap: int,
@@ -165,8 +168,9 @@ class Restore:
             try:
                 prep = _prepared(batch, self.tile, self.overlap, for_model=True)
                 seen = self.restorer.observe_blur(prep, self.task)  # a blur width only the model can tell
-                if seen is not prep:  # a blurred observation has no exact entries: nothing is kept
-                    reobserved = {"kept": _bits(None)[None], "source": np.zeros((1, prep.shape[0], 0, 0), np.float32),
+                if seen is not prep:  # the kept entries narrowed to what the new observation calls exact
+                    source = seen.source if seen.source is not None else np.zeros((prep.shape[0], 0, 0), np.float32)
+                    reobserved = {"kept": _bits(seen.kept)[None], "source": source[None],
                                   "observation_summary": np.array([json.dumps(seen.observation.summary())])}
                 out = self.restorer.restore_prepared(seen, self.task, samples=self.samples, seed=self.seed,
                                                      batch_size=self.batch_size)

@@ -1,8 +1,8 @@
 """The ``hsivar`` console script: the model library's commands and the Ray platform's, in one Typer app.
 
 :func:`build_app` assembles it explicitly (no import side effects): the library's commands from
-:func:`hsivar.cli.add_commands` (info, convert-var, data) and the platform's — train, evaluate, restore,
-serve, demo. ``jobs/*.py`` run one command each through :func:`job_app`, so a job and the CLI take the
+:func:`hsivar.cli.add_commands` (info, convert-var, data) and the platform's — train, evaluate, calibrate,
+restore, serve, demo. ``jobs/*.py`` run one command each through :func:`job_app`, so a job and the CLI take the
 same flags.
 """
 
@@ -15,6 +15,7 @@ import typer
 
 from hsivar import cli as library_cli
 from hsivar_platform.cli.batch import restore
+from hsivar_platform.cli.calibrate import calibrate
 from hsivar_platform.cli.demo import demo
 from hsivar_platform.cli.serve import serve
 from hsivar_platform.cli.train import evaluate, train
@@ -29,6 +30,7 @@ def build_app() -> typer.Typer:
     library_cli.add_commands(app)
     app.command(context_settings=_EXTRA_ARGS)(train)
     app.command()(evaluate)
+    app.command()(calibrate)
     app.command()(restore)
     app.command()(serve)
     app.command()(demo)
@@ -59,4 +61,4 @@ def main() -> None:
     build_app()()
 
 
-__all__ = ["build_app", "evaluate", "job_app", "main", "restore", "run_job", "serve", "train"]
+__all__ = ["build_app", "calibrate", "evaluate", "job_app", "main", "restore", "run_job", "serve", "train"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,11 @@ def val_examples(it: Any, batch_size: int) -> list[dict[str, np.ndarray]]:
 
 
 def calibration_examples(examples: list[dict[str, np.ndarray]]) -> list[CalibrationExample]:
-    """The validation rows (:func:`val_examples`) as :class:`~hsivar.calibrate.CalibrationExample` s."""
+    """The validation rows (:func:`val_examples`) as :class:`~hsivar.calibrate.CalibrationExample` s, every row in
+    order (the calibration's restorations then line up with the rows)."""
     return [CalibrationExample(np.asarray(b["degraded"][i], np.float32), np.asarray(b["clean"][i], np.float32),
                                str(b["task"][i]), float(b["level"][i]), np.asarray(b["band_mask"][i], bool))
-            for b in examples for i in range(len(b["uri"])) if str(b["task"][i]) in TASKS]
+            for b in examples for i in range(len(b["uri"]))]
 
 
 def _panel(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], wavelengths: Any, scale: int = 4) -> np.ndarray:
@@ -54,7 +56,7 @@ def _restore(restorer: Restorer, b: dict[str, np.ndarray], i: int, task_mode: st
 
 @torch.no_grad()
 def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *, task_mode: str, device: torch.device,
-             bf16: bool) -> tuple[dict[str, float], np.ndarray | None]:
+             bf16: bool, restored: Sequence[np.ndarray] | None = None) -> tuple[dict[str, float], np.ndarray | None]:
     """Validation on the seeded protocol examples (rank 0).
 
     Stage ``vqvae``: reconstruction of the clean crops' centre tiles (``val/recon/{psnr,ssim,sam}``). Later stages:
@@ -63,13 +65,22 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
     "oracle" = true weights; bf16 autocast on CUDA when ``bf16``) → ``val/<task>/{psnr,ssim,sam}``
     averaged over cubes and levels, the degraded input's ``val/<task>/psnr_degraded`` and the means over
     families ``val/mean/...``.
+    ``restored``: the restorations of the later stages' examples, row by row in order, when the caller already
+    has them in ``task_mode`` (the calibration's blind restorations, :attr:`hsivar.calibrate.CalibrationFit.restored`):
+    they are scored instead of restoring again.
     Returns (metrics, a false-colour panel image (H, W, 3) degraded | restored | clean per family).
+    Raises:
+        ValueError: ``restored`` does not hold one cube per example row.
     """
     was = model.training
     restorer = Restorer(model, device, bf16=bf16)  # puts the model in eval mode
     per: dict[str, list[dict[str, float]]] = {}
     panel_rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     seen: set[str] = set()
+    n_rows = sum(len(b["uri"]) for b in examples)
+    if restored is not None and len(restored) != n_rows:
+        raise ValueError(f"validate: {len(restored)} restorations given for {n_rows} example rows")
+    given = None if restored is None else iter(restored)
     try:
         for b in examples:
             clean = torch.from_numpy(np.ascontiguousarray(b["clean"])).float().to(device)
@@ -93,7 +104,11 @@ def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *
                     per.setdefault("recon", []).append(m)
                     panel_rows.setdefault(f"recon{len(panel_rows)}", (tiles[i], out[j], tiles[i]))
                 continue
-            out = np.stack([_restore(restorer, b, i, task_mode) for i in range(len(b["uri"]))])
+            n = len(b["uri"])
+            if given is None:
+                out = np.stack([_restore(restorer, b, i, task_mode) for i in range(n)])
+            else:
+                out = np.stack([next(given) for _ in range(n)])
             for i in range(len(out)):
                 t = str(b["task"][i])
                 m = evaluate(out[i], b["clean"][i], b["band_mask"][i], ergas_ratio=float(b["ergas_ratio"][i]))

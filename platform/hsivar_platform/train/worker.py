@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsivar.calibrate import calibrate
+from hsivar.calibrate import CalibrationFit, calibrate
 from hsivar.models.hsivar import HSIVAR
 from hsivar.publish import save_published
 from hsivar.restore import Restorer
 from hsivar.training import Batch, param_groups, prepare_stage, stage_loss
-from hsivar_platform import storage
 from hsivar_platform.pipeline_config import PipelineConfig
 from hsivar_platform.train.progress import ProgressReporter
 from hsivar_platform.train.state import EMA, load_checkpoint, load_init_weights, lr_factor, save_checkpoint
@@ -113,15 +113,16 @@ class _StageRun:
         """bf16 autocast on CUDA (``scaling.bf16``), else a no-op."""
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
-    def validation(self, at: int) -> dict[str, float]:
-        """Validate at step ``at`` (rank 0; the EMA weights when on); → ``val/...`` metrics, logged."""
+    def validation(self, at: int, restored: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+        """Validate at step ``at`` (rank 0; the EMA weights when on; ``restored``: the examples' restorations when
+        already made, see :func:`~hsivar_platform.train.validate.validate`); → ``val/...`` metrics, logged."""
         if self.val_it is None:
             return {}
         if self.val_cache is None:
             self.val_cache = val_examples(self.val_it, self.cfg.val.batch_size)
         with self.ema.applied() if self.ema else nullcontext():
             metrics, panel = validate(self.model, self.stage, self.val_cache, task_mode=self.cfg.val.task,
-                                      device=self.device, bf16=self.bf16)
+                                      device=self.device, bf16=self.bf16, restored=restored)
         if self.logger:
             self.logger.metrics(metrics, step=at)
             if panel is not None and self.cfg.val.panels:
@@ -131,18 +132,19 @@ class _StageRun:
         self.progress.message(f"validation at step {at}: PSNR (dB) {shown}")
         return metrics
 
-    def calibrate(self) -> None:
+    def calibrate(self) -> CalibrationFit | None:
         """End of stage decoder (rank 0, ``val.calibrate``): fit the per-family trust in the learned correction (a
         model with a first estimate) and the calibrated uncertainty on the validation examples
-        (:func:`hsivar.calibrate.calibrate`, the EMA weights when on); the published config records both."""
+        (:func:`hsivar.calibrate.calibrate`, the EMA weights when on); the published config records both. → the
+        fit (None when not calibrated)."""
         model = self.model
         if self.stage != "decoder" or self.val_it is None or not self.cfg.val.calibrate:
-            return
+            return None
         if self.val_cache is None:
             self.val_cache = val_examples(self.val_it, self.cfg.val.batch_size)
         examples = calibration_examples(self.val_cache)
         if not examples:
-            return
+            return None
         was = model.training
         try:
             with self.ema.applied() if self.ema else nullcontext():
@@ -162,6 +164,7 @@ class _StageRun:
         self.progress.message("calibrated uncertainty on the validation entries, coverage at 2σ (corr. with "
                               "|error|): " + ", ".join(f"{t} {c['cover_2sigma']:.2f} ({c['std_error_corr']:.2f})"
                                                        for t, c in fit.coverage.items()))
+        return fit
 
     def checkpoint(self, metrics: dict[str, Any], complete: bool) -> None:
         """Save this rank's part of a checkpoint at the current step and report it to Ray Train."""
@@ -215,9 +218,6 @@ class _StageRun:
                                               local_shuffle_buffer_size=cfg.data.shuffle_buffer or None):
                 got += 1
                 self.data_pos["batches"] += 1
-                if cfg.train.fail_at_step and self.rank == 0 and self.step + 1 == cfg.train.fail_at_step \
-                        and _claim_injected_failure(cfg, self.stage):
-                    raise RuntimeError(f"injected failure at step {self.step + 1} (train.fail_at_step)")
                 logs = self.train_step(b)
                 steps_since += 1
                 log_now = self.step % cfg.train.log_every == 0 or self.step == self.start_step + 1 \
@@ -252,8 +252,10 @@ class _StageRun:
 
         complete = self.step >= self.spec.steps
         if complete:
-            self.calibrate()
-            last_val = self.validation(self.step) or last_val
+            fit = self.calibrate()
+            # the calibration restored every validation example blind with the final model: score those
+            reuse = fit.restored if fit is not None and self.cfg.val.task == "auto" else None
+            last_val = self.validation(self.step, reuse) or last_val
         final = {"loss": logs.get("loss", float("nan")), **last_val}
         if self.step > self.start_step:
             self.checkpoint(final, complete=complete)
@@ -279,13 +281,6 @@ class _StageRun:
                 self.logger.set_tags({"hsivar.published_uri": self.config["published_uri"]})
 
 
-def _claim_injected_failure(cfg: PipelineConfig, stage: str) -> bool:
-    """True the first time only: a marker under the run's storage remembers that the failure happened."""
-    marker = storage.join(cfg.run_uri(), f"_injected_failure_{stage}")
-    if storage.exists(marker):
-        return False
-    storage.write_bytes(marker, b"train.fail_at_step fired\n")
-    return True
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
