@@ -133,7 +133,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32", help="comma list of concurrent clients")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds of load per level and mode")
     ap.add_argument("--batching", default="on,off", help="modes to run: on, off or on,off")
-    ap.add_argument("--replicas", type=int, default=1, help="fixed replica count")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="fixed model replica count (the HTTP gateway: one light replica)")
     ap.add_argument("--cpus-per-replica", type=float, default=1.0)
     ap.add_argument("--max-batch-size", type=int, default=None, help="tiles per forward with batching on "
                     "(default: the app's)")

@@ -21,6 +21,10 @@ restores a cube through the same three steps, so a new option is added once:
    model, else the per-pixel standard deviation over samples; exactly observed entries are put back bit for bit,
    nodata voxels written back as nodata.
 
+Steps 1 and 3 need the model's configuration only: :class:`RestoreSpec` (built from ``config.json``, no weights) holds
+them, and :class:`Restorer` extends it with the model — Serve's HTTP gateway prepares and finishes with a
+``RestoreSpec`` while the model runs in another process.
+
 Greedy decoding is the default (restoration wants fidelity). With seeded top-k / top-p sampling,
 ``samples = N`` decodes N times. On CUDA the model runs under bf16 autocast; the quantiser stays fp32.
 """
@@ -45,8 +49,8 @@ from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, c
 from hsivar.publish import load_published
 from hsivar.uncertainty import mix
 
-__all__ = ["NothingToRestore", "PreparedCube", "RestoreInputError", "RestoredSamples", "Restoration", "Restorer",
-           "calibrated_std", "decoding", "finish", "parse_value_range", "prepare_cube", "resolve_overlap"]
+__all__ = ["NothingToRestore", "PreparedCube", "RestoreInputError", "RestoreSpec", "RestoredSamples", "Restoration",
+           "Restorer", "calibrated_std", "decoding", "finish", "parse_value_range", "prepare_cube", "resolve_overlap"]
 
 
 def resolve_overlap(model_tile: int, tile: int | None, overlap: int | None) -> int:
@@ -125,25 +129,20 @@ class RestoredSamples:
     task_weights: list[float]  # (N,) mean over tiles and samples, in the model's task order
 
 
-class Restorer:
-    """Restore whole cubes with a published HSI-VAR model (see the module docstring)."""
+class RestoreSpec:
+    """What a model's configuration alone decides of a restoration — bands, tile, tasks, the first estimate, the
+    calibrated uncertainty — and the CPU steps that need nothing more: :meth:`prepare`, :meth:`resolve_task`,
+    :meth:`finish`. No weights: Serve's HTTP gateway builds one from ``read_config`` while the model lives in
+    another process; :class:`Restorer` extends it with the model."""
 
-    def __init__(self, model: HSIVAR, device: str | torch.device = "cpu", bf16: bool | None = None) -> None:
-        """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU."""
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.bf16 = (self.device.type == "cuda") if bf16 is None else (bf16 and self.device.type == "cuda")
-
-    @classmethod
-    def from_published(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Restorer:
-        """Load a published model directory (safetensors + config.json; nothing is unpickled)."""
-        model, _ = load_published(directory, device="cpu")
-        return cls(model, device)
+    def __init__(self, cfg: ModelConfig) -> None:
+        """The restoration steps of a model with configuration ``cfg`` (e.g. :func:`hsivar.publish.read_config`)."""
+        self._cfg = cfg
 
     @property
     def cfg(self) -> ModelConfig:
-        """The model's configuration (current: calibration may change its ``fusion.trust``)."""
-        return self.model.cfg
+        """The model's configuration."""
+        return self._cfg
 
     @property
     def bands(self) -> int:
@@ -158,11 +157,7 @@ class Restorer:
     @property
     def tasks(self) -> tuple[str, ...]:
         """The task families of the model's task weights, in order."""
-        return tuple(self.model.dag.tasks)
-
-    def autocast(self) -> AbstractContextManager:
-        """The context the model runs in: bf16 autocast on CUDA when ``bf16``, else a no-op."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        return tuple(self.cfg.dag.tasks)
 
     @property
     def uses_estimate(self) -> bool:
@@ -187,6 +182,58 @@ class Restorer:
         std01 = None if coef is None else calibrated_std(prep, out.samples01, coef)
         return finish(prep, out.samples01, std01)
 
+    def prepare(self, cube: np.ndarray | torch.Tensor, overlap: int, *, nodata: float | None = None,
+                value_range: tuple[float, float] | None = None, observation: Observation | None = None,
+                missing: np.ndarray | None = None, consistency: bool = True,
+                wavelengths: Sequence[float] | None = None) -> PreparedCube:
+        """:func:`~hsivar.prepared.prepare_cube` for this model: its bands and tile, and the first estimate if it
+        restores from one (``wavelengths`` in nm: the cube's, default the model's; ``missing`` (C, H, W) bool:
+        the entries the source marks as not observed)."""
+        return prepare_cube(cube, self.bands, self.tile, overlap, nodata=nodata, value_range=value_range,
+                            observation=observation, missing=missing, consistency=consistency,
+                            estimate=self.uses_estimate, wavelengths=wavelengths or self.cfg.wavelengths)
+
+    def resolve_task(self, prep: PreparedCube, task: TaskSpec) -> TaskSpec:
+        """``task`` for this cube: ``"auto"`` becomes :class:`~hsivar.models.dag.AutoAmong` the families the cube's
+        own observation leaves plausible (:meth:`~hsivar.degrade.observation.Observation.plausible_tasks`), so the
+        classifier weighs only those; any other task, or a cube whose observation rules nothing out, unchanged."""
+        obs = prep.observation
+        if not (isinstance(task, str) and task == "auto") or obs is None or not obs.plausible:
+            return task
+        allowed = tuple(t for t in obs.plausible if t in self.tasks)
+        return AutoAmong(allowed) if allowed else task
+
+
+class Restorer(RestoreSpec):
+    """Restore whole cubes with a published HSI-VAR model (see the module docstring)."""
+
+    def __init__(self, model: HSIVAR, device: str | torch.device = "cpu", bf16: bool | None = None) -> None:
+        """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU."""
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        super().__init__(self.model.cfg)  # unused: cfg below reads the model's current configuration
+        self.bf16 = (self.device.type == "cuda") if bf16 is None else (bf16 and self.device.type == "cuda")
+
+    @classmethod
+    def from_published(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Restorer:
+        """Load a published model directory (safetensors + config.json; nothing is unpickled)."""
+        model, _ = load_published(directory, device="cpu")
+        return cls(model, device)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        """The model's configuration (current: calibration may change its ``fusion.trust``)."""
+        return self.model.cfg
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The task families of the model's task weights, in order."""
+        return tuple(self.model.dag.tasks)
+
+    def autocast(self) -> AbstractContextManager:
+        """The context the model runs in: bf16 autocast on CUDA when ``bf16``, else a no-op."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
     @torch.inference_mode()
     def forward(self, tiles01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, *, estimate01: torch.Tensor | None = None,
@@ -208,27 +255,6 @@ class Restorer:
             out = self.model.restore(tiles01.to(self.device), task, sampling, generator, guidance, cfg_scale, refine,
                                      estimate01=x0)
         return out.cube.float().cpu(), out.task_weights.float().cpu()
-
-    def prepare(self, cube: np.ndarray | torch.Tensor, overlap: int, *, nodata: float | None = None,
-                value_range: tuple[float, float] | None = None, observation: Observation | None = None,
-                missing: np.ndarray | None = None, consistency: bool = True,
-                wavelengths: Sequence[float] | None = None) -> PreparedCube:
-        """:func:`~hsivar.prepared.prepare_cube` for this model: its bands and tile, and the first estimate if it
-        restores from one (``wavelengths`` in nm: the cube's, default the model's; ``missing`` (C, H, W) bool:
-        the entries the source marks as not observed)."""
-        return prepare_cube(cube, self.bands, self.tile, overlap, nodata=nodata, value_range=value_range,
-                            observation=observation, missing=missing, consistency=consistency,
-                            estimate=self.uses_estimate, wavelengths=wavelengths or self.cfg.wavelengths)
-
-    def resolve_task(self, prep: PreparedCube, task: TaskSpec) -> TaskSpec:
-        """``task`` for this cube: ``"auto"`` becomes :class:`~hsivar.models.dag.AutoAmong` the families the cube's
-        own observation leaves plausible (:meth:`~hsivar.degrade.observation.Observation.plausible_tasks`), so the
-        classifier weighs only those; any other task, or a cube whose observation rules nothing out, unchanged."""
-        obs = prep.observation
-        if not (isinstance(task, str) and task == "auto") or obs is None or not obs.plausible:
-            return task
-        allowed = tuple(t for t in obs.plausible if t in self.tasks)
-        return AutoAmong(allowed) if allowed else task
 
     @torch.inference_mode()
     def observe_blur(self, prep: PreparedCube, task: TaskSpec = "auto", max_tiles: int = 16) -> PreparedCube:

@@ -43,7 +43,7 @@ def _pins() -> dict[str, str]:
 
 def _check_serve_config(config: dict) -> None:
     """Validate with Serve's own schema, import the app builder and build the app from the args."""
-    from hsivar_platform.serve import DEPLOYMENT_NAME, ServeSettings
+    from hsivar_platform.serve import DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME, ServeSettings
     from ray.serve.deployment import Application
     from ray.serve.schema import ServeDeploySchema
 
@@ -54,11 +54,15 @@ def _check_serve_config(config: dict) -> None:
     builder = getattr(__import__(module, fromlist=[attr]), attr)
     ServeSettings.model_validate(app.args)
     assert isinstance(builder(app.args), Application)
-    (deployment,) = app.deployments
-    assert deployment.name == DEPLOYMENT_NAME
-    scaling = deployment.autoscaling_config
+    # the model deployment scales; the HTTP gateway (a separate process: 503 + Retry-After on a lost model
+    # replica) has a fixed replica count
+    deployments = {d.name: d for d in app.deployments}
+    assert sorted(deployments) == sorted([DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME])
+    scaling = deployments[MODEL_DEPLOYMENT_NAME].autoscaling_config
     assert scaling["min_replicas"] >= 1 and scaling["max_replicas"] >= scaling["min_replicas"]
     assert scaling["target_ongoing_requests"] > 0
+    gateway = deployments[DEPLOYMENT_NAME]
+    assert "autoscaling_config" not in gateway.model_fields_set and gateway.num_replicas >= 1
 
 
 def test_serve_yaml_validates_and_builds() -> None:

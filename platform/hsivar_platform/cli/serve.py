@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy")] = 8000,
     route_prefix: Annotated[str, typer.Option(help="URL prefix of the app")] = "/",
     name: Annotated[str, typer.Option(help="Serve application name")] = "hsivar",
-    replicas: Annotated[int | None, typer.Option(min=1, help="fixed replica count (default: autoscaling)")] = None,
+    replicas: Annotated[int | None, typer.Option(min=1, help="fixed model replica count (default: autoscaling; "
+                                                   "the HTTP gateway is one light replica)")] = None,
     min_replicas: Annotated[int, typer.Option(min=0)] = 1,
     max_replicas: Annotated[int, typer.Option(min=1)] = 2,
     target_ongoing_requests: Annotated[float, typer.Option(min=0.1)] = 4.0,
@@ -59,7 +61,7 @@ def serve(
     from ray import serve as ray_serve
 
     from hsivar_platform import ray_runtime
-    from hsivar_platform.serve import ServeSettings, build_app
+    from hsivar_platform.serve import GATEWAY_OPTIONS, ServeSettings, build_app
 
     settings = ServeSettings(model=model, device=device, max_request_bytes=int(max_request_mb * 2**20),
                              auth_token_env=token_env or None)
@@ -70,7 +72,12 @@ def serve(
     env = ray_runtime.runtime_env(token)
     if env:
         actor_options["runtime_env"] = env
+    # The options scale the model deployment; the light gateway (HTTP, auth) needs the same environment: it
+    # checks the token and reads the model's config.json from the same location.
     options: dict = {"ray_actor_options": actor_options}
+    gateway_options = copy.deepcopy(GATEWAY_OPTIONS)
+    if env:
+        gateway_options["ray_actor_options"]["runtime_env"] = env
     if replicas is not None:
         options["num_replicas"] = replicas
     else:
@@ -79,7 +86,7 @@ def serve(
     ray_runtime.init(address, log_dir=log_dir)
     ray_runtime.redirect_ray_logs(log_dir)  # importing Serve gave its logger a console handler
     ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(settings, **options), name=name, route_prefix=route_prefix)
+    ray_serve.run(build_app(settings, gateway_options, **options), name=name, route_prefix=route_prefix)
     base = f"http://{host}:{port}{route_prefix.rstrip('/')}"
     typer.echo(f"serving {model} at {base}/v1/restore (health: {base}/healthz)")
     if blocking:

@@ -3,6 +3,17 @@
 ``deploy/serve.yaml`` names ``hsivar_platform.serve:app_builder``.
 """
 
-from hsivar_platform.serve.app import DEPLOYMENT_NAME, HSIVARService, ServeSettings, app_builder, build_app
+from hsivar_platform.serve.app import (
+    DEPLOYMENT_NAME,
+    GATEWAY_OPTIONS,
+    MODEL_DEPLOYMENT_NAME,
+    RETRY_AFTER_S,
+    HSIVARModel,
+    HSIVARService,
+    ServeSettings,
+    app_builder,
+    build_app,
+)
 
-__all__ = ["DEPLOYMENT_NAME", "HSIVARService", "ServeSettings", "app_builder", "build_app"]
+__all__ = ["DEPLOYMENT_NAME", "GATEWAY_OPTIONS", "HSIVARModel", "HSIVARService", "MODEL_DEPLOYMENT_NAME",
+           "RETRY_AFTER_S", "ServeSettings", "app_builder", "build_app"]

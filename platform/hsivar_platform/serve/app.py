@@ -1,6 +1,9 @@
 """The Ray Serve HTTP app: restore cubes sent as ``.npy``, GeoTIFF or HDF5 bytes.
 
-Routes (one deployment, :class:`HSIVARService`, FastAPI ingress)::
+Two deployments in one application: :class:`HSIVARService` (the HTTP gateway: FastAPI ingress, auth,
+limits, decoding, preparation, blending, encoding; no weights) and :class:`HSIVARModel` (the model, its one
+model thread and the tile batcher), which the gateway calls through a ``DeploymentHandle``. They live in
+different processes so that a lost model replica is answered for: routes::
 
     POST /v1/restore   body: the cube (Content-Type application/x-npy, image/tiff or application/x-hdf5)
                        query: task (auto | family | gaussian:0.7,blur:0.3), tile, overlap, samples, seed,
@@ -25,30 +28,34 @@ the other exactly observed entries come back bit for bit.
 Errors are JSON ``{"error": message, "status": code}``: 400 not a cube / corrupt body / a body's mask of
 the wrong shape, 401 missing or wrong bearer token, 413 body or cube over the configured size, 415
 unsupported media type, 422 wrong band count, shape, NaN/Inf values, options (``bad_bands`` not integers
-or out of range) or a mask that leaves nothing observed. An unexpected fault answers 503 (and is logged); it
-never takes the replica down.
+or out of range) or a mask that leaves nothing observed, 503 with ``Retry-After`` (seconds) when the model
+replica serving the request was lost (its process died; Serve restarts it and queues new calls until it is back).
+An unexpected fault answers 503 (and is logged); it never takes the replica down.
 
 A request goes through the one restoration path of :mod:`hsivar.restore` (prepare → model → blend →
-finish), so it is restored exactly like :meth:`hsivar.restore.Restorer.restore`. Greedy requests send
-their tiles one by one through a ``@serve.batch`` method, so tiles of concurrent requests share
+finish), so it is restored exactly like :meth:`hsivar.restore.Restorer.restore`: the gateway prepares and
+finishes (:class:`hsivar.restore.RestoreSpec`, from the model's ``config.json``), the model deployment runs
+:meth:`~hsivar.restore.Restorer.observe_blur` and the forward passes. Greedy requests send their tiles one by
+one (one call each) to the model's ``@serve.batch`` method, so tiles of concurrent requests share
 :meth:`~hsivar.restore.Restorer.forward` passes; sampled requests (``samples > 1``) run
-:meth:`~hsivar.restore.Restorer.restore_prepared` with their own seeded generators. The model runs in
-one thread per replica (its KV cache is module state), off the event loop, so health checks stay
-responsive.
+:meth:`~hsivar.restore.Restorer.restore_prepared` there with their own seeded generators. The model runs in
+one thread per model replica (its KV cache is module state), off the event loop, so health checks stay
+responsive. ``GET /v1/model``'s ``stats`` merge the gateway's counters (requests, tiles, errors) with those
+of the model replica that answers (batches, max_batch).
 
 ``deploy/serve.yaml`` deploys :func:`app_builder` (``hsivar_platform.serve:app_builder``); ``hsivar serve``
-calls :func:`build_app`.
+calls :func:`build_app`. Scaling options (replicas, autoscaling, CPUs/GPUs) apply to :class:`HSIVARModel`;
+the gateway is light (a quarter CPU) with its own options.
 """
 
 import asyncio
+import copy
 import hmac
 import json
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -57,22 +64,24 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.deployment import Application
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
 
 from hsivar.models.dag import AutoAmong
-from hsivar.models.var import GREEDY
 from hsivar.publish import read_config
 from hsivar.restore import (
     PreparedCube,
     RestoredSamples,
     RestoreInputError,
-    Restorer,
+    RestoreSpec,
     parse_value_range,
     resolve_overlap,
 )
 from hsivar.tasks import dominant_task, parse_task
+from hsivar_platform.serve.model import MODEL_DEPLOYMENT_NAME, HSIVARModel, ServeSettings, _TileJob, _TileResult
 from hsivar_platform.serve.payload import (
     RESPONSE_TYPES,
     PayloadError,
@@ -87,24 +96,11 @@ from hsivar_platform.serve.payload import (
 log = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "HSIVARService"
-
-
-class ServeSettings(BaseModel):
-    """Arguments of the Serve app (``args:`` in ``deploy/serve.yaml``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="published model: local dir, s3:// prefix, models:/NAME/VERSION or @ALIAS")
-    device: str = Field("auto", description="auto (cuda when the replica has a GPU), cpu or cuda")
-    max_request_bytes: int = Field(64 * 2**20, gt=0, description="largest request body; 413 above")
-    max_cube_values: int = Field(2**26, gt=0, description="largest cube C·H·W per request; 413 above")
-    max_samples: int = Field(8, ge=1, description="largest samples= per request; 422 above")
-    max_batch_size: int = Field(8, ge=1, description="tiles per forward pass, across requests")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
-    auth_token_env: str | None = Field(
-        "HSIVAR_SERVE_TOKEN", description="environment variable holding the bearer token; when it is set "
-        "(non-empty) in the replica, /v1/* require 'Authorization: Bearer <token>'")
-    model_cache_dir: str | None = Field(None, description="where remote models are copied (default: a temp dir)")
+"""The HTTP gateway's deployment (FastAPI ingress, no weights)."""
+RETRY_AFTER_S = 5
+"""``Retry-After`` (seconds) of the 503 answered when the model replica was lost: about a replica's restart."""
+MODEL_STATS_TIMEOUT_S = 2.0
+"""How long ``GET /v1/model`` waits for the model replica's counters before answering the gateway's alone."""
 
 
 class _ApiError(Exception):
@@ -113,22 +109,12 @@ class _ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
+class _ModelLost(_ApiError):
+    """The model replica serving a call was lost: 503 with Retry-After (logged once per request)."""
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
-@dataclass
-class _TileJob:
-    tile: torch.Tensor  # (C, S, S) in [0, 1]
-    key: str  # task spec as JSON: tiles with the same key share a forward pass
-    task: Any
-    estimate: torch.Tensor | None = None  # (C, S, S) the tile's first estimate (models with first_estimate)
-
-
-@dataclass
-class _TileResult:
-    cube: torch.Tensor  # (C, S, S) in [0, 1]
-    weights: torch.Tensor  # (N,) task weights
 
 
 def _blend(prep: PreparedCube, results: list[_TileResult]) -> RestoredSamples:
@@ -166,27 +152,52 @@ def _hsivar_version() -> str:
         return "unknown"
 
 
-# Everything the deployment class uses must be defined above it: Serve serialises the class when it
+def _lost_model_replica(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by a call to the model deployment) means the model replica was lost — its actor
+    died or is unreachable, or Serve has none of the deployment to route to — rather than a fault of the request
+    (which the model replica answers for itself). Ray wraps an upstream actor's death (``RayTaskError.cause``,
+    a ``RayServeException``'s ``__cause__``): followed."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        # RayActorError: ActorDiedError (SIGKILL, OOM) and ActorUnavailableError (unreachable for now)
+        if isinstance(cur, RayActorError | ReplicaUnavailableError | DeploymentUnavailableError):
+            return True
+        cur = getattr(cur, "cause", None) or cur.__cause__
+    return False
+
+
+def _model_fault(exc: BaseException) -> BaseException:
+    """A fault the model deployment raised, as the gateway handles it: a request error raised there
+    (:class:`RestoreInputError`, e.g. a seed out of range) unwrapped from Ray's ``RayTaskError`` so that its own
+    message (not Ray's traceback) is answered; anything else unchanged (an internal error: 503, logged)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, RestoreInputError) else exc
+
+
+# Everything the deployment classes use must be defined above them: Serve serialises a class when it
 # is decorated.
 api = FastAPI(title="hsivar", description="All-in-one hyperspectral restoration (HSI-VAR)")
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=16, ray_actor_options={"num_cpus": 1},
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.25},
                   graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
 class HSIVARService:
-    """One replica: the model, the tile batcher and the HTTP routes."""
+    """One gateway replica: the HTTP routes, auth, limits, decoding, preparation, blending and encoding; the model
+    steps go to :class:`HSIVARModel` through ``model`` (a ``DeploymentHandle``)."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], model: DeploymentHandle) -> None:
+        """``settings``: :class:`ServeSettings` as a dict; ``model``: the handle of the app's :class:`HSIVARModel`.
+        Reads the model's ``config.json`` only (no weights)."""
         from hsivar_platform.model_uri import model_version, resolve_model
 
         self.settings = ServeSettings.model_validate(settings)
-        device = self.settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model
         local = resolve_model(self.settings.model, self.settings.model_cache_dir)
         cfg, doc = read_config(local)
-        self.restorer = Restorer.from_published(local, device=device)
+        self.spec = RestoreSpec(cfg)
         self.version = model_version(self.settings.model, local)
         env = self.settings.auth_token_env
         self._token = (os.environ.get(env) or None) if env else None
@@ -194,40 +205,49 @@ class HSIVARService:
             "model": self.settings.model, "version": self.version, "preset": cfg.name, "stage": doc.get("stage"),
             "format_version": doc.get("format_version"), "metadata": doc.get("metadata", {}),
             "bands": cfg.vqvae.bands, "wavelengths": list(cfg.wavelengths) if cfg.wavelengths else None,
-            "tasks": list(self.restorer.tasks), "tile": self.restorer.tile,
-            "default_overlap": self.restorer.tile // 4, "device": device,
+            "tasks": list(self.spec.tasks), "tile": self.spec.tile,
+            "default_overlap": self.spec.tile // 4, "device": self.settings.device,
             "auth": self._token is not None,
             "hsivar_version": _hsivar_version(),
             "limits": {"max_request_bytes": self.settings.max_request_bytes,
                        "max_cube_values": self.settings.max_cube_values,
                        "max_samples": self.settings.max_samples, "max_batch_size": self.settings.max_batch_size},
         }
-        # The model's KV cache is module state: one model thread per replica.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsivar-model")
         self._stats_lock = threading.Lock()
-        self.stats = {"requests": 0, "tiles": 0, "batches": 0, "max_batch": 0, "errors": 0}
-        self._restore_batch.set_max_batch_size(self.settings.max_batch_size)
-        self._restore_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        log.info("hsivar replica ready: %s (version %s) on %s, auth %s", self.settings.model, self.version,
-                 device, "on" if self._token else "off")
+        self.stats = {"requests": 0, "tiles": 0, "errors": 0}
+        log.info("hsivar gateway ready: %s (version %s), auth %s", self.settings.model, self.version,
+                 "on" if self._token else "off")
 
     # ------------------------------------------------------------------------------------- routes
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """Liveness/readiness: the model is loaded (no auth, for probes)."""
+        """Liveness/readiness of the gateway (no auth, for probes); the model replicas have their own checks."""
         return JSONResponse({"status": "ok", "model": self.settings.model, "version": self.version})
 
     @api.get("/v1/model")
     async def model_info(self, request: Request) -> JSONResponse:
-        """What this endpoint restores: bands, wavelengths, tasks, tile, preset, version, limits, counters."""
+        """What this endpoint restores: bands, wavelengths, tasks, tile, preset, version, limits, counters (the
+        gateway's, merged with the answering model replica's when it answers within a short timeout)."""
         try:
             self._authorize(request)
         except _ApiError as exc:
             return _error(exc.status, exc.message, exc.headers)
         with self._stats_lock:
-            stats = dict(self.stats)
-        return JSONResponse({**self.info, "stats": stats})
+            stats: dict[str, Any] = dict(self.stats)
+        info = dict(self.info)
+        response = self.model.stats.remote()
+        try:
+            model_stats = await asyncio.wait_for(response, MODEL_STATS_TIMEOUT_S)
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except Exception:  # the model replica is restarting or busy: the gateway's own counters (best effort)
+            response.cancel()
+        else:
+            info["device"] = model_stats.pop("device", info["device"])
+            stats.update(model_stats)
+        return JSONResponse({**info, "stats": stats})
 
     @api.post("/v1/restore")
     async def restore(self, request: Request) -> Response:
@@ -236,6 +256,8 @@ class HSIVARService:
             return await self._restore(request)
         except _ApiError as exc:
             self._count("errors")
+            if isinstance(exc, _ModelLost):
+                log.warning("the model replica was lost during a request; answered 503 with Retry-After")
             return _error(exc.status, exc.message, exc.headers)
         except PayloadError as exc:
             self._count("errors")
@@ -264,6 +286,33 @@ class HSIVARService:
         with self._stats_lock:
             self.stats[name] += n
 
+    async def _call_model(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on a model replica — every call to :class:`HSIVARModel` goes through here.
+
+        A lost model replica (its process died mid-call, or none can be reached) raises a 503 ``_ApiError`` with
+        ``Retry-After``: the replica cannot answer for itself, Serve restarts it and queues new calls until it is
+        back, so the client retries. A request error raised there comes back as itself; any other fault as is.
+        """
+        try:
+            return await getattr(self.model, method).remote(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _lost_model_replica(exc):
+                raise _ModelLost(503, "the model replica serving this request was lost; it is being restarted, "
+                                     f"retry after {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise _model_fault(exc) from None
+
+    async def _restore_tiles(self, jobs: list[_TileJob]) -> list[_TileResult]:
+        """Every tile of one request, one model call each (concurrently, so they join other requests' batches);
+        all calls are awaited before the first failure is raised, so none is left unobserved."""
+        results = await asyncio.gather(*[self._call_model("restore_tile", job) for job in jobs],
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results  # type: ignore[return-value]
+
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_bytes
         declared = request.headers.get("content-length")
@@ -278,12 +327,21 @@ class HSIVARService:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _may_observe_blur(self, prep: PreparedCube) -> bool:
+        """Whether :meth:`hsivar.restore.Restorer.observe_blur` could change ``prep``: its preconditions that the
+        configuration alone decides (a width head, blur among the tasks, no width known yet, a cube). When not,
+        the round trip to the model replica is skipped (it would return ``prep`` unchanged)."""
+        obs = prep.observation
+        return bool(self.spec.cfg.dag.blur_width) and obs is not None and not obs.blur_sigma \
+            and "blur" in self.spec.tasks and prep.cube01.numel() > 0
+
     async def _restore(self, request: Request) -> Response:
         t0 = time.perf_counter()
         self._authorize(request)
         fmt_in = media_format(request.headers.get("content-type"))
         q = request.query_params
-        S = self.restorer.tile
+        spec = self.spec
+        S = spec.tile
         try:
             task = parse_task(q.get("task"))
             overlap = resolve_overlap(S, _int(q, "tile", None), _int(q, "overlap", None))
@@ -304,40 +362,37 @@ class HSIVARService:
         uncertainty = _bool(q, "uncertainty")
         if uncertainty and fmt_out != "hdf5":
             raise _ApiError(422, "uncertainty=true needs format=h5 (the std is a second dataset)")
-        if uncertainty and samples < 2 and not self.restorer.calibrated:
+        if uncertainty and samples < 2 and not spec.calibrated:
             raise _ApiError(422, "uncertainty=true needs samples ≥ 2 with this model (it has no calibrated "
                                  "uncertainty; the std is the spread over samples)")
-        bad_bands = parse_bad_bands(q.get("bad_bands"), self.restorer.bands)
+        bad_bands = parse_bad_bands(q.get("bad_bands"), spec.bands)
 
         body = await self._read_body(request)
         cube, meta = await asyncio.to_thread(
-            decode_cube, body, fmt_in, bands=self.restorer.bands, max_values=self.settings.max_cube_values,
+            decode_cube, body, fmt_in, bands=spec.bands, max_values=self.settings.max_cube_values,
             dataset=q.get("dataset") or None)
         del body
         missing = request_missing(meta, bad_bands, cube.shape)
-        prep = await asyncio.to_thread(partial(self.restorer.prepare, cube, overlap, nodata=meta.nodata,
+        prep = await asyncio.to_thread(partial(spec.prepare, cube, overlap, nodata=meta.nodata,
                                                value_range=value_range, missing=missing,
                                                wavelengths=meta.wavelengths))
-        # the blur width only the model can tell (blind deblurring), on the thread that runs the model
-        prep = await asyncio.get_running_loop().run_in_executor(
-            self._model_thread, partial(self.restorer.observe_blur, prep, task))
+        if self._may_observe_blur(prep):
+            # the blur width only the model can tell (blind deblurring), on the model replica's model thread
+            prep = await self._call_model("observe_blur", prep, task)
         t_decoded = time.perf_counter()
 
         if samples == 1:
-            task = self.restorer.resolve_task(prep, task)  # "auto" among the families the cube leaves plausible
+            task = spec.resolve_task(prep, task)  # "auto" among the families the cube leaves plausible
             key = json.dumps(task.tasks if isinstance(task, AutoAmong) else task, sort_keys=True)
             tiles = await asyncio.to_thread(prep.tiles)
             estimates = await asyncio.to_thread(prep.estimate_tiles)
-            results = await asyncio.gather(*[
-                self._restore_batch(_TileJob(t, key, task, None if estimates is None else estimates[k]))
-                for k, t in enumerate(tiles)])
+            results = await self._restore_tiles([
+                _TileJob(t, key, task, None if estimates is None else estimates[k]) for k, t in enumerate(tiles)])
             del tiles, estimates
             restored = await asyncio.to_thread(_blend, prep, results)
         else:
-            loop = asyncio.get_running_loop()
-            restored = await loop.run_in_executor(self._model_thread, partial(
-                self._restore_sampled, prep, task, samples, seed))
-        mean, std = await asyncio.to_thread(self.restorer.finish, prep, restored)
+            restored = await self._call_model("restore_sampled", prep, task, samples, seed)
+        mean, std = await asyncio.to_thread(spec.finish, prep, restored)
         weights = restored.task_weights
         t_restored = time.perf_counter()
 
@@ -347,7 +402,7 @@ class HSIVARService:
         t_done = time.perf_counter()
         self._count("requests")
         self._count("tiles", len(prep.coords))
-        used = dominant_task(weights, self.restorer.tasks)
+        used = dominant_task(weights, spec.tasks)
         headers = {
             "X-HSIVAR-Task": used,
             "X-HSIVAR-Task-Weights": json.dumps(dict(zip(self.info["tasks"], (round(w, 6) for w in weights)))),
@@ -357,7 +412,7 @@ class HSIVARService:
             "X-HSIVAR-Model-Version": self.version,
             "X-HSIVAR-Kept-Entries": str(int(prep.kept.sum()) if prep.kept is not None else 0),
             "X-HSIVAR-Observation": json.dumps(prep.observation.summary() if prep.observation is not None else {}),
-            **({"X-HSIVAR-Uncertainty": "calibrated" if self.restorer.calibrated else "sample-spread"}
+            **({"X-HSIVAR-Uncertainty": "calibrated" if spec.calibrated else "sample-spread"}
                if uncertainty else {}),
             "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in (
                 ("decode", (t_decoded - t0) * 1e3), ("restore", (t_restored - t_decoded) * 1e3),
@@ -365,42 +420,25 @@ class HSIVARService:
         }
         return Response(content=data, media_type=RESPONSE_TYPES[fmt_out], headers=headers)
 
-    def _restore_sampled(self, prep: PreparedCube, task: Any, samples: int, seed: int) -> RestoredSamples:
-        out = self.restorer.restore_prepared(prep, task, samples=samples, seed=seed,
-                                             batch_size=self.settings.max_batch_size)
-        self._count("batches", -(-len(prep.coords) // self.settings.max_batch_size) * samples)
-        return out
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _restore_batch(self, jobs: list[_TileJob]) -> list[_TileResult]:
-        """Restore single tiles from any number of requests in shared forward passes (greedy)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._model_thread, self._run_jobs, jobs)
-
-    def _run_jobs(self, jobs: list[_TileJob]) -> list[_TileResult]:
-        results: list[_TileResult | None] = [None] * len(jobs)
-        groups: dict[str, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault(job.key, []).append(i)
-        for idx in groups.values():
-            estimates = [jobs[i].estimate for i in idx]
-            x0 = None if any(e is None for e in estimates) else torch.stack(estimates)  # type: ignore[arg-type]
-            cubes, weights = self.restorer.forward(torch.stack([jobs[i].tile for i in idx]), jobs[idx[0]].task,
-                                                   GREEDY, estimate01=x0)
-            for j, i in enumerate(idx):
-                results[i] = _TileResult(cubes[j], weights[j])
-        with self._stats_lock:
-            self.stats["batches"] += len(groups)
-            self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
-        return results  # type: ignore[return-value]
+GATEWAY_OPTIONS: dict[str, Any] = {"num_replicas": 1, "max_ongoing_requests": 32,
+                                   "ray_actor_options": {"num_cpus": 0.25}}
+"""The gateway's default deployment options: light (decoding, blending and encoding only), one fixed replica."""
 
 
-def build_app(settings: ServeSettings | dict[str, Any], **deployment_options: Any) -> Application:
-    """The Serve application for ``settings``; ``deployment_options`` go to ``HSIVARService.options``
-    (``num_replicas``, ``autoscaling_config``, ``ray_actor_options``, ``max_ongoing_requests``, …)."""
+def build_app(settings: ServeSettings | dict[str, Any], gateway_options: dict[str, Any] | None = None,
+              **deployment_options: Any) -> Application:
+    """The Serve application for ``settings``: :class:`HSIVARService` (ingress) bound to :class:`HSIVARModel`.
+
+    ``deployment_options`` go to ``HSIVARModel.options`` — the deployment that scales (``num_replicas``,
+    ``autoscaling_config``, ``ray_actor_options``, ``max_ongoing_requests``, …); ``gateway_options`` to
+    ``HSIVARService.options`` (default :data:`GATEWAY_OPTIONS`).
+    """
     settings = ServeSettings.model_validate(settings)
-    deployment = HSIVARService.options(**deployment_options) if deployment_options else HSIVARService
-    return deployment.bind(settings.model_dump())
+    args = settings.model_dump()
+    model = HSIVARModel.options(**deployment_options) if deployment_options else HSIVARModel
+    gateway = HSIVARService.options(**copy.deepcopy(GATEWAY_OPTIONS if gateway_options is None else gateway_options))
+    return gateway.bind(args, model.bind(args))
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -408,4 +446,5 @@ def app_builder(args: dict[str, Any]) -> Application:
     return build_app(ServeSettings.model_validate(dict(args or {})))
 
 
-__all__ = ["DEPLOYMENT_NAME", "HSIVARService", "ServeSettings", "app_builder", "build_app"]
+__all__ = ["DEPLOYMENT_NAME", "GATEWAY_OPTIONS", "HSIVARModel", "HSIVARService", "MODEL_DEPLOYMENT_NAME",
+           "RETRY_AFTER_S", "ServeSettings", "app_builder", "build_app"]

@@ -349,21 +349,22 @@ def test_concurrent_requests_all_succeed_and_share_batches(client: httpx.Client,
 
 
 def test_an_internal_fault_answers_503_and_the_replica_serves_on(serve_url: str, published_tiny: Path) -> None:
-    """A fault inside the model step (injected here, in test code: a subclass of the service whose model step fails
-    for one kind of request) answers a JSON 503 that names no internals, is counted as an
-    error, and the same replica serves the next request."""
+    """A fault inside the model step (injected here, in test code: a subclass of the model deployment whose model
+    step fails for one kind of request) answers a JSON 503 that names no internals, is counted as an
+    error, and the same replicas serve the next request."""
     from hsivar_platform.serve import ServeSettings
-    from hsivar_platform.serve.app import HSIVARService
+    from hsivar_platform.serve.app import HSIVARModel, HSIVARService
     from ray import serve
 
-    class Faulty(HSIVARService.func_or_class):  # type: ignore[misc,name-defined]
-        def _run_jobs(self, jobs):  # noqa: ANN001, ANN202 - the service's own signature
+    class Faulty(HSIVARModel.func_or_class):  # type: ignore[misc,name-defined]
+        def _run_jobs(self, jobs):  # noqa: ANN001, ANN202 - the model deployment's own signature
             if any(float(job.tile.max()) > 0.999 for job in jobs):  # a cube with a saturated entry: the fault
                 raise RuntimeError("injected fault")
             return super()._run_jobs(jobs)
 
-    settings = ServeSettings(model=str(published_tiny))
-    app = serve.deployment(Faulty, name="Faulty", ray_actor_options={"num_cpus": 0.5}).bind(settings.model_dump())
+    args = ServeSettings(model=str(published_tiny)).model_dump()
+    model = serve.deployment(Faulty, name="FaultyModel", ray_actor_options={"num_cpus": 0.5}).bind(args)
+    app = HSIVARService.options(name="FaultyGateway", ray_actor_options={"num_cpus": 0.25}).bind(args, model)
     serve.run(app, name="faulty", route_prefix="/faulty")
     try:
         rng = np.random.default_rng(8)
@@ -389,8 +390,10 @@ def test_bearer_token_from_the_environment(serve_url: str, published_tiny: Path)
     from ray import serve
 
     settings = ServeSettings(model=str(published_tiny), auth_token_env="HSIVAR_TEST_TOKEN")
-    app = build_app(settings, name="Secured", ray_actor_options={
-        "num_cpus": 0.5, "runtime_env": {"env_vars": {"HSIVAR_TEST_TOKEN": "s3cret"}}})
+    # the gateway checks the token: the variable is set in its process
+    app = build_app(settings, gateway_options={"name": "Secured", "ray_actor_options": {
+        "num_cpus": 0.25, "runtime_env": {"env_vars": {"HSIVAR_TEST_TOKEN": "s3cret"}}}},
+        ray_actor_options={"num_cpus": 0.5})
     serve.run(app, name="secured", route_prefix="/secure")
     try:
         body = _npy(np.random.default_rng(6).random((8, 32, 32)).astype(np.float32))
@@ -413,6 +416,7 @@ def test_hsivar_serve_command_deploys_the_app(serve_url: str, published_tiny: Pa
     """``hsivar serve --no-blocking`` deploys onto the running Ray/Serve (here: the session's) and returns: with
     autoscaling (the default: no --replicas) and the bearer token of this shell's HSIVAR_SERVE_TOKEN."""
     from hsivar_platform.cli import build_app
+    from hsivar_platform.serve import DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME
 
     app = build_app()
     from ray import serve
@@ -428,8 +432,11 @@ def test_hsivar_serve_command_deploys_the_app(serve_url: str, published_tiny: Pa
     try:
         assert result.exit_code == 0, result.output
         assert f"{serve_url}/cli/v1/restore" in result.output
-        # what Serve deployed (the controller's own record): autoscaling with the command's bounds
-        deployed = _get_global_client().get_serve_details()["applications"]["cli"]["deployments"]["HSIVARService"]
+        # what Serve deployed (the controller's own record): the model deployment autoscales with the command's
+        # bounds; the gateway is one light replica
+        deployments = _get_global_client().get_serve_details()["applications"]["cli"]["deployments"]
+        deployed = deployments[MODEL_DEPLOYMENT_NAME]
+        assert deployments[DEPLOYMENT_NAME]["status"] == "HEALTHY"
         scaling = deployed["deployment_config"]["autoscaling_config"]
         assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (1, 2, 3.0)
         assert deployed["status"] == "HEALTHY" and len(deployed["replicas"]) >= 1
@@ -453,7 +460,7 @@ def test_serve_yaml_deploys_with_its_autoscaling_and_models_latest(serve_url: st
     import mlflow
     import yaml
     from hsivar_platform.model_uri import PUBLISHED_ARTIFACT_PATH
-    from hsivar_platform.serve import DEPLOYMENT_NAME, ServeSettings, build_app
+    from hsivar_platform.serve import DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME, ServeSettings, build_app
     from hsivar_platform.tracking import register_published
     from ray import serve
     from ray.serve.context import _get_global_client
@@ -473,19 +480,26 @@ def test_serve_yaml_deploys_with_its_autoscaling_and_models_latest(serve_url: st
         client.log_artifacts(run_id, str(model_dir), PUBLISHED_ARTIFACT_PATH)
         register_published(mlflow_uri, "hsivar-tiny", run_id)
 
-    (deployment,) = app_cfg["deployments"]
-    assert deployment.pop("name") == DEPLOYMENT_NAME
+    options = {d.pop("name"): d for d in app_cfg["deployments"]}
+    assert sorted(options) == sorted([DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME])
+    env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}}  # both resolve the model from the registry
+    deployment, gateway = options[MODEL_DEPLOYMENT_NAME], options[DEPLOYMENT_NAME]
     deployment["ray_actor_options"] = {**deployment["ray_actor_options"], "num_cpus": 0.5,  # this 2-core machine
-                                       "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}}}
+                                       "runtime_env": env}
+    gateway["ray_actor_options"] = {**gateway["ray_actor_options"], "runtime_env": env}
     scaling = dict(deployment["autoscaling_config"])
-    serve.run(build_app(ServeSettings.model_validate(app_cfg["args"]), **deployment), name="yaml",
+    serve.run(build_app(ServeSettings.model_validate(app_cfg["args"]), gateway, **deployment), name="yaml",
               route_prefix="/yaml")
     try:
-        deployed = _get_global_client().get_serve_details()["applications"]["yaml"]["deployments"][DEPLOYMENT_NAME]
+        deployments = _get_global_client().get_serve_details()["applications"]["yaml"]["deployments"]
+        deployed = deployments[MODEL_DEPLOYMENT_NAME]
         got = deployed["deployment_config"]["autoscaling_config"]
         assert {k: got[k] for k in scaling} == scaling
         assert deployed["deployment_config"]["max_ongoing_requests"] == deployment["max_ongoing_requests"]
         assert deployed["status"] == "HEALTHY" and len(deployed["replicas"]) == scaling["initial_replicas"]
+        front = deployments[DEPLOYMENT_NAME]
+        assert front["status"] == "HEALTHY" and len(front["replicas"]) == gateway["num_replicas"]
+        assert front["deployment_config"]["max_ongoing_requests"] == gateway["max_ongoing_requests"]
         with httpx.Client(base_url=f"{serve_url}/yaml", timeout=120) as c:
             info = c.get("/v1/model").json()
             assert info["model"] == "models:/hsivar-tiny/latest" and info["version"] == "2"
