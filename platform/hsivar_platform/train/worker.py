@@ -281,8 +281,6 @@ class _StageRun:
                 self.logger.set_tags({"hsivar.published_uri": self.config["published_uri"]})
 
 
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry point: one stage of the pipeline (see the module docstring).
 
