@@ -221,6 +221,9 @@ def _trainer(cfg: PipelineConfig, stage: str, datasets: dict[str, Any], loop_con
             name=stage, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            # the driver's storage and tracking endpoints and S3 timeouts (ray_runtime.FORWARDED_ENV), as for
+            # every job's workers: a worker publishes and logs where the driver resolved the locations
+            worker_runtime_env=ray_runtime.runtime_env() or {},
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
