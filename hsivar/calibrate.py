@@ -83,10 +83,9 @@ class CalibrationFit:
 
 @dataclass
 class _Restored:
-    """One example restored at τ = 0 and τ = 1 (C, H, W) float64 in [0, 1], with its prepared cube."""
+    """One example restored with its true task at τ = 0 and τ = 1 (C, H, W) float64 in [0, 1]."""
 
     ex: CalibrationExample
-    prep: PreparedCube
     r0: np.ndarray
     r1: np.ndarray
 
@@ -102,7 +101,7 @@ def _restore(restorer: Restorer, ex: CalibrationExample) -> _Restored:
     r1 = finish(prep, restorer.restore_prepared(prep, ex.task).samples01)[0].astype(np.float64)
     C, H, W = prep.shape
     x0 = prep.consistent(prep.estimate01[:, :H, :W].clamp(0, 1).contiguous())  # type: ignore[index]
-    return _Restored(ex, prep, finish(prep, x0[None])[0].astype(np.float64), r1)
+    return _Restored(ex, finish(prep, x0[None])[0].astype(np.float64), r1)
 
 
 def _restore_blind(restorer: Restorer, ex: CalibrationExample) -> tuple[PreparedCube, np.ndarray]:

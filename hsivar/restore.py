@@ -203,6 +203,14 @@ class RestoreSpec:
         allowed = tuple(t for t in obs.plausible if t in self.tasks)
         return AutoAmong(allowed) if allowed else task
 
+    def may_observe_blur(self, prep: PreparedCube) -> bool:
+        """Whether :meth:`Restorer.observe_blur` could change ``prep``, as far as the configuration and the cube
+        decide: the model has a blur-width head, blur is one of its tasks, the observation knows no width yet, and
+        there is a cube to cut tiles from (Serve's gateway skips the round trip to the model otherwise)."""
+        obs = prep.observation
+        return bool(self.cfg.dag.blur_width) and obs is not None and not obs.blur_sigma \
+            and "blur" in self.tasks and prep.cube01.numel() > 0
+
 
 class Restorer(RestoreSpec):
     """Restore whole cubes with a published HSI-VAR model (see the module docstring)."""
@@ -267,8 +275,7 @@ class Restorer(RestoreSpec):
         cut tiles from, ``prep`` is returned unchanged.
         """
         dag, obs = self.model.dag, prep.observation
-        if dag.width_head is None or obs is None or obs.blur_sigma or "blur" not in self.tasks \
-                or prep.cube01.numel() == 0:
+        if not self.may_observe_blur(prep) or dag.width_head is None or obs is None:
             return prep
         b = self.tasks.index("blur")
         task = self.resolve_task(prep, task)

@@ -327,14 +327,6 @@ class HSIVARService:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _may_observe_blur(self, prep: PreparedCube) -> bool:
-        """Whether :meth:`hsivar.restore.Restorer.observe_blur` could change ``prep``: its preconditions that the
-        configuration alone decides (a width head, blur among the tasks, no width known yet, a cube). When not,
-        the round trip to the model replica is skipped (it would return ``prep`` unchanged)."""
-        obs = prep.observation
-        return bool(self.spec.cfg.dag.blur_width) and obs is not None and not obs.blur_sigma \
-            and "blur" in self.spec.tasks and prep.cube01.numel() > 0
-
     async def _restore(self, request: Request) -> Response:
         t0 = time.perf_counter()
         self._authorize(request)
@@ -376,7 +368,7 @@ class HSIVARService:
         prep = await asyncio.to_thread(partial(spec.prepare, cube, overlap, nodata=meta.nodata,
                                                value_range=value_range, missing=missing,
                                                wavelengths=meta.wavelengths))
-        if self._may_observe_blur(prep):
+        if spec.may_observe_blur(prep):  # else observe_blur would return prep unchanged
             # the blur width only the model can tell (blind deblurring), on the model replica's model thread
             prep = await self._call_model("observe_blur", prep, task)
         t_decoded = time.perf_counter()
