@@ -25,6 +25,7 @@ the cube by these rules; the model's task classifier estimates it (:mod:`hsivar.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -254,32 +255,47 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
     matches one side); a band with more than
     :data:`STRIPE_COLUMNS` of its columns offset is striped. Columns with no observed entry are skipped.
     """
-    from scipy.ndimage import median_filter
-
     x = np.asarray(cube, np.float32)
     C, H, W = x.shape
     out = np.zeros(C, bool)
     if W < 9 or H < 2:
         return out
     ok = np.ones(x.shape, bool) if observed is None else np.asarray(observed, bool)
-    for b in range(C):
-        seen = ok[b].any(axis=0)
-        if seen.sum() < 9:
-            continue
-        cols = np.array([np.median(x[b][ok[b][:, c], c]) for c in np.flatnonzero(seen)])
-        dev = cols - median_filter(cols, size=9, mode="reflect")
-        spread = 1.4826 * float(np.median(np.abs(dev - np.median(dev))))
-        se = max(1.2533 * float(noise_sigma[b]) / np.sqrt(H), spread, 1e-6)
-        # an offset column stands out from both sides; at a step edge a column matches one side
-        pad = np.pad(cols, 4, mode="reflect")
-        left = cols - np.median(np.stack([pad[i:i + len(cols)] for i in range(4)]), axis=0)
-        right = cols - np.median(np.stack([pad[5 + i:5 + i + len(cols)] for i in range(4)]), axis=0)
-        limit = STRIPE_Z * se
-        near, far = np.minimum(np.abs(left), np.abs(right)), np.maximum(np.abs(left), np.abs(right))
-        both = (np.sign(left) == np.sign(right)) & (near > limit) & (near >= 0.5 * far)
-        hits = int((both & (np.abs(dev) > limit)).sum())
-        out[b] = hits >= 3 and hits > STRIPE_COLUMNS * W
+    if ok.all():
+        col_median = np.median(x, axis=1)  # (C, W), every column of every band at once
+    else:  # over the observed entries; a column with none is NaN (and skipped below)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            col_median = np.nanmedian(np.where(ok, x, np.float32(np.nan)), axis=1)
+    seen = ok.any(axis=1)  # (C, W) columns with an observed entry
+    sigma = np.asarray(noise_sigma, np.float64)
+    full = seen.all(axis=1)
+    if full.any():  # bands with every column observed: all at once
+        hits = _offset_columns(col_median[full], sigma[full], H)
+        out[full] = (hits >= 3) & (hits > STRIPE_COLUMNS * W)
+    for b in np.flatnonzero(~full & (seen.sum(axis=1) >= 9)):  # the others over their observed columns
+        hits = _offset_columns(col_median[b][seen[b]][None], sigma[b:b + 1], H)
+        out[b] = hits[0] >= 3 and hits[0] > STRIPE_COLUMNS * W
     return out
+
+
+def _offset_columns(cols: np.ndarray, sigma: np.ndarray, H: int) -> np.ndarray:
+    """(R,) int: how many of the columns of each row of ``cols`` (R, n ≥ 9), column medians of one band each over
+    H rows with noise σ ``sigma`` (R,), are offset (:func:`striped_bands`)."""
+    from scipy.ndimage import median_filter
+
+    n = cols.shape[1]
+    dev = cols - median_filter(cols, size=(1, 9), mode="reflect")
+    spread = 1.4826 * np.median(np.abs(dev - np.median(dev, axis=1, keepdims=True)), axis=1)
+    se = np.maximum(np.maximum(1.2533 * sigma / np.sqrt(H), spread), 1e-6)
+    # an offset column stands out from both sides; at a step edge a column matches one side
+    pad = np.pad(cols, ((0, 0), (4, 4)), mode="reflect")
+    left = cols - np.median(np.stack([pad[:, i:i + n] for i in range(4)]), axis=0)
+    right = cols - np.median(np.stack([pad[:, 5 + i:5 + i + n] for i in range(4)]), axis=0)
+    limit = STRIPE_Z * se[:, None]
+    near, far = np.minimum(np.abs(left), np.abs(right)), np.maximum(np.abs(left), np.abs(right))
+    both = (np.sign(left) == np.sign(right)) & (near > limit) & (near >= 0.5 * far)
+    return (both & (np.abs(dev) > limit)).sum(axis=1)
 
 
 def replication_scale(cube: np.ndarray, observed: np.ndarray | None = None, tolerance: float = 0.99) -> int | None:
