@@ -8,9 +8,14 @@ successful requests), throughput (requests/s and tiles/s over the level's wall t
 requests at the deadline included), errors, and from the replica's own counters the mean tiles per
 forward pass (how much batching happened).
 
-Batching **on** is the app's default (``@serve.batch``: up to ``max_batch_size`` tiles of concurrent
-requests in one forward pass, waiting up to ``batch_wait_timeout_s``); **off** is
+Batching **on** is the app's default (:mod:`hsivar_platform.serve.batcher`: an idle model starts a pass at
+once; tiles that arrive while a pass runs, up to ``max_batch_size``, share the next one); **off** is
 ``max_batch_size=1, batch_wait_timeout_s=0`` (one forward pass per tile).
+
+The **model's own time** per request is measured in the same run, in the bench's process, before Ray starts:
+:meth:`hsivar.restore.Restorer.restore` of the same cube with as many torch threads as a replica reserves
+CPUs (median of ``--own-repeats`` calls after one warm-up). ``serve_overhead_p50_s`` = the concurrency-1 p50
+latency − that time: what HTTP, the proxy, the gateway, the handle call and decoding / encoding add.
 
     python bench/serve.py                                     # tiny, CPU, concurrency 1, 8, 32, 5 s each
     python bench/serve.py --preset paper --device cuda --seconds 20
@@ -39,9 +44,10 @@ from _common import (
     temp_dir,
 )
 from hsivar_platform.demo.http_check import free_port
-from hsivar_platform.model_uri import resolve_model
+from hsivar_platform.model_uri import load_restorer, resolve_model
 from hsivar_platform.serve import ServeSettings, build_app
 
+from hsivar.degrade.protocol import degrade
 from hsivar.publish import read_config
 from hsivar.synth import synthesize
 from hsivar.tiling import tile_grid
@@ -92,6 +98,29 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, timeout_
     return {"latencies": latencies, "errors": errors, "wall_s": wall}
 
 
+def own_time(model: str, cube: np.ndarray, device: str, threads: int, repeats: int) -> dict[str, float]:
+    """The model's own time per request: :meth:`hsivar.restore.Restorer.restore` of ``cube`` in this process
+    with ``threads`` torch threads (as a replica reserving that many CPUs), after one untimed call; → p50 / min
+    seconds over ``repeats`` calls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        restorer = load_restorer(model, device=device)
+        restorer.restore(cube)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            restorer.restore(cube)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return {"p50_s": percentile(times, 50), "min_s": min(times), "threads": max(1, threads)}
+
+
 def replica_stats(base: str) -> dict[str, int]:
     """The replica's counters from ``GET /v1/model`` (requests, tiles, forward passes, largest batch)."""
     return httpx.get(f"{base}/v1/model", timeout=60).json()["stats"]
@@ -140,6 +169,9 @@ def main() -> None:
                     "(default: the app's)")
     ap.add_argument("--warmup", type=int, default=3, help="sequential requests before each mode is measured")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
+    ap.add_argument("--own-repeats", type=int, default=30, help="calls timing the model's own time per request")
+    ap.add_argument("--degradation", default="gaussian:30", help="FAMILY:LEVEL applied to the request cube (a demo "
+                    "cube, seed 0), or none (the clean cube: blind auto mode then treats it as blurred)")
     args = ap.parse_args()
     check_device(args.device)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -156,12 +188,17 @@ def main() -> None:
         bands, tile = cfg.vqvae.bands, cfg.vqvae.image_size
         size = args.size or tile
         cube = synthesize(0, size, bands).cube
+        if args.degradation != "none":
+            fam, _, level = args.degradation.partition(":")
+            value = int(level) if level.isdigit() else float(level)
+            cube = np.asarray(degrade(cube, fam, value, np.random.default_rng(0))[0], np.float32)
         body = npy_bytes(cube)
         tiles = len(tile_grid(size, size, tile, tile // 4))
         defaults = ServeSettings(model=model)
         changes = {"on": {"max_batch_size": args.max_batch_size} if args.max_batch_size else {}, "off": OFF}
         report: dict[str, Any] = {
             "bench": "serve", "preset": cfg.name, "model": args.model or "fresh", "device": args.device,
+            "degradation": args.degradation,
             "cube_shape": [bands, size, size], "tiles_per_request": tiles, "request_bytes": len(body),
             "replicas": args.replicas, "seconds_per_level": args.seconds, "concurrency": levels,
             "max_batch_size": args.max_batch_size or defaults.max_batch_size,
@@ -170,6 +207,11 @@ def main() -> None:
         print(f"model {model} ({cfg.name}, {bands} bands, {tile}×{tile} tiles); request {bands}×{size}×{size} "
               f"float32 ({len(body)} bytes, {tiles} tile(s)); {args.replicas} replica(s) × {args.cpus_per_replica} "
               f"CPU{' + 1 GPU' if args.device == 'cuda' else ''}; {args.seconds:g} s per level")
+
+        own = own_time(model, cube, args.device, int(args.cpus_per_replica), args.own_repeats)
+        report["model_own_time"] = own
+        print(f"model's own time per request (Restorer.restore, {own['threads']} torch thread(s)): "
+              f"p50 {own['p50_s'] * 1e3:.1f} ms, min {own['min_s'] * 1e3:.1f} ms")
 
         init_ray()
         import ray
@@ -202,6 +244,11 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
         report["batching"] = results
+        for mode in results:
+            if "1" in results[mode]:
+                over = results[mode]["1"]["p50_s"] - own["p50_s"]
+                report.setdefault("serve_overhead_p50_s", {})[mode] = over
+                print(f"batching {mode}: concurrency-1 p50 − model's own time = {over * 1e3:+.1f} ms")
         if "on" in results and "off" in results:
             report["throughput_ratio_on_vs_off"] = {
                 c: results["on"][c]["requests_per_s"] / results["off"][c]["requests_per_s"]

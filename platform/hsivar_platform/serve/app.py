@@ -1,7 +1,7 @@
 """The Ray Serve HTTP app: restore cubes sent as ``.npy``, GeoTIFF or HDF5 bytes.
 
 Two deployments in one application: :class:`HSIVARService` (the HTTP gateway: FastAPI ingress, auth,
-limits, decoding, preparation, blending, encoding; no weights) and :class:`HSIVARModel` (the model, its one
+limits, decoding, encoding; no weights) and :class:`HSIVARModel` (the model, its one
 model thread and the tile batcher), which the gateway calls through a ``DeploymentHandle``. They live in
 different processes so that a lost model replica is answered for: routes::
 
@@ -33,19 +33,23 @@ replica serving the request was lost (its process died; Serve restarts it and qu
 An unexpected fault answers 503 (and is logged); it never takes the replica down.
 
 A request goes through the one restoration path of :mod:`hsivar.restore` (prepare → model → blend →
-finish), so it is restored exactly like :meth:`hsivar.restore.Restorer.restore`: the gateway prepares and
-finishes (:class:`hsivar.restore.RestoreSpec`, from the model's ``config.json``), the model deployment runs
-:meth:`~hsivar.restore.Restorer.observe_blur` and the forward passes. Greedy requests send their tiles one by
-one (one call each) to the model's ``@serve.batch`` method, so tiles of concurrent requests share
-:meth:`~hsivar.restore.Restorer.forward` passes; sampled requests (``samples > 1``) run
+finish), so it is restored exactly like :meth:`hsivar.restore.Restorer.restore`. The gateway reads, checks,
+decodes and encodes (what a request's answer codes need: :class:`hsivar.restore.RestoreSpec`, from the model's
+``config.json``); the model deployment runs the restoration in one call per request
+(:meth:`HSIVARModel.restore`): preparation and the first estimate, :meth:`~hsivar.restore.Restorer.observe_blur`,
+the forward passes, blending, consistency and finishing, so all the per-request compute scales with the model
+replicas. A greedy request's tiles go to the model's adaptive batcher (:mod:`hsivar_platform.serve.batcher`: no
+wait when the model is idle; tiles that arrive while a pass runs share the next
+:meth:`~hsivar.restore.Restorer.forward` pass, across requests); sampled requests (``samples > 1``) run
 :meth:`~hsivar.restore.Restorer.restore_prepared` there with their own seeded generators. The model runs in
 one thread per model replica (its KV cache is module state), off the event loop, so health checks stay
 responsive. ``GET /v1/model``'s ``stats`` merge the gateway's counters (requests, tiles, errors) with those
-of the model replica that answers (batches, max_batch).
+of the model replica that answers (batches, max_batch). ``Server-Timing`` gives each request's phases: read,
+decode, model (and the replica's own: prepare, observe, restore, blend), encode, total.
 
 ``deploy/serve.yaml`` deploys :func:`app_builder` (``hsivar_platform.serve:app_builder``); ``hsivar serve``
 calls :func:`build_app`. Scaling options (replicas, autoscaling, CPUs/GPUs) apply to :class:`HSIVARModel`;
-the gateway is light (a quarter CPU) with its own options.
+the gateway is light (a quarter CPU: HTTP, decoding and encoding) with its own options.
 """
 
 import asyncio
@@ -56,12 +60,10 @@ import logging
 import os
 import threading
 import time
-from functools import partial
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -70,18 +72,21 @@ from ray.serve.deployment import Application
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from hsivar.models.dag import AutoAmong
 from hsivar.publish import read_config
 from hsivar.restore import (
-    PreparedCube,
-    RestoredSamples,
     RestoreInputError,
     RestoreSpec,
     parse_value_range,
     resolve_overlap,
 )
 from hsivar.tasks import dominant_task, parse_task
-from hsivar_platform.serve.model import MODEL_DEPLOYMENT_NAME, HSIVARModel, ServeSettings, _TileJob, _TileResult
+from hsivar_platform.serve.model import (
+    MODEL_DEPLOYMENT_NAME,
+    HSIVARModel,
+    ModelAnswer,
+    RestoreRequest,
+    ServeSettings,
+)
 from hsivar_platform.serve.payload import (
     RESPONSE_TYPES,
     PayloadError,
@@ -117,13 +122,24 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-def _blend(prep: PreparedCube, results: list[_TileResult]) -> RestoredSamples:
-    """One request's restored tiles (in the order of ``prep.coords``) blended into one sample made consistent with
-    the observation, and the mean task weights (runs in a worker thread, off the event loop)."""
-    blender = prep.blender()
-    blender.add(prep.coords, torch.stack([r.cube for r in results]))
-    sample = prep.consistent(blender.result())
-    return RestoredSamples(sample[None], torch.stack([r.weights for r in results]).mean(0).tolist())
+class _Timing:
+    """The phases of one request for its ``Server-Timing`` header: each :meth:`mark` ends the phase named."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, float]] = []
+        self.last = time.perf_counter()
+
+    def mark(self, name: str, inner: dict[str, float] | None = None) -> None:
+        """End phase ``name``; ``inner``: seconds of its own parts (the model replica's phases), listed after it."""
+        now = time.perf_counter()
+        self.marks.append((name, now - self.last))
+        self.marks.extend((inner or {}).items())
+        self.last = now
+
+    def header(self, t0: float) -> str:
+        """``name;dur=ms`` per phase, then ``total`` (from ``t0``, the request's start in the gateway)."""
+        parts = [*self.marks, ("total", self.last - t0)]
+        return ", ".join(f"{name};dur={s * 1e3:.1f}" for name, s in parts)
 
 
 def _int(params: Any, name: str, default: int | None) -> int | None:
@@ -185,8 +201,8 @@ api = FastAPI(title="hsivar", description="All-in-one hyperspectral restoration 
                   graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
 class HSIVARService:
-    """One gateway replica: the HTTP routes, auth, limits, decoding, preparation, blending and encoding; the model
-    steps go to :class:`HSIVARModel` through ``model`` (a ``DeploymentHandle``)."""
+    """One gateway replica: the HTTP routes, auth, limits, decoding and encoding; the restoration goes to
+    :class:`HSIVARModel` through ``model`` (a ``DeploymentHandle``), one call per request."""
 
     def __init__(self, settings: dict[str, Any], model: DeploymentHandle) -> None:
         """``settings``: :class:`ServeSettings` as a dict; ``model``: the handle of the app's :class:`HSIVARModel`.
@@ -303,16 +319,6 @@ class HSIVARService:
                                      f"retry after {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}) from None
             raise _model_fault(exc) from None
 
-    async def _restore_tiles(self, jobs: list[_TileJob]) -> list[_TileResult]:
-        """Every tile of one request, one model call each (concurrently, so they join other requests' batches);
-        all calls are awaited before the first failure is raised, so none is left unobserved."""
-        results = await asyncio.gather(*[self._call_model("restore_tile", job) for job in jobs],
-                                       return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return results  # type: ignore[return-value]
-
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_bytes
         declared = request.headers.get("content-length")
@@ -359,63 +365,50 @@ class HSIVARService:
                                  "uncertainty; the std is the spread over samples)")
         bad_bands = parse_bad_bands(q.get("bad_bands"), spec.bands)
 
+        timing = _Timing()
         body = await self._read_body(request)
+        timing.mark("read")
         cube, meta = await asyncio.to_thread(
             decode_cube, body, fmt_in, bands=spec.bands, max_values=self.settings.max_cube_values,
             dataset=q.get("dataset") or None)
         del body
         missing = request_missing(meta, bad_bands, cube.shape)
-        prep = await asyncio.to_thread(partial(spec.prepare, cube, overlap, nodata=meta.nodata,
-                                               value_range=value_range, missing=missing,
-                                               wavelengths=meta.wavelengths))
-        if spec.may_observe_blur(prep):  # else observe_blur would return prep unchanged
-            # the blur width only the model can tell (blind deblurring), on the model replica's model thread
-            prep = await self._call_model("observe_blur", prep, task)
-        t_decoded = time.perf_counter()
-
-        if samples == 1:
-            task = spec.resolve_task(prep, task)  # "auto" among the families the cube leaves plausible
-            key = json.dumps(task.tasks if isinstance(task, AutoAmong) else task, sort_keys=True)
-            tiles = await asyncio.to_thread(prep.tiles)
-            estimates = await asyncio.to_thread(prep.estimate_tiles)
-            results = await self._restore_tiles([
-                _TileJob(t, key, task, None if estimates is None else estimates[k]) for k, t in enumerate(tiles)])
-            del tiles, estimates
-            restored = await asyncio.to_thread(_blend, prep, results)
-        else:
-            restored = await self._call_model("restore_sampled", prep, task, samples, seed)
-        mean, std = await asyncio.to_thread(spec.finish, prep, restored)
-        weights = restored.task_weights
-        t_restored = time.perf_counter()
+        timing.mark("decode")
+        req = RestoreRequest(cube, task, overlap, samples=samples, seed=seed, value_range=value_range,
+                             nodata=meta.nodata, missing=missing, wavelengths=meta.wavelengths,
+                             uncertainty=uncertainty)
+        del cube
+        answer: ModelAnswer = await self._call_model("restore", req)
+        del req
+        timing.mark("model", inner={f"model.{k}": v for k, v in answer.seconds.items()})
 
         dtype = meta.dtype if dtype_opt == "source" else "float32"
-        data = await asyncio.to_thread(encode_cube, mean, meta, fmt_out, dtype=dtype,
-                                       std=std if uncertainty else None, kept=prep.kept)
-        t_done = time.perf_counter()
+        data = await asyncio.to_thread(encode_cube, answer.mean, meta, fmt_out, dtype=dtype, std=answer.std,
+                                       kept=answer.kept)
+        timing.mark("encode")
         self._count("requests")
-        self._count("tiles", len(prep.coords))
+        self._count("tiles", answer.tiles)
+        weights = answer.task_weights
         used = dominant_task(weights, spec.tasks)
         headers = {
             "X-HSIVAR-Task": used,
             "X-HSIVAR-Task-Weights": json.dumps(dict(zip(self.info["tasks"], (round(w, 6) for w in weights)))),
-            "X-HSIVAR-Tiles": str(len(prep.coords)),
-            "X-HSIVAR-Shape": ",".join(map(str, prep.shape)),
-            "X-HSIVAR-Seconds": f"{t_done - t0:.4f}",
+            "X-HSIVAR-Tiles": str(answer.tiles),
+            "X-HSIVAR-Shape": ",".join(map(str, answer.mean.shape)),
+            "X-HSIVAR-Seconds": f"{timing.last - t0:.4f}",
             "X-HSIVAR-Model-Version": self.version,
-            "X-HSIVAR-Kept-Entries": str(int(prep.kept.sum()) if prep.kept is not None else 0),
-            "X-HSIVAR-Observation": json.dumps(prep.observation.summary() if prep.observation is not None else {}),
+            "X-HSIVAR-Kept-Entries": str(int(answer.kept.sum()) if answer.kept is not None else 0),
+            "X-HSIVAR-Observation": json.dumps(answer.observation),
             **({"X-HSIVAR-Uncertainty": "calibrated" if spec.calibrated else "sample-spread"}
                if uncertainty else {}),
-            "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in (
-                ("decode", (t_decoded - t0) * 1e3), ("restore", (t_restored - t_decoded) * 1e3),
-                ("encode", (t_done - t_restored) * 1e3))),
+            "Server-Timing": timing.header(t0),
         }
         return Response(content=data, media_type=RESPONSE_TYPES[fmt_out], headers=headers)
 
 
 GATEWAY_OPTIONS: dict[str, Any] = {"num_replicas": 1, "max_ongoing_requests": 32,
                                    "ray_actor_options": {"num_cpus": 0.25}}
-"""The gateway's default deployment options: light (decoding, blending and encoding only), one fixed replica."""
+"""The gateway's default deployment options: light (decoding and encoding only), one fixed replica."""
 
 
 def build_app(settings: ServeSettings | dict[str, Any], gateway_options: dict[str, Any] | None = None,

@@ -108,7 +108,10 @@ def test_npy_round_trip_equals_restorer(client: httpx.Client, published_tiny: Pa
     weights = json.loads(r.headers["x-hsivar-task-weights"])
     np.testing.assert_allclose([weights[t] for t in TASKS], [ref.task_weights[t] for t in TASKS], atol=1e-4)
     assert r.headers["x-hsivar-tiles"] == "4" and float(r.headers["x-hsivar-seconds"]) > 0
-    assert "restore;dur=" in r.headers["server-timing"]
+    phases = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+    assert {"read", "decode", "model", "model.prepare", "model.restore", "model.blend", "encode",
+            "total"} <= set(phases)
+    assert float(phases["total"]) >= float(phases["model"]) >= float(phases["model.restore"]) > 0
 
     # A named task and a mixture are honoured, and format=tiff converts the answer.
     r = client.post("/v1/restore", params={"task": "blur:0.5,sr:0.5", "format": "tiff"}, content=_npy(cube),
