@@ -8,11 +8,13 @@ For one S×S×C tile of a preset it reports
   * measured seconds per cube and cubes/s for the same variants and several batch sizes, on presets
     that run on the chosen device in reasonable time (``--measure``; default: tiny everywhere,
     small/paper on CUDA only);
-  * on CUDA, fp32 vs bf16 autocast and the achieved fraction of the device's dense bf16 peak.
+  * on CUDA, fp32 vs bf16 autocast and the achieved fraction of the device's dense bf16 peak;
+  * with ``--compile``, DAG + KV through compiled decoding steps (one CUDA graph per scale on CUDA) beside the eager
+    one, with the compilation time and whether the tokens and image equal the eager decoding's.
 The last line printed is one JSON object with every figure.
 
     python bench/inference.py --preset tiny
-    python bench/inference.py --preset paper --device cuda
+    python bench/inference.py --preset paper --device cuda --compile --batch-sizes 1,8,32,64
 """
 
 from __future__ import annotations
@@ -90,8 +92,10 @@ def timed(fn: callable, repeats: int, device: torch.device) -> float:
 
 
 def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int], repeats: int,
-            bf16: bool) -> dict[str, dict]:
-    """Measured seconds per cube per variant and batch size (and cubes/s)."""
+            bf16: bool, compiled: bool = False) -> dict[str, dict]:
+    """Measured seconds per cube per variant and batch size (and cubes/s). With ``compiled``, also DAG + KV through
+    compiled decoding steps (``dag_kv_compiled``: CUDA graphs per scale on CUDA, inductor on the CPU), with the
+    first call's seconds (compilation included) and whether its tokens and image equal the eager decoding's."""
     torch.manual_seed(0)
     model = HSIVAR(preset(name, bands=bands)).to(device).eval()
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -104,7 +108,31 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
             with ctx, torch.no_grad():
                 sec = timed(fn, repeats, device)
             results.setdefault(key, {})[f"batch_{bs}"] = {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec}
+        if compiled:
+            results.setdefault("dag_kv_compiled", {})[f"batch_{bs}"] = measure_compiled(model, x, repeats, device, ctx)
     return results
+
+
+def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch.device,
+                     ctx: object) -> dict[str, float | bool]:
+    """DAG + KV of tiles ``x`` through compiled decoding steps vs eagerly: seconds per cube, the first call's
+    seconds (compilation), same tokens, largest image difference."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    bs = x.shape[0]
+    with ctx, torch.no_grad():  # type: ignore[attr-defined]
+        ref = model.restore(x, task="auto")
+        model.var.compile_steps(mode="reduce-overhead" if device.type == "cuda" else "default")
+        try:
+            t = time.perf_counter()
+            out = model.restore(x, task="auto")
+            sync()
+            first = time.perf_counter() - t
+            sec = timed(lambda: model.restore(x, task="auto"), repeats, device)
+        finally:
+            model.var.compile_steps(False)
+    return {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec, "first_call_s": first,
+            "same_tokens": all(torch.equal(a, b) for a, b in zip(ref.idx, out.idx)),
+            "max_abs_diff": float((ref.cube.float() - out.cube.float()).abs().max())}
 
 
 def main() -> None:
@@ -114,6 +142,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--measure", choices=("auto", "yes", "no"), default="auto",
                     help="auto: measure tiny on any device, small/paper only on CUDA")
+    ap.add_argument("--compile", action="store_true", help="also DAG + KV through compiled decoding steps (CUDA "
+                    "graphs per scale on CUDA; on the CPU inductor takes about a minute per batch size)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -135,14 +165,17 @@ def main() -> None:
         precisions = {"fp32": False, "bf16": True} if device.type == "cuda" else {"fp32": False}
         report["measured"] = {}
         for label, bf16 in precisions.items():
-            m = measure(args.preset, args.bands, device, sizes, args.repeats, bf16)
+            m = measure(args.preset, args.bands, device, sizes, args.repeats, bf16, args.compile)
             report["measured"][label] = m
             for key, per_bs in m.items():
                 for bs, r in per_bs.items():
                     line = f"  {label} {key:<22} {bs:<9} {r['seconds_per_cube'] * 1e3:10.2f} ms/cube " \
                            f"{r['cubes_per_s']:9.2f} cubes/s"
+                    if "same_tokens" in r:
+                        line += f" (first call {r['first_call_s']:.1f} s; same tokens {r['same_tokens']}, " \
+                                f"max |Δ| {r['max_abs_diff']:.2e})"
                     if device.type == "cuda":
-                        achieved = flops[key] / r["seconds_per_cube"]
+                        achieved = flops[key.removesuffix("_compiled")] / r["seconds_per_cube"]
                         peak = next((p for k, p in BF16_PEAK_TFLOPS.items() if k in report["device_name"]), None)
                         r["achieved_tflops"] = achieved
                         if peak:

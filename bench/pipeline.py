@@ -6,8 +6,9 @@ The same input files and the same published model both ways:
   * ``loop``: one process, one :class:`hsivar.restore.Restorer`, and for each file
     ``read_cube`` → ``Restorer.restore`` → ``write_cube`` (:mod:`hsivar.io`), in turn.
 Figures are cubes/s over the whole job (model loading and Ray's actor start included; Ray itself is
-started once, before, and both ways are first warmed up on one-tile cubes, untimed), and the
-**efficiency ratio** ray ÷ loop measured in the same run (> 1: the Ray job is faster). The S3
+started once, before, and both ways are first warmed up on one-tile cubes, untimed) and in steady state
+(cubes after the first over the time from the first to the last output), and the **efficiency ratio**
+ray ÷ loop of each, measured in the same run (> 1: the Ray job is faster). The S3
 backend is a local S3-compatible server (moto) on 127.0.0.1, in the bench's own process.
 
 The model is a freshly initialised preset published to a temporary folder (throughput does not depend
@@ -56,14 +57,15 @@ def make_inputs(prefix: str, files: int, size: int, bands: int, fmt: str) -> str
 
 
 def run_loop(model: str, src: str, dst: str, device: str, batch_size: int) -> dict[str, Any]:
-    """Restore every cube under ``src`` into ``dst`` in one Python loop; → seconds, cubes, cubes/s.
+    """Restore every cube under ``src`` into ``dst`` in one Python loop; → seconds, cubes, cubes/s and the
+    steady-state cubes/s (cubes after the first over the time from the first to the last output written).
 
     Same listing and output keys as the Ray job (:func:`hsivar_platform.batch.keys.list_inputs`), same
     default restoration (task auto, overlap S/4, greedy), output in the input's format and dtype.
     """
     t0 = time.perf_counter()
     restorer = load_restorer(model, device=device)
-    n = 0
+    n, done_at = 0, []
     for item in list_inputs(src, dst):
         if item.out is None:  # not a cube (the demo dataset's manifest.json): the job skips it too
             continue
@@ -71,15 +73,18 @@ def run_loop(model: str, src: str, dst: str, device: str, batch_size: int) -> di
         restored = restorer.restore(cube, batch_size=batch_size).cube
         write_cube(item.out, restored, meta, dtype=meta.dtype, storage_options=storage.storage_options(item.out))
         n += 1
+        done_at.append(time.perf_counter())
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "cubes": n, "cubes_per_s": n / seconds}
+    steady = (n - 1) / (done_at[-1] - done_at[0]) if n >= 2 and done_at[-1] > done_at[0] else 0.0
+    return {"seconds": seconds, "cubes": n, "cubes_per_s": n / seconds, "steady_cubes_per_s": steady}
 
 
 def run_ray(model: str, src: str, dst: str, actors: int, gpus_per_actor: float, batch_size: int) -> dict[str, Any]:
     """Restore every cube under ``src`` into ``dst`` with the Ray Data batch job; → seconds, cubes, cubes/s.
 
     ``cubes_per_s`` is over the whole :func:`run_batch` call (listing, actor start, pipeline, manifest);
-    ``pipeline_cubes_per_s`` is the job's own figure (from the pipeline's start).
+    ``pipeline_cubes_per_s`` is the job's own figure (from the pipeline's start); ``steady_cubes_per_s`` the job's
+    rate once outputs flow (:attr:`~hsivar_platform.batch.BatchReport.steady_cubes_per_s`).
     """
     options = BatchOptions(input=src, output=dst, model=model, actors=actors, gpus_per_actor=gpus_per_actor,
                            batch_size=batch_size, force=True, progress_interval_s=3600)
@@ -89,7 +94,7 @@ def run_ray(model: str, src: str, dst: str, actors: int, gpus_per_actor: float, 
     if report.failed or report.ok != report.processed:
         raise RuntimeError(f"batch job failed on some inputs: {report.failures}")
     return {"seconds": seconds, "cubes": report.processed, "cubes_per_s": report.processed / seconds,
-            "pipeline_cubes_per_s": report.cubes_per_s}
+            "pipeline_cubes_per_s": report.cubes_per_s, "steady_cubes_per_s": report.steady_cubes_per_s}
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -109,12 +114,14 @@ def bench_backend(name: str, root: str, model: str, args: argparse.Namespace, ac
         loop_runs.append(run_loop(model, src, storage.join(root, f"out-loop-{r}"), args.device, args.batch_size))
     ray_res, loop_res = _median_run(ray_runs), _median_run(loop_runs)
     ratio = ray_res["cubes_per_s"] / loop_res["cubes_per_s"]
+    steady = ray_res["steady_cubes_per_s"] / loop_res["steady_cubes_per_s"] if loop_res["steady_cubes_per_s"] else 0.0
     print(f"{name:<6} ray  {ray_res['cubes_per_s']:8.3f} cubes/s ({ray_res['seconds']:.1f} s for "
-          f"{ray_res['cubes']} cubes; pipeline alone {ray_res['pipeline_cubes_per_s']:.3f} cubes/s)")
+          f"{ray_res['cubes']} cubes; pipeline alone {ray_res['pipeline_cubes_per_s']:.3f} cubes/s; steady state "
+          f"{ray_res['steady_cubes_per_s']:.3f} cubes/s)")
     print(f"{name:<6} loop {loop_res['cubes_per_s']:8.3f} cubes/s ({loop_res['seconds']:.1f} s for "
-          f"{loop_res['cubes']} cubes)")
-    print(f"{name:<6} efficiency ratio ray/loop {ratio:.2f}")
-    return {"ray": ray_res, "loop": loop_res, "efficiency_ratio": ratio}
+          f"{loop_res['cubes']} cubes; steady state {loop_res['steady_cubes_per_s']:.3f} cubes/s)")
+    print(f"{name:<6} efficiency ratio ray/loop {ratio:.2f} over the whole job, {steady:.2f} in steady state")
+    return {"ray": ray_res, "loop": loop_res, "efficiency_ratio": ratio, "steady_ratio": steady}
 
 
 def main() -> None:
@@ -181,6 +188,7 @@ def main() -> None:
                 ray.shutdown()
         report["storage"] = results
         report["efficiency_ratio"] = {b: round(r["efficiency_ratio"], 3) for b, r in results.items()}
+        report["steady_ratio"] = {b: round(r["steady_ratio"], 3) for b, r in results.items()}
         report["machine"] = machine_info(args.device)
     print(json_line(report))
 

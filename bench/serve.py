@@ -15,7 +15,9 @@ once; tiles that arrive while a pass runs, up to ``max_batch_size``, share the n
 The **model's own time** per request is measured in the same run, in the bench's process, before Ray starts:
 :meth:`hsivar.restore.Restorer.restore` of the same cube with as many torch threads as a replica reserves
 CPUs (median of ``--own-repeats`` calls after one warm-up). ``serve_overhead_p50_s`` = the concurrency-1 p50
-latency − that time: what HTTP, the proxy, the gateway, the handle call and decoding / encoding add.
+latency − that time: what HTTP, the proxy, the gateway, the handle call and decoding / encoding add; the
+median ``Server-Timing`` phases of the requests (gateway: read, decode, model, encode, total; the model replica's
+own: model.prepare, model.observe, model.restore, model.blend) say where.
 
     python bench/serve.py                                     # tiny, CPU, concurrency 1, 8, 32, 5 s each
     python bench/serve.py --preset paper --device cuda --seconds 20
@@ -28,6 +30,7 @@ import asyncio
 import io
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,7 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, timeout_
     wall time from the start until the last in-flight request finished.
     """
     latencies: list[float] = []
+    phases: dict[str, list[float]] = {}  # Server-Timing of the successful requests, ms per phase
     errors: dict[str, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"content-type": "application/x-npy"}
@@ -90,35 +94,67 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, timeout_
                     key = type(exc).__name__
                 if key is None:
                     latencies.append(time.perf_counter() - t)
+                    for part in r.headers.get("server-timing", "").split(", "):
+                        name, _, ms = part.partition(";dur=")
+                        if ms:
+                            phases.setdefault(name, []).append(float(ms))
                 else:
                     errors[key] = errors.get(key, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+    return {"latencies": latencies, "phases": phases, "errors": errors, "wall_s": wall}
 
 
-def own_time(model: str, cube: np.ndarray, device: str, threads: int, repeats: int) -> dict[str, float]:
+def own_time(model: str, cube: np.ndarray, device: str, threads: int, repeats: int,
+             max_batch_size: int) -> dict[str, float]:
     """The model's own time per request: :meth:`hsivar.restore.Restorer.restore` of ``cube`` in this process
     with ``threads`` torch threads (as a replica reserving that many CPUs), after one untimed call; → p50 / min
-    seconds over ``repeats`` calls."""
+    seconds over ``repeats`` calls. Also the forward pass's time per tile alone and in a batch of
+    ``max_batch_size`` copies of the cube's first tile: their ratio is the most batching can gain on the model's
+    part of a request (``batch_gain_ceiling``)."""
     import torch
 
+    from hsivar.models.var import GREEDY
+
+    try:  # numpy / scipy's BLAS too, as OMP_NUM_THREADS does in a replica
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not installed: torch's threads only
+        threadpool_limits = None
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
+    limits = threadpool_limits(max(1, threads)) if threadpool_limits is not None else None
     try:
         restorer = load_restorer(model, device=device)
         restorer.restore(cube)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            restorer.restore(cube)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+
+        def timed(fn: Any, n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                out.append(time.perf_counter() - t)
+            return out
+
+        times = timed(lambda: restorer.restore(cube), repeats)
+        prep = restorer.prepare(cube, restorer.tile // 4)
+        task = restorer.resolve_task(prep, "auto")
+        tile, est = prep.tiles(0, 1), prep.estimate_tiles(0, 1)
+        per_tile = {}
+        for b in dict.fromkeys((1, max_batch_size)):
+            tiles, ests = tile.repeat(b, 1, 1, 1), None if est is None else est.repeat(b, 1, 1, 1)
+            restorer.forward(tiles, task, GREEDY, estimate01=ests)
+            run = partial(restorer.forward, tiles, task, GREEDY, estimate01=ests)
+            per_tile[b] = percentile(timed(run, max(3, repeats // 3)), 50) / b
     finally:
         torch.set_num_threads(before)
-    return {"p50_s": percentile(times, 50), "min_s": min(times), "threads": max(1, threads)}
+        if limits is not None:
+            limits.restore_original_limits()
+    return {"p50_s": percentile(times, 50), "min_s": min(times), "threads": max(1, threads),
+            "forward_per_tile_s": per_tile[1], "forward_per_tile_batched_s": per_tile[max_batch_size],
+            "batch_gain_ceiling": per_tile[1] / per_tile[max_batch_size]}
 
 
 def replica_stats(base: str) -> dict[str, int]:
@@ -143,6 +179,7 @@ def measure_level(base: str, body: bytes, tiles: int, concurrency: int, seconds:
         "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95), "p99_s": percentile(lat, 99),
         "mean_s": float(np.mean(lat)) if lat else float("nan"),
         "tiles_per_forward": d_tiles / d_batches if d_batches else float("nan"),
+        "server_timing_p50_ms": {name: percentile(v, 50) for name, v in res["phases"].items()},
     }
 
 
@@ -208,10 +245,13 @@ def main() -> None:
               f"float32 ({len(body)} bytes, {tiles} tile(s)); {args.replicas} replica(s) × {args.cpus_per_replica} "
               f"CPU{' + 1 GPU' if args.device == 'cuda' else ''}; {args.seconds:g} s per level")
 
-        own = own_time(model, cube, args.device, int(args.cpus_per_replica), args.own_repeats)
+        max_batch = args.max_batch_size or defaults.max_batch_size
+        own = own_time(model, cube, args.device, int(args.cpus_per_replica), args.own_repeats, max_batch)
         report["model_own_time"] = own
         print(f"model's own time per request (Restorer.restore, {own['threads']} torch thread(s)): "
-              f"p50 {own['p50_s'] * 1e3:.1f} ms, min {own['min_s'] * 1e3:.1f} ms")
+              f"p50 {own['p50_s'] * 1e3:.1f} ms, min {own['min_s'] * 1e3:.1f} ms; forward per tile "
+              f"{own['forward_per_tile_s'] * 1e3:.1f} ms alone, {own['forward_per_tile_batched_s'] * 1e3:.1f} ms in "
+              f"batches of {max_batch} (batching can gain at most {own['batch_gain_ceiling']:.2f}× on the forward)")
 
         init_ray()
         import ray
@@ -248,7 +288,9 @@ def main() -> None:
             if "1" in results[mode]:
                 over = results[mode]["1"]["p50_s"] - own["p50_s"]
                 report.setdefault("serve_overhead_p50_s", {})[mode] = over
-                print(f"batching {mode}: concurrency-1 p50 − model's own time = {over * 1e3:+.1f} ms")
+                timing = results[mode]["1"]["server_timing_p50_ms"]
+                print(f"batching {mode}: concurrency-1 p50 − model's own time = {over * 1e3:+.1f} ms; Server-Timing "
+                      "p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
         if "on" in results and "off" in results:
             report["throughput_ratio_on_vs_off"] = {
                 c: results["on"][c]["requests_per_s"] / results["off"][c]["requests_per_s"]

@@ -25,6 +25,8 @@ the same mean image; the added grid puts the condition at the matching place of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -190,6 +192,19 @@ class NextScaleTransformer(nn.Module):
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("mask", levels[:, None] >= levels[None, :], persistent=False)
         self.init_weights()
+        self._compiled_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+
+    def compile_steps(self, enable: bool = True, *, mode: str | None = "reduce-overhead",
+                      backend: str = "inductor") -> None:
+        """Decode (:meth:`generate` with the KV cache) through ``torch.compile``'d steps, or eagerly again.
+
+        Each scale's step has static shapes (its p_k² tokens, the cached keys of the scales before it), so it
+        compiles to one graph per scale; with ``mode="reduce-overhead"`` on a GPU each is a CUDA graph, which
+        replaces the per-kernel launches that bound the 10-scale loop at small batches. The first decoding of
+        each batch size pays the compilation. Outputs equal the eager steps' (tested with ``backend="eager"``,
+        which traces without generating code). ``mode`` goes to inductor (None for other backends).
+        """
+        self._compiled_step = torch.compile(self.step, mode=mode, backend=backend, dynamic=False) if enable else None
 
     def init_weights(self) -> None:
         """VAR's initialisation: trunc-normal std √(1/3C); head ×0.02; residual projections /√(2·depth)."""
@@ -314,28 +329,33 @@ class NextScaleTransformer(nn.Module):
         f_hat = prefix_BNC.new_zeros(B, quantizer.Cvae, G, G, dtype=torch.float32)
         tokens = self.embed_sequence(prefix_BNC, d_BC, None)
         seq, pos, idx_all = tokens, 0, []
+        step = self._compiled_step if kv_cache and self._compiled_step is not None else self.step
+        # one compiled graph per scale (and batch size): dynamo may keep them all, during this call only
+        graphs = torch._dynamo.config.patch(recompile_limit=max(8, 4 * len(self.patch_nums))) \
+            if step is not self.step else nullcontext()
         self.set_kv_caching(kv_cache)
         try:
-            for si, pn in enumerate(self.patch_nums):
-                if kv_cache:
-                    h = self.step(tokens, pos)
-                    pos += tokens.shape[1]
-                else:
-                    h = self.recompute(seq)
-                h = h[:, -pn * pn:]
-                logits = self.head(h).float()
-                if guided:
-                    t = cfg_scale * si / max(K - 1, 1)
-                    logits = (1 + t) * logits[:B] - t * logits[B:]
-                idx = sample_tokens(logits, sampling, generator)
-                idx_all.append(idx)
-                f_hat, nxt = quantizer.next_input(si, f_hat, idx)
-                if nxt is None:
-                    return Generation(idx_all, f_hat, h[:B])
-                if guided:
-                    nxt = torch.cat([nxt, nxt])
-                tokens = self.next_scale_tokens(prefix_BNC, nxt, si + 1)
-                seq = torch.cat([seq, tokens], dim=1)
+            with graphs:
+                for si, pn in enumerate(self.patch_nums):
+                    if kv_cache:
+                        h = step(tokens, pos)
+                        pos += tokens.shape[1]
+                    else:
+                        h = self.recompute(seq)
+                    h = h[:, -pn * pn:]
+                    logits = self.head(h).float()
+                    if guided:
+                        t = cfg_scale * si / max(K - 1, 1)
+                        logits = (1 + t) * logits[:B] - t * logits[B:]
+                    idx = sample_tokens(logits, sampling, generator)
+                    idx_all.append(idx)
+                    f_hat, nxt = quantizer.next_input(si, f_hat, idx)
+                    if nxt is None:
+                        return Generation(idx_all, f_hat, h[:B])
+                    if guided:
+                        nxt = torch.cat([nxt, nxt])
+                    tokens = self.next_scale_tokens(prefix_BNC, nxt, si + 1)
+                    seq = torch.cat([seq, tokens], dim=1)
         finally:
             self.set_kv_caching(False)
         raise AssertionError("unreachable: the loop returns at the last scale")

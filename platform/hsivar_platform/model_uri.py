@@ -54,9 +54,10 @@ def resolve_model(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     return local
 
 
-def load_restorer(uri: str | os.PathLike, device: str = "cpu") -> Restorer:
-    """A :class:`~hsivar.restore.Restorer` for the published model at ``uri`` (see :func:`resolve_model`)."""
-    return Restorer.from_published(resolve_model(uri), device=device)
+def load_restorer(uri: str | os.PathLike, device: str = "cpu", compiled: bool = False) -> Restorer:
+    """A :class:`~hsivar.restore.Restorer` for the published model at ``uri`` (see :func:`resolve_model`);
+    ``compiled``: compiled decoding steps (:class:`~hsivar.restore.Restorer`)."""
+    return Restorer.from_published(resolve_model(uri), device=device, compiled=compiled)
 
 
 def model_config(uri: str) -> ModelConfig:

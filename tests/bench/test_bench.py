@@ -24,8 +24,8 @@ TIMEOUT_S = 600
 # Each bench at its smallest settings. Most of their time is Ray starting processes, not CPU work, so the
 # module starts the selected ones side by side and each test waits for its own.
 BENCHES: dict[str, list[str]] = {
-    "pipeline": ["--files", "1", "--size", "32", "--actors", "1", "--storage", "local,s3"],
-    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1"],
+    "pipeline": ["--files", "2", "--size", "32", "--actors", "1", "--storage", "local,s3"],
+    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1", "--own-repeats", "3"],
     "train": ["--workers", "1,2", "--stages", "vqvae", "--steps", "2", "--files", "1"],
 }
 
@@ -86,11 +86,14 @@ def _report(launched: dict[str, _Launched], name: str) -> dict[str, Any]:
 
 def test_pipeline_bench_ray_vs_loop_on_local_and_s3(launched: dict[str, _Launched]) -> None:
     r = _report(launched, "pipeline")
-    assert r["preset"] == "tiny" and r["files"] == 1
-    assert set(r["storage"]) == {"local", "s3"} == set(r["efficiency_ratio"])
+    assert r["preset"] == "tiny" and r["files"] == 2
+    assert set(r["storage"]) == {"local", "s3"} == set(r["efficiency_ratio"]) == set(r["steady_ratio"])
     for backend in r["storage"].values():
         for way in ("ray", "loop"):
-            assert backend[way]["cubes"] == 1 and backend[way]["cubes_per_s"] > 0
+            assert backend[way]["cubes"] == 2 and backend[way]["cubes_per_s"] > 0
+            # outputs after the first, over the time from the first to the last: faster than the whole run
+            assert backend[way]["steady_cubes_per_s"] > backend[way]["cubes_per_s"]
+        assert backend["steady_ratio"] > 0
         # the job's own figure is over the pipeline alone, a part of the whole run_batch call
         assert backend["ray"]["pipeline_cubes_per_s"] >= backend["ray"]["cubes_per_s"]
         assert len(backend["ray"]["all_seconds"]) == len(backend["loop"]["all_seconds"]) == 1
@@ -108,6 +111,11 @@ def test_serve_bench_latency_and_throughput_batching_on_and_off(launched: dict[s
             assert 0 < level["p50_s"] <= level["p95_s"] <= level["p99_s"]
     assert r["batching"]["off"]["2"]["tiles_per_forward"] == 1
     assert set(r["throughput_ratio_on_vs_off"]) == {"1", "2"}
+    own = r["model_own_time"]
+    assert 0 < own["min_s"] <= own["p50_s"] and own["threads"] == 1
+    assert own["forward_per_tile_s"] > 0 and own["batch_gain_ceiling"] > 0
+    for mode in ("on", "off"):  # what HTTP, the gateway and the handle add to the model's own time
+        assert r["serve_overhead_p50_s"][mode] == pytest.approx(r["batching"][mode]["1"]["p50_s"] - own["p50_s"])
 
 
 def test_train_bench_one_vs_two_workers(launched: dict[str, _Launched]) -> None:

@@ -6,6 +6,10 @@ runs a Ray Data pipeline, one row per input file (:mod:`hsivar_platform.batch.st
     list (driver) → read + prepare (CPU tasks) → restore (actor pool holding the model, one GPU per actor
     when the cluster has GPUs) → finish + write (CPU tasks) → manifest rows (driver)
 
+With GPU actors the reads and writes run on CPU tasks and overlap inference; an actor pool without GPUs runs all
+three stages in its actors (``BatchOptions.fused``), which keep the cores busy by themselves and start no task
+worker processes beside them.
+
 Every stage is a step of the one restoration path (:mod:`hsivar.restore`), so an output equals
 ``Restorer.restore`` on the same file. Outputs go to the input's key under the output prefix, in the
 input's format, back in the input's units and dtype; GeoTIFF keeps its CRS, transform, nodata and band
@@ -51,7 +55,7 @@ from hsivar_platform.batch.keys import (
 )
 from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
 from hsivar_platform.batch.options import BatchOptions, BatchReport
-from hsivar_platform.batch.stages import Restore, finish_and_write, read_and_tile
+from hsivar_platform.batch.stages import ReadRestoreWrite, Restore, finish_and_write, read_and_tile
 from hsivar_platform.locations import check_outlives_job, inside_job_copy
 from hsivar_platform.model_uri import model_config, model_version, pin_model_uri
 
@@ -116,13 +120,12 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     log.info("restore %s → %s with %s%s, version %s: %d input(s), %d already done, %d to restore",
              src, dst, model, requested, version, total, already, len(todo))
 
-    processed, pipeline_s = 0, 0.0
+    processed, pipeline_s, steady = 0, 0.0, 0.0
     if todo:
-        processed, pipeline_s = _run_pipeline(options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap,
-                                              task=options.task_arg(), tasks=tuple(cfg.dag.tasks), model=model,
-                                              estimate=cfg.first_estimate, wavelengths=cfg.wavelengths,
-                                              version=version, total=total, already=already,
-                                              ray_address=ray_address, log_dir=log_dir)
+        processed, pipeline_s, steady = _run_pipeline(
+            options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap, task=options.task_arg(),
+            tasks=tuple(cfg.dag.tasks), model=model, estimate=cfg.first_estimate, wavelengths=cfg.wavelengths,
+            version=version, total=total, already=already, ray_address=ray_address, log_dir=log_dir)
     uri = write_manifest(dst, manifest.values())
     remove_stale_temporaries(dst)  # e.g. from workers of a killed earlier run that were still writing
     current = [manifest[i.uri] for i in inputs if i.uri in manifest]
@@ -131,11 +134,13 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     report = BatchReport(
         total=total, ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"], already_done=already,
         processed=processed, seconds=seconds, cubes_per_s=processed / pipeline_s if pipeline_s > 0 else 0.0,
+        steady_cubes_per_s=steady,
         manifest=uri, model=model, model_requested=options.model, model_version=version,
         failures=[(r["input_uri"], r["error"]) for r in current if r["status"] == "failed"],
     )
-    log.info("done: %d ok, %d failed, %d skipped of %d in %.1f s (%.2f cubes/s); manifest %s",
-             report.ok, report.failed, report.skipped, total, seconds, report.cubes_per_s, uri)
+    log.info("done: %d ok, %d failed, %d skipped of %d in %.1f s (%.2f cubes/s, %.2f once outputs flowed); "
+             "manifest %s", report.ok, report.failed, report.skipped, total, seconds, report.cubes_per_s,
+             report.steady_cubes_per_s, uri)
     return report
 
 
@@ -161,9 +166,10 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                   bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], model: str,
                   estimate: bool, wavelengths: Sequence[float] | None, version: str,
                   total: int, already: int, ray_address: str | None,
-                  log_dir: str | os.PathLike | None) -> tuple[int, float]:
+                  log_dir: str | os.PathLike | None) -> tuple[int, float, float]:
     """Run the Ray Data pipeline over ``todo``, updating ``manifest`` (and its file) as rows finish;
-    → (files processed, seconds from the pipeline's start)."""
+    → (files processed, seconds from the pipeline's start, steady-state cubes/s: files after the first over the
+    time from the first to the last finished file; 0 with fewer than 2)."""
     import ray
     import ray.data
 
@@ -179,31 +185,37 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
               "uncertainty_uri": uncertainty_uri(i.out) if options.uncertainty else "",
               "kept_uri": sidecar_uri(i.out, KEPT_SUFFIX) if options.kept_mask else ""} for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
-    ds = ds.map_batches(read_and_tile, batch_size=1, num_cpus=1, runtime_env=env,
-                        fn_kwargs={"bands": bands, "tile": tile, "overlap": overlap,
-                                   "value_range": options.value_range, "estimate": estimate,
-                                   "wavelengths": wavelengths})
-    ds = ds.map_batches(
-        Restore, batch_size=1,
-        fn_constructor_kwargs={"model": model, "device": "cuda" if gpus > 0 else "cpu", "task": task,
-                               "samples": options.samples, "seed": options.seed, "batch_size": options.batch_size,
-                               "tile": tile, "overlap": overlap, "uncertainty": options.uncertainty},
-        compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-        num_gpus=gpus, num_cpus=options.cpus_per_actor, runtime_env=env,
+    read = {"bands": bands, "tile": tile, "overlap": overlap, "value_range": options.value_range,
+            "estimate": estimate, "wavelengths": wavelengths}
+    restore = {"model": model, "device": "cuda" if gpus > 0 else "cpu", "task": task, "samples": options.samples,
+               "seed": options.seed, "batch_size": options.batch_size, "tile": tile, "overlap": overlap,
+               "uncertainty": options.uncertainty, "compiled": options.compiled}
+    write = {"output_dtype": options.output_dtype, "tile": tile, "overlap": overlap, "model": model,
+             "model_requested": options.model, "model_version": version, "tasks": tasks}
+    pool = {"compute": ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors), "num_gpus": gpus,
+            "num_cpus": options.cpus_per_actor, "runtime_env": env, "memory": options.memory_per_actor_gb * 2**30}
+    fused = options.fused if options.fused is not None else gpus == 0
+    if fused:  # every stage in the model actors (CPU pools: they keep the cores busy by themselves)
+        ds = ds.map_batches(ReadRestoreWrite, batch_size=1, fn_constructor_kwargs={"read": read, "write": write,
+                                                                                  **restore}, **pool)
+    else:  # reads and writes on CPU tasks, overlapping the model actors' inference (GPU pools)
+        ds = ds.map_batches(read_and_tile, batch_size=1, num_cpus=1, runtime_env=env, fn_kwargs=read)
         # Reserving the model's memory also keeps Ray Data from fusing the read stage into the model
         # actors (different resources), so reading and tiling overlap with inference.
-        memory=options.memory_per_actor_gb * 2**30,
-    )
-    ds = ds.map_batches(finish_and_write, batch_size=1, num_cpus=1, runtime_env=env,
-                        fn_kwargs={"output_dtype": options.output_dtype, "tile": tile, "overlap": overlap,
-                                   "model": model, "model_requested": options.model, "model_version": version,
-                                   "tasks": tasks})
+        ds = ds.map_batches(Restore, batch_size=1, fn_constructor_kwargs=restore, **pool)
+        ds = ds.map_batches(finish_and_write, batch_size=1, num_cpus=1, runtime_env=env, fn_kwargs=write)
+    log.info("pipeline: %s", f"read, restore and write in {max_actors} model actor(s)" if fused else
+             f"read tasks → {max_actors} model actor(s) → write tasks")
 
     t0 = time.perf_counter()
     last_manifest = last_log = t0
+    t_first = t_last = t0
     done = failed = 0
     try:
         for row in ds.iter_rows():
+            t_last = time.perf_counter()
+            if done == 0:
+                t_first = t_last
             rec = json.loads(row["record"])
             rec["finished_at"] = datetime.fromisoformat(rec["finished_at"])
             manifest[rec["input_uri"]] = {**dict.fromkeys(MANIFEST_COLUMNS), **rec}
@@ -223,4 +235,5 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                 last_log = now
     finally:
         write_manifest(dst, manifest.values())
-    return done, time.perf_counter() - t0
+    steady = (done - 1) / (t_last - t_first) if done >= 2 and t_last > t_first else 0.0
+    return done, time.perf_counter() - t0, steady

@@ -28,6 +28,8 @@ class BatchOptions(BaseModel):
         None, description="(lo, hi) input units mapped to [0, 1], e.g. 0 1 for reflectance; default each cube's "
         "own min–max (noise stretches it: pass the range when it is known)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
+    compiled: bool = Field(False, description="decode through compiled steps (CUDA graphs per scale on a GPU); "
+                           "each model actor pays the compilation once")
     uncertainty: bool = Field(False, description="write <stem>.std<ext>: the calibrated error bar of a calibrated "
                                 "model, else the std over samples (needs samples > 1)")
     kept_mask: bool = Field(True, description="write <stem>.kept<ext>, uint8 1 where an entry was kept exactly as "
@@ -38,6 +40,8 @@ class BatchOptions(BaseModel):
     gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")
     cpus_per_actor: float = Field(1.0, gt=0)
     memory_per_actor_gb: float = Field(1.0, gt=0, description="memory reserved per model actor (GiB)")
+    fused: bool | None = Field(None, description="read, restore and write in the model actors (True), or read and "
+                               "write on CPU tasks around them (False); default: fused when the actors have no GPU")
     force: bool = Field(False, description="restore every input again, ignoring the manifest")
     fail_on_error: bool = Field(False, description="exit non-zero when any input failed")
     manifest_interval_s: float = Field(2.0, ge=0, description="least seconds between manifest rewrites")
@@ -68,7 +72,9 @@ class BatchReport:
     ``total`` inputs listed; ``ok`` / ``failed`` / ``skipped``: their manifest status after the run;
     ``already_done``: inputs skipped because an earlier run completed them; ``processed``: inputs this
     run went through (restored or failed); ``cubes_per_s``: ``processed`` over the pipeline's time
-    (from the start of the Ray Data pipeline); ``failures``: (input URI, error) of every failed input;
+    (from the start of the Ray Data pipeline); ``steady_cubes_per_s``: the rate once outputs flow (files after the
+    first over the time from the first to the last finished file; 0 with fewer than 2); ``failures``: (input
+    URI, error) of every failed input;
     ``model``: the model URI the job loaded, pinned (``models:/NAME/latest`` → ``models:/NAME/<version>``);
     ``model_requested``: the URI as given; ``model_version``: the version the model URI resolved to.
     """
@@ -82,6 +88,7 @@ class BatchReport:
     seconds: float
     cubes_per_s: float
     manifest: str
+    steady_cubes_per_s: float = 0.0
     model: str = ""
     model_requested: str = ""
     model_version: str = ""

@@ -139,15 +139,16 @@ class Restore:
     per sample (the blending is cheap next to the model and keeps what leaves the actor cube-sized)."""
 
     def __init__(self, model: str, device: str, task: TaskArg, samples: int, seed: int, batch_size: int,
-                 tile: int, overlap: int, uncertainty: bool = False) -> None:
+                 tile: int, overlap: int, uncertainty: bool = False, compiled: bool = False) -> None:
         """Load the model at URI ``model`` (pinned by the driver: a registry URI names its version) on
         ``device`` (``auto``: CUDA when this actor has a GPU); ``uncertainty``: add the calibrated error bar of a
-        calibrated model to each row (it needs the input and first estimate, which only this stage holds)."""
+        calibrated model to each row (it needs the input and first estimate, which only this stage holds);
+        ``compiled``: compiled decoding steps (:class:`~hsivar.restore.Restorer`)."""
         from hsivar_platform.model_uri import load_restorer
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.restorer = load_restorer(model, device=device)
+        self.restorer = load_restorer(model, device=device, compiled=compiled)
         self.task, self.samples, self.seed, self.batch_size = task, samples, seed, batch_size
         self.tile, self.overlap = tile, overlap
         self.uncertainty = uncertainty and self.restorer.calibrated
@@ -185,6 +186,22 @@ class Restore:
         out_row.update(error=np.array([error]), restored=restored, task_weights=weights, std01=std01,
                        seconds=batch["seconds"] + (time.perf_counter() - t0))
         return out_row
+
+
+class ReadRestoreWrite(Restore):
+    """The three stages in one model actor, file after file (for pools without GPUs): on CPUs the actors keep every
+    core busy by themselves, and no task worker processes start beside them (each would import torch and the
+    model code again, seconds of CPU before the first output)."""
+
+    def __init__(self, read: dict[str, Any], write: dict[str, Any], **restore: Any) -> None:
+        """``read``, ``write``: the keyword arguments of :func:`read_and_tile` and :func:`finish_and_write`;
+        ``restore``: those of :class:`Restore`."""
+        super().__init__(**restore)
+        self.read, self.write = read, write
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One input row → its manifest record, as the three stages would give it."""
+        return finish_and_write(super().__call__(read_and_tile(batch, **self.read)), **self.write)
 
 
 def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: int, overlap: int, model: str,

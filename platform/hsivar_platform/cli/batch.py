@@ -29,6 +29,9 @@ def restore(
     value_range: Annotated[str | None, typer.Option(
         help="LO,HI: input units mapped to [0, 1], e.g. 0,1 for reflectance (default: each cube's min–max)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 8,
+    compiled: Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="decode through compiled steps (CUDA graphs on a GPU; each model actor "
+        "compiles once)")] = False,
     uncertainty: Annotated[bool, typer.Option(help="also write <stem>.std<ext>: the calibrated error bar of a "
                                               "calibrated model (any --samples), else the std over --samples ≥ 2"
                                               )] = False,
@@ -40,6 +43,9 @@ def restore(
     gpus_per_actor: Annotated[float | None, typer.Option(min=0, help="default: 1 when the cluster has GPUs")] = None,
     cpus_per_actor: Annotated[float, typer.Option(min=0.01)] = 1.0,
     memory_per_actor_gb: Annotated[float, typer.Option(min=0.01, help="memory reserved per model actor")] = 1.0,
+    fused: Annotated[bool | None, typer.Option(
+        "--fused/--split", help="read, restore and write in the model actors, or read and write on CPU tasks around "
+        "them (default: fused when the actors have no GPU)", show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="restore everything again, ignoring the manifest")] = False,
     fail_on_error: Annotated[bool, typer.Option(help="exit with status 1 when any input failed")] = False,
     manifest_interval_s: Annotated[float, typer.Option(min=0, help="least seconds between manifest rewrites")] = 2.0,
@@ -65,9 +71,10 @@ def restore(
     try:
         options = BatchOptions(
             input=input, output=output, model=model, task=task, tile=tile, overlap=overlap, samples=samples,
-            seed=seed, value_range=vrange, batch_size=batch_size, uncertainty=uncertainty, kept_mask=kept_mask,
+            seed=seed, value_range=vrange, batch_size=batch_size, compiled=compiled, uncertainty=uncertainty,
+            kept_mask=kept_mask,
             output_dtype=output_dtype, actors=actors, min_actors=min_actors, gpus_per_actor=gpus_per_actor,
-            cpus_per_actor=cpus_per_actor, memory_per_actor_gb=memory_per_actor_gb, force=force,
+            cpus_per_actor=cpus_per_actor, memory_per_actor_gb=memory_per_actor_gb, fused=fused, force=force,
             fail_on_error=fail_on_error, manifest_interval_s=manifest_interval_s,
             progress_interval_s=progress_interval_s,
         )

@@ -38,6 +38,9 @@ def serve(
     gpus_per_replica: Annotated[float, typer.Option(min=0)] = 0.0,
     cpus_per_replica: Annotated[float, typer.Option(min=0.01)] = 1.0,
     max_request_mb: Annotated[float, typer.Option(min=0.001, help="largest request body (413 above)")] = 64.0,
+    compiled: Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="decode through compiled steps (CUDA graphs on a GPU; each replica's first "
+        "requests pay the compilation)")] = False,
     token_env: Annotated[str, typer.Option(help=_TOKEN)] = "HSIVAR_SERVE_TOKEN",
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS)] = None,
     blocking: Annotated[bool, typer.Option(help="keep running until Ctrl-C (--no-blocking: deploy to a running "
@@ -64,7 +67,7 @@ def serve(
     from hsivar_platform.serve import GATEWAY_OPTIONS, ServeSettings, build_app
 
     settings = ServeSettings(model=model, device=device, max_request_bytes=int(max_request_mb * 2**20),
-                             auth_token_env=token_env or None)
+                             auth_token_env=token_env or None, compiled=compiled)
     # The replicas get this shell's S3 / MLflow locations and, when it is set here, the bearer token:
     # auth must not silently turn off because the cluster was started from another shell.
     token = {token_env: os.environ[token_env]} if token_env and os.environ.get(token_env) else None

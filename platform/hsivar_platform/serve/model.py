@@ -49,6 +49,8 @@ class ServeSettings(BaseModel):
         "HSIVAR_SERVE_TOKEN", description="environment variable holding the bearer token; when it is set "
         "(non-empty) in the replica, /v1/* require 'Authorization: Bearer <token>'")
     model_cache_dir: str | None = Field(None, description="where remote models are copied (default: a temp dir)")
+    compiled: bool = Field(False, description="decode through compiled steps (CUDA graphs per scale on a GPU); the "
+                           "first request of each batch size pays the compilation")
 
 
 @dataclass
@@ -123,7 +125,7 @@ class HSIVARModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         local = resolve_model(self.settings.model, self.settings.model_cache_dir)
-        self.restorer = Restorer.from_published(local, device=device)
+        self.restorer = Restorer.from_published(local, device=device, compiled=self.settings.compiled)
         self.version = model_version(self.settings.model, local)
         # The model's KV cache is module state: one model thread per replica.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsivar-model")

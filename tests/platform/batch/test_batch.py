@@ -233,8 +233,9 @@ def test_uncertainty_from_one_decoding_of_an_uncalibrated_model_is_refused(
 @pytest.mark.slow
 def test_force_reruns_everything_as_float32_on_two_model_actors(
         ray_cluster: None, published_tiny: Path, tmp_path: Path) -> None:
-    """A plain re-run does nothing; ``force`` restores every input again (here with ``output_dtype=float32`` and a
-    pool of two model actors): the outputs are replaced by the unrounded restorations, the manifest rewritten."""
+    """A plain re-run does nothing; ``force`` restores every input again (here with ``output_dtype=float32``, a pool
+    of two model actors and the split pipeline of GPU pools): the outputs are replaced by the unrounded
+    restorations, the manifest rewritten."""
     rng = np.random.default_rng(9)
     raw, out = tmp_path / "raw", tmp_path / "out"
     cubes = {f"c{i}.tif": rng.integers(100, 4000, (8, 32, 36)).astype(np.int16) for i in range(4)}
@@ -255,9 +256,13 @@ def test_force_reruns_everything_as_float32_on_two_model_actors(
 
     from ray._private.state import actors as all_actors  # the GCS's actor table (this Ray has no dashboard)
 
+    started = [a["ActorClassName"] for a in all_actors().values()]
+    assert "MapWorker(MapBatches(ReadRestoreWrite))" in started  # CPU actors run the three stages themselves
+
+    # The split pipeline (the default with GPU actors): reads and writes on CPU tasks around the model actors.
     seen = set(all_actors())
     forced = run_batch(options.model_copy(update={"force": True, "output_dtype": "float32", "actors": 2,
-                                                  "min_actors": 2}))
+                                                  "min_actors": 2, "fused": False}))
     started = [a["ActorClassName"] for k, a in all_actors().items() if k not in seen]
     assert started.count("MapWorker(MapBatches(Restore))") == 2, started  # a pool of two model actors
     assert (forced.ok, forced.processed, forced.already_done, forced.failed) == (4, 4, 0, 0), forced.failures
