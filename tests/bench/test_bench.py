@@ -91,8 +91,9 @@ def test_pipeline_bench_ray_vs_loop_on_local_and_s3(launched: dict[str, _Launche
     for backend in r["storage"].values():
         for way in ("ray", "loop"):
             assert backend[way]["cubes"] == 2 and backend[way]["cubes_per_s"] > 0
-            # outputs after the first, over the time from the first to the last: faster than the whole run
-            assert backend[way]["steady_cubes_per_s"] > backend[way]["cubes_per_s"]
+            assert backend[way]["steady_cubes_per_s"] > 0  # outputs after the first, from the first to the last
+        # the job's start-up (actors importing torch and loading the model) is left out of its steady state
+        assert backend["ray"]["steady_cubes_per_s"] > backend["ray"]["cubes_per_s"]
         assert backend["steady_ratio"] > 0
         # the job's own figure is over the pipeline alone, a part of the whole run_batch call
         assert backend["ray"]["pipeline_cubes_per_s"] >= backend["ray"]["cubes_per_s"]
@@ -115,7 +116,8 @@ def test_serve_bench_latency_and_throughput_batching_on_and_off(launched: dict[s
     assert 0 < own["min_s"] <= own["p50_s"] and own["threads"] == 1
     assert own["forward_per_tile_s"] > 0 and own["batch_gain_ceiling"] > 0
     for mode in ("on", "off"):  # what HTTP, the gateway and the handle add to the model's own time
-        assert r["serve_overhead_p50_s"][mode] == pytest.approx(r["batching"][mode]["1"]["p50_s"] - own["p50_s"])
+        assert r["serve_overhead_p50_s"][mode] == pytest.approx(r["batching"][mode]["1"]["p50_s"] - own["p50_s"],
+                                                                abs=1e-5)  # the JSON line rounds
 
 
 def test_train_bench_one_vs_two_workers(launched: dict[str, _Launched]) -> None:
