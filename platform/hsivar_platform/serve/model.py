@@ -167,7 +167,7 @@ class HSIVARModel:
             key = json.dumps(task.tasks if isinstance(task, AutoAmong) else task, sort_keys=True)
             tiles, estimates = await asyncio.to_thread(lambda: (prep.tiles(), prep.estimate_tiles()))
             results = await self._batcher.submit([
-                _TileJob(t, key, task, None if estimates is None else estimates[k]) for k, t in enumerate(tiles)])
+                _TileJob(tile, key, task, None if estimates is None else estimates[k]) for k, tile in enumerate(tiles)])
             del tiles, estimates
             seconds["restore"], t = time.perf_counter() - t, time.perf_counter()
             restored = await asyncio.to_thread(_blend, prep, results)
