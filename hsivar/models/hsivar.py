@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from hsivar.config import ModelConfig
 from hsivar.models.condition import ConditionEncoder
@@ -126,15 +127,20 @@ class HSIVAR(nn.Module):
         (:func:`hsivar.training.stage3_loss`); :meth:`restore` decodes it. Arguments as in :meth:`restore`.
         """
         self.check_input(lq01)
-        c, feats = self.cond.encode_with_features(to_model_range(self.condition_input(lq01, estimate01)))
+        # record_function: the parts a profiler reports (bench/inference.py --parts); a no-op otherwise
+        with record_function("hsivar.condition"):
+            c, feats = self.cond.encode_with_features(to_model_range(self.condition_input(lq01, estimate01)))
+            prefix = self.cond.prefix(c)
         skips = feats if self.cfg.vqvae.decoder_skips else None
-        weights = self.dag.weights(task, lq01)
-        d = self.dag.embed(weights)
-        gen = self.var.generate(
-            self.cond.prefix(c), d, self.vqvae.quantize, sampling, generator,
-            d_uncond_BC=self.dag.null(d.shape[0]) if guidance == "cfg" else None,
-            cfg_scale=cfg_scale if guidance == "cfg" else 0.0, kv_cache=kv_cache,
-        )
+        with record_function("hsivar.guidance"):
+            weights = self.dag.weights(task, lq01)
+            d = self.dag.embed(weights)
+        with record_function("hsivar.transformer"):
+            gen = self.var.generate(
+                prefix, d, self.vqvae.quantize, sampling, generator,
+                d_uncond_BC=self.dag.null(d.shape[0]) if guidance == "cfg" else None,
+                cfg_scale=cfg_scale if guidance == "cfg" else 0.0, kv_cache=kv_cache,
+            )
         empty = lq01.new_zeros(lq01.shape[0], 0, 0, 0)
         return RestoreOutput(empty, weights, gen.idx, gen.f_hat, gen.hidden_last, skips)
 
@@ -157,6 +163,10 @@ class HSIVAR(nn.Module):
         out = self.autoregress(lq01, task, sampling, generator, guidance, cfg_scale, kv_cache, estimate01)
         latent = out.latent
         if refine:
-            latent = latent + self.refine(out.hidden_last, out.idx[-1])
-        cube = self.output(lq01, self.vqvae.decode(latent, out.skips), out.task_weights, estimate01).clamp(0, 1)
+            with record_function("hsivar.refiner"):
+                latent = latent + self.refine(out.hidden_last, out.idx[-1])
+        with record_function("hsivar.decoder"):
+            decoded = self.vqvae.decode(latent, out.skips)
+        with record_function("hsivar.fusion"):
+            cube = self.output(lq01, decoded, out.task_weights, estimate01).clamp(0, 1)
         return RestoreOutput(cube, out.task_weights, out.idx, latent, out.hidden_last, out.skips)
