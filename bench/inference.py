@@ -10,11 +10,13 @@ For one S×S×C tile of a preset it reports
     small/paper on CUDA only);
   * on CUDA, fp32 vs bf16 autocast and the achieved fraction of the device's dense bf16 peak;
   * with ``--compile``, DAG + KV through compiled decoding steps (one CUDA graph per scale on CUDA) beside the eager
-    one, with the compilation time and whether the tokens and image equal the eager decoding's.
+    one, with the compilation time and whether the tokens and image equal the eager decoding's;
+  * with ``--parts``, ms per cube of each part of DAG + KV (condition encoder, guidance, transformer loop,
+    refiner, decoder + SSA, fusion) from ``torch.profiler``, per batch size (and precision on CUDA).
 The last line printed is one JSON object with every figure.
 
     python bench/inference.py --preset tiny
-    python bench/inference.py --preset paper --device cuda --compile --batch-sizes 1,8,32,64
+    python bench/inference.py --preset paper --device cuda --compile --parts --batch-sizes 1,8,32,64
 """
 
 from __future__ import annotations
@@ -113,6 +115,44 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
     return results
 
 
+PARTS = ("condition", "guidance", "transformer", "refiner", "decoder", "fusion")
+"""The parts :meth:`hsivar.models.hsivar.HSIVAR.restore` labels for a profiler (``hsivar.<part>``)."""
+
+
+def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, repeats: int,
+                  bf16: bool) -> dict[str, float]:
+    """Milliseconds per cube of each part of DAG + KV decoding (:data:`PARTS`), from ``torch.profiler`` over
+    ``repeats`` calls after two warm-ups: CPU time of each labelled range on the CPU, device (kernel) time on
+    CUDA; ``total`` is the wall time per cube measured alongside (the parts' sum falls short of it by the glue
+    between them; on CUDA, kernels overlap the host)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = HSIVAR(preset(name, bands=bands)).to(device).eval()
+    x = torch.rand(batch_size, *model.cfg.cube_shape, device=device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with ctx, torch.no_grad():
+        for _ in range(2):
+            model.restore(x, task="auto")
+        sync()
+        with profile(activities=activities) as prof:
+            t = time.perf_counter()
+            for _ in range(repeats):
+                model.restore(x, task="auto")
+            sync()
+            wall = time.perf_counter() - t
+    cubes = repeats * batch_size
+    out = {}
+    for event in prof.key_averages():
+        if event.key.startswith("hsivar.") and event.key[len("hsivar."):] in PARTS:
+            us = event.device_time_total if device.type == "cuda" else event.cpu_time_total  # µs over all calls
+            out[event.key[len("hsivar."):]] = us / 1e3 / cubes
+    out["total"] = wall * 1e3 / (repeats * batch_size)
+    return out
+
+
 def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch.device,
                      ctx: object) -> dict[str, float | bool]:
     """DAG + KV of tiles ``x`` through compiled decoding steps vs eagerly: seconds per cube, the first call's
@@ -142,6 +182,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--measure", choices=("auto", "yes", "no"), default="auto",
                     help="auto: measure tiny on any device, small/paper only on CUDA")
+    ap.add_argument("--parts", action="store_true", help="also ms per cube of each part of the model (condition "
+                    "encoder, guidance, transformer loop, refiner, decoder + SSA, fusion) at each batch size")
     ap.add_argument("--compile", action="store_true", help="also DAG + KV through compiled decoding steps (CUDA "
                     "graphs per scale on CUDA; on the CPU inductor takes about a minute per batch size)")
     args = ap.parse_args()
@@ -182,6 +224,14 @@ def main() -> None:
                             r["fraction_of_bf16_peak"] = achieved / peak
                             line += f" {achieved:7.2f} TFLOP/s ({100 * achieved / peak:.1f}% of bf16 peak)"
                     print(line)
+        if args.parts:
+            report["parts_ms_per_cube"] = {}
+            for label, bf16 in precisions.items():
+                for bs in sizes:
+                    parts = measure_parts(args.preset, args.bands, device, bs, args.repeats, bf16)
+                    report["parts_ms_per_cube"].setdefault(label, {})[f"batch_{bs}"] = parts
+                    print(f"  {label} parts, batch {bs} (ms/cube): " + ", ".join(
+                        f"{k} {v:.2f}" for k, v in parts.items()))
         base = report["measured"]["fp32"]["dag_kv"][f"batch_{sizes[0]}"]["seconds_per_cube"]
         ratios = {k: v[f"batch_{sizes[0]}"]["seconds_per_cube"] / base
                   for k, v in report["measured"]["fp32"].items()}

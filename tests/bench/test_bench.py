@@ -192,3 +192,16 @@ def test_consistency_bench_times_every_step_of_every_family() -> None:
     for fam in r["families"].values():
         assert fam["tiles"] == 4 and set(fam["share"]) == {"prepare", "blur_width", "model", "consistency"}
         assert math.isclose(sum(fam["share"].values()), 1.0) and all(v > 0 for v in fam["ms_per_tile"].values())
+
+
+def test_inference_bench_times_every_variant_and_every_part_of_the_model() -> None:
+    r = _run_bench("inference", "--batch-sizes", "1,2", "--repeats", "1", "--parts")
+    assert r["preset"] == "tiny" and r["device"] == "cpu"
+    flops = r["counted_tflops_per_cube"]
+    assert 0 < flops["dag_kv"] < flops["cfg_kv"] and flops["dag_kv"] < flops["diffusion_100_steps"]
+    measured = r["measured"]["fp32"]
+    assert set(measured["dag_kv"]) == {"batch_1", "batch_2"} and set(measured["diffusion_100_steps"]) == {"batch_1"}
+    for bs, parts in r["parts_ms_per_cube"]["fp32"].items():
+        assert set(parts) == {"condition", "guidance", "transformer", "refiner", "decoder", "fusion", "total"}, bs
+        assert all(v > 0 for v in parts.values())
+        assert sum(v for k, v in parts.items() if k != "total") <= parts["total"] * 1.05  # parts of the whole
