@@ -13,7 +13,8 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,25 @@ def local_s3() -> Iterator[str]:
 
     with local_s3_server("bench", "bench") as endpoint:
         yield endpoint
+
+
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """What waits for ``device``'s queued work before a clock is read: ``torch.cuda.synchronize`` on CUDA, a no-op
+    on the CPU."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def call_times(fn: Callable[[], Any], repeats: int, device: torch.device | str) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, ``device`` synchronised before the first and after each."""
+    sync = device_sync(device)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,7 +26,7 @@ import time
 from contextlib import nullcontext
 
 import torch
-from _common import bench_parser
+from _common import bench_parser, call_times, device_sync
 from torch.utils.flop_counter import FlopCounterMode
 
 from hsivar.models.hsivar import HSIVAR
@@ -80,16 +80,9 @@ def counted_tflops(name: str, bands: int) -> dict[str, float]:
 
 def timed(fn: callable, repeats: int, device: torch.device) -> float:
     """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
     fn()  # second warm-up: allocator and thread pools settle
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
+    times = call_times(fn, repeats, device)
     return sorted(times)[len(times) // 2]
 
 
@@ -131,7 +124,7 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
     model = HSIVAR(preset(name, bands=bands)).to(device).eval()
     x = torch.rand(batch_size, *model.cfg.cube_shape, device=device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with ctx, torch.no_grad():
         for _ in range(2):
@@ -157,7 +150,7 @@ def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch
                      ctx: object) -> dict[str, float | bool]:
     """DAG + KV of tiles ``x`` through compiled decoding steps vs eagerly: seconds per cube, the first call's
     seconds (compilation), same tokens, largest image difference."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     bs = x.shape[0]
     with ctx, torch.no_grad():  # type: ignore[attr-defined]
         ref = model.restore(x, task="auto")

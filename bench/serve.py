@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 from _common import (
     bench_parser,
+    call_times,
     check_device,
     init_ray,
     json_line,
@@ -127,18 +128,7 @@ def own_time(model: str, cube: np.ndarray, device: str, threads: int, repeats: i
     try:
         restorer = load_restorer(model, device=device)
         restorer.restore(cube)
-
-        def timed(fn: Any, n: int) -> list[float]:
-            out = []
-            for _ in range(n):
-                t = time.perf_counter()
-                fn()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                out.append(time.perf_counter() - t)
-            return out
-
-        times = timed(lambda: restorer.restore(cube), repeats)
+        times = call_times(lambda: restorer.restore(cube), repeats, device)
         prep = restorer.prepare(cube, restorer.tile // 4)
         task = restorer.resolve_task(prep, "auto")
         tile, est = prep.tiles(0, 1), prep.estimate_tiles(0, 1)
@@ -147,7 +137,7 @@ def own_time(model: str, cube: np.ndarray, device: str, threads: int, repeats: i
             tiles, ests = tile.repeat(b, 1, 1, 1), None if est is None else est.repeat(b, 1, 1, 1)
             restorer.forward(tiles, task, GREEDY, estimate01=ests)
             run = partial(restorer.forward, tiles, task, GREEDY, estimate01=ests)
-            per_tile[b] = percentile(timed(run, max(3, repeats // 3)), 50) / b
+            per_tile[b] = percentile(call_times(run, max(3, repeats // 3), device), 50) / b
     finally:
         torch.set_num_threads(before)
         if limits is not None:

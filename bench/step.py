@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import bench_parser, check_device, json_line
+from _common import bench_parser, check_device, device_sync, json_line
 
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
@@ -47,7 +47,7 @@ def time_stage(model: HSIVAR, stage: str, batch: Batch, steps: int, bf16: bool,
     opt = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
