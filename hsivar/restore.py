@@ -22,8 +22,8 @@ restores a cube through the same three steps, so a new option is added once:
    nodata voxels written back as nodata.
 
 Steps 1 and 3 need the model's configuration only: :class:`RestoreSpec` (built from ``config.json``, no weights) holds
-them, and :class:`Restorer` extends it with the model — Serve's HTTP gateway prepares and finishes with a
-``RestoreSpec`` while the model runs in another process.
+them, and :class:`Restorer` extends it with the model. Serve's HTTP gateway, which holds no weights, checks
+requests against a ``RestoreSpec`` (bands, tile, calibration); its model replica runs all three steps.
 
 Greedy decoding is the default (restoration wants fidelity). With seeded top-k / top-p sampling,
 ``samples = N`` decodes N times. On CUDA the model runs under bf16 autocast; the quantiser stays fp32.
@@ -132,8 +132,8 @@ class RestoredSamples:
 class RestoreSpec:
     """What a model's configuration alone decides of a restoration — bands, tile, tasks, the first estimate, the
     calibrated uncertainty — and the CPU steps that need nothing more: :meth:`prepare`, :meth:`resolve_task`,
-    :meth:`finish`. No weights: Serve's HTTP gateway builds one from ``read_config`` while the model lives in
-    another process; :class:`Restorer` extends it with the model."""
+    :meth:`finish`. No weights: Serve's HTTP gateway builds one from ``read_config`` to check requests while the
+    model lives in another process; :class:`Restorer` extends it with the model."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         """The restoration steps of a model with configuration ``cfg`` (e.g. :func:`hsivar.publish.read_config`)."""
@@ -206,7 +206,7 @@ class RestoreSpec:
     def may_observe_blur(self, prep: PreparedCube) -> bool:
         """Whether :meth:`Restorer.observe_blur` could change ``prep``, as far as the configuration and the cube
         decide: the model has a blur-width head, blur is one of its tasks, the observation knows no width yet, and
-        there is a cube to cut tiles from (Serve's gateway skips the round trip to the model otherwise)."""
+        there is a cube to cut tiles from (Serve's model replica skips the hop to its model thread otherwise)."""
         obs = prep.observation
         return bool(self.cfg.dag.blur_width) and obs is not None and not obs.blur_sigma \
             and "blur" in self.tasks and prep.cube01.numel() > 0
