@@ -85,7 +85,9 @@ def make_demo(
     n_val: Annotated[int, typer.Option("--n-val", min=0, help="Validation cubes.")] = 2,
     n_test: Annotated[int, typer.Option("--n-test", min=0, help="Test cubes.")] = 2,
     size: Annotated[int, typer.Option("--size", min=8, help="Cube height = width in pixels.")] = 64,
-    fmt: Annotated[str, typer.Option("--format", help=f"File format: {', '.join(format_aliases())}.")] = "npy",
+    fmt: Annotated[str, typer.Option(
+        "--format", help=f"File format: {', '.join(format_aliases(products=True))} (sensor products in their real "
+        "layout, one folder per cube).")] = "npy",
     seed: Annotated[int, typer.Option("--seed", help="Dataset seed (same seed, same cubes).")] = 0,
 ) -> None:
     """Write OUT_URI/{train,val,test}/cube_XXXX.<ext> and OUT_URI/manifest.json.
@@ -98,9 +100,9 @@ def make_demo(
         raise typer.BadParameter("give either --bands or --sensor, not both", param_hint="--sensor")
     if sensor is not None and sensor.lower() not in SENSORS:
         raise typer.BadParameter(f"unknown sensor {sensor!r}; choose from {', '.join(SENSORS)}", param_hint="--sensor")
-    if fmt.lower() not in format_aliases():
+    if fmt.lower() not in format_aliases(products=True):
         raise typer.BadParameter(
-            f"unknown format {fmt!r}; choose from {', '.join(format_aliases())}", param_hint="--format"
+            f"unknown format {fmt!r}; choose from {', '.join(format_aliases(products=True))}", param_hint="--format"
         )
     written = make_demo_dataset(
         out_uri,

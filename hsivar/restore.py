@@ -36,6 +36,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from hsivar.models.var import GREEDY, Sampling
 from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, calibrated_std, finish, prepare_cube
 from hsivar.publish import load_published
 from hsivar.uncertainty import mix
+
+if TYPE_CHECKING:  # a DataArray input (hsivar.io.dataarray); xarray is imported only when one is passed
+    import xarray
 
 __all__ = ["NothingToRestore", "PreparedCube", "RestoreInputError", "RestoreSpec", "RestoredSamples", "Restoration",
            "Restorer", "calibrated_std", "decoding", "finish", "parse_value_range", "prepare_cube", "resolve_overlap"]
@@ -338,16 +342,19 @@ class Restorer(RestoreSpec):
             blended.append(prep.consistent(blender.result()))
         return RestoredSamples(torch.stack(blended), (weight_sum / (n * samples)).tolist())
 
-    def restore(self, cube: np.ndarray | torch.Tensor, task: TaskSpec = "auto", *, overlap: int | None = None,
-                tile: int | None = None, batch_size: int = 8, samples: int = 1, seed: int = 0,
-                sampling: Sampling | None = None, value_range: tuple[float, float] | None = None,
+    def restore(self, cube: np.ndarray | torch.Tensor | xarray.DataArray, task: TaskSpec = "auto", *,
+                overlap: int | None = None, tile: int | None = None, batch_size: int = 8, samples: int = 1,
+                seed: int = 0, sampling: Sampling | None = None, value_range: tuple[float, float] | None = None,
                 nodata: float | None = None, observation: Observation | None = None,
                 missing: np.ndarray | None = None, consistency: bool = True, guidance: Guidance = "dag",
                 cfg_scale: float = 1.5, refine: bool = True) -> Restoration:
         """Restore one cube: :meth:`prepare` → :meth:`restore_prepared` → :func:`finish`.
 
         Args:
-            cube: (C, H, W) in any units; C must equal the model's band count.
+            cube: (C, H, W) in any units; C must equal the model's band count. Or an ``xarray.DataArray`` with the
+                dims ``band``, ``y``, ``x`` in any order (:mod:`hsivar.io.dataarray`, e.g.
+                ``open_dataarray(path)``): its ``nodata`` attribute and ``missing`` coordinate are used when
+                ``nodata`` / ``missing`` are not given.
             task: ``"auto"``, a task name, or a {task: weight} mixture.
             overlap: tile overlap in pixels (default S/4); tile: must be None or S (the model's tile).
             batch_size: tiles per forward pass.
@@ -365,11 +372,28 @@ class Restorer(RestoreSpec):
                 output with ``dataclasses.replace(meta, missing=None)``: every entry holds a value now.
             consistency: keep exactly observed entries and back-project onto the observation (default).
         Returns:
-            :class:`Restoration` with the cube (C, H, W) float32 in the input's units.
+            :class:`Restoration` with the cube (C, H, W) float32 in the input's units. For a DataArray input its
+            ``cube`` and ``std`` (when present) are DataArrays float32 in the input's units with the input's dims
+            order, coords and attrs, less the ``missing`` coordinate (every entry holds a value now), so
+            ``write_cube(path, *to_cube(out.cube))`` writes it; ``kept`` stays a (C, H, W) bool array.
         Raises:
             RestoreInputError: wrong rank or band count, empty or non-finite cube, bad options, a ``missing`` mask
                 of the wrong shape; :class:`NothingToRestore` when nodata and ``missing`` leave nothing observed.
+            CubeError: a DataArray without exactly the dims band / y / x.
         """
+        if type(cube).__module__.startswith("xarray."):  # a DataArray: restore its values, give DataArrays back
+            from dataclasses import replace
+
+            from hsivar.io.dataarray import to_cube, with_cube
+
+            values, meta = to_cube(cube)
+            out = self.restore(values, task, overlap=overlap, tile=tile, batch_size=batch_size, samples=samples,
+                               seed=seed, sampling=sampling, value_range=value_range,
+                               nodata=meta.nodata if nodata is None else nodata, observation=observation,
+                               missing=meta.missing if missing is None else missing, consistency=consistency,
+                               guidance=guidance, cfg_scale=cfg_scale, refine=refine)
+            return replace(out, cube=with_cube(cube, out.cube),
+                           std=None if out.std is None else with_cube(cube, out.std).rename("std"))
         t0 = time.perf_counter()
         overlap = resolve_overlap(self.tile, tile, overlap)
         decoding(samples, batch_size, sampling)  # option errors before any work

@@ -64,6 +64,7 @@ import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -559,6 +560,26 @@ def _join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def _write_product(write_demo: Any, folder_uri: str, cube: np.ndarray, wavelengths: Any, index: int) -> str:
+    """Write one sensor product with its format's ``write_demo`` into ``folder_uri`` (local, or any fsspec URI
+    through a local temporary folder whose files are then put one by one); → the name of the file naming it."""
+    import tempfile
+
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(folder_uri)
+    local = isinstance(fs, LocalFileSystem)
+    with tempfile.TemporaryDirectory(prefix="hsivar-demo-") as tmp:
+        folder = Path(root) if local else Path(tmp)
+        named = write_demo(folder, np.clip(cube, 0.0, 1.0).astype(np.float32), np.asarray(wavelengths, float),
+                           index=index)
+        if not local:
+            for path in sorted(folder.iterdir()):
+                fs.put_file(str(path), f"{root.rstrip('/')}/{path.name}")
+    return Path(named).name
+
+
 def make_demo_dataset(
     out_uri: str,
     n_train: int = 8,
@@ -577,8 +598,11 @@ def make_demo_dataset(
         n_train, n_val, n_test: cubes per split (≥ 0).
         size: H = W in pixels.
         bands: bands over 400–700 nm (default 31); or ``sensor``: a :data:`SENSORS` preset.
-        format: a cube format name or alias of :func:`hsivar.io.format_aliases` (npy, npz, h5, mat, tif, envi, ...);
-            files get the format's ``write_suffix``.
+        format: a cube format name or alias of :func:`hsivar.io.format_aliases` (npy, npz, h5, mat, tif / cog,
+            envi, ...); files get the format's ``write_suffix``. A sensor product (enmap, prisma, emit) is written
+            in its real on-disk layout, each cube as ``<split>/cube_XXXX/<product file names>`` (its row's
+            ``write_demo``; the manifest's ``file`` names the file that names the product), scaled to reflectance
+            in [0, 1].
         seed: dataset seed; cube i of split s (train 0, val 1, test 2) uses seed ``(seed, s, i)``, so
             splits never share a cube and adding cubes does not change existing ones.
 
@@ -591,7 +615,8 @@ def make_demo_dataset(
     from hsivar.io import FORMAT_TABLE, CubeMeta, format_named, write_cube  # rasterio, h5py: import on use
 
     fmt = format.lower()
-    ext = FORMAT_TABLE[format_named(fmt)].write_suffix  # CubeError (a ValueError) for an unknown name
+    row = FORMAT_TABLE[format_named(fmt)]  # CubeError (a ValueError) for an unknown name
+    ext = row.write_suffix
     if bands is not None and sensor is not None:
         raise ValueError("give either bands or sensor, not both")
     written: list[str] = []
@@ -601,15 +626,20 @@ def make_demo_dataset(
             raise ValueError(f"n_{split} must be >= 0, got {n}")
         for i in range(n):
             syn = synthesize((seed, s_idx, i), size, bands, sensor=sensor)
-            uri = _join(out_uri, split, f"cube_{i:04d}{ext}")
-            meta = CubeMeta(
-                bands=syn.cube.shape[0],
-                wavelengths=[float(v) for v in syn.wavelengths],
-                band_names=list(syn.band_names) if syn.band_names else None,
-            )
-            write_cube(uri, syn.cube, meta)
+            if row.write is None:  # a sensor product, in its own folder
+                name = _write_product(row.write_demo, _join(out_uri, split, f"cube_{i:04d}"), syn.cube,
+                                      syn.wavelengths, index=100 * s_idx + i)
+                uri, rel = _join(out_uri, split, f"cube_{i:04d}", name), f"{split}/cube_{i:04d}/{name}"
+            else:
+                uri, rel = _join(out_uri, split, f"cube_{i:04d}{ext}"), f"{split}/cube_{i:04d}{ext}"
+                meta = CubeMeta(
+                    bands=syn.cube.shape[0],
+                    wavelengths=[float(v) for v in syn.wavelengths],
+                    band_names=list(syn.band_names) if syn.band_names else None,
+                )
+                write_cube(uri, syn.cube, meta)
             written.append(uri)
-            entries.append({"split": split, "file": f"{split}/cube_{i:04d}{ext}", **syn.info()})
+            entries.append({"split": split, "file": rel, **syn.info()})
     manifest = {
         "generator": "hsivar.synth",
         "format": fmt,

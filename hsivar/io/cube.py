@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from hsivar.io.layout import (
 from hsivar.io.location import resolve_location, staged
 from hsivar.io.masks import check_missing
 from hsivar.io.meta import CubeError, CubeMeta
-from hsivar.io.registry import FORMAT_TABLE, Format, detect_file_format, detect_format
+from hsivar.io.registry import FORMAT_TABLE, Format, detect_file_format, detect_format, output_name
 
 __all__ = ["cube_shape", "read_cube", "write_cube"]
 
@@ -288,7 +289,7 @@ def write_cube(
             ``meta.extras["dataset"]`` names the HDF5 dataset / npz key / .mat variable (default
             ``"cube"``), ``meta.extras["interleave"]`` the ENVI interleave (default BSQ). .mat files
             store the cube MATLAB-style as H x W x C.
-        format: one of :data:`hsivar.io.FORMATS`, overriding the extension.
+        format: one of :data:`hsivar.io.WRITE_FORMATS`, overriding the extension.
         dtype: dtype written, e.g. ``meta.dtype`` to go back to the source dtype; integer dtypes
             round and clip to their range. Default: the cube's own dtype.
         storage_options: fsspec options for remote ``dst``.
@@ -304,9 +305,12 @@ def write_cube(
     """
     loc = resolve_location(dst, storage_options)
     row = _row(format or detect_format(loc.text), loc.text)
+    if row.write is None:
+        raise CubeError(f"{loc.text}: {row.name} is a sensor product format, read but never written; write the cube "
+                        f"as {row.output_format} (e.g. to {output_name(posixpath.basename(loc.path))})")
     arr = _as_cube(cube, loc.text)
     meta = meta if meta is not None else CubeMeta(bands=arr.shape[0])
-    for name in ("wavelengths", "band_names"):
+    for name in ("wavelengths", "band_names", "fwhm"):
         values = getattr(meta, name)
         if values is not None and len(values) != arr.shape[0]:
             raise CubeError(f"{loc.text}: meta.{name} has {len(values)} entries for a {arr.shape[0]}-band cube")

@@ -170,6 +170,7 @@ def open_envi(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOptio
     meta = CubeMeta(
         bands=count,
         wavelengths=layout.to_nanometres(layout.as_floats(header.get("wavelength")), header.get("wavelength units")),
+        fwhm=layout.to_nanometres(layout.as_floats(header.get("fwhm")), header.get("wavelength units")),
         band_names=[str(n) for n in names] if isinstance(names, list) else None,
         crs=crs or None,
         transform=_transform(header),
@@ -233,6 +234,9 @@ def write_envi(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
     }
     if meta.wavelengths is not None:
         header["wavelength"] = [repr(float(v)) for v in meta.wavelengths]
+        header["wavelength units"] = "Nanometers"
+    if meta.fwhm is not None:
+        header["fwhm"] = [repr(float(v)) for v in meta.fwhm]
         header["wavelength units"] = "Nanometers"
     if meta.band_names is not None:
         header["band names"] = [str(n) for n in meta.band_names]

@@ -1,23 +1,26 @@
 """GeoTIFF cubes (``.tif``, ``.tiff``) through rasterio: one raster band per spectral band.
 
 The file describes its own layout, so ``layout=`` is not consulted. Reads are windowed (remote files
-through fsspec, only the bytes needed). CRS, transform, nodata, band descriptions (names) and wavelengths
-(dataset tag ``wavelengths`` or per-band tags ``wavelength``, with ``wavelength_units``) are read and
-written; scales / offsets are reported in ``extras``, values are returned as stored. An internal (or
-``.msk``) per-dataset mask and a dataset tag ``bbl`` (bad band list) give :attr:`CubeMeta.missing`
-(:mod:`hsivar.io.masks`); the writer stores whole bad bands as ``bbl`` and the other missing entries as an
-internal mask (one for all the good bands).
+through fsspec, only the bytes needed). CRS, transform, nodata, band descriptions (names), wavelengths
+(dataset tag ``wavelengths`` or per-band tags ``wavelength``, with ``wavelength_units``) and FWHM (tag
+``fwhm``, nm) are read and written; scales / offsets are reported in ``extras``, values are returned as
+stored. An internal (or ``.msk``) per-dataset mask and a dataset tag ``bbl`` (bad band list) give
+:attr:`CubeMeta.missing` (:mod:`hsivar.io.masks`); the writer stores whole bad bands as ``bbl`` and the other
+missing entries as an internal mask (one for all the good bands). Every GeoTIFF written is a Cloud-Optimized GeoTIFF
+(:data:`COG_OPTIONS`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Any
 
 import numpy as np
 import rasterio
 import rasterio.errors
+import rasterio.shutil
 import rasterio.windows
 from affine import Affine
 from rasterio.crs import CRS
@@ -27,7 +30,7 @@ from hsivar.io import layout, masks
 from hsivar.io.location import Location
 from hsivar.io.meta import CubeError, CubeMeta
 
-__all__ = ["GEOTIFF_DTYPES", "GEOTIFF_ERRORS", "geotiff_meta_problem", "open_geotiff", "write_geotiff"]
+__all__ = ["COG_OPTIONS", "GEOTIFF_DTYPES", "GEOTIFF_ERRORS", "geotiff_meta_problem", "open_geotiff", "write_geotiff"]
 
 GEOTIFF_ERRORS: tuple[type[Exception], ...] = (rasterio.errors.RasterioError,)
 """Library errors meaning "not a valid GeoTIFF" or "cannot write it" (besides OSError, ValueError, ...)."""
@@ -55,6 +58,15 @@ def _wavelengths(ds: Any) -> list[float] | None:
     return layout.to_nanometres(per_band, units)
 
 
+def _fwhm(ds: Any) -> list[float] | None:
+    """Band FWHM in nm from the dataset tag ``fwhm`` (written by :func:`write_geotiff`), else ``None``."""
+    text = {k.lower(): v for k, v in ds.tags().items()}.get("fwhm")
+    if text is None:
+        return None
+    values = layout.as_floats([v for v in text.replace(";", ",").split(",") if v.strip()])
+    return values if values is not None and len(values) == ds.count else None
+
+
 def open_geotiff(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOptions) -> layout.Source:
     """Open a GeoTIFF; its bands are the cube's bands (C), in file order."""
     with warnings.catch_warnings():
@@ -75,6 +87,7 @@ def open_geotiff(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOp
     meta = CubeMeta(
         bands=ds.count,
         wavelengths=_wavelengths(ds),
+        fwhm=_fwhm(ds),
         band_names=[n or f"band_{i + 1}" for i, n in enumerate(names)] if names else None,
         crs=ds.crs.to_string() if ds.crs else None,
         transform=tuple(ds.transform)[:6] if georeferenced else None,
@@ -128,23 +141,28 @@ def geotiff_meta_problem(meta: CubeMeta) -> str | None:
     return None
 
 
+COG_OPTIONS: dict[str, Any] = {
+    "COMPRESS": "DEFLATE",
+    "PREDICTOR": "YES",  # horizontal differencing for integers, the floating-point predictor for floats
+    "BLOCKSIZE": 256,
+    "OVERVIEWS": "AUTO",  # halvings until the raster fits one tile
+    "BIGTIFF": "IF_SAFER",
+}
+"""Creation options of GDAL's COG driver for every GeoTIFF written (deflate, 256-pixel tiles, overviews)."""
+
+
 def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
-    """Write the (C, H, W) cube to ``paths[0]`` as a deflate-compressed, band-interleaved GeoTIFF (tiled
-    256 x 256 when large enough) with CRS, transform, nodata, band names, wavelengths (nm) and the missing
-    entries of ``meta.missing`` (tag ``bbl``, internal mask)."""
+    """Write the (C, H, W) cube to ``paths[0]`` as a Cloud-Optimized GeoTIFF (GDAL's COG driver: internal
+    256 x 256 tiles, deflate with a predictor, overviews when larger than a tile, pixel-interleaved) with CRS,
+    transform, nodata, band names, wavelengths and FWHM (nm) and the missing entries of ``meta.missing``
+    (tag ``bbl``, internal mask).
+
+    The bands and tags are first written to a plain GeoTIFF beside ``paths[0]`` (the COG driver only copies
+    a finished dataset), which is removed afterwards.
+    """
     c, h, w = arr.shape
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": w,
-        "height": h,
-        "count": c,
-        "dtype": arr.dtype.name,
-        "interleave": "band",
-        "compress": "deflate",
-        "BIGTIFF": "IF_SAFER",
-    }
-    if h >= 256 and w >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    profile: dict[str, Any] = {"driver": "GTiff", "width": w, "height": h, "count": c, "dtype": arr.dtype.name,
+                               "interleave": "band", "BIGTIFF": "IF_SAFER"}
     if meta.crs is not None:
         profile["crs"] = CRS.from_user_input(meta.crs)
     if meta.transform is not None:
@@ -152,19 +170,35 @@ def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
     if meta.nodata is not None:
         profile["nodata"] = meta.nodata
     bad, rest = masks.split_missing(meta.missing) if meta.missing is not None else (None, None)
-    with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(paths[0], "w", **profile) as ds:
-            ds.write(arr)
-            if rest is not None:  # one mask for the good bands (geotiff_meta_problem checked it)
-                good = rest if bad is None else rest[~bad]
-                ds.write_mask(np.where(good[0], 0, 255).astype(np.uint8))
-            if bad is not None:
-                ds.update_tags(**{masks.BBL_KEY: ",".join(str(int(not b)) for b in bad)})
-            if meta.band_names is not None:
-                for i, name in enumerate(meta.band_names, start=1):
-                    ds.set_band_description(i, str(name))
-            if meta.wavelengths is not None:
-                ds.update_tags(wavelengths=",".join(repr(float(v)) for v in meta.wavelengths), wavelength_units="nm")
-                for i, wl in enumerate(meta.wavelengths, start=1):
-                    ds.update_tags(i, wavelength=repr(float(wl)), wavelength_units="nm")
+    plain = f"{paths[0]}.plain.tif"
+    try:
+        with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(plain, "w", **profile) as ds:
+                ds.write(arr)
+                if rest is not None:  # one mask for the good bands (geotiff_meta_problem checked it)
+                    good = rest if bad is None else rest[~bad]
+                    ds.write_mask(np.where(good[0], 0, 255).astype(np.uint8))
+                _write_band_tags(ds, meta, bad)
+            with rasterio.open(plain) as src:
+                rasterio.shutil.copy(src, paths[0], driver="COG", **COG_OPTIONS)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(plain)
+
+
+def _write_band_tags(ds: Any, meta: CubeMeta, bad: np.ndarray | None) -> None:
+    """Band names (descriptions), wavelengths / FWHM (dataset and per-band tags, nm) and the bad band list."""
+    if bad is not None:
+        ds.update_tags(**{masks.BBL_KEY: ",".join(str(int(not b)) for b in bad)})
+    if meta.band_names is not None:
+        for i, name in enumerate(meta.band_names, start=1):
+            ds.set_band_description(i, str(name))
+    if meta.wavelengths is not None:
+        ds.update_tags(wavelengths=",".join(repr(float(v)) for v in meta.wavelengths), wavelength_units="nm")
+        for i, wl in enumerate(meta.wavelengths, start=1):
+            ds.update_tags(i, wavelength=repr(float(wl)), wavelength_units="nm")
+    if meta.fwhm is not None:
+        ds.update_tags(fwhm=",".join(repr(float(v)) for v in meta.fwhm))
+        for i, width in enumerate(meta.fwhm, start=1):
+            ds.update_tags(i, fwhm=repr(float(width)))

@@ -89,6 +89,7 @@ def open_hdf5(
         reversed_axes=mat73,
         wavelengths=layout.to_nanometres(layout.as_floats(wl), units),
         band_names=layout.as_names(_attr(ds, "band_names")),
+        fwhm=layout.to_nanometres(layout.as_floats(_attr(ds, "fwhm")), units),
         extras=extras,
         crs=layout.as_str(_attr(ds, "crs")),
         transform=tuple(transform) if transform and len(transform) >= 6 else None,
@@ -141,6 +142,9 @@ def write_hdf5(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
         ds.attrs["layout"] = "chw"
         if meta.wavelengths is not None:
             ds.attrs["wavelengths"] = np.asarray(meta.wavelengths, dtype=np.float64)
+            ds.attrs["wavelength_units"] = "nm"
+        if meta.fwhm is not None:
+            ds.attrs["fwhm"] = np.asarray(meta.fwhm, dtype=np.float64)
             ds.attrs["wavelength_units"] = "nm"
         if meta.band_names is not None:
             ds.attrs["band_names"] = np.asarray(meta.band_names, dtype=h5py.string_dtype())

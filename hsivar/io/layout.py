@@ -303,12 +303,20 @@ def check_bands(bands: Sequence[int] | None, count: int, src: str) -> list[int] 
     return indices
 
 
+_PER_BAND_EXTRAS = ("scale", "offset", "scales", "offsets")
+
+
 def subset_meta(meta: CubeMeta, indices: list[int] | None) -> CubeMeta:
     """Copy of ``meta`` restricted to band ``indices``; per-band lists of the wrong length are dropped
-    (and noted in ``extras["warnings"]``)."""
+    (and noted in ``extras["warnings"]``). Per-band lists in ``extras`` (``scale``, ``offset``, ``scales``,
+    ``offsets``: one value per band) are restricted too."""
     meta = dataclasses.replace(meta, extras=dict(meta.extras))
     count = meta.bands
-    for name in ("wavelengths", "band_names"):
+    for key in _PER_BAND_EXTRAS:
+        values = meta.extras.get(key)
+        if indices is not None and isinstance(values, list) and len(values) == count:
+            meta.extras[key] = [values[i] for i in indices]
+    for name in ("wavelengths", "band_names", "fwhm"):
         values = getattr(meta, name)
         if values is not None and len(values) != count:
             meta.extras.setdefault("warnings", []).append(f"ignored {name}: {len(values)} values for {count} bands")

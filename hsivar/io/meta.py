@@ -21,6 +21,8 @@ class CubeMeta:
         bands: number of bands C of the cube this describes.
         wavelengths: band centre wavelengths in nanometres (length C), when known.
         band_names: band names (length C), when known.
+        fwhm: band full widths at half maximum in nanometres (length C), when known (sensor products,
+            ENVI ``fwhm``, GeoTIFF / HDF5 written by hsivar).
         crs: coordinate reference system, ``"EPSG:xxxx"`` or WKT (GeoTIFF, ENVI).
         transform: affine 6-tuple ``(a, b, c, d, e, f)`` mapping (col, row) pixel corners to CRS
             coordinates, as in rasterio/affine; for a windowed read it is the window's transform.
@@ -44,6 +46,7 @@ class CubeMeta:
     bands: int = 0
     wavelengths: list[float] | None = None
     band_names: list[str] | None = None
+    fwhm: list[float] | None = None
     crs: str | None = None
     transform: tuple[float, ...] | None = None
     nodata: float | None = None

@@ -1,22 +1,28 @@
 """The one table of cube formats, and everything derived from it.
 
-Each :class:`Format` row says how a format is named (extensions, aliases, HTTP media types), listed and
-opened / written. Adding a format means one module (its opener and writer) plus one row in
-:data:`FORMAT_TABLE`; format detection, the listing rule, alias and media-type lookups and the dispatch of
-:func:`hsivar.io.read_cube` / :func:`hsivar.io.write_cube` read the table when called.
+Each :class:`Format` row says how a format is named (extensions, file-name patterns, aliases, HTTP media
+types), listed and opened / written. Adding a format means one module (its opener and writer) plus one row
+in :data:`FORMAT_TABLE`; format detection, the listing rule, alias and media-type lookups and the dispatch
+of :func:`hsivar.io.read_cube` / :func:`hsivar.io.write_cube` read the table when called.
+
+Sensor products (EnMAP, PRISMA, EMIT) are rows too: they are recognised by their file names
+(``name_patterns``, tried before extensions), are read only, and name the format written in their place
+(``output_format``: a restored product is a Cloud-Optimized GeoTIFF).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import posixpath
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from hsivar.io import envi, geotiff, hdf5, mat, npy
+from hsivar.io import emit, enmap, envi, geotiff, hdf5, mat, npy, prisma
 from hsivar.io.layout import OpenOptions, Source
 from hsivar.io.location import Location, single_target, split_ext
 from hsivar.io.meta import CubeError, CubeMeta
@@ -24,6 +30,7 @@ from hsivar.io.meta import CubeError, CubeMeta
 __all__ = [
     "FORMATS",
     "FORMAT_TABLE",
+    "WRITE_FORMATS",
     "Format",
     "cube_suffixes",
     "detect_file_format",
@@ -31,8 +38,10 @@ __all__ = [
     "format_aliases",
     "format_named",
     "media_types",
+    "output_name",
     "response_types",
     "split_listing",
+    "writer_row",
 ]
 
 Opener = Callable[[Location, contextlib.ExitStack, OpenOptions], Source]
@@ -51,7 +60,7 @@ class Format:
         extensions: lower-case extensions (with the dot) that :func:`detect_format` maps to this format.
         write_suffix: extension given to new files of this format (demo datasets, HTTP bodies).
         open: the reader (see :data:`Opener`).
-        write: the writer (see :data:`Writer`).
+        write: the writer (see :data:`Writer`); ``None`` for a read-only format (a sensor product).
         aliases: other names accepted for it (CLI ``--format``, HTTP ``?format=``).
         media_types: HTTP media types of request bodies in this format, the first being the response
             type; empty when the format is not served over HTTP.
@@ -63,13 +72,22 @@ class Format:
         dtypes: value dtype names the format can store; ``None``: any real dtype.
         meta_problem: says why the format cannot store some metadata (``None`` when it can).
         errors: library exceptions that mean "not a valid file of this format", besides the common ones.
+        name_patterns: case-sensitive shell patterns (``fnmatch``) on the file name that claim a file for
+            this format before its extension is looked at, e.g. ``PRS_L2*.he5``.
+        output_format: for a read-only format, the format a restored cube is written in instead.
+        write_demo: for a read-only sensor product, ``write_demo(folder, cube, wavelengths, *, index, missing)``
+            writes a small product in its real on-disk layout (demo datasets, tests) and returns the path of
+            the file naming it.
+        member_of: for a product of several files, ``member_of(uri)`` is the URI of the file naming the
+            product that ``uri`` belongs to (its metadata, quality masks, quicklooks), else ``None``; a listing
+            drops the members of a listed product.
     """
 
     name: str
     extensions: tuple[str, ...]
     write_suffix: str
     open: Opener
-    write: Writer
+    write: Writer | None
     aliases: tuple[str, ...] = ()
     media_types: tuple[str, ...] = ()
     targets: Callable[[Location], list[Location]] = single_target
@@ -78,6 +96,10 @@ class Format:
     dtypes: frozenset[str] | None = None
     meta_problem: Callable[[CubeMeta], str | None] | None = None
     errors: tuple[type[Exception], ...] = ()
+    name_patterns: tuple[str, ...] = ()
+    output_format: str | None = None
+    member_of: Callable[[str], str | None] | None = None
+    write_demo: Callable[..., Any] | None = None
 
     @property
     def cube_suffixes(self) -> tuple[str, ...]:
@@ -105,7 +127,7 @@ FORMAT_TABLE: dict[str, Format] = {
         Format("mat", (".mat",), ".mat", mat.open_mat, mat.write_mat, errors=mat.MAT_ERRORS),
         Format(
             "geotiff", (".tif", ".tiff"), ".tif", geotiff.open_geotiff, geotiff.write_geotiff,
-            aliases=("tif", "tiff"), media_types=("image/tiff", "image/tif", "image/geotiff"),
+            aliases=("tif", "tiff", "cog"), media_types=("image/tiff", "image/tif", "image/geotiff"),
             dtypes=geotiff.GEOTIFF_DTYPES, meta_problem=geotiff.geotiff_meta_problem, errors=geotiff.GEOTIFF_ERRORS,
         ),
         Format(
@@ -114,16 +136,41 @@ FORMAT_TABLE: dict[str, Format] = {
             header_suffix=envi.HEADER_SUFFIX, dtypes=envi.ENVI_DTYPES, meta_problem=envi.envi_meta_problem,
             errors=envi.ENVI_ERRORS,
         ),
+        Format(
+            "enmap", (), ".TIF", enmap.open_enmap, None, name_patterns=enmap.NAME_PATTERNS,
+            output_format="geotiff", member_of=enmap.member_of, write_demo=enmap.write_demo,
+            errors=enmap.ENMAP_ERRORS,
+        ),
+        Format(
+            "prisma", (), ".he5", prisma.open_prisma, None, name_patterns=prisma.NAME_PATTERNS,
+            output_format="geotiff", write_demo=prisma.write_demo, errors=prisma.PRISMA_ERRORS,
+        ),
+        Format(
+            "emit", (), ".nc", emit.open_emit, None, name_patterns=emit.NAME_PATTERNS,
+            output_format="geotiff", write_demo=emit.write_demo, errors=emit.EMIT_ERRORS,
+        ),
     )
 }  # fmt: skip
 """Format name -> :class:`Format`, in the order formats are listed to users."""
 
 FORMATS: tuple[str, ...] = tuple(FORMAT_TABLE)
-"""Format names used by :func:`detect_format`, ``CubeMeta.format`` and ``write_cube(format=...)``."""
+"""Format names used by :func:`detect_format` and ``CubeMeta.format``."""
+
+WRITE_FORMATS: tuple[str, ...] = tuple(name for name, row in FORMAT_TABLE.items() if row.write is not None)
+"""Formats :func:`hsivar.io.write_cube` writes (``format=...``); the others are read-only sensor products."""
 
 
 def _extension_map() -> dict[str, str]:
     return {ext: row.name for row in FORMAT_TABLE.values() for ext in row.extensions}
+
+
+def _named_format(path: str) -> str | None:
+    """The format whose ``name_patterns`` match the file name of ``path``, else ``None``."""
+    name = posixpath.basename(path.replace("\\", "/"))
+    for row in FORMAT_TABLE.values():
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in row.name_patterns):
+            return row.name
+    return None
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -133,8 +180,10 @@ def detect_format(path: str | os.PathLike) -> str:
         path: local path or URI, e.g. ``"s3://bucket/scene.tif"`` (a URI's query string is ignored).
 
     Returns:
-        One of :data:`FORMATS`: ``.npy`` -> npy, ``.npz`` -> npz, ``.h5/.hdf5/.he5`` -> hdf5,
-        ``.mat`` -> mat, ``.tif/.tiff`` -> geotiff, ``.hdr/.img/.dat/.raw/.bsq/.bil/.bip`` -> envi.
+        One of :data:`FORMATS`. A sensor product's file name first (``*-SPECTRAL_IMAGE.TIF`` -> enmap,
+        ``PRS_L1*/PRS_L2*.he5`` -> prisma, ``EMIT_L2A_RFL_*.nc`` -> emit), then the extension: ``.npy`` -> npy,
+        ``.npz`` -> npz, ``.h5/.hdf5/.he5`` -> hdf5, ``.mat`` -> mat, ``.tif/.tiff`` -> geotiff,
+        ``.hdr/.img/.dat/.raw/.bsq/.bil/.bip`` -> envi.
 
     Raises:
         CubeError: the extension is missing or not supported (the message lists the supported ones).
@@ -142,6 +191,9 @@ def detect_format(path: str | os.PathLike) -> str:
     text = os.fspath(path)
     if "://" in text:
         text = text.split("?", 1)[0]
+    named = _named_format(text)
+    if named is not None:
+        return named
     _, ext = split_ext(text)
     extensions = _extension_map()
     fmt = extensions.get(ext)
@@ -159,7 +211,7 @@ def detect_file_format(loc: Location) -> str:
         CubeError: as :func:`detect_format`.
     """
     _, ext = split_ext(loc.path)
-    if ext not in _extension_map():
+    if ext not in _extension_map() and _named_format(loc.path) is None:
         for row in FORMAT_TABLE.values():
             if row.header_suffix and loc.fs.isfile(loc.path + row.header_suffix):
                 return row.name  # e.g. ENVI "scene" beside "scene.hdr"
@@ -170,6 +222,8 @@ def _part_of_listed_cube(uri: str, names: set[str]) -> bool:
     """Whether ``uri`` is the data file of a cube whose header is among ``names``."""
     root, ext = posixpath.splitext(uri)
     for row in FORMAT_TABLE.values():
+        if row.member_of is not None and row.member_of(uri) in names:
+            return True
         if not row.header_suffix:
             continue
         for suffix in (row.header_suffix, row.header_suffix.upper()):
@@ -182,8 +236,9 @@ def split_listing(uris: Iterable[str]) -> tuple[list[str], list[str]]:
     """Split a file listing into the cubes it holds and the other files.
 
     A cube is listed once, by the file that names it: an ENVI cube by its header, its data file
-    (``x.img`` ... or extension-less ``x``) being dropped when the header is listed too. A data file
-    whose header is not listed stays a cube (reading it reports the missing header).
+    (``x.img`` ... or extension-less ``x``) being dropped when the header is listed too; an EnMAP product by
+    its ``…-SPECTRAL_IMAGE.TIF``, its metadata and quality files being dropped. A data file whose header is
+    not listed stays a cube (reading it reports the missing header).
 
     Args:
         uris: paths or URIs of a listing, e.g. the files under a data prefix.
@@ -201,8 +256,30 @@ def split_listing(uris: Iterable[str]) -> tuple[list[str], list[str]]:
         if _part_of_listed_cube(uri, names):
             continue
         _, ext = split_ext(uri)
-        (cubes if ext in extensions else others).append(uri)
+        (cubes if ext in extensions or _named_format(uri) is not None else others).append(uri)
     return cubes, others
+
+
+def writer_row(fmt: str) -> Format:
+    """The row that writes cubes of format ``fmt``: its own, or for a read-only sensor product the row of its
+    ``output_format``."""
+    row = FORMAT_TABLE[fmt]
+    return row if row.write is not None else FORMAT_TABLE[row.output_format or ""]
+
+
+def output_name(name: str) -> str:
+    """The file name a restored copy of the cube file ``name`` gets: the same, except that a sensor product
+    takes its output format's suffix (``PRS_L2D_….he5`` -> ``PRS_L2D_….tif``; EnMAP's ``…-SPECTRAL_IMAGE.TIF``
+    -> ``…-SPECTRAL_IMAGE.tif``, a plain GeoTIFF), so the output is never taken for a product.
+
+    Raises:
+        CubeError: ``name`` is not a cube file name (as :func:`detect_format`).
+    """
+    row = FORMAT_TABLE[detect_format(name)]
+    if row.write is not None:
+        return name
+    stem = posixpath.splitext(name)[0]
+    return stem + writer_row(row.name).write_suffix
 
 
 def cube_suffixes() -> tuple[str, ...]:
@@ -210,26 +287,28 @@ def cube_suffixes() -> tuple[str, ...]:
     return tuple(s for row in FORMAT_TABLE.values() for s in row.cube_suffixes)
 
 
-def format_aliases(servable_only: bool = False) -> dict[str, str]:
+def format_aliases(servable_only: bool = False, products: bool = False) -> dict[str, str]:
     """Every accepted format name (canonical names and aliases) -> canonical name, in table order.
 
-    ``servable_only`` keeps the formats served over HTTP (those with media types).
+    ``servable_only`` keeps the formats served over HTTP (those with media types); ``products`` adds the
+    read-only sensor products (names a reader or the demo maker accepts, not :func:`write_cube`).
     """
     return {
         alias: row.name
         for row in FORMAT_TABLE.values()
-        if row.media_types or not servable_only
+        if (row.media_types or not servable_only) and (row.write is not None or products)
         for alias in (row.name, *row.aliases)
     }
 
 
 def format_named(name: str) -> str:
-    """The canonical format of a user-given name, case-insensitive (``"tif"`` -> ``"geotiff"``).
+    """The canonical format of a user-given name, case-insensitive (``"tif"`` -> ``"geotiff"``), sensor products
+    included.
 
     Raises:
         CubeError: unknown name (the message lists the accepted ones).
     """
-    aliases = format_aliases()
+    aliases = format_aliases(products=True)
     fmt = aliases.get(str(name).lower())
     if fmt is None:
         raise CubeError(f"unknown format {name!r}; expected one of {', '.join(aliases)}")

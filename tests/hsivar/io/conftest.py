@@ -51,10 +51,12 @@ class Reference:
         return self.cube.shape
 
     def meta(self) -> CubeMeta:
-        """A fresh CubeMeta with every field a format may store (wavelengths, names, CRS, transform, nodata)."""
+        """A fresh CubeMeta with every field a format may store (wavelengths, FWHM, names, CRS, transform,
+        nodata)."""
         return CubeMeta(
             bands=self.shape[0],
             wavelengths=list(self.wavelengths),
+            fwhm=[10.0 + i for i in range(self.shape[0])],
             band_names=list(self.names),
             crs="EPSG:32633",
             transform=tuple(self.transform)[:6],

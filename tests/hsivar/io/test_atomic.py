@@ -11,7 +11,7 @@ import h5py
 import pytest
 import spectral.io.envi
 
-from hsivar.io import FORMAT_TABLE, FORMATS, CubeError, staged, write_bytes_atomic, write_cube
+from hsivar.io import FORMAT_TABLE, WRITE_FORMATS, CubeError, staged, write_bytes_atomic, write_cube
 from hsivar.io.location import resolve_location
 
 
@@ -27,7 +27,7 @@ def test_failed_conversion_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", WRITE_FORMATS)
 def test_crash_mid_write_leaves_no_file(ref, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     row = FORMAT_TABLE[fmt]
 

@@ -35,9 +35,12 @@ def test_truncated_npy(ref, tmp_path: Path, raises_naming) -> None:
 
 def test_truncated_geotiff(ref, tmp_path: Path, raises_naming) -> None:
     path = tmp_path / "t.tif"
-    write_cube(path, ref.cube, ref.meta())  # directory written last: cut off, the file does not open
+    write_cube(path, ref.cube, ref.meta())  # a COG: the directory comes first, then the tiles
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    with raises_naming(path, "cannot read data"):
+        read_cube(path)
+    path.write_bytes(data[:200])  # cut inside the directory: the file does not open
     with raises_naming(path, "cannot read as geotiff"):
         read_cube(path)
     plain = tmp_path / "plain.tif"

@@ -12,6 +12,7 @@ import pytest
 from hsivar.io import (
     FORMAT_TABLE,
     FORMATS,
+    WRITE_FORMATS,
     CubeError,
     Format,
     cube_shape,
@@ -20,6 +21,7 @@ from hsivar.io import (
     format_aliases,
     format_named,
     media_types,
+    output_name,
     read_cube,
     response_types,
     split_listing,
@@ -110,7 +112,8 @@ def test_servable_formats_and_media_types() -> None:
     }  # fmt: skip
     assert response_types() == {"npy": "application/x-npy", "geotiff": "image/tiff", "hdf5": "application/x-hdf5"}
     assert format_aliases(servable_only=True) == {
-        "npy": "npy", "tif": "geotiff", "tiff": "geotiff", "geotiff": "geotiff", "h5": "hdf5", "hdf5": "hdf5",
+        "npy": "npy", "tif": "geotiff", "tiff": "geotiff", "cog": "geotiff", "geotiff": "geotiff", "h5": "hdf5",
+        "hdf5": "hdf5",
     }  # fmt: skip
 
 
@@ -128,7 +131,7 @@ def test_every_row_round_trips_a_tiny_cube(tmp_path: Path, fmt: str, ext: str) -
     assert meta.format == fmt and cube_shape(path) == (3, 4, 5)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", WRITE_FORMATS)
 def test_every_row_is_complete(fmt: str) -> None:
     row = FORMAT_TABLE[fmt]
     assert row.name == fmt and callable(row.open) and callable(row.write) and callable(row.targets)
@@ -139,6 +142,36 @@ def test_every_row_is_complete(fmt: str) -> None:
     assert all(media_types()[m] == fmt for m in row.media_types)
     if row.media_types:
         assert response_types()[fmt] == row.media_types[0]
+
+
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - set(WRITE_FORMATS)))
+def test_every_product_row_is_complete(fmt: str, tmp_path: Path) -> None:
+    """A sensor product row: recognised by name only, read-only, written as its output format, with a demo writer
+    whose product it recognises and reads back."""
+    row = FORMAT_TABLE[fmt]
+    assert row.write is None and not row.extensions and row.name_patterns and callable(row.write_demo)
+    assert FORMAT_TABLE[row.output_format].write is not None and format_named(fmt) == fmt
+    assert fmt not in format_aliases() and format_aliases(products=True)[fmt] == fmt
+    cube = np.random.default_rng(0).random((8, 10, 12), dtype=np.float32)
+    path = Path(row.write_demo(tmp_path, cube, np.linspace(420.0, 2400.0, 8), index=3))
+    assert detect_format(path) == fmt and split_listing([str(p) for p in sorted(tmp_path.iterdir())])[0] == [str(path)]
+    out = output_name(path.name)
+    assert detect_format(out) == row.output_format and out != path.name
+    back, meta = read_cube(path, allow_nonfinite=True)
+    assert back.shape == (8, 10, 12) and meta.format == fmt and meta.wavelengths is not None
+    with pytest.raises(CubeError, match=f"{fmt} is a sensor product format, read but never written"):
+        write_cube(tmp_path / path.name, cube)
+
+
+def test_product_names_are_case_sensitive() -> None:
+    """A restored EnMAP cube (``…-SPECTRAL_IMAGE.tif``) is a plain GeoTIFF, never taken for the product again."""
+    assert detect_format("ENMAP01-____L2A-DT1_X-SPECTRAL_IMAGE.TIF") == "enmap"
+    assert detect_format("ENMAP01-____L2A-DT1_X-SPECTRAL_IMAGE.tif") == "geotiff"
+    assert detect_format("s3://b/PRS_L2D_STD_20200627102358_20200627102402_0001.he5") == "prisma"
+    assert detect_format("s3://b/other.he5") == "hdf5"
+    assert detect_format("EMIT_L2A_RFL_001_20220903T163129_2224611_012.nc") == "emit"
+    with pytest.raises(CubeError, match="unsupported format"):
+        detect_format("other.nc")
 
 
 def _open_demo(loc: Location, stack: contextlib.ExitStack, opts: OpenOptions) -> Source:

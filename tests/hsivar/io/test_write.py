@@ -24,6 +24,7 @@ def test_round_trip(ref, tmp_path: Path, name: str) -> None:
         assert meta.wavelengths == pytest.approx(ref.wavelengths)
         assert meta.band_names == ref.names
     if name.endswith((".tif", ".tiff", ".hdr", ".img", ".h5", ".hdf5")):
+        assert meta.fwhm == ref.meta().fwhm
         assert meta.transform == pytest.approx(tuple(ref.transform)[:6])
         assert meta.nodata == -1.0
         assert rasterio.crs.CRS.from_user_input(meta.crs) == rasterio.crs.CRS.from_epsg(32633)
@@ -42,6 +43,36 @@ def test_geotiff_keeps_georeferencing(ref, tmp_path: Path) -> None:
         assert float(ds.tags(3)["wavelength"]) == ref.wavelengths[2]
     _, meta = read_cube(path)
     assert meta.crs == "EPSG:32633" and meta.transform == tuple(ref.transform)[:6]
+
+
+@pytest.mark.parametrize(("shape", "overviews"), [((5, 20, 24), 0), ((3, 600, 520), 2)])
+def test_geotiff_is_a_valid_cog(tmp_path: Path, shape: tuple[int, int, int], overviews: int) -> None:
+    """Every GeoTIFF written is a Cloud-Optimized GeoTIFF (rio-cogeo's validator), tiled, compressed, with
+    overviews once larger than a tile, and keeps band names, wavelengths, FWHM, the mask and the bad bands."""
+    from rio_cogeo.cogeo import cog_validate
+
+    rng = np.random.default_rng(0)
+    cube = rng.random(shape, dtype=np.float32)
+    c, h, w = shape
+    missing = np.zeros(shape, bool)
+    missing[:, : h // 4, : w // 5] = True  # a cloud: the same pixels in every good band
+    missing[1] = True  # a bad band
+    meta = CubeMeta(bands=c, wavelengths=[400.0 + 10 * i for i in range(c)], fwhm=[9.5] * c,
+                    band_names=[f"b{i}" for i in range(c)], crs="EPSG:32633",
+                    transform=(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0), nodata=-1.0, missing=missing)
+    path = tmp_path / "cog.tif"
+    write_cube(path, cube, meta)
+    valid, errors, warnings = cog_validate(str(path))
+    assert valid and not errors, errors
+    with rasterio.open(path) as ds:
+        assert ds.profile["tiled"] and ds.profile["compress"] == "deflate" and ds.block_shapes[0] == (256, 256)
+        assert len(ds.overviews(1)) == overviews
+    again, meta2 = read_cube(path)
+    np.testing.assert_array_equal(again, cube)
+    assert meta2.band_names == meta.band_names and meta2.fwhm == meta.fwhm
+    assert meta2.wavelengths == pytest.approx(meta.wavelengths)
+    np.testing.assert_array_equal(meta2.missing, missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cog.tif"]  # the plain intermediate is gone
 
 
 def test_envi_keeps_interleave_and_wavelengths(ref, tmp_path: Path) -> None:
