@@ -9,6 +9,7 @@ needs a cloud account. Ray Train wants a ``pyarrow.fs`` filesystem for its ``sto
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import shutil
@@ -121,6 +122,16 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def sha256(uri: str | os.PathLike) -> str:
+    """sha256 hex digest of the file at ``uri``, read in 1 MiB chunks."""
+    fs, path = filesystem(uri)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:

@@ -47,7 +47,10 @@ from hsivar_platform import ray_runtime, storage
 from hsivar_platform.batch.keys import (
     KEPT_SUFFIX,
     Input,
+    is_stac_input,
+    item_id,
     list_inputs,
+    list_stac_inputs,
     norm_prefix,
     remove_stale_temporaries,
     sidecar_uri,
@@ -55,6 +58,7 @@ from hsivar_platform.batch.keys import (
 )
 from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
 from hsivar_platform.batch.options import BatchOptions, BatchReport
+from hsivar_platform.batch.stac import CollectionWriter
 from hsivar_platform.batch.stages import ReadRestoreWrite, Restore, finish_and_write, read_and_tile
 from hsivar_platform.locations import check_outlives_job, inside_job_copy
 from hsivar_platform.model_uri import model_config, model_version, pin_model_uri
@@ -91,7 +95,8 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
                          "the std is the spread over samples (0 for one)")
     version = model_version(model)
 
-    inputs = list_inputs(src, dst)
+    inputs = list_stac_inputs(options.input, dst, options.assets) if is_stac_input(options.input) else \
+        list_inputs(src, dst)
     manifest = {} if options.force else read_manifest(dst)
     existing = set(storage.list_files(dst)) if storage.exists(dst) else set()
     removed = remove_stale_temporaries(dst)
@@ -120,13 +125,18 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     log.info("restore %s → %s with %s%s, version %s: %d input(s), %d already done, %d to restore",
              src, dst, model, requested, version, total, already, len(todo))
 
+    collection = CollectionWriter(dst) if options.stac else None
+    if collection is not None:
+        for row in manifest.values():
+            if row.get("status") == "ok" and row.get("stac_item_uri"):
+                collection.add(row["stac_item_uri"])
     processed, pipeline_s, steady = 0, 0.0, 0.0
     if todo:
         processed, pipeline_s, steady = _run_pipeline(
-            options, todo, manifest, dst, bands=bands, tile=S, overlap=overlap, task=options.task_arg(),
+            options, todo, manifest, dst, collection, bands=bands, tile=S, overlap=overlap, task=options.task_arg(),
             tasks=tuple(cfg.dag.tasks), model=model, estimate=cfg.first_estimate, wavelengths=cfg.wavelengths,
             version=version, total=total, already=already, ray_address=ray_address, log_dir=log_dir)
-    uri = write_manifest(dst, manifest.values())
+    uri = _save(dst, manifest, collection)
     remove_stale_temporaries(dst)  # e.g. from workers of a killed earlier run that were still writing
     current = [manifest[i.uri] for i in inputs if i.uri in manifest]
     counts = {s: sum(r["status"] == s for r in current) for s in STATUSES}
@@ -162,7 +172,16 @@ def _check_locations(options: BatchOptions) -> None:
             f"out); {fix}")
 
 
-def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str, *,
+def _save(dst: str, manifest: dict[str, dict[str, Any]], collection: CollectionWriter | None) -> str:
+    """Rewrite the manifest, and the STAC Collection when it has Items; → the manifest's URI."""
+    uri = write_manifest(dst, manifest.values())
+    if collection is not None and len(collection):
+        collection.write()
+    return uri
+
+
+def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, dict[str, Any]], dst: str,
+                  collection: CollectionWriter | None, *,
                   bands: int, tile: int, overlap: int, task: TaskArg, tasks: tuple[str, ...], model: str,
                   estimate: bool, wavelengths: Sequence[float] | None, version: str,
                   total: int, already: int, ray_address: str | None,
@@ -183,7 +202,8 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
 
     items = [{"input_uri": i.uri, "output_uri": i.out,
               "uncertainty_uri": uncertainty_uri(i.out) if options.uncertainty else "",
-              "kept_uri": sidecar_uri(i.out, KEPT_SUFFIX) if options.kept_mask else ""} for i in todo]
+              "kept_uri": sidecar_uri(i.out, KEPT_SUFFIX) if options.kept_mask else "",
+              "item_id": item_id(i.rel) if options.stac and i.rel else ""} for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
     read = {"bands": bands, "tile": tile, "overlap": overlap, "value_range": options.value_range,
             "estimate": estimate, "wavelengths": wavelengths}
@@ -191,7 +211,8 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                "seed": options.seed, "batch_size": options.batch_size, "tile": tile, "overlap": overlap,
                "uncertainty": options.uncertainty, "compiled": options.compiled}
     write = {"output_dtype": options.output_dtype, "tile": tile, "overlap": overlap, "model": model,
-             "model_requested": options.model, "model_version": version, "tasks": tasks}
+             "model_requested": options.model, "model_version": version, "tasks": tasks,
+             "samples": options.samples, "seed": options.seed, "output_prefix": dst}
     pool = {"compute": ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors), "num_gpus": gpus,
             "num_cpus": options.cpus_per_actor, "runtime_env": env, "memory": options.memory_per_actor_gb * 2**30}
     fused = options.fused if options.fused is not None else gpus == 0
@@ -223,9 +244,11 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
             if rec["status"] == "failed":
                 failed += 1
                 log.warning("failed: %s", rec["error"])
+            if collection is not None and rec.get("stac_item_uri"):
+                collection.add(rec["stac_item_uri"])
             now = time.perf_counter()
             if now - last_manifest >= options.manifest_interval_s:
-                write_manifest(dst, manifest.values())
+                _save(dst, manifest, collection)
                 last_manifest = now
             if now - last_log >= options.progress_interval_s or done == len(todo):
                 rate = done / (now - t0) if now > t0 else 0.0
@@ -234,6 +257,6 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                          already + done, total, failed, rate, left / rate if rate > 0 else float("nan"))
                 last_log = now
     finally:
-        write_manifest(dst, manifest.values())
+        _save(dst, manifest, collection)
     steady = (done - 1) / (t_last - t_first) if done >= 2 and t_last > t_first else 0.0
     return done, time.perf_counter() - t0, steady

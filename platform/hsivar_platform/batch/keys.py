@@ -12,7 +12,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsivar.io import split_listing
+from hsivar.io import output_name, split_listing
 from hsivar_platform import storage
 
 UNCERTAINTY_SUFFIX = ".std"
@@ -69,8 +69,15 @@ def relative_key(uri: str, prefix: str) -> str:
 
 
 def output_uri(output_prefix: str, rel: str) -> str:
-    """The output URI for relative key ``rel`` (already checked by :func:`relative_key`)."""
-    return storage.join(output_prefix, *rel.split("/"))
+    """The output URI for relative key ``rel`` (already checked by :func:`relative_key`); a sensor product's output
+    takes the suffix of the format it is written in (:func:`hsivar.io.output_name`: ``PRS_….he5`` → ``PRS_….tif``)."""
+    *folders, name = rel.split("/")
+    return storage.join(output_prefix, *folders, output_name(name))
+
+
+def item_id(rel: str) -> str:
+    """The STAC Item id of the output of relative key ``rel``: the key, ``/`` written as ``__``."""
+    return rel.replace("/", "__")
 
 
 def sidecar_uri(out_uri: str, suffix: str) -> str:
@@ -83,6 +90,35 @@ def sidecar_uri(out_uri: str, suffix: str) -> str:
 def uncertainty_uri(out_uri: str) -> str:
     """``…/a.tif`` → ``…/a.std.tif`` (ENVI ``a.hdr`` → ``a.std.hdr``)."""
     return sidecar_uri(out_uri, UNCERTAINTY_SUFFIX)
+
+
+def is_stac_input(input_prefix: str) -> bool:
+    """Whether the input names a STAC document (a ``.json`` file) rather than a prefix or a cube."""
+    return str(input_prefix).lower().endswith(".json")
+
+
+def list_stac_inputs(document: str, output_prefix: str, assets: list[str] | None = None) -> list[Input]:
+    """The assets a STAC Item / Collection / ItemCollection names (:func:`hsivar_platform.batch.stac.stac_assets`),
+    each with the output ``<output>/<item id>/<asset file name>``; an asset that is not a cube file is skipped.
+
+    Raises:
+        FileNotFoundError: no document at ``document``; StacInputError: not usable STAC JSON (the message says why).
+    """
+    from hsivar_platform.batch.stac import stac_assets
+
+    if not storage.exists(document):
+        raise FileNotFoundError(f"{document}: no such STAC document")
+    dst = norm_prefix(output_prefix)
+    inputs = []
+    for asset in stac_assets(document, assets):
+        name = posixpath.basename(asset.href.rstrip("/"))
+        cubes, _ = split_listing([asset.href])
+        if not cubes:
+            inputs.append(Input(asset.href, None, None, skip_reason="not a cube file (unsupported extension)"))
+            continue
+        rel = f"{asset.item_id}/{name}"
+        inputs.append(Input(asset.href, rel, output_uri(dst, rel)))
+    return sorted(inputs, key=lambda i: i.uri)
 
 
 def list_inputs(input_prefix: str, output_prefix: str) -> list[Input]:

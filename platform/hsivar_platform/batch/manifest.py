@@ -5,9 +5,10 @@ error message, shape, bands, task used and its weights, tiles, seconds, the outp
 uncertainty cube's sha256, the mask of entries kept as observed, what was known of the observation
 (JSON: fraction of unobserved entries, missing bands, sr scale, noise σ), the model — ``model`` the URI the
 job loaded, pinned (``models:/NAME/latest`` and aliases become ``models:/NAME/<version>``), ``model_requested``
-the URI as given, ``model_version`` the registry version or a digest of the weights — and when the row
-finished. The whole file is rewritten atomically (:func:`hsivar_platform.storage.write_bytes`), so a killed
-job never leaves a corrupt manifest. Manifests written before a column existed read back with it None.
+the URI as given, ``model_version`` the registry version or a digest of the weights — when the row
+finished, and the output's STAC Item (:mod:`hsivar_platform.batch.stac`). The whole file is rewritten
+atomically (:func:`hsivar_platform.storage.write_bytes`), so a killed job never leaves a corrupt manifest.
+Manifests written before a column existed read back with it None.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ STATUSES = ("ok", "failed", "skipped")
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "input_uri", "output_uri", "status", "error", "shape", "bands", "task", "task_weights", "tiles",
     "seconds", "checksum", "uncertainty_uri", "uncertainty_checksum", "kept_uri", "observation", "model",
-    "model_requested", "model_version", "finished_at",
+    "model_requested", "model_version", "finished_at", "stac_item_uri",
 )
 
 
@@ -42,7 +43,7 @@ def manifest_schema() -> Any:
         ("checksum", pa.string()), ("uncertainty_uri", pa.string()), ("uncertainty_checksum", pa.string()),
         ("kept_uri", pa.string()), ("observation", pa.string()), ("model", pa.string()),
         ("model_requested", pa.string()), ("model_version", pa.string()),
-        ("finished_at", pa.timestamp("ms", tz="UTC")),
+        ("finished_at", pa.timestamp("ms", tz="UTC")), ("stac_item_uri", pa.string()),
     ])
 
 

@@ -16,7 +16,10 @@ class BatchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(description="input prefix (local folder, file://, s3://) or a single cube file")
+    input: str = Field(description="input prefix (local folder, file://, s3://), a single cube file, or a STAC "
+                       "Item / Collection / ItemCollection JSON whose assets are restored")
+    assets: list[str] | None = Field(None, description="with a STAC input: the asset keys to restore from every "
+                                     "item (default: the assets with the role 'data')")
     output: str = Field(description="output prefix; receives the outputs and _manifest.parquet")
     model: str = Field(description="published model: local dir, s3:// prefix, models:/NAME/VERSION or @ALIAS")
     task: str = Field("auto", description="auto, a task family, or a mixture gaussian:0.7,blur:0.3")
@@ -35,6 +38,8 @@ class BatchOptions(BaseModel):
     kept_mask: bool = Field(True, description="write <stem>.kept<ext>, uint8 1 where an entry was kept exactly as "
                             "observed and 0 where it was synthesised (only for cubes with exactly observed entries)")
     output_dtype: Literal["source", "float32"] = Field("source", description="dtype of the outputs")
+    stac: bool = Field(True, description="write a STAC Item beside every output (<name>.stac.json) and "
+                       "<output>/collection.json linking them")
     actors: int = Field(1, ge=1, description="model actors (the pool's maximum size)")
     min_actors: int | None = Field(None, ge=1, description="smallest pool size (default: actors)")
     gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")

@@ -50,6 +50,26 @@ def write_output(uri: str, cube: np.ndarray, meta: CubeMeta, dtype: str | None =
     return digest.hexdigest()
 
 
+GLT_SUFFIX = ".glt"
+"""Inserted before the extension of a swath product's output to name its geolocation table: ``a.glt.tif``."""
+
+
+def write_glt(input_uri: str, output_uri: str, meta: CubeMeta) -> str | None:
+    """For a swath product (EMIT): write its geolocation table beside the output, as a 2-band int32 COG on the
+    product's ortho grid (band 1 the swath column ``glt_x``, band 2 the swath row ``glt_y``, 1-based, 0 = no
+    data), so the restored swath can be orthorectified like the input; → its URI, or ``None`` for other cubes."""
+    if meta.format != "emit":
+        return None
+    from hsivar.io import emit
+
+    glt, crs, transform = emit.read_glt(input_uri, storage.storage_options(input_uri))
+    head, ext = posixpath.splitext(output_uri)
+    uri = f"{head}{GLT_SUFFIX}{ext}"
+    glt_meta = CubeMeta(bands=2, band_names=["glt_x", "glt_y"], crs=crs, transform=tuple(transform), nodata=0)
+    write_output(uri, glt, glt_meta, dtype="int32")
+    return uri
+
+
 def meta_to_json(meta: CubeMeta) -> str:
     """A :class:`~hsivar.io.CubeMeta` as JSON (arrays as lists), to travel in a Ray Data row, without ``missing``:
     the input's unobserved entries travel as the observation's mask, and an output holds no unobserved entry (they

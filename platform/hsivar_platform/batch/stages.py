@@ -27,7 +27,8 @@ from hsivar.io import read_cube
 from hsivar.restore import NothingToRestore, PreparedCube, calibrated_std, finish, prepare_cube
 from hsivar.tasks import TaskArg, dominant_task
 from hsivar_platform import storage
-from hsivar_platform.batch.output import meta_from_json, meta_to_json, write_output
+from hsivar_platform.batch import stac
+from hsivar_platform.batch.output import meta_from_json, meta_to_json, write_glt, write_output
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
     empty = np.zeros((bands, 0, 0), np.float32)
     return {
         "input_uri": batch["input_uri"], "output_uri": batch["output_uri"],
-        "uncertainty_uri": batch["uncertainty_uri"], "kept_uri": batch["kept_uri"],
+        "uncertainty_uri": batch["uncertainty_uri"], "kept_uri": batch["kept_uri"], "item_id": batch["item_id"],
         "error": np.array([error]),
         "skip": np.array([skip]),
         "cube01": (prep.cube01.numpy() if ok else empty)[None],
@@ -205,9 +206,11 @@ class ReadRestoreWrite(Restore):
 
 
 def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: int, overlap: int, model: str,
-                     model_requested: str, model_version: str, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Stage 3: :func:`~hsivar.prepared.finish` the restored samples and write the output (its uncertainty, and
-    the mask of entries kept as observed when there are some) → the row's manifest record as JSON."""
+                     model_requested: str, model_version: str, tasks: tuple[str, ...], samples: int = 1,
+                     seed: int = 0, output_prefix: str = "") -> dict[str, np.ndarray]:
+    """Stage 3: :func:`~hsivar.prepared.finish` the restored samples and write the output (its uncertainty, the
+    mask of entries kept as observed when there are some, the geolocation table of a swath product, and its STAC
+    Item when the row has an ``item_id``) → the row's manifest record as JSON."""
     t0 = time.perf_counter()
     src, dst, std_dst = _str(batch, "input_uri"), _str(batch, "output_uri"), _str(batch, "uncertainty_uri")
     error = _str(batch, "error")
@@ -236,6 +239,19 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
             weights = [float(v) for v in batch["task_weights"][0]]
             row.update(task=dominant_task(weights, tasks), task_weights=json.dumps(dict(zip(tasks, weights))),
                        tiles=len(prep.coords))
+            sidecars = {k: row[f"{k}_uri"] for k in ("uncertainty", "kept") if row.get(f"{k}_uri")}
+            glt = write_glt(src, dst, meta)
+            if glt:
+                sidecars["glt"] = glt
+            item_id = _str(batch, "item_id")
+            if item_id:
+                provenance = stac.Provenance(
+                    input_uri=src, input_sha256=storage.sha256(src), model=model, model_requested=model_requested,
+                    model_version=model_version, task=row["task"], task_weights=dict(zip(tasks, weights)),
+                    samples=samples, seed=seed)
+                item = stac.output_item(dst, meta, mean.shape, provenance, item_id=item_id,
+                                        output_sha256=row["checksum"], assets=sidecars)
+                row["stac_item_uri"] = stac.write_item(item, dst, output_prefix)
             status = "ok"
         except Exception as exc:
             error = describe(exc, src)

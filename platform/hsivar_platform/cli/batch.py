@@ -12,7 +12,8 @@ from hsivar.tasks import TASKS
 from hsivar_platform.cli.options import MODEL, RAY_ADDRESS, setup
 from hsivar_platform.locations import default_work_dir
 
-_INPUT = "input prefix (folder, file://, s3://) or one cube file"
+_INPUT = ("input prefix (folder, file://, s3://), one cube file, or a STAC Item / Collection / ItemCollection JSON "
+          "whose assets are restored")
 _OUTPUT = "output prefix (gets the outputs and _manifest.parquet)"
 _TASK = f"auto, a task family ({' '.join(TASKS)}) or a mixture gaussian:0.7,blur:0.3"
 
@@ -38,6 +39,11 @@ def restore(
     kept_mask: Annotated[bool, typer.Option(help="write <stem>.kept<ext>: 1 where an entry was kept exactly as "
                                             "observed, 0 where it was synthesised")] = True,
     output_dtype: Annotated[str, typer.Option(help="source (the input's dtype) or float32")] = "source",
+    asset: Annotated[list[str] | None, typer.Option(
+        "--asset", help="with a STAC input: an asset key to restore from every item (repeatable; default: the "
+        "assets with the role 'data')")] = None,
+    stac: Annotated[bool, typer.Option(help="write a STAC Item beside every output (<name>.stac.json) and "
+                                             "<output>/collection.json linking them")] = True,
     actors: Annotated[int, typer.Option(min=1, help="model actors (pool maximum)")] = 1,
     min_actors: Annotated[int | None, typer.Option(min=1, help="pool minimum (default: --actors)")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option(min=0, help="default: 1 when the cluster has GPUs")] = None,
@@ -72,7 +78,7 @@ def restore(
         options = BatchOptions(
             input=input, output=output, model=model, task=task, tile=tile, overlap=overlap, samples=samples,
             seed=seed, value_range=vrange, batch_size=batch_size, compiled=compiled, uncertainty=uncertainty,
-            kept_mask=kept_mask,
+            kept_mask=kept_mask, assets=asset or None, stac=stac,
             output_dtype=output_dtype, actors=actors, min_actors=min_actors, gpus_per_actor=gpus_per_actor,
             cpus_per_actor=cpus_per_actor, memory_per_actor_gb=memory_per_actor_gb, fused=fused, force=force,
             fail_on_error=fail_on_error, manifest_interval_s=manifest_interval_s,

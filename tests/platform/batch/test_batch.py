@@ -16,6 +16,7 @@ import pytest
 import torch
 from hsivar_platform import storage
 from hsivar_platform.batch import MANIFEST_NAME, BatchOptions, UnsafeKeyError, read_manifest, relative_key, run_batch
+from hsivar_platform.batch.stac import COLLECTION_NAME, ITEM_SUFFIX
 from hsivar_platform.testing import output_checksum
 from typer.testing import CliRunner
 
@@ -44,8 +45,10 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def _outputs(root: Path) -> list[str]:
-    """Every file under the output folder (hidden ones included), relative, but the manifest."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    """Every file under the output folder (hidden ones included), relative, but the manifest and the STAC Items and
+    Collection (tests/platform/batch/test_batch_archive.py checks those)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+                  and p.name not in (MANIFEST_NAME, COLLECTION_NAME) and not p.name.endswith(ITEM_SUFFIX))
 
 
 # ------------------------------------------------------------------------------------------ no Ray
@@ -145,8 +148,9 @@ def test_batch_restores_a_local_prefix_with_manifest_and_failures(
     assert (report["total"], report["ok"], report["failed"], report["skipped"]) == (12, 5, 6, 1)
     assert report["processed"] == 11 and report["already_done"] == 0
 
-    # Outputs: the same keys, formats and dtypes, equal to Restorer.restore on the same file.
+    # Outputs: the same keys, formats and dtypes, equal to Restorer.restore on the same file, each with its STAC Item.
     assert _outputs(out) == sorted([*local_inputs, "envi/cube.img"])
+    assert all((out / f"{key}{ITEM_SUFFIX}").is_file() for key in local_inputs) and (out / COLLECTION_NAME).is_file()
     for key, cube in local_inputs.items():
         restored, meta = read_cube(out / key)
         ref, _ = _reference(published_tiny, cube.astype(np.float32))
@@ -351,7 +355,12 @@ def test_batch_on_s3_with_uncertainty_matches_restorer(
 
     listed = storage.list_files(f"{s3_bucket}/restored")
     assert listed == sorted(storage.join(s3_bucket, "restored", k) for k in
-                            ("x/one.npy", "x/one.std.npy", "two.h5", "two.std.h5"))
+                            ("x/one.npy", "x/one.std.npy", "two.h5", "two.std.h5", COLLECTION_NAME,
+                             f"x/one.npy{ITEM_SUFFIX}", f"two.h5{ITEM_SUFFIX}"))
+    item = json.loads(storage.read_bytes(storage.join(s3_bucket, "restored", f"x/one.npy{ITEM_SUFFIX}")))
+    assert item["assets"]["data"]["href"] == "./one.npy" and item["assets"]["uncertainty"]["href"] == "./one.std.npy"
+    assert {"rel": "collection", "href": f"../{COLLECTION_NAME}", "type": "application/json"} in item["links"]
+    assert item["properties"]["hsivar:samples"] == 2 and item["properties"]["hsivar:seed"] == 7
     manifest = read_manifest(f"{s3_bucket}/restored")
     for key, cube in cubes.items():
         row = manifest[storage.join(s3_bucket, key)]

@@ -63,7 +63,8 @@ def test_batch_retries_a_flaky_store_and_records_what_it_could_not_write(
     assert failed["status"] == "failed" and "b.npy" in failed["error"], failed
     fs, root = storage.filesystem(f"{s3_bucket}/restored")
     every = sorted(p.rsplit("/", 1)[1] for p in fs.find(root))  # hidden and temporary names included
-    assert every == ["_manifest.parquet", "a.npy", "c.npy"], every  # nothing partial, nothing left behind
+    assert every == ["_manifest.parquet", "a.npy", "a.npy.stac.json", "c.npy", "c.npy.stac.json",
+                     "collection.json"], every  # nothing partial, nothing left behind
 
     fault_proxy.heal()  # the store recovers: the rerun restores only what failed
     t1 = time.monotonic()
