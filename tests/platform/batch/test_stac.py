@@ -134,7 +134,7 @@ def test_stac_documents_as_inputs(tmp_path: Path) -> None:
         one, _stac_item("s2", cube={"href": "s3://bucket/s2.he5", "roles": ["data"]}, meta={"href": "x.xml"})]}
     (tmp_path / "found.json").write_text(json.dumps(features))
     inputs = list_stac_inputs(str(tmp_path / "found.json"), str(tmp_path / "out"), ["cube"])
-    beside = str((tmp_path.parent / "data" / "s1.tif"))  # relative hrefs resolve against the document holding them
+    beside = str(tmp_path.parent / "data" / "s1.tif")  # relative hrefs resolve against the document holding them
     assert {i.uri: i.out for i in inputs} == {beside: str(tmp_path / "out/s1/s1.tif"),
                                               "s3://bucket/s2.he5": str(tmp_path / "out/s2/s2.he5")}
     inputs = list_stac_inputs(str(tmp_path / "items" / "s1.json"), str(tmp_path / "out"), ["cube", "thumb"])
