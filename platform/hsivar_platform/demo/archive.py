@@ -61,6 +61,27 @@ def make_data(clean_prefix: str, n_train: int, n_val: int, n_test: int, size: in
     return json.loads(storage.read_bytes(man_uri))
 
 
+PRODUCT_FORMATS = ("enmap", "prisma", "emit")
+"""Sensor products the demo archive holds one scene of each (written in their real layouts)."""
+
+
+def make_products(prefix: str, size: int, bands: int, seed: int, echo: Echo) -> list[str]:
+    """One clean demo scene per sensor product (EnMAP L2A, PRISMA L2D, EMIT L2A) under ``prefix/<format>/``, in the
+    product's real on-disk layout (:func:`hsivar.synth.make_demo_dataset`), so the batch job reads products and
+    writes them as COGs with STAC Items; → the URI of each product's file that names it."""
+    from hsivar.synth import make_demo_dataset
+
+    named = []
+    for fmt in PRODUCT_FORMATS:
+        written = make_demo_dataset(storage.join(prefix, fmt), n_train=0, n_val=0, n_test=1, size=size, bands=bands,
+                                    format=fmt, seed=seed)
+        fs, path = storage.filesystem(written[-1])
+        fs.rm(path)  # the dataset's manifest.json: not part of a product
+        named.append(written[0])
+    echo(f"[demo] wrote one {', '.join(PRODUCT_FORMATS)} scene each ({bands} bands, {size}×{size} px) under {prefix}")
+    return named
+
+
 @dataclass
 class ArchiveItem:
     """One degraded held-out cube of the archive (and where its restoration will be)."""

@@ -59,7 +59,7 @@ from typing import Any
 
 from hsivar_platform import ray_runtime, storage
 from hsivar_platform.console import Echo
-from hsivar_platform.demo.archive import make_archive, make_data, remove_prefix, score_outputs
+from hsivar_platform.demo.archive import make_archive, make_data, make_products, remove_prefix, score_outputs
 from hsivar_platform.demo.http_check import http_round_trip
 from hsivar_platform.demo.report import write_report
 
@@ -118,6 +118,8 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per demo stage and "total", s
     summary: list[dict[str, Any]] = field(default_factory=list)  # per family: degraded / baseline / model
     batch: dict[str, Any] = field(default_factory=dict)
+    products: list[dict[str, Any]] = field(default_factory=list)  # the sensor products restored: input, output, item
+    collection: str = ""  # the STAC Collection of the restored prefix
     http: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -220,6 +222,8 @@ def run_demo(out: str | os.PathLike = "work/demo", *, quick: bool = False, bucke
         test_prefix = storage.join(clean_prefix, "test")
         test_files = list_cubes(test_prefix)
         items = make_archive(test_files[: plan.archive_cubes], degraded_prefix, restored_prefix, wavelengths, echo)
+        products = make_products(storage.join(degraded_prefix, "products"), min(size, 48), cfg.model.bands, d.seed,
+                                 echo)
 
     started_ray = ray_runtime.init(num_cpus=RAY_NUM_CPUS, object_store_mb=RAY_OBJECT_STORE_MB, log_dir=out_dir / "logs")
     try:
@@ -250,7 +254,9 @@ def run_demo(out: str | os.PathLike = "work/demo", *, quick: bool = False, bucke
             result.mlflow_runs["evaluation"] = ev.mlflow_run_id
 
         with _stage(seconds, "batch", f"4/6 batch-restore {degraded_prefix} → {restored_prefix}", echo):
-            from hsivar_platform.batch import BatchOptions, run_batch
+            from hsivar.io import detect_format
+            from hsivar_platform.batch import BatchOptions, read_manifest, run_batch
+            from hsivar_platform.batch.stac import collection_uri
 
             remove_prefix(restored_prefix)
             report = run_batch(BatchOptions(input=degraded_prefix, output=restored_prefix, model=model_uri,
@@ -262,6 +268,10 @@ def run_demo(out: str | os.PathLike = "work/demo", *, quick: bool = False, bucke
                  f"({report.cubes_per_s:.2f} cubes/s, {plan.samples} samples each); manifest {report.manifest}")
             if report.ok != report.total:
                 raise RuntimeError(f"batch restoration: {report.failed} of {report.total} failed: {report.failures}")
+            rows = read_manifest(restored_prefix)
+            result.products = [{"input": uri, "format": detect_format(uri), "output": rows[uri]["output_uri"],
+                                "stac_item": rows[uri]["stac_item_uri"]} for uri in products]
+            result.collection = collection_uri(restored_prefix)
 
         with _stage(seconds, "serve", "5/6 serve over HTTP: POST /v1/restore on 127.0.0.1", echo):
             result.http = http_round_trip(model_uri, items[0], echo, log_dir=out_dir / "logs")

@@ -61,7 +61,7 @@ def test_quick_demo_runs_the_whole_product(ray_cluster: None, s3_bucket: str, tm
 
     # the batch outputs in the bucket: a restored cube and its uncertainty per degraded input
     restored = summary["restored_prefix"]
-    assert restored == storage.join(bucket, "restored") and summary["batch"]["ok"] == summary["batch"]["total"] == 6
+    assert restored == storage.join(bucket, "restored") and summary["batch"]["ok"] == summary["batch"]["total"] == 9
     files = set(storage.list_files(restored))
     opts = storage.storage_options(restored)
     for task in TASKS:
@@ -74,6 +74,18 @@ def test_quick_demo_runs_the_whole_product(ray_cluster: None, s3_bucket: str, tm
     import pyarrow.parquet as pq
 
     assert set(pq.read_table(manifest).column("status").to_pylist()) == {"ok"}
+
+    # one scene per sensor product, read in its own layout, restored to a COG with a STAC Item, all in the Collection
+    products = summary["products"]
+    assert sorted(p["format"] for p in products) == ["emit", "enmap", "prisma"]
+    collection = json.loads(storage.read_bytes(summary["collection"]))
+    linked = {storage.join(restored, link["href"].removeprefix("./")) for link in collection["links"]
+              if link["rel"] == "item"}
+    for p in products:
+        assert p["output"].endswith(".tif") and {p["output"], p["stac_item"]} <= files and p["stac_item"] in linked
+        cube, meta = read_cube(p["output"], storage_options=opts)
+        assert cube.shape[0] == 31 and meta.format == "geotiff" and meta.wavelengths is not None
+    assert "sensor product" in report and summary["collection"] in report
 
     # the HTTP round trip
     http = summary["http"]
