@@ -11,7 +11,27 @@ import numpy as np
 from hsivar.io.layout import check_bands, subset_meta
 from hsivar.io.meta import CubeError, CubeMeta
 
-__all__ = ["match_bands", "resample_bands", "select_bands"]
+__all__ = ["match_bands", "resample_bands", "select_bands", "spacing_fwhm"]
+
+
+def spacing_fwhm(wavelengths: Sequence[float] | np.ndarray, single: float = 10.0) -> np.ndarray:
+    """A plausible FWHM per band for a sensor whose bands sample the spectrum contiguously: the mean spacing to
+    the band's spectral neighbours, at least 1 nm (``single`` for a lone band); wavelengths in any order.
+
+    Args:
+        wavelengths: (C,) band centres in nm.
+        single: the FWHM of a one-band sensor, nm.
+
+    Returns:
+        (C,) float64 FWHM in nm, in the order of ``wavelengths`` (the demo products' writers use it).
+    """
+    wl = np.asarray(wavelengths, dtype=np.float64).reshape(-1)
+    if wl.size < 2:
+        return np.full(wl.shape, float(single))
+    order = np.argsort(wl)
+    fwhm = np.empty_like(wl)
+    fwhm[order] = np.maximum(np.abs(np.gradient(wl[order])), 1.0)
+    return fwhm
 
 
 def select_bands(cube: np.ndarray, meta: CubeMeta, indices: Sequence[int]) -> tuple[np.ndarray, CubeMeta]:

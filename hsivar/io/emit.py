@@ -43,6 +43,7 @@ import numpy as np
 from affine import Affine
 
 from hsivar.io import layout, masks
+from hsivar.io.bands import spacing_fwhm
 from hsivar.io.location import Location, resolve_location, staged
 from hsivar.io.meta import CubeError, CubeMeta
 
@@ -470,7 +471,7 @@ def write_demo(
     wl = np.asarray(wavelengths, dtype=np.float64).reshape(-1)
     if wl.size != count:
         raise ValueError(f"{wl.size} wavelengths for {count} bands")
-    fwhm = np.abs(np.gradient(wl)) if count > 1 else np.array([7.5])
+    fwhm = spacing_fwhm(wl, single=7.5)
     good = np.ones(count, np.uint8)
     if count >= 8:
         good[_demo_bad_band(wl)] = 0

@@ -55,6 +55,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from hsivar.io import layout
+from hsivar.io.bands import spacing_fwhm
 from hsivar.io.location import Location, resolve_location, staged
 from hsivar.io.masks import MissingReader
 from hsivar.io.meta import CubeError, CubeMeta
@@ -499,7 +500,7 @@ def write_demo(
     flags = np.zeros((h, w), bool) if missing is None else np.asarray(missing, bool)
     if flags.shape != (h, w):
         raise CubeError(f"{folder}: missing has shape {flags.shape}, expected {(h, w)}")
-    fwhm = np.abs(np.gradient(wl)) if c > 1 else np.array([10.0])
+    fwhm = spacing_fwhm(wl)
 
     prefix, start = _demo_prefix(index)
     epsg, pixel = 32633, 30.0

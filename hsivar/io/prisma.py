@@ -52,6 +52,7 @@ import h5py
 import numpy as np
 
 from hsivar.io import layout
+from hsivar.io.bands import spacing_fwhm
 from hsivar.io.location import Location, resolve_location, staged
 from hsivar.io.meta import CubeError, CubeMeta
 
@@ -454,19 +455,6 @@ _DEMO_PAD = {"VNIR": (3, 0), "SWIR": (0, 2)}  # undelivered slots (leading, trai
 _DEMO_BAD = 1  # error-matrix code of a flagged entry ("invalid pixel from L1")
 
 
-def _demo_fwhm(wavelengths: np.ndarray) -> np.ndarray:
-    """A plausible FWHM per band (nm): the mean spacing to its spectral neighbours (10 nm for one band)."""
-    order = np.argsort(wavelengths)
-    ordered = wavelengths[order]
-    if ordered.size < 2:
-        return np.full(wavelengths.shape, 10.0)
-    gaps = np.diff(ordered)
-    spacing = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
-    fwhm = np.empty_like(wavelengths, dtype=np.float64)
-    fwhm[order] = np.maximum(spacing, 1.0)
-    return fwhm
-
-
 def _demo_cube(cube: np.ndarray, wavelengths: np.ndarray, fwhm: np.ndarray, members: list[int],
                pad: tuple[int, int], missing: np.ndarray | None) -> dict[str, Any]:
     """One cube as stored: (rows, slots, cols) uint16 DNs, longest wavelength first, padded with undelivered
@@ -537,7 +525,7 @@ def write_demo(folder: str | os.PathLike, cube: np.ndarray, wavelengths: Any, *,
     swir = [i for i in range(c) if wl[i] >= _DEMO_SPLIT_NM]
     if swir and len(vnir) >= _DEMO_OVERLAP:
         swir += sorted(vnir, key=lambda i: wl[i])[-_DEMO_OVERLAP:]
-    fwhm = _demo_fwhm(wl)
+    fwhm = spacing_fwhm(wl)
     parts = {name: _demo_cube(arr, wl, fwhm, members, _DEMO_PAD[name], mask)
              for name, members in (("VNIR", vnir), ("SWIR", swir))}
 

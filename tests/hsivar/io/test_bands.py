@@ -56,3 +56,12 @@ def test_match_bands(ref) -> None:
     assert "s3://b/scene.tif" in str(err.value)
     with pytest.raises(CubeError, match=r"has 8 bands but 31 are expected"):
         match_bands(ref.cube, meta, 31)
+
+
+def test_spacing_fwhm_is_the_mean_neighbour_spacing_in_any_band_order() -> None:
+    from hsivar.io.bands import spacing_fwhm
+
+    np.testing.assert_allclose(spacing_fwhm([400.0, 410.0, 430.0, 460.0]), [10.0, 15.0, 25.0, 30.0])
+    np.testing.assert_allclose(spacing_fwhm([430.0, 400.0, 460.0, 410.0]), [25.0, 10.0, 30.0, 15.0])
+    np.testing.assert_allclose(spacing_fwhm([500.0, 500.2]), [1.0, 1.0])  # at least 1 nm
+    np.testing.assert_allclose(spacing_fwhm([550.0], single=7.5), [7.5])
