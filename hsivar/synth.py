@@ -601,8 +601,8 @@ def make_demo_dataset(
         format: a cube format name or alias of :func:`hsivar.io.format_aliases` (npy, npz, h5, mat, tif / cog,
             envi, ...); files get the format's ``write_suffix``. A sensor product (enmap, prisma, emit) is written
             in its real on-disk layout, each cube as ``<split>/cube_XXXX/<product file names>`` (its row's
-            ``write_demo``; the manifest's ``file`` names the file that names the product), scaled to reflectance
-            in [0, 1].
+            ``write_demo``; the manifest's ``file`` names the file that names the product), the cube (in [0, 1]
+            already) clipped to [0, 1] as reflectance.
         seed: dataset seed; cube i of split s (train 0, val 1, test 2) uses seed ``(seed, s, i)``, so
             splits never share a cube and adding cubes does not change existing ones.
 

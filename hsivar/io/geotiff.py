@@ -153,7 +153,8 @@ COG_OPTIONS: dict[str, Any] = {
 
 def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
     """Write the (C, H, W) cube to ``paths[0]`` as a Cloud-Optimized GeoTIFF (GDAL's COG driver: internal
-    256 x 256 tiles, deflate with a predictor, overviews when larger than a tile, pixel-interleaved) with CRS,
+    256 x 256 tiles, deflate with a predictor, overviews when larger than a tile — averages for floats, nearest
+    neighbours for integers such as masks and indices — pixel-interleaved) with CRS,
     transform, nodata, band names, wavelengths and FWHM (nm) and the missing entries of ``meta.missing``
     (tag ``bbl``, internal mask).
 
@@ -181,7 +182,9 @@ def write_geotiff(paths: list[str], arr: np.ndarray, meta: CubeMeta) -> None:
                     ds.write_mask(np.where(good[0], 0, 255).astype(np.uint8))
                 _write_band_tags(ds, meta, bad)
             with rasterio.open(plain) as src:
-                rasterio.shutil.copy(src, paths[0], driver="COG", **COG_OPTIONS)
+                # overviews: averages of measurements, but never of classes, masks or indices (integers)
+                resampling = "NEAREST" if arr.dtype.kind in "iub" else "AVERAGE"
+                rasterio.shutil.copy(src, paths[0], driver="COG", OVERVIEW_RESAMPLING=resampling, **COG_OPTIONS)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(plain)

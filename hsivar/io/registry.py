@@ -283,7 +283,8 @@ def output_name(name: str) -> str:
 
 
 def cube_suffixes() -> tuple[str, ...]:
-    """Suffixes of the files that name a cube in a listing (ENVI by ``.hdr`` only), lower-case."""
+    """Suffixes of the files that name a cube in a listing (ENVI by ``.hdr`` only), lower-case; sensor products
+    are named by their file-name patterns instead (:func:`split_listing` knows both)."""
     return tuple(s for row in FORMAT_TABLE.values() for s in row.cube_suffixes)
 
 

@@ -105,6 +105,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
 
     todo: list[Input] = []
     already = 0
+    done_items: list[str] = []  # the STAC Items of the outputs an earlier run completed (kept in the Collection)
     for item in inputs:
         if item.skip_reason:
             manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=model,
@@ -118,6 +119,8 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
                 prev["status"] == "ok" and prev.get("output_uri") == item.out and item.out in existing))
             if done:
                 already += 1
+                if prev.get("stac_item_uri"):
+                    done_items.append(prev["stac_item_uri"])
             else:
                 todo.append(item)
     total = len(inputs)
@@ -126,10 +129,8 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
              src, dst, model, requested, version, total, already, len(todo))
 
     collection = CollectionWriter(dst) if options.stac else None
-    if collection is not None:
-        for row in manifest.values():
-            if row.get("status") == "ok" and row.get("stac_item_uri"):
-                collection.add(row["stac_item_uri"])
+    for item_at in done_items if collection is not None else ():
+        collection.add(item_at)
     processed, pipeline_s, steady = 0, 0.0, 0.0
     if todo:
         processed, pipeline_s, steady = _run_pipeline(
@@ -173,10 +174,14 @@ def _check_locations(options: BatchOptions) -> None:
 
 
 def _save(dst: str, manifest: dict[str, dict[str, Any]], collection: CollectionWriter | None) -> str:
-    """Rewrite the manifest, and the STAC Collection when it has Items; → the manifest's URI."""
+    """Rewrite the manifest, and the STAC Collection when Items were added since its last write (a failure to write
+    the Collection is logged and retried at the next save: it never stops the restorations); → the manifest's URI."""
     uri = write_manifest(dst, manifest.values())
-    if collection is not None and len(collection):
-        collection.write()
+    if collection is not None and collection.changed:
+        try:
+            collection.write()
+        except Exception as exc:  # metadata: the outputs and the manifest are what must not be lost
+            log.warning("the STAC Collection %s was not written (retried at the next save): %s", collection.uri, exc)
     return uri
 
 

@@ -102,14 +102,17 @@ def list_stac_inputs(document: str, output_prefix: str, assets: list[str] | None
     each with the output ``<output>/<item id>/<asset file name>``; an asset that is not a cube file is skipped.
 
     Raises:
-        FileNotFoundError: no document at ``document``; StacInputError: not usable STAC JSON (the message says why).
+        FileNotFoundError: no document at ``document``; StacInputError: not usable STAC JSON, or two assets that would
+            be restored to the same output (the message says why).
     """
     from hsivar_platform.batch.stac import stac_assets
 
     if not storage.exists(document):
         raise FileNotFoundError(f"{document}: no such STAC document")
+    from hsivar_platform.batch.stac import StacInputError
+
     dst = norm_prefix(output_prefix)
-    inputs = []
+    inputs: list[Input] = []
     for asset in stac_assets(document, assets):
         name = posixpath.basename(asset.href.rstrip("/"))
         cubes, _ = split_listing([asset.href])
@@ -118,6 +121,11 @@ def list_stac_inputs(document: str, output_prefix: str, assets: list[str] | None
             continue
         rel = f"{asset.item_id}/{name}"
         inputs.append(Input(asset.href, rel, output_uri(dst, rel)))
+    outputs: dict[str, str] = {}
+    for item in inputs:
+        if item.out is not None and outputs.setdefault(item.out, item.uri) != item.uri:
+            raise StacInputError(f"{document}: {outputs[item.out]} and {item.uri} would both be restored to "
+                                 f"{item.out} (same item id and file name); restore them in separate jobs")
     return sorted(inputs, key=lambda i: i.uri)
 
 

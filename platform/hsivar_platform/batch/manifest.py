@@ -6,7 +6,8 @@ uncertainty cube's sha256, the mask of entries kept as observed, what was known 
 (JSON: fraction of unobserved entries, missing bands, sr scale, noise σ), the model — ``model`` the URI the
 job loaded, pinned (``models:/NAME/latest`` and aliases become ``models:/NAME/<version>``), ``model_requested``
 the URI as given, ``model_version`` the registry version or a digest of the weights — when the row
-finished, and the output's STAC Item (:mod:`hsivar_platform.batch.stac`). The whole file is rewritten
+finished, the output's STAC Item (:mod:`hsivar_platform.batch.stac`) and a warning when that metadata (Item,
+geolocation table) could not be written beside a good output. The whole file is rewritten
 atomically (:func:`hsivar_platform.storage.write_bytes`), so a killed job never leaves a corrupt manifest.
 Manifests written before a column existed read back with it None.
 """
@@ -28,7 +29,7 @@ STATUSES = ("ok", "failed", "skipped")
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "input_uri", "output_uri", "status", "error", "shape", "bands", "task", "task_weights", "tiles",
     "seconds", "checksum", "uncertainty_uri", "uncertainty_checksum", "kept_uri", "observation", "model",
-    "model_requested", "model_version", "finished_at", "stac_item_uri",
+    "model_requested", "model_version", "finished_at", "stac_item_uri", "warning",
 )
 
 
@@ -43,7 +44,7 @@ def manifest_schema() -> Any:
         ("checksum", pa.string()), ("uncertainty_uri", pa.string()), ("uncertainty_checksum", pa.string()),
         ("kept_uri", pa.string()), ("observation", pa.string()), ("model", pa.string()),
         ("model_requested", pa.string()), ("model_version", pa.string()),
-        ("finished_at", pa.timestamp("ms", tz="UTC")), ("stac_item_uri", pa.string()),
+        ("finished_at", pa.timestamp("ms", tz="UTC")), ("stac_item_uri", pa.string()), ("warning", pa.string()),
     ])
 
 

@@ -57,8 +57,10 @@ GLT_SUFFIX = ".glt"
 def write_glt(input_uri: str, output_uri: str, meta: CubeMeta) -> str | None:
     """For a swath product (EMIT): write its geolocation table beside the output, as a 2-band int32 COG on the
     product's ortho grid (band 1 the swath column ``glt_x``, band 2 the swath row ``glt_y``, 1-based, 0 = no
-    data), so the restored swath can be orthorectified like the input; → its URI, or ``None`` for other cubes."""
-    if meta.format != "emit":
+    data), so the restored swath can be orthorectified like the input; → its URI, or ``None`` for other cubes and
+    for a product without a GLT (its reader warned about it)."""
+    product = meta.extras.get("product") or {}
+    if meta.format != "emit" or not (product.get("crs") and product.get("transform")):
         return None
     from hsivar.io import emit
 

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,8 @@ from pystac.extensions.projection import ProjectionExtension
 import hsivar
 from hsivar.io import CubeMeta
 from hsivar_platform import storage
+
+log = logging.getLogger(__name__)
 
 ITEM_SUFFIX = ".stac.json"
 """Appended to an output's name to name its STAC Item: ``a.tif`` → ``a.tif.stac.json``."""
@@ -264,19 +267,22 @@ class CollectionWriter:
         self.prefix = output_prefix
         self.uri = collection_uri(output_prefix)
         self._items: dict[str, tuple[str, list[float] | None, list[datetime]]] = {}
+        self.changed = False  # Items were added since the last write
 
     def add(self, item_at: str) -> None:
-        """Add the Item at ``item_at`` (read now); a missing or unreadable Item is left out."""
+        """Add the Item at ``item_at`` (read now); a missing or unreadable Item is left out, with a warning."""
         if item_at in self._items:
             return
         try:
             d = json.loads(storage.read_bytes(item_at))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            log.warning("STAC Item %s left out of the Collection: %s", item_at, exc)
             return
         props = d.get("properties", {})
         times = [datetime.fromisoformat(props[k].replace("Z", "+00:00"))
                  for k in ("datetime", "start_datetime", "end_datetime") if props.get(k)]
         self._items[item_at] = (str(d.get("id")), d.get("bbox"), times)
+        self.changed = True
 
     def __len__(self) -> int:
         return len(self._items)
@@ -292,7 +298,7 @@ class CollectionWriter:
             id=collection_id(self.prefix),
             description=f"Cubes restored by hsivar {hsivar.__version__} under {self.prefix}",
             extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([interval])),
-            license="various", title="hsivar restorations")
+            license="other", title="hsivar restorations")
         for item_at, (item_id, _, _) in sorted(self._items.items()):
             collection.add_link(pystac.Link(pystac.RelType.ITEM, _relative(item_at, self.uri),
                                             media_type=pystac.MediaType.JSON, title=item_id))
@@ -300,36 +306,57 @@ class CollectionWriter:
         d["links"] = [link for link in d["links"] if link["rel"] != "root"] + [
             {"rel": "root", "href": f"./{COLLECTION_NAME}", "type": pystac.MediaType.JSON}]
         storage.write_bytes(self.uri, _to_json(d))
+        self.changed = False
         return self.uri
 
 
 def validate(obj: Mapping[str, Any], schema_dir: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
-    """Validate a STAC Item / Collection / Catalog dict offline; → (schema URIs checked, extension schema URIs
-    not checked because no local copy exists).
+    """Validate a STAC Item / Collection / Catalog dict offline; → (schema URIs checked, schema URIs not checked
+    because no local copy exists).
 
-    Core schemas come with ``pystac``; an extension schema ``https://host/path`` is read from
-    ``<schema_dir>/host/path`` (default ``$HSIVAR_STAC_SCHEMAS``) when that file exists. Nothing is downloaded.
+    Core schemas come with ``pystac`` (STAC 1.1.0); a schema ``https://host/path`` (an extension's, or the core
+    schema of another STAC version) is read from ``<schema_dir>/host/path`` (default ``$HSIVAR_STAC_SCHEMAS``)
+    when that file exists. Nothing is downloaded: a schema, or a schema it refers to, without a local copy is
+    reported as not checked.
 
     Raises:
         pystac.errors.STACValidationError: the object breaks a schema (the message names the object and rule).
     """
+    import referencing.exceptions
     from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
     root = schema_dir if schema_dir is not None else os.environ.get(SCHEMA_DIR_ENV)
-    validator = JsonSchemaSTACValidator()
+
+    class Offline(JsonSchemaSTACValidator):
+        def _get_schema(self, schema_uri: str) -> dict[str, Any]:
+            if schema_uri not in self.schema_cache:
+                local = Path(root, schema_uri.split("://", 1)[-1]) if root else None
+                if local is None or not local.is_file():
+                    raise _NotLocal(schema_uri)
+                self.schema_cache[schema_uri] = json.loads(local.read_text())
+            return self.schema_cache[schema_uri]
+
+    validator = Offline()
     d = dict(obj)
     kind = pystac.STACObjectType(d["type"] if d.get("type") in ("Collection", "Catalog") else "Feature")
     version = d.get("stac_version", pystac.get_stac_version())
-    checked = [validator.validate_core(d, kind, version)]
-    skipped = []
-    for ext in d.get("stac_extensions", []):
-        local = Path(root, ext.split("://", 1)[-1]) if root else None
-        if local is None or not local.is_file():
-            skipped.append(ext)
-            continue
-        validator.schema_cache[ext] = json.loads(local.read_text())
-        checked.append(validator.validate_extension(d, kind, version, ext))
-    return [c for c in checked if c], skipped
+    core = validator.schema_uri_map.get_object_schema_uri(kind, version)
+    checked, skipped = [], []
+    for uri in [core, *d.get("stac_extensions", [])]:
+        try:
+            validator._get_schema(uri)  # without a local copy: not checked (and nothing for pystac to log)
+            if uri == core:
+                validator.validate_core(d, kind, version)
+            else:
+                validator.validate_extension(d, kind, version, uri)
+            checked.append(uri)
+        except (_NotLocal, referencing.exceptions.Unresolvable):
+            skipped.append(uri)
+    return checked, skipped
+
+
+class _NotLocal(LookupError):
+    """A schema without a local copy (:func:`validate` never downloads one)."""
 
 
 @dataclass
@@ -341,19 +368,32 @@ class StacAsset:
 
 
 def stac_assets(uri: str, assets: Sequence[str] | None = None) -> list[StacAsset]:
-    """The assets to restore from a STAC Item, Collection (its ``item`` links) or ItemCollection JSON at ``uri``.
+    """The assets to restore from a STAC Item, Collection / Catalog (its ``item`` links) or ItemCollection JSON at
+    ``uri``; an asset named twice (the same href) is listed once.
 
     Args:
         uri: local path or URI of the JSON document.
         assets: asset keys to take from every item; default: the assets whose roles include ``data``.
 
     Raises:
-        StacInputError: not JSON, not a STAC Item / Collection / ItemCollection, an item without a named asset.
+        StacInputError: not JSON, not a STAC Item / Collection / ItemCollection, no item, an item without a named
+            asset or with an unusable id, a malformed link or asset (the message names the document).
     """
     try:
         d = json.loads(storage.read_bytes(uri))
     except (OSError, ValueError) as exc:
         raise StacInputError(f"{uri}: cannot read as STAC JSON: {exc}") from exc
+    try:
+        out = _assets_of(uri, d, assets)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise StacInputError(f"{uri}: malformed STAC document ({type(exc).__name__}: {exc})") from exc
+    if not out:
+        raise StacInputError(f"{uri}: no item to restore (a Collection / Catalog is read through its 'item' links)")
+    unique = {a.href: a for a in reversed(out)}
+    return [a for a in out if unique[a.href] is a]
+
+
+def _assets_of(uri: str, d: Any, assets: Sequence[str] | None) -> list[StacAsset]:
     kind = d.get("type") if isinstance(d, dict) else None
     if kind == "Feature":
         items = [(d, uri)]
@@ -388,10 +428,17 @@ def stac_assets(uri: str, assets: Sequence[str] | None = None) -> list[StacAsset
 
 
 def _absolute(href: str, base: str) -> str:
-    """``href`` resolved against the document at ``base`` (URIs stay; relative paths join the base's folder)."""
-    if "://" in href or href.startswith("/"):
+    """``href`` resolved against the document at ``base``, as a browser would (RFC 3986): absolute URIs stay,
+    others join the base's folder (``/x`` on a remote base: the base's bucket or host); local paths are
+    percent-decoded."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if "://" in href:
         return href
-    if storage.is_remote(base):
-        protocol, path = base.split("://", 1)
-        return f"{protocol}://{posixpath.normpath(posixpath.join(posixpath.dirname(path), href))}"
-    return str((Path(base.removeprefix("file://")).absolute().parent / href).resolve())
+    if storage.is_remote(base):  # urljoin knows http(s) only: join the path part by hand (s3://bucket/…)
+        parts = urlsplit(base)
+        path = href if href.startswith("/") else posixpath.join(posixpath.dirname(parts.path), href)
+        return urlunsplit((parts.scheme, parts.netloc, posixpath.normpath(path), "", ""))
+    if href.startswith("/"):
+        return unquote(href)
+    return str((Path(base.removeprefix("file://")).absolute().parent / unquote(href)).resolve())

@@ -239,20 +239,24 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
             weights = [float(v) for v in batch["task_weights"][0]]
             row.update(task=dominant_task(weights, tasks), task_weights=json.dumps(dict(zip(tasks, weights))),
                        tiles=len(prep.coords))
-            sidecars = {k: row[f"{k}_uri"] for k in ("uncertainty", "kept") if row.get(f"{k}_uri")}
-            glt = write_glt(src, dst, meta)
-            if glt:
-                sidecars["glt"] = glt
-            item_id = _str(batch, "item_id")
-            if item_id:
-                provenance = stac.Provenance(
-                    input_uri=src, input_sha256=storage.sha256(src), model=model, model_requested=model_requested,
-                    model_version=model_version, task=row["task"], task_weights=dict(zip(tasks, weights)),
-                    samples=samples, seed=seed)
-                item = stac.output_item(dst, meta, mean.shape, provenance, item_id=item_id,
-                                        output_sha256=row["checksum"], assets=sidecars)
-                row["stac_item_uri"] = stac.write_item(item, dst, output_prefix)
             status = "ok"
+            try:  # metadata beside a good output: its failure is a warning on the row, never a failed restoration
+                sidecars = {k: row[f"{k}_uri"] for k in ("uncertainty", "kept") if row.get(f"{k}_uri")}
+                glt = write_glt(src, dst, meta)
+                if glt:
+                    sidecars["glt"] = glt
+                item_id = _str(batch, "item_id")
+                if item_id:
+                    provenance = stac.Provenance(
+                        input_uri=src, input_sha256=storage.sha256(src), model=model,
+                        model_requested=model_requested, model_version=model_version, task=row["task"],
+                        task_weights=dict(zip(tasks, weights)), samples=samples, seed=seed)
+                    item = stac.output_item(dst, meta, mean.shape, provenance, item_id=item_id,
+                                            output_sha256=row["checksum"], assets=sidecars)
+                    row["stac_item_uri"] = stac.write_item(item, dst, output_prefix)
+            except Exception as exc:
+                row["warning"] = f"metadata not written: {describe(exc, src)}"
+                log.warning("%s", row["warning"])
         except Exception as exc:
             error = describe(exc, src)
     if error and bool(_first(batch, "skip")):

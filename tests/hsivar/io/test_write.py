@@ -179,3 +179,17 @@ def test_file_uri(ref, tmp_path: Path) -> None:
     np.testing.assert_array_equal(cube, ref.cube)
     write_cube(f"file://{tmp_path}/sub/out.npy", ref.cube)
     np.testing.assert_array_equal(np.load(tmp_path / "sub" / "out.npy"), ref.cube)
+
+
+def test_cog_overviews_never_blend_integers(tmp_path: Path) -> None:
+    """Overviews average float measurements but take nearest neighbours of integers (masks, indices), so a 0/1 mask
+    stays 0/1 at every level."""
+    rng = np.random.default_rng(1)
+    mask = (rng.random((1, 600, 520)) > 0.5).astype(np.uint8)
+    write_cube(tmp_path / "m.tif", mask)
+    with rasterio.open(tmp_path / "m.tif", overview_level=0) as ds:
+        assert ds.height == 300 and set(np.unique(ds.read(1))) <= {0, 1}
+    smooth = np.linspace(0.0, 1.0, 600 * 520, dtype=np.float32).reshape(1, 600, 520)
+    write_cube(tmp_path / "f.tif", smooth)
+    with rasterio.open(tmp_path / "f.tif", overview_level=0) as ds:
+        np.testing.assert_allclose(ds.read(1), smooth[0].reshape(300, 2, 260, 2).mean(axis=(1, 3)), atol=1e-6)

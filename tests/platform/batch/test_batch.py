@@ -473,3 +473,8 @@ def test_killed_job_resumes_with_every_output_exactly_once(
         assert output_checksum(row["output_uri"]) == row["checksum"]
         cube, _ = read_cube(row["output_uri"])
         assert cube.shape == (8, 32, 32) and np.isfinite(cube).all()
+    # The STAC Collection after the resume links the Item of every output, from both runs, once each.
+    collection = json.loads((out / COLLECTION_NAME).read_text())
+    linked = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
+    assert linked == [f"./c{i:03d}.npy{ITEM_SUFFIX}" for i in range(n)]
+    assert all((out / href).is_file() for href in linked)

@@ -4,6 +4,7 @@ maker writes them), Cloud-Optimized GeoTIFFs and STAC Items + Collection out, ST
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,10 @@ from hsivar.io import detect_format, emit, read_cube
 from hsivar.synth import make_demo_dataset
 
 PRODUCTS = ("enmap", "prisma", "emit", "cog")
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _one_scene(root: Path, fmt: str) -> Path:
@@ -46,16 +51,22 @@ def archive(tmp_path: Path) -> tuple[Path, dict[str, Path], dict[str, Path]]:
     with h5py.File(bad["emit"], "r+") as h5:  # wrong band count: 7 wavelengths for 8 bands
         del h5["sensor_band_parameters/wavelengths"]
         h5["sensor_band_parameters/wavelengths"] = np.linspace(400, 700, 7).astype(np.float32)
+    no_glt = _one_scene(tmp_path / "noglt", "emit")  # an EMIT file without its geolocation table still restores
+    with h5py.File(no_glt, "r+") as h5:
+        del h5["location/glt_x"], h5["location/glt_y"]
+    (raw / "noglt").mkdir()
+    good["emit_without_glt"] = no_glt.rename(raw / "noglt" / no_glt.name)
     return raw, good, bad
 
 
 def test_products_in_cogs_and_stac_out_then_stac_in(ray_cluster: None, published_tiny: Path, tmp_path: Path,
                                                     archive: tuple[Path, dict[str, Path], dict[str, Path]]) -> None:
     raw, good, bad = archive
-    assert {fmt: detect_format(path) for fmt, path in good.items()} == {**{f: f for f in PRODUCTS}, "cog": "geotiff"}
+    assert {fmt: detect_format(path) for fmt, path in good.items()} == {**{f: f for f in PRODUCTS}, "cog": "geotiff",
+                                                                        "emit_without_glt": "emit"}
     out = tmp_path / "restored"
     report = run_batch(BatchOptions(input=str(raw), output=str(out), model=str(published_tiny)))
-    assert (report.ok, report.failed, report.skipped) == (4, 3, 4), report.failures  # skipped: the manifest.json files
+    assert (report.ok, report.failed, report.skipped) == (5, 3, 4), report.failures  # skipped: the manifest.json files
 
     # Malformed products: a manifest row each, naming the file and the problem; the job went on.
     rows = read_manifest(str(out))
@@ -83,8 +94,9 @@ def test_products_in_cogs_and_stac_out_then_stac_in(ray_cluster: None, published
         assert (CRS.from_user_input(meta.crs) == CRS.from_user_input(meta_in.crs)) if meta_in.crs else not meta.crs
         item = json.loads(Path(row["stac_item_uri"]).read_text())
         assert row["stac_item_uri"] == f"{dst}{ITEM_SUFFIX}"
-        checked, not_checked = validate(item)
-        assert checked and set(not_checked) <= set(item["stac_extensions"])
+        checked, not_checked = validate(item)  # the core schema (offline); extensions only with local schemas
+        assert checked[0].endswith("item-spec/json-schema/item.json") and set(checked + not_checked) == {
+            checked[0], *item["stac_extensions"]}
         data = item["assets"]["data"]
         assert data["href"] == f"./{dst.name}" and data["type"].endswith("profile=cloud-optimized")
         assert [b["center_wavelength"] * 1000 for b in data["eo:bands"]] == pytest.approx(meta_in.wavelengths)
@@ -95,6 +107,11 @@ def test_products_in_cogs_and_stac_out_then_stac_in(ray_cluster: None, published
         assert {"rel": "derived_from", "href": str(src)} in item["links"]
         if meta_in.crs is not None:
             assert props["proj:transform"] == pytest.approx(list(meta_in.transform)) and item["bbox"]
+        acquired = meta_in.extras.get("product", {}).get("datetime")  # the products say when they were acquired
+        assert row["warning"] is None, row["warning"]
+        if fmt != "cog":
+            assert _instant(props["datetime"]) == _instant(acquired) and "hsivar:datetime_is_processing_time" not in \
+                props
         items[fmt] = item
 
     # EMIT stays on its swath grid; its geolocation table travels beside the output, on the ortho grid.
@@ -106,9 +123,12 @@ def test_products_in_cogs_and_stac_out_then_stac_in(ray_cluster: None, published
     assert glt_meta.transform == pytest.approx(tuple(transform)) and CRS.from_user_input(glt_meta.crs) == \
         CRS.from_user_input(crs)
     assert items["emit"]["assets"]["glt"]["href"] == f"./{glt_out.name}" and items["emit"]["bbox"]
-    assert items["enmap"]["properties"]["datetime"].startswith("20")  # the acquisition time, from METADATA.XML
+    assert "glt" not in items["emit_without_glt"]["assets"] and items["emit_without_glt"].get("bbox") is None
+    assert not Path(rows[str(good["emit_without_glt"])]["output_uri"]).with_suffix(".glt.tif").exists()
+    assert items["cog"]["properties"]["hsivar:datetime_is_processing_time"] is True
 
-    # The Collection links every Item, covers their footprints and validates against the bundled core schema.
+    # The Collection links every Item, covers their footprints and validates against the core schema pystac ships
+    # (the eo / proj extension schemas are not available offline: validate() reports them as not checked).
     collection = json.loads((out / COLLECTION_NAME).read_text())
     assert validate(collection)[0]
     linked = {(out / link["href"]).resolve() for link in collection["links"] if link["rel"] == "item"}
@@ -123,7 +143,7 @@ def test_products_in_cogs_and_stac_out_then_stac_in(ray_cluster: None, published
     again = tmp_path / "again"
     report2 = run_batch(BatchOptions(input=str(out / COLLECTION_NAME), output=str(again), model=str(published_tiny),
                                      assets=["data"]))
-    assert (report2.ok, report2.failed) == (4, 0), report2.failures
+    assert (report2.ok, report2.failed) == (5, 0), report2.failures
     for item in items.values():
         name = item["assets"]["data"]["href"].removeprefix("./")
         assert (again / item["id"] / name).is_file() and (again / item["id"] / f"{name}{ITEM_SUFFIX}").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pystac
@@ -76,10 +77,18 @@ def test_item_of_a_swath_uses_its_ortho_grid_and_the_acquisition_time(tmp_path: 
     assert "proj:code" not in item["properties"] and "hsivar:datetime_is_processing_time" not in item["properties"]
 
 
-def test_validation_uses_local_extension_schemas_and_never_downloads(tmp_path: Path) -> None:
+def test_validation_uses_local_extension_schemas_and_never_downloads(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("validate() tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     item = json.loads(Path(_write(tmp_path, "a.tif")).read_text())
     checked, skipped = validate(item, schema_dir=tmp_path / "none")
     assert len(checked) == 1 and set(skipped) == set(item["stac_extensions"])
+    older = {**item, "stac_version": "1.0.0"}  # pystac ships the 1.1.0 core schemas only: not checked, not fetched
+    assert validate(older, schema_dir=tmp_path / "none") == (
+        [], ["https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json", *item["stac_extensions"]])
     # a local copy of the projection schema (here a strict stand-in) is used, and a violation is reported
     ext = next(e for e in item["stac_extensions"] if "projection" in e)
     local = tmp_path / "schemas" / ext.split("://", 1)[1]
@@ -152,3 +161,27 @@ def test_stac_documents_as_inputs(tmp_path: Path) -> None:
         stac_assets(str(tmp_path / "noid.json"))
     with pytest.raises(FileNotFoundError, match="no such STAC document"):
         list_stac_inputs(str(tmp_path / "nope.json"), str(tmp_path / "out"))
+
+
+def test_stac_inputs_resolve_remote_hrefs_and_refuse_what_cannot_work(tmp_path: Path) -> None:
+    from hsivar_platform.batch.stac import _absolute
+
+    assert _absolute("../raw/a.tif", "s3://bucket/cat/items/x.json") == "s3://bucket/cat/raw/a.tif"
+    assert _absolute("/raw/a.tif", "s3://bucket/cat/x.json") == "s3://bucket/raw/a.tif"
+    assert _absolute("s3://other/a.tif", "s3://bucket/x.json") == "s3://other/a.tif"
+    assert _absolute("a%20b.tif", str(tmp_path / "x.json")) == str(tmp_path / "a b.tif")
+
+    twice = _stac_item("s1", a={"href": "v/data.tif", "roles": ["data"]}, b={"href": "w/data.tif", "roles": ["data"]})
+    (tmp_path / "twice.json").write_text(json.dumps(twice))
+    with pytest.raises(StacInputError, match="would both be restored to"):
+        list_stac_inputs(str(tmp_path / "twice.json"), str(tmp_path / "out"))
+    same = {"type": "FeatureCollection", "features": [_stac_item("s1", a={"href": "data.tif", "roles": ["data"]})] * 2}
+    (tmp_path / "same.json").write_text(json.dumps(same))  # one item listed twice (e.g. two search pages): once
+    assert [i.uri for i in list_stac_inputs(str(tmp_path / "same.json"), str(tmp_path / "out"))] == [
+        str(tmp_path / "data.tif")]
+    (tmp_path / "empty.json").write_text(json.dumps({"type": "Collection", "id": "c", "links": []}))
+    with pytest.raises(StacInputError, match="empty.json: no item to restore"):
+        stac_assets(str(tmp_path / "empty.json"))
+    (tmp_path / "nohref.json").write_text(json.dumps(_stac_item("s1", a={"roles": ["data"]})))
+    with pytest.raises(StacInputError, match="nohref.json: malformed STAC document"):
+        stac_assets(str(tmp_path / "nohref.json"))
