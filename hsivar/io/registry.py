@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hsivar.io import emit, enmap, envi, geotiff, hdf5, mat, npy, prisma
+from hsivar.io import emit, enmap, envi, geotiff, hdf5, mat, npy, prisma, prisma_demo
 from hsivar.io.layout import OpenOptions, Source
 from hsivar.io.location import Location, single_target, split_ext
 from hsivar.io.meta import CubeError, CubeMeta
@@ -143,7 +143,7 @@ FORMAT_TABLE: dict[str, Format] = {
         ),
         Format(
             "prisma", (), ".he5", prisma.open_prisma, None, name_patterns=prisma.NAME_PATTERNS,
-            output_format="geotiff", write_demo=prisma.write_demo, errors=prisma.PRISMA_ERRORS,
+            output_format="geotiff", write_demo=prisma_demo.write_demo, errors=prisma.PRISMA_ERRORS,
         ),
         Format(
             "emit", (), ".nc", emit.open_emit, None, name_patterns=emit.NAME_PATTERNS,

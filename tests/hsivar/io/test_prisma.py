@@ -1,4 +1,4 @@
-"""PRISMA products: small L2D products written in the real HDF-EOS5 layout by :func:`prisma.write_demo`, read
+"""PRISMA products: small L2D products written in the real HDF-EOS5 layout by :func:`prisma_demo.write_demo`, read
 back through :func:`hsivar.io.read_cube` (values, bands, georeferencing, windows, the VNIR/SWIR overlap, the
 error matrices) and broken in the ways real files break."""
 
@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hsivar.io import CubeError, cube_shape, detect_format, prisma, read_cube
+from hsivar.io import CubeError, cube_shape, detect_format, prisma, prisma_demo, read_cube
 
 C, H, W = 12, 20, 24
 WAVELENGTHS = np.linspace(420.0, 2400.0, C)  # 4 bands below 1000 nm (VNIR), 8 above (SWIR)
@@ -38,7 +38,7 @@ def cloud() -> np.ndarray:
 @pytest.fixture
 def product(tmp_path: Path, cube: np.ndarray, cloud: np.ndarray) -> Path:
     """A fresh demo L2D product of ``cube`` with ``cloud`` flagged."""
-    return prisma.write_demo(tmp_path, cube, WAVELENGTHS, missing=cloud)
+    return prisma_demo.write_demo(tmp_path, cube, WAVELENGTHS, missing=cloud)
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_unknown_selection(product: Path, raises_naming: Callable) -> None:
 
 def test_vnir_only_product(tmp_path: Path, cube: np.ndarray, raises_naming: Callable) -> None:
     wl = np.linspace(410.0, 990.0, 5)
-    path = prisma.write_demo(tmp_path, cube[:5], wl, index=3)
+    path = prisma_demo.write_demo(tmp_path, cube[:5], wl, index=3)
     assert path.name.startswith("PRS_L2D_STD_20200527")
     with h5py.File(path) as f:
         assert f[f"{SWATH}/SWIR_Cube"].shape == (H, 0, W) and f.attrs["List_Cw_Swir"].size == 0
@@ -223,7 +223,7 @@ def test_level1_radiance(product: Path, cloud: np.ndarray) -> None:
 
 def test_negative_reflectance_scale(tmp_path: Path, cube: np.ndarray) -> None:
     values = cube * 1.2 - 0.1  # below 0 and above 1: L2ScaleVnirMin/Max widen to hold them
-    path = prisma.write_demo(tmp_path, values, WAVELENGTHS)
+    path = prisma_demo.write_demo(tmp_path, values, WAVELENGTHS)
     data, meta = read_cube(path)
     step = (np.ceil(100 * values.max()) - np.floor(100 * values.min()) + 1) / 100 / 65535
     np.testing.assert_allclose(data, values, atol=step / 2 + 1e-6)
