@@ -14,7 +14,8 @@ on local paths or any fsspec URI.
 - One module per format (:mod:`~hsivar.io.npy`, :mod:`~hsivar.io.hdf5`, :mod:`~hsivar.io.mat`,
   :mod:`~hsivar.io.geotiff`, :mod:`~hsivar.io.envi`) with its reader and writer, and per sensor product
   (:mod:`~hsivar.io.enmap`, :mod:`~hsivar.io.prisma` + :mod:`~hsivar.io.prisma_demo`, :mod:`~hsivar.io.emit`)
-  with its reader and a writer of small demo products in the real layout; :mod:`hsivar.io.layout` holds the layout rule and helpers they share.
+  with its reader and a writer of small demo products in the real layout; :mod:`hsivar.io.layout` holds the
+  layout rule and helpers they share.
 - :mod:`hsivar.io.dataarray` (imported on its own, it imports xarray): cubes as ``xarray.DataArray`` with
   band / y / x coordinates and wavelengths, for notebooks.
 """
