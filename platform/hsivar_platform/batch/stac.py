@@ -189,7 +189,7 @@ def output_item(output_uri: str, meta: CubeMeta, shape: Sequence[int], provenanc
     data = pystac.Asset(_relative(output_uri, href_of), title="restored cube", media_type=media, roles=["data"],
                         extra_fields={"hsivar:sha256": output_sha256})
     item.add_asset("data", data)
-    titles = {"uncertainty": ("per-entry error bar (input units)", ["data", "uncertainty"]),
+    titles = {"uncertainty": ("per-entry error bar (input units)", ["uncertainty"]),
               "kept": ("1 where an entry holds the input's value, 0 where it was synthesised", ["metadata"]),
               "glt": ("geolocation table of the swath (x, y), on the product's ortho grid", ["metadata"])}
     for key, uri in (assets or {}).items():

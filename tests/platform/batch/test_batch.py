@@ -374,6 +374,14 @@ def test_batch_on_s3_with_uncertainty_matches_restorer(
         _close(std, ref_std)
     assert run_batch(options).already_done == 2  # nothing left to do
 
+    # The Collection on S3 is a STAC input: its Items' relative hrefs resolve on the bucket; each data asset is
+    # restored again under <output>/<item id>/.
+    again = run_batch(BatchOptions(input=f"{s3_bucket}/restored/{COLLECTION_NAME}", output=f"{s3_bucket}/again/",
+                                   model=model, value_range=(0.0, 50.0)))
+    assert (again.ok, again.failed) == (2, 0), again.failures
+    assert {storage.join(s3_bucket, "again", k) for k in ("x__one.npy/one.npy", "two.h5/two.h5")} <= set(
+        storage.list_files(f"{s3_bucket}/again"))
+
 
 def test_batch_with_a_registry_alias_and_a_single_file(
         ray_cluster: None, published_tiny: Path, tmp_path: Path, mlflow_uri: str,
