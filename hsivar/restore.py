@@ -381,19 +381,13 @@ class Restorer(RestoreSpec):
                 of the wrong shape; :class:`NothingToRestore` when nodata and ``missing`` leave nothing observed.
             CubeError: a DataArray without exactly the dims band / y / x.
         """
-        if type(cube).__module__.startswith("xarray."):  # a DataArray: restore its values, give DataArrays back
-            from dataclasses import replace
+        array = cube if type(cube).__module__.startswith("xarray.") else None  # a DataArray: DataArrays back
+        if array is not None:
+            from hsivar.io.dataarray import to_cube
 
-            from hsivar.io.dataarray import to_cube, with_cube
-
-            values, meta = to_cube(cube)
-            out = self.restore(values, task, overlap=overlap, tile=tile, batch_size=batch_size, samples=samples,
-                               seed=seed, sampling=sampling, value_range=value_range,
-                               nodata=meta.nodata if nodata is None else nodata, observation=observation,
-                               missing=meta.missing if missing is None else missing, consistency=consistency,
-                               guidance=guidance, cfg_scale=cfg_scale, refine=refine)
-            return replace(out, cube=with_cube(cube, out.cube),
-                           std=None if out.std is None else with_cube(cube, out.std).rename("std"))
+            cube, meta = to_cube(array)
+            nodata = meta.nodata if nodata is None else nodata
+            missing = meta.missing if missing is None else missing
         t0 = time.perf_counter()
         overlap = resolve_overlap(self.tile, tile, overlap)
         decoding(samples, batch_size, sampling)  # option errors before any work
@@ -403,6 +397,10 @@ class Restorer(RestoreSpec):
         out = self.restore_prepared(prep, task, samples=samples, seed=seed, batch_size=batch_size,
                                     sampling=sampling, guidance=guidance, cfg_scale=cfg_scale, refine=refine)
         mean, std = self.finish(prep, out)
+        if array is not None:
+            from hsivar.io.dataarray import with_cube
+
+            mean, std = with_cube(array, mean), None if std is None else with_cube(array, std).rename("std")
         return Restoration(cube=mean, std=std, task_weights=dict(zip(self.tasks, out.task_weights)),
                            tiles=len(prep.coords), seconds=time.perf_counter() - t0, kept=prep.kept,
                            observation=prep.observation.summary() if prep.observation is not None else None,

@@ -151,19 +151,6 @@ def _ortho_grid(src: str, h5: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, st
     return gx, gy, crs.strip(), _geotransform(src, h5.attrs["geotransform"])
 
 
-def _iso_utc(text: str | None) -> str | None:
-    """``2022-09-03T16:31:29+0000`` (EMIT's format; no offset = UTC) as ``2022-09-03T16:31:29Z``; else ``None``."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _product_facts(loc: Location, h5: h5py.File) -> tuple[dict[str, Any], list[str]]:
     """``extras["product"]`` (JSON-able): sensor, level, version, acquisition times, orbit, scene and the ortho grid;
     plus warnings about what is missing."""
@@ -174,10 +161,10 @@ def _product_facts(loc: Location, h5: h5py.File) -> tuple[dict[str, Any], list[s
     version = (attrs["product_version"] or "").lstrip("Vv") or (name["version"] if name else None)
     if version:
         product["version"] = version
-    start = _iso_utc(attrs["time_coverage_start"])
+    start = layout.iso_utc(attrs["time_coverage_start"])
     if start is None and name is not None:  # the name's time is the acquisition start, UTC
         start = datetime.strptime(name["time"], "%Y%m%dT%H%M%S").strftime("%Y-%m-%dT%H:%M:%SZ")
-    end = _iso_utc(attrs["time_coverage_end"])
+    end = layout.iso_utc(attrs["time_coverage_end"])
     product.update({k: v for k, v in (("datetime", start), ("end_datetime", end)) if v is not None})
     if name is not None:
         product.update(orbit=name["orbit"], scene=name["scene"])
@@ -485,7 +472,6 @@ def write_demo(
     scene = f"{(12 + index) % 1000:03d}"
     flight_line = f"emit{start:%Y%m%dt%H%M%S}_o{_DEMO_ORBIT[2:]}_s{scene}"
     path = Path(folder) / f"EMIT_L2A_RFL_001_{start:%Y%m%dT%H%M%S}_{_DEMO_ORBIT}_{scene}.nc"
-    path.parent.mkdir(parents=True, exist_ok=True)
     with staged([resolve_location(os.fspath(path))]) as (tmp,):
         _write_product(tmp, reflectance, wl, fwhm, good, start, flight_line)
     return path

@@ -148,21 +148,6 @@ def _float(text: str | None, src: str, what: str) -> float:
     return value
 
 
-def _iso_utc(text: str | None) -> str | None:
-    """``2022-06-09T08:12:27.123456Z`` (any fraction, ``Z`` or an offset) as ISO-8601 UTC, else ``None``."""
-    match = re.fullmatch(r"\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?\s*", text or "")
-    if match is None:
-        return None
-    zone = match[3] or "Z"
-    zone = "+00:00" if zone == "Z" else zone[:3] + ":" + zone[-2:]
-    micro = (match[2] or "0")[:6].ljust(6, "0")
-    try:
-        when = dt.datetime.fromisoformat(f"{match[1]}.{micro}{zone}").astimezone(dt.timezone.utc)
-    except ValueError:
-        return None
-    return when.isoformat().replace("+00:00", "Z")
-
-
 def _band_characterisation(root: ET.Element, src: str) -> _Bands:
     elements = root.findall("specific/bandCharacterisation/bandID")
     if not elements:
@@ -203,8 +188,8 @@ def _product_facts(root: ET.Element, prefix: str) -> dict[str, Any]:
     if level:
         facts["level"] = level
         facts["quantity"] = "surface reflectance" if level.startswith("L2") else "top-of-atmosphere radiance"
-    start = _iso_utc(root.findtext("base/temporalCoverage/startTime"))
-    stop = _iso_utc(root.findtext("base/temporalCoverage/stopTime"))
+    start = layout.iso_utc(root.findtext("base/temporalCoverage/startTime"))
+    stop = layout.iso_utc(root.findtext("base/temporalCoverage/stopTime"))
     if start:
         facts["datetime"] = start
     if stop:
@@ -511,7 +496,7 @@ def write_demo(
 
     layers = {
         f"-QL_QUALITY_{name}.TIF": (flags if name == "CLOUD" else np.zeros((h, w), bool))[None]
-        for name in ("CLOUD", "CIRRUS", "HAZE", "SNOW", "CLOUDSHADOW")
+        for name in (*MISSING_LAYERS, *DEGRADED_LAYERS)
     }
     layers["-QL_PIXELMASK.TIF"] = np.zeros((c, h, w), bool)  # per band: defective detector pixels (none)
     names = [*layers, METADATA_SUFFIX, SPECTRAL_SUFFIX]  # the spectral image is moved into place last

@@ -20,6 +20,8 @@ BSQ/BIL/BIP), so ``layout=`` is not consulted for them.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "check_numeric",
     "dataset_key",
     "infer_layout",
+    "iso_utc",
     "pick",
     "read_block",
     "require_size",
@@ -203,6 +206,25 @@ def as_floats(value: Any) -> list[float] | None:
     except (TypeError, ValueError):
         return None
     return [float(v) for v in arr] if arr.size else None
+
+
+def iso_utc(text: str | None) -> str | None:
+    """A product's time text as ISO-8601 UTC with a ``Z`` (``2022-06-09T08:12:27.123456Z``), else ``None``.
+
+    Accepts any fraction of a second, ``Z``, an offset with or without a colon (``+0000``, ``+05:30``) or none
+    (taken as UTC), on every supported Python (3.10's ``fromisoformat`` reads none of these).
+    """
+    match = re.fullmatch(r"\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?\s*", text or "")
+    if match is None:
+        return None
+    zone = match[3] or "Z"
+    zone = "+00:00" if zone == "Z" else zone[:3] + ":" + zone[-2:]
+    micro = (match[2] or "0")[:6].ljust(6, "0")
+    try:
+        when = dt.datetime.fromisoformat(f"{match[1]}.{micro}{zone}").astimezone(dt.timezone.utc)
+    except ValueError:
+        return None
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def as_names(value: Any) -> list[str] | None:

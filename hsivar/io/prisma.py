@@ -43,7 +43,6 @@ import contextlib
 import posixpath
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 import h5py
@@ -131,19 +130,6 @@ def _number(src: str, attrs: Any, name: str) -> float | None:
     if vec.size != 1:
         raise CubeError(f"{src}: attribute {name} holds {vec.size} values; expected one number")
     return float(vec[0])
-
-
-def _iso_utc(text: str | None) -> str | None:
-    """A product time (``2020-05-24T10:37:04.123456``, UTC) as ISO-8601 with a ``Z``; ``None`` if unreadable."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().removesuffix("Z"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 # --- the cubes of a product -----------------------------------------------------------------------------
@@ -334,8 +320,8 @@ def _product_facts(loc: Location, h5: h5py.File, level: str, rule: str, bands: l
     processing = layout.as_str(h5.attrs.get("Processing_Level"))
     if processing:
         facts["processing_level"] = processing.strip()
-    start = _iso_utc(layout.as_str(h5.attrs.get("Product_StartTime")))
-    stop = _iso_utc(layout.as_str(h5.attrs.get("Product_StopTime")))
+    start = layout.iso_utc(layout.as_str(h5.attrs.get("Product_StartTime")))
+    stop = layout.iso_utc(layout.as_str(h5.attrs.get("Product_StopTime")))
     if start:
         facts["datetime"] = start
     if stop:
