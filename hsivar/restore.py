@@ -179,12 +179,15 @@ class RestoreSpec:
         unc = self.cfg.uncertainty
         return None if unc is None else mix(unc.coefficients, task_weights)
 
-    def finish(self, prep: PreparedCube, out: RestoredSamples) -> tuple[np.ndarray, np.ndarray | None]:
+    def finish(self, prep: PreparedCube, out: RestoredSamples,
+               uncertainty: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """:func:`~hsivar.prepared.finish` with this model's calibrated error bar when it has one
-        (:func:`~hsivar.prepared.calibrated_std` for the restoration's task weights). → (mean, std) as there."""
-        coef = self.uncertainty_coefficients(out.task_weights)
+        (:func:`~hsivar.prepared.calibrated_std` for the restoration's task weights). → (mean, std) as there;
+        ``uncertainty=False``: std None, and the error bar is not computed (the mean does not depend on it)."""
+        coef = self.uncertainty_coefficients(out.task_weights) if uncertainty else None
         std01 = None if coef is None else calibrated_std(prep, out.samples01, coef)
-        return finish(prep, out.samples01, std01)
+        mean, std = finish(prep, out.samples01, std01)
+        return mean, std if uncertainty else None
 
     def prepare(self, cube: np.ndarray | torch.Tensor, overlap: int, *, nodata: float | None = None,
                 value_range: tuple[float, float] | None = None, observation: Observation | None = None,

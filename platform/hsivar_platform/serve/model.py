@@ -175,9 +175,9 @@ class HSIVARModel:
             restored = await loop.run_in_executor(self._model_thread, partial(
                 self._restore_sampled, prep, req.task, req.samples, req.seed))
             seconds["restore"], t = time.perf_counter() - t, time.perf_counter()
-        mean, std = await asyncio.to_thread(r.finish, prep, restored)
+        mean, std = await asyncio.to_thread(partial(r.finish, prep, restored, uncertainty=req.uncertainty))
         seconds["blend"] = time.perf_counter() - t
-        return ModelAnswer(mean=mean, std=std if req.uncertainty else None, kept=prep.kept,
+        return ModelAnswer(mean=mean, std=std, kept=prep.kept,
                            observation=prep.observation.summary() if prep.observation is not None else {},
                            task_weights=restored.task_weights, tiles=len(prep.coords), seconds=seconds)
 
