@@ -43,6 +43,7 @@ from _common import (
 from hsivar_platform import storage
 from hsivar_platform.batch import BatchOptions, run_batch
 from hsivar_platform.batch.keys import list_inputs
+from hsivar_platform.batch.options import steady_rate
 from hsivar_platform.model_uri import load_restorer, resolve_model
 
 from hsivar.io import read_cube, write_cube
@@ -65,7 +66,7 @@ def run_loop(model: str, src: str, dst: str, device: str, batch_size: int) -> di
     """
     t0 = time.perf_counter()
     restorer = load_restorer(model, device=device)
-    n, done_at = 0, []
+    n, t_first, t_last = 0, 0.0, 0.0
     for item in list_inputs(src, dst):
         if item.out is None:  # not a cube (the demo dataset's manifest.json): the job skips it too
             continue
@@ -73,10 +74,12 @@ def run_loop(model: str, src: str, dst: str, device: str, batch_size: int) -> di
         restored = restorer.restore(cube, batch_size=batch_size).cube
         write_cube(item.out, restored, meta, dtype=meta.dtype, storage_options=storage.storage_options(item.out))
         n += 1
-        done_at.append(time.perf_counter())
+        t_last = time.perf_counter()
+        if n == 1:
+            t_first = t_last
     seconds = time.perf_counter() - t0
-    steady = (n - 1) / (done_at[-1] - done_at[0]) if n >= 2 and done_at[-1] > done_at[0] else 0.0
-    return {"seconds": seconds, "cubes": n, "cubes_per_s": n / seconds, "steady_cubes_per_s": steady}
+    return {"seconds": seconds, "cubes": n, "cubes_per_s": n / seconds,
+            "steady_cubes_per_s": steady_rate(n, t_first, t_last)}
 
 
 def run_ray(model: str, src: str, dst: str, actors: int, gpus_per_actor: float, batch_size: int) -> dict[str, Any]:

@@ -127,14 +127,11 @@ def model_version(uri: str, local: Path | None = None) -> str:
             return _registry_version(name, ref)
         except Exception:  # the reference itself is still a useful answer when the registry is unreachable
             return ref.lstrip("@")
-    digest = hashlib.sha256()
     if storage.is_remote(uri):
+        digest = hashlib.sha256()
         fs, path = storage.filesystem(storage.join(uri, WEIGHTS_FILE))
         info = fs.info(path)
         digest.update(storage.read_bytes(storage.join(uri, CONFIG_FILE)))
         digest.update(str(info.get("ETag") or info.get("size")).encode())
         return digest.hexdigest()[:12]
-    with open((local or resolve_model(uri)) / WEIGHTS_FILE, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return storage.sha256((local or resolve_model(uri)) / WEIGHTS_FILE)[:12]

@@ -5,7 +5,6 @@ Needs the ``dev`` extra (``moto[server]``) for :func:`local_s3_server`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +16,8 @@ from hsivar_platform import storage
 def output_checksum(uri: str) -> str:
     """sha256 of a batch output at ``uri`` as :func:`hsivar_platform.batch.output.write_output` computes it
     (ENVI: the data file ``.img`` then the header)."""
-    digest = hashlib.sha256()
-    if detect_format(uri) == "envi" and uri.lower().endswith(".hdr"):
-        digest.update(storage.read_bytes(uri[: -len(".hdr")] + ".img"))
-    digest.update(storage.read_bytes(uri))
-    return digest.hexdigest()
+    data = [uri[: -len(".hdr")] + ".img"] if detect_format(uri) == "envi" and uri.lower().endswith(".hdr") else []
+    return storage.sha256(*data, uri)
 
 
 @contextmanager

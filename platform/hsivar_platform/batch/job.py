@@ -57,7 +57,7 @@ from hsivar_platform.batch.keys import (
     uncertainty_uri,
 )
 from hsivar_platform.batch.manifest import MANIFEST_COLUMNS, STATUSES, read_manifest, record, write_manifest
-from hsivar_platform.batch.options import BatchOptions, BatchReport
+from hsivar_platform.batch.options import BatchOptions, BatchReport, steady_rate
 from hsivar_platform.batch.stac import CollectionWriter
 from hsivar_platform.batch.stages import ReadRestoreWrite, Restore, finish_and_write, read_and_tile
 from hsivar_platform.locations import check_outlives_job, inside_job_copy
@@ -105,7 +105,7 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
 
     todo: list[Input] = []
     already = 0
-    done_items: list[str] = []  # the STAC Items of the outputs an earlier run completed (kept in the Collection)
+    collection = CollectionWriter(dst) if options.stac else None  # the Items of the outputs done and restored now
     for item in inputs:
         if item.skip_reason:
             manifest[item.uri] = record(item.uri, "skipped", error=item.skip_reason, model=model,
@@ -119,8 +119,8 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
                 prev["status"] == "ok" and prev.get("output_uri") == item.out and item.out in existing))
             if done:
                 already += 1
-                if prev.get("stac_item_uri"):
-                    done_items.append(prev["stac_item_uri"])
+                if collection is not None and prev.get("stac_item_uri"):
+                    collection.add(prev["stac_item_uri"])
             else:
                 todo.append(item)
     total = len(inputs)
@@ -128,9 +128,6 @@ def run_batch(options: BatchOptions, *, ray_address: str | None = None,
     log.info("restore %s → %s with %s%s, version %s: %d input(s), %d already done, %d to restore",
              src, dst, model, requested, version, total, already, len(todo))
 
-    collection = CollectionWriter(dst) if options.stac else None
-    for item_at in done_items if collection is not None else ():
-        collection.add(item_at)
     processed, pipeline_s, steady = 0, 0.0, 0.0
     if todo:
         processed, pipeline_s, steady = _run_pipeline(
@@ -250,7 +247,7 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                 failed += 1
                 log.warning("failed: %s", rec["error"])
             if collection is not None and rec.get("stac_item_uri"):
-                collection.add(rec["stac_item_uri"])
+                collection.add(rec["stac_item_uri"], rec.get("stac_item"))
             now = time.perf_counter()
             if now - last_manifest >= options.manifest_interval_s:
                 _save(dst, manifest, collection)
@@ -263,5 +260,4 @@ def _run_pipeline(options: BatchOptions, todo: list[Input], manifest: dict[str, 
                 last_log = now
     finally:
         _save(dst, manifest, collection)
-    steady = (done - 1) / (t_last - t_first) if done >= 2 and t_last > t_first else 0.0
-    return done, time.perf_counter() - t0, steady
+    return done, time.perf_counter() - t0, steady_rate(done, t_first, t_last)

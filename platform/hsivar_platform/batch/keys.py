@@ -61,6 +61,15 @@ def relative_key(uri: str, prefix: str) -> str:
         rel = path[len(root) + 1:]
     else:
         raise UnsafeKeyError(f"{uri}: not under the input prefix {prefix}")
+    return check_key(rel, uri)
+
+
+def check_key(rel: str, uri: str) -> str:
+    """``rel`` when every segment is safe to join under the output prefix, for the input ``uri``.
+
+    Raises:
+        UnsafeKeyError: an empty, ``.`` or ``..`` segment, or one holding a backslash or NUL.
+    """
     for part in rel.split("/"):
         if part in ("", ".", "..") or "\\" in part or "\x00" in part:
             raise UnsafeKeyError(f"{uri}: unsafe key {rel!r} (empty, '.' or '..' segments or backslashes); "
@@ -105,12 +114,10 @@ def list_stac_inputs(document: str, output_prefix: str, assets: list[str] | None
         FileNotFoundError: no document at ``document``; StacInputError: not usable STAC JSON, or two assets that would
             be restored to the same output (the message says why).
     """
-    from hsivar_platform.batch.stac import stac_assets
+    from hsivar_platform.batch.stac import StacInputError, stac_assets
 
     if not storage.exists(document):
         raise FileNotFoundError(f"{document}: no such STAC document")
-    from hsivar_platform.batch.stac import StacInputError
-
     dst = norm_prefix(output_prefix)
     inputs: list[Input] = []
     for asset in stac_assets(document, assets):
@@ -119,7 +126,11 @@ def list_stac_inputs(document: str, output_prefix: str, assets: list[str] | None
         if not cubes:
             inputs.append(Input(asset.href, None, None, skip_reason="not a cube file (unsupported extension)"))
             continue
-        rel = f"{asset.item_id}/{name}"
+        try:
+            rel = check_key(f"{asset.item_id}/{name}", asset.href)
+        except UnsafeKeyError as exc:
+            inputs.append(Input(asset.href, None, None, error=str(exc)))
+            continue
         inputs.append(Input(asset.href, rel, output_uri(dst, rel)))
     outputs: dict[str, str] = {}
     for item in inputs:

@@ -70,6 +70,12 @@ class BatchOptions(BaseModel):
         return parse_task(self.task)
 
 
+def steady_rate(files: int, t_first: float, t_last: float) -> float:
+    """Cubes per second once outputs flow: the files after the first over the seconds from the first to the last
+    finished file (``time.perf_counter`` instants); 0 with fewer than 2 files."""
+    return (files - 1) / (t_last - t_first) if files >= 2 and t_last > t_first else 0.0
+
+
 @dataclass
 class BatchReport:
     """What a run did.

@@ -73,7 +73,8 @@ class Provenance:
         model: the model URI the job loaded (pinned); model_requested: as given; model_version: its version.
         family: the model family (``hsivar``); task: the dominant task; task_weights: {task: weight}, the
             estimated (auto) or requested mixture; samples, seed: the decoding's.
-        datetime: when the input was acquired when known, else when it was restored (UTC).
+        created: when it was restored (UTC); the Item's ``datetime`` when the input does not say when it was
+            acquired.
     """
 
     input_uri: str
@@ -86,7 +87,6 @@ class Provenance:
     samples: int
     seed: int
     family: str = "hsivar"
-    datetime: datetime | None = None
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -102,12 +102,8 @@ def collection_uri(output_prefix: str) -> str:
 
 def _relative(target: str, start_file: str) -> str:
     """Href of ``target`` relative to the folder of ``start_file`` (both under one prefix), ``./``-prefixed."""
-    rel = posixpath.relpath(_path(target), posixpath.dirname(_path(start_file)))
+    rel = posixpath.relpath(storage.filesystem(target)[1], posixpath.dirname(storage.filesystem(start_file)[1]))
     return rel if rel.startswith("..") else f"./{rel}"
-
-
-def _path(uri: str) -> str:
-    return storage.filesystem(uri)[1] if storage.is_remote(uri) else str(Path(uri.removeprefix("file://")).absolute())
 
 
 def footprint(meta: CubeMeta, height: int, width: int) -> tuple[dict[str, Any] | None, list[float] | None]:
@@ -163,7 +159,8 @@ def output_item(output_uri: str, meta: CubeMeta, shape: Sequence[int], provenanc
     """
     c, h, w = (int(v) for v in shape)
     geometry, bbox = footprint(meta, h, w)
-    when = provenance.datetime or _acquired(meta) or provenance.created
+    acquired = _acquired(meta)
+    when = acquired or provenance.created
     item = pystac.Item(id=item_id, geometry=geometry, bbox=bbox, datetime=when, properties={
         "created": provenance.created.isoformat().replace("+00:00", "Z"),
         "hsivar:input": provenance.input_uri,
@@ -181,7 +178,7 @@ def output_item(output_uri: str, meta: CubeMeta, shape: Sequence[int], provenanc
     })
     if meta.extras.get("product"):
         item.properties["hsivar:product"] = json.loads(json.dumps(meta.extras["product"], default=str))
-    if provenance.datetime is None and _acquired(meta) is None:
+    if acquired is None:
         item.properties["hsivar:datetime_is_processing_time"] = True
     href_of = item_uri(output_uri)
     fmt = _format_of(output_uri)
@@ -234,6 +231,11 @@ def _wkt2(crs: str) -> str:
     return CRS.from_user_input(crs).to_wkt(version="WKT2_2019")
 
 
+def time_text(when: datetime) -> str:
+    """A UTC instant as STAC writes it (``2022-06-09T08:12:27Z``)."""
+    return pystac.utils.datetime_to_str(when)
+
+
 def _to_json(obj: pystac.STACObject | Mapping[str, Any]) -> bytes:
     d = obj if isinstance(obj, Mapping) else obj.to_dict(include_self_link=False, transform_hrefs=False)
     return json.dumps(d, indent=1).encode()
@@ -255,7 +257,7 @@ def write_item(item: pystac.Item, output_uri: str, output_prefix: str) -> str:
 
 def collection_id(output_prefix: str) -> str:
     """The Collection id of an output prefix: ``hsivar-<last segment>``."""
-    return "hsivar-" + (posixpath.basename(_path(output_prefix).rstrip("/")) or "restored")
+    return "hsivar-" + (posixpath.basename(storage.filesystem(output_prefix)[1].rstrip("/")) or "restored")
 
 
 class CollectionWriter:
@@ -269,19 +271,21 @@ class CollectionWriter:
         self._items: dict[str, tuple[str, list[float] | None, list[datetime]]] = {}
         self.changed = False  # Items were added since the last write
 
-    def add(self, item_at: str) -> None:
-        """Add the Item at ``item_at`` (read now); a missing or unreadable Item is left out, with a warning."""
+    def add(self, item_at: str, item: Mapping[str, Any] | None = None) -> None:
+        """Add the Item at ``item_at``: its JSON ``item`` when the caller holds it, else read now (a missing or
+        unreadable Item is left out, with a warning)."""
         if item_at in self._items:
             return
-        try:
-            d = json.loads(storage.read_bytes(item_at))
-        except (OSError, ValueError) as exc:
-            log.warning("STAC Item %s left out of the Collection: %s", item_at, exc)
-            return
-        props = d.get("properties", {})
+        if item is None:
+            try:
+                item = json.loads(storage.read_bytes(item_at))
+            except (OSError, ValueError) as exc:
+                log.warning("STAC Item %s left out of the Collection: %s", item_at, exc)
+                return
+        props = item.get("properties", {})
         times = [datetime.fromisoformat(props[k].replace("Z", "+00:00"))
                  for k in ("datetime", "start_datetime", "end_datetime") if props.get(k)]
-        self._items[item_at] = (str(d.get("id")), d.get("bbox"), times)
+        self._items[item_at] = (str(item.get("id")), item.get("bbox"), times)
         self.changed = True
 
     def __len__(self) -> int:

@@ -254,6 +254,9 @@ def finish_and_write(batch: dict[str, np.ndarray], *, output_dtype: str, tile: i
                     item = stac.output_item(dst, meta, mean.shape, provenance, item_id=item_id,
                                             output_sha256=row["checksum"], assets=sidecars)
                     row["stac_item_uri"] = stac.write_item(item, dst, output_prefix)
+                    # what the Collection needs of the Item, so the driver does not read it back
+                    row["stac_item"] = {"id": item.id, "bbox": item.bbox,
+                                        "properties": {"datetime": stac.time_text(item.datetime)}}
             except Exception as exc:
                 row["warning"] = f"metadata not written: {describe(exc, src)}"
                 log.warning("%s", row["warning"])
