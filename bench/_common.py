@@ -112,6 +112,15 @@ def call_times(fn: Callable[[], Any], repeats: int, device: torch.device | str) 
     return times
 
 
+def median_time(fn: Callable[[], Any], repeats: int, device: torch.device | str) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls (:func:`call_times`) after two warm-up calls (the first
+    compiles / allocates, the second lets the allocator and thread pools settle)."""
+    fn()
+    fn()
+    times = call_times(fn, repeats, device)
+    return sorted(times)[len(times) // 2]
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0–100) of ``values``, linear interpolation; NaN for no values."""
     if not values:

@@ -26,7 +26,7 @@ import time
 from contextlib import nullcontext
 
 import torch
-from _common import bench_parser, call_times, device_sync
+from _common import bench_parser, device_sync, median_time
 from torch.utils.flop_counter import FlopCounterMode
 
 from hsivar.models.hsivar import HSIVAR
@@ -78,14 +78,6 @@ def counted_tflops(name: str, bands: int) -> dict[str, float]:
     return out
 
 
-def timed(fn: callable, repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    fn()  # second warm-up: allocator and thread pools settle
-    times = call_times(fn, repeats, device)
-    return sorted(times)[len(times) // 2]
-
-
 def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int], repeats: int,
             bf16: bool, compiled: bool = False) -> dict[str, dict]:
     """Measured seconds per cube per variant and batch size (and cubes/s). With ``compiled``, also DAG + KV through
@@ -101,7 +93,7 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
             if key.startswith("diffusion") and bs != batch_sizes[0]:
                 continue
             with ctx, torch.no_grad():
-                sec = timed(fn, repeats, device)
+                sec = median_time(fn, repeats, device)
             results.setdefault(key, {})[f"batch_{bs}"] = {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec}
         if compiled:
             results.setdefault("dag_kv_compiled", {})[f"batch_{bs}"] = measure_compiled(model, x, repeats, device, ctx)
@@ -160,7 +152,7 @@ def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch
             out = model.restore(x, task="auto")
             sync()
             first = time.perf_counter() - t
-            sec = timed(lambda: model.restore(x, task="auto"), repeats, device)
+            sec = median_time(lambda: model.restore(x, task="auto"), repeats, device)
         finally:
             model.var.compile_steps(False)
     return {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec, "first_call_s": first,

@@ -15,13 +15,12 @@ Human-readable lines first; the last line is one JSON object with every figure.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import bench_parser, check_device, device_sync, json_line
+from _common import bench_parser, check_device, json_line, median_time
 
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
@@ -47,25 +46,22 @@ def time_stage(model: HSIVAR, stage: str, batch: Batch, steps: int, bf16: bool,
     opt = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
-    sync = device_sync(device)
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(steps + 2):
-        sync()
-        t = time.perf_counter()
+    last: dict[str, torch.Tensor] = {}
+
+    def step() -> None:
         with ctx():
             loss = stage_loss(model, stage, batch, gen).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 2.0)
         opt.step()
-        sync()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    sec = sorted(times)[len(times) // 2]
-    out = {"seconds_per_step": sec, "samples_per_s": batch.hq.shape[0] / sec, "loss": float(loss.detach())}
+        last["loss"] = loss
+
+    sec = median_time(step, steps, device)
+    out = {"seconds_per_step": sec, "samples_per_s": batch.hq.shape[0] / sec, "loss": float(last["loss"].detach())}
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
