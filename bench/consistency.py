@@ -5,11 +5,11 @@ through the one restoration path with its true observation (oracle), and each st
 
 * ``prepare`` — validation, normalisation, the observation read from the cube (:meth:`Observation.detect`)
   and the classical first estimate (:func:`hsivar.estimate.first_estimate`);
-* ``blur_width`` — the model's blur-width estimate for blind deblurring (:meth:`Restorer.observe_blur`; run
-  with ``task="blur"`` and no known width, so it is timed on every family);
+* ``blur_width`` — blind deblurring's width estimate and the first estimate recomputed with it
+  (:meth:`Restorer.observe_blur`; run with ``task="blur"`` and no known width, so it is timed on every family);
 * ``model`` — the model over every tile, blended (:meth:`Restorer.restore_prepared` without consistency);
 * ``consistency`` — the projection onto the observation (:meth:`PreparedCube.consistent`: sr back-projection,
-  blur conjugate gradients) plus :func:`hsivar.prepared.finish` (exact entries put back bit for bit).
+  blur Richardson–Lucy steps) plus :func:`hsivar.prepared.finish` (exact entries put back bit for bit).
 
 Figures: milliseconds per cube and per tile for each step, and each step's share of the total. Weights do not
 change the cost, so a fresh model serves unless ``--model`` names a published one.

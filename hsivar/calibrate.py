@@ -15,7 +15,7 @@ in both, and no more of it; τ = 0 when none helps. Metrics are those of the eva
 on the example's ``band_mask`` (a bandmiss example is scored on its missing bands).
 
 **Uncertainty.** Then every example is restored once more as users restore it — blind (``task="auto"``, the
-observation read off the cube, the blur width estimated by the model) at the fitted τ — and the error-variance
+observation read off the cube, the blur width estimated from it) at the fitted τ — and the error-variance
 coefficients of :mod:`hsivar.uncertainty` are fitted per true family on the entries each restoration
 synthesised (not those kept as observed). Fitting on blind restorations matters where the blind task is
 harder than the true one (deblurring with an estimated width). A family without examples gets the largest

@@ -161,9 +161,6 @@ class DAGConfig(_Frozen):
         STAGES, description="training stages that also train the task classifier (its CE, "
         "weight loss.task). It sees only the degraded tile, so it can learn alongside any stage")
     lambda_init: float = 1.0
-    blur_width: bool = Field(False, description="a head on the classifier's features that estimates the width σ "
-                             "(px) of a Gaussian blur, so blind (task='auto' or 'blur' without a level) restoration "
-                             "can deconvolve its first estimate; trained with loss.blur_width")
 
 
 class LossConfig(_Frozen):
@@ -174,8 +171,6 @@ class LossConfig(_Frozen):
     refiner: float = Field(2.0, description="β1: L1 refiner loss in stage 2")
     align: float = Field(0.5, description="β2: ‖E_con(lq) − E(hq)‖² in stage 2")
     task: float = Field(0.1, description="task-classifier CE (for task='auto'), in the stages of dag.classifier_stages")
-    blur_width: float = Field(0.5, description="weight of the blur-width head's squared error (px²) on blurred "
-                              "tiles, in the stages of dag.classifier_stages (dag.blur_width)")
     stage3_ssim: float = Field(0.2, description="γ: weight of (1 − SSIM) in stage 3")
     stage3_auto: float = Field(
         0.5, ge=0, le=1, description="fraction of stage-3 tiles restored with the classifier's task weights (as "

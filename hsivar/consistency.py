@@ -11,8 +11,9 @@ the observation cannot see and takes the rest from y: x = A⁺y + (I − A⁺A) 
 * **super-resolution**: iterative back-projection, x ← x + U(y_lr − D x) with D the bicubic down-sampling of
   the protocol and U bicubic up-sampling, until the estimate down-sampled equals the low-resolution grid
   (:func:`back_project`);
-* **blur**: a few conjugate-gradient steps on ‖K x − y‖² + w‖x − x̂‖², the estimate as the prior
-  (:func:`hsivar.estimate.deconvolve`);
+* **blur**: a few Richardson–Lucy steps started at the estimate, each a multiplicative move towards K x = y
+  that keeps x ≥ 0 (:func:`hsivar.deblur.richardson_lucy`); for a noisy observation, a few conjugate-gradient
+  steps on ‖K x − y‖² + w‖x − x̂‖² with the estimate as the prior instead (:func:`hsivar.deblur.tikhonov`);
 * **noise**: nothing — a noisy observation is not more exact than the estimate, and the first estimate
   already weighs it (:mod:`hsivar.estimate`).
 
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hsivar.deblur import richardson_lucy, tikhonov
 from hsivar.degrade.observation import Observation
-from hsivar.estimate import deconvolve
 
 __all__ = ["back_project", "exact_entries", "project"]
 
@@ -59,10 +60,12 @@ def back_project(x01: np.ndarray, y01: np.ndarray, scale: int, iters: int = 10) 
 def project(x01: np.ndarray, y01: np.ndarray, obs: Observation, blur_weight: float = 1e-2,
             blur_iters: int = 10) -> np.ndarray:
     """The estimate ``x01`` (C, H, W) made consistent with the observation ``y01`` (C, H, W) as ``obs`` describes
-    it (see the module docstring; exact entries are put back later, in the input's units)."""
+    it (see the module docstring; exact entries are put back later, in the input's units). ``blur_iters`` steps
+    for a blur; ``blur_weight``: the prior's weight when the observation is noisy."""
     x = np.asarray(x01, np.float32)
     if obs.sr_scale:
         x = back_project(x, y01, obs.sr_scale)
     if obs.blur_sigma:
-        x = deconvolve(y01, obs.blur_sigma, prior=x, weight=blur_weight, iters=blur_iters)
+        x = (tikhonov(y01, obs.blur_sigma, prior=x, weight=blur_weight, iters=blur_iters) if obs.noisy()
+             else richardson_lucy(y01, obs.blur_sigma, iters=blur_iters, start=x, plain=blur_iters))
     return x

@@ -13,11 +13,11 @@ imaging chain undone backwards:
 3. column stripes removed (:func:`destripe`), then noise by projection onto the cube's spectral subspace
    with non-local means on its eigen-images (:func:`denoise_subspace`, after HySime's noise estimation
    and FastHyDe's subspace idea);
-4. a known Gaussian blur undone by conjugate gradients on the data term with Tikhonov regularisation
-   (:func:`deconvolve`).
+4. a known Gaussian blur undone by Richardson–Lucy iterations, or, when the observation is noisy, by
+   conjugate gradients with Tikhonov regularisation (:func:`hsivar.deblur.deconvolve`).
 
 Every function takes and returns (C, H, W) float32 in [0, 1] units and costs tens of milliseconds on a
-64×64×31 cube on one CPU core (numpy, SciPy, scikit-image).
+64×64×31 cube on one CPU core (numpy, SciPy, scikit-image); deblurring ≈0.2 s.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hsivar.degrade.observation import Observation, blur_kernel_size, noise_by_regression
-from hsivar.kernels import gaussian_kernel1d
+from hsivar.deblur import deconvolve
+from hsivar.degrade.observation import Observation, noise_by_regression
 
-__all__ = ["deconvolve", "denoise_subspace", "destripe", "fill_missing", "first_estimate", "interpolate_bands",
+__all__ = ["denoise_subspace", "destripe", "fill_missing", "first_estimate", "interpolate_bands",
            "upsample_grid"]
 
 
@@ -176,41 +176,6 @@ def denoise_subspace(cube: np.ndarray, min_correlation: float = 0.05, strength: 
     return restored.reshape(C, H, W).astype(np.float32)
 
 
-def _blur(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Separable correlation of x (C, H, W) with ``kernel`` (k,) along rows and columns, zero padding."""
-    from scipy.ndimage import correlate1d
-
-    return correlate1d(correlate1d(x, kernel, axis=2, mode="constant"), kernel, axis=1, mode="constant")
-
-
-def deconvolve(cube: np.ndarray, sigma: float, prior: np.ndarray | None = None, weight: float = 1e-3,
-               iters: int = 30) -> np.ndarray:
-    """Undo a separable Gaussian blur of width ``sigma`` px (zero padding) by ``iters`` conjugate-gradient steps on
-    ‖K x − y‖² + ``weight``·‖x − prior‖², started at the prior (default the blurred cube itself)."""
-    k = gaussian_kernel1d(blur_kernel_size(sigma), sigma).astype(np.float64)
-    y = cube.astype(np.float64)
-    p0 = y if prior is None else prior.astype(np.float64)
-    b = _blur(y, k) + weight * p0
-
-    def normal(v: np.ndarray) -> np.ndarray:
-        return _blur(_blur(v, k), k) + weight * v
-
-    x = p0.copy()
-    r = b - normal(x)
-    p, rs = r.copy(), float((r * r).sum())
-    for _ in range(iters):
-        if rs < 1e-20:
-            break
-        ap = normal(p)
-        a = rs / float((p * ap).sum())
-        x += a * p
-        r -= a * ap
-        rn = float((r * r).sum())
-        p = r + (rn / rs) * p
-        rs = rn
-    return x.astype(np.float32)
-
-
 def first_estimate(cube01: np.ndarray, obs: Observation, wavelengths: Sequence[float] | None = None) -> np.ndarray:
     """The classical first estimate x0 (C, H, W) float32 of a degraded cube in [0, 1] units (module docstring).
 
@@ -226,5 +191,5 @@ def first_estimate(cube01: np.ndarray, obs: Observation, wavelengths: Sequence[f
     if obs.noisy():
         x = denoise_subspace(x)  # noisy observed entries are denoised too: they are not exact
     if obs.blur_sigma:
-        x = deconvolve(x, obs.blur_sigma)
+        x = deconvolve(x, obs.blur_sigma, noisy=obs.noisy())
     return x

@@ -96,7 +96,7 @@ class PreparedCube:
         return torch.stack([x[:, r:r + S, c:c + S] for r, c in self.coords[start:stop]])
 
     def reobserved(self, observation: Observation) -> PreparedCube:
-        """This cube with a more complete observation of the same shape (e.g. the blur width the model estimated):
+        """This cube with a more complete observation of the same shape (e.g. an estimated blur width):
         the first estimate recomputed when there is one, the kept entries narrowed to those the new observation
         still calls exact (:func:`~hsivar.consistency.exact_entries`; a blur leaves none). Needs ``cube01``."""
         if tuple(observation.shape) != self.shape:

@@ -52,7 +52,7 @@ def preset(name: str, bands: int = 31) -> ModelConfig:
         return ModelConfig(name="tiny", vqvae=vq, transformer=tr,
                            refiner=RefinerConfig(width=16, blocks=2),
                            fusion=FusionConfig(width=32, blocks=2, unsharp_sigmas=(1.0, 2.0, 4.0)),
-                           dag=DAGConfig(classifier_hidden=32, blur_width=True), wavelengths=wl, first_estimate=True)
+                           dag=DAGConfig(classifier_hidden=32), wavelengths=wl, first_estimate=True)
     if name == "small":
         # 128×128×C tiles, 16×16 latent, the paper's 10 scales, a depth-8 transformer.
         vq = VQVAEConfig(bands=bands, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=16,
@@ -61,10 +61,9 @@ def preset(name: str, bands: int = 31) -> ModelConfig:
         return ModelConfig(name="small", vqvae=vq, transformer=tr,
                            refiner=RefinerConfig(width=64, blocks=4),
                            fusion=FusionConfig(width=64, blocks=4, unsharp_sigmas=(1.0, 2.0, 4.0)),
-                           dag=DAGConfig(blur_width=True), wavelengths=wl, first_estimate=True)
+                           wavelengths=wl, first_estimate=True)
     if name == "paper":
         return ModelConfig(name="paper", vqvae=VQVAEConfig(bands=bands), first_estimate=True,
-                           dag=DAGConfig(blur_width=True),
                            transformer=TransformerConfig(depth=16, width=1024, heads=16),
                            refiner=RefinerConfig(width=128, blocks=8), wavelengths=wl)
     raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")

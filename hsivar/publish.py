@@ -46,6 +46,26 @@ def save_published(model: HSIVAR, directory: str | os.PathLike, *, stage: str = 
     return out
 
 
+RETIRED_FIELDS: dict[str, tuple[str, ...]] = {"dag": ("blur_width",), "loss": ("blur_width",)}
+"""Config fields of earlier versions that no longer exist, per section; dropped when a model is read, so models
+published before still load. ``blur_width``: the learned blur-width head, replaced by the classical blind
+estimate (:func:`hsivar.deblur.blur_width`)."""
+
+RETIRED_WEIGHTS: tuple[str, ...] = ("dag.width_head.",)
+"""Weight-name prefixes of retired modules (see :data:`RETIRED_FIELDS`), dropped when a model is loaded."""
+
+
+def _without_retired(model_doc: Any) -> Any:
+    """The ``model`` section of a config document without the :data:`RETIRED_FIELDS` (other values unchanged)."""
+    if not isinstance(model_doc, dict):
+        return model_doc
+    out = dict(model_doc)
+    for section, names in RETIRED_FIELDS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in names}
+    return out
+
+
 def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """Read and validate ``config.json``; → (model config, the whole document).
 
@@ -63,7 +83,7 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
     if doc.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
     try:
-        cfg = ModelConfig.model_validate(doc["model"])
+        cfg = ModelConfig.model_validate(_without_retired(doc["model"]))
     except Exception as e:  # pydantic's ValidationError, KeyError
         raise ModelFileError(f"{path}: invalid model config: {e}") from e
     return cfg, doc
@@ -84,6 +104,7 @@ def load_published(directory: str | os.PathLike, device: str | torch.device = "c
     except Exception as e:  # safetensors raises its own error types on truncated/corrupt files
         raise ModelFileError(f"{weights}: unreadable safetensors file ({e})") from e
     model = HSIVAR(cfg)
+    state = {k: v for k, v in state.items() if not k.startswith(RETIRED_WEIGHTS)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

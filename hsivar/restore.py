@@ -8,8 +8,9 @@ restores a cube through the same three steps, so a new option is added once:
    to [0, 1] (the model's range; ``value_range`` when the data's range is known), pad sides shorter than a
    tile; read the observation (detected, nodata, what the caller knows) and compute the classical first
    estimate for models that restore from it. CPU only, no model.
-   :meth:`Restorer.observe_blur` then adds what only the model can tell, the width of a blur (blind
-   deblurring), and recomputes the first estimate with it.
+   :meth:`Restorer.observe_blur` then adds the width of a blur when the task may be one (in ``auto`` mode
+   the model's classifier decides; the width is the classical blind estimate of :mod:`hsivar.deblur`), and
+   recomputes the first estimate with it.
 2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles (and their first
    estimate); the only place the model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it
    over a prepared cube's tiles in batches, ``samples`` times with generators seeded ``seed + i``, blends
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from hsivar.config import ModelConfig
+from hsivar.deblur import blur_width_of
 from hsivar.degrade.observation import Observation
 from hsivar.models.dag import AutoAmong, TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
@@ -212,11 +214,10 @@ class RestoreSpec:
 
     def may_observe_blur(self, prep: PreparedCube) -> bool:
         """Whether :meth:`Restorer.observe_blur` could change ``prep``, as far as the configuration and the cube
-        decide: the model has a blur-width head, blur is one of its tasks, the observation knows no width yet, and
-        there is a cube to cut tiles from (Serve's model replica skips the hop to its model thread otherwise)."""
+        decide: blur is one of the model's tasks, the observation knows no width yet, and there is a cube to cut
+        tiles from (Serve's model replica skips the hop to its model thread otherwise)."""
         obs = prep.observation
-        return bool(self.cfg.dag.blur_width) and obs is not None and not obs.blur_sigma \
-            and "blur" in self.tasks and prep.cube01.numel() > 0
+        return obs is not None and not obs.blur_sigma and "blur" in self.tasks and prep.cube01.numel() > 0
 
 
 class Restorer(RestoreSpec):
@@ -280,16 +281,16 @@ class Restorer(RestoreSpec):
 
     @torch.inference_mode()
     def observe_blur(self, prep: PreparedCube, task: TaskSpec = "auto", max_tiles: int = 16) -> PreparedCube:
-        """Blind deblurring's missing fact: the blur width σ (px), estimated by the model when it has a width head
-        (``dag.blur_width``), the observation knows none and the task may be a blur — ``"blur"``, a mixture or
-        weights with a blur share, ``"auto"`` whose plausible families (:meth:`resolve_task`) are blur alone, or
-        ``"auto"`` among several where the classifier's mean blur weight over the tiles is at least one half.
-        σ is the lower quartile of the head's estimates on up to ``max_tiles`` tiles spread over the cube; the first
-        estimate and the kept entries follow (:meth:`PreparedCube.reobserved`). Otherwise, or without a cube to
-        cut tiles from, ``prep`` is returned unchanged.
+        """Blind deblurring's missing fact: the blur width σ (px), when the observation knows none and the task may
+        be a blur — ``"blur"``, a mixture or weights with a blur share, ``"auto"`` whose plausible families
+        (:meth:`resolve_task`) are blur alone, or ``"auto"`` among several where the model's classifier gives blur
+        a mean weight of at least one half over up to ``max_tiles`` tiles spread over the cube. σ is the classical
+        blind estimate over up to ``max_tiles`` windows (:func:`hsivar.deblur.blur_width_of`); the first estimate
+        and the kept entries follow (:meth:`PreparedCube.reobserved`). Otherwise — when no window shows a blur,
+        or without a cube to cut tiles from — ``prep`` is returned unchanged.
         """
-        dag, obs = self.model.dag, prep.observation
-        if not self.may_observe_blur(prep) or dag.width_head is None or obs is None:
+        obs = prep.observation
+        if not self.may_observe_blur(prep) or obs is None:
             return prep
         b = self.tasks.index("blur")
         task = self.resolve_task(prep, task)
@@ -301,17 +302,17 @@ class Restorer(RestoreSpec):
             return prep
         if isinstance(task, torch.Tensor) and not float(task[..., b].mean()) > 0:
             return prep
-        pick = np.unique(np.linspace(0, len(prep.coords) - 1, min(max_tiles, len(prep.coords))).round().astype(int))
-        tiles = torch.cat([prep.tiles(int(i), int(i) + 1) for i in pick]).to(self.device)
-        with self.autocast():
-            logits, width = dag.classify_with_width(tiles)  # one classifier pass for the width and the weights
-            if (isinstance(task, str) and task == "auto") or (isinstance(task, AutoAmong) and len(task.tasks) > 1):
-                if float(dag.weights(task, tiles, logits)[:, b].mean()) < 0.5:
+        if (isinstance(task, str) and task == "auto") or (isinstance(task, AutoAmong) and len(task.tasks) > 1):
+            n = len(prep.coords)
+            pick = np.unique(np.linspace(0, n - 1, min(max_tiles, n)).round().astype(int))
+            tiles = torch.cat([prep.tiles(int(i), int(i) + 1) for i in pick])
+            with self.autocast():
+                if float(self.model.dag.weights(task, tiles.to(self.device))[:, b].mean()) < 0.5:
                     return prep
-        # a texture-poor tile reads as more blurred than it is, never as less, and an over-estimated width costs
-        # far more than an under-estimated one (deconvolution rings): the lower quartile, not the median
-        sigma = float(torch.quantile(width.float(), 0.25))  # type: ignore[union-attr]
-        return prep.reobserved(obs.replaced(blur_sigma=sigma, source={**obs.source, "blur_sigma": "model"}))
+        sigma = blur_width_of(prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy(), max_windows=max_tiles)
+        if sigma is None:
+            return prep
+        return prep.reobserved(obs.replaced(blur_sigma=sigma, source={**obs.source, "blur_sigma": "estimated"}))
 
     def restore_prepared(self, prep: PreparedCube, task: TaskSpec = "auto", *, samples: int = 1, seed: int = 0,
                          batch_size: int = 8, sampling: Sampling | None = None, guidance: Guidance = "dag",

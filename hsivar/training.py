@@ -50,7 +50,6 @@ class Batch:
     task_weights: torch.Tensor  # (B, N), rows sum to 1 (one-hot for a single degradation)
     x0: torch.Tensor | None = None  # (B, C, S, S) first estimate in [0, 1] (hsivar.estimate)
     kept: torch.Tensor | None = None  # (B, C, S, S) bool, entries the restoration keeps as observed
-    blur_sigma: torch.Tensor | None = None  # (B,) true Gaussian blur width in px, NaN for tiles without blur
 
 
 @dataclass
@@ -69,8 +68,8 @@ def example_estimate(lq01: np.ndarray, record: DegradationRecord) -> tuple[np.nd
     Returns:
         (x0 (C, S, S) float32, kept (C, S, S) bool): what the cube shows of its observation
         (:meth:`Observation.detect`, as ``task="auto"`` reads it) plus the record's blur width (which the
-        cube does not show: restoration takes it from the user or the model's estimate), the classical
-        first estimate from it, and the entries a consistent restoration keeps.
+        cube does not show: restoration takes it from the user or estimates it, :func:`hsivar.deblur.blur_width`),
+        the classical first estimate from it, and the entries a consistent restoration keeps.
     """
     obs = Observation.detect(lq01)
     blur = Observation.from_record(record).blur_sigma
@@ -134,65 +133,22 @@ def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
     return [g for g in groups if g["params"]]
 
 
-WIDTH_SIZES = tuple(range(7, 25, 2))
-"""Odd Gaussian kernel sizes (px) of the blurs the width head is trained on, σ by OpenCV's rule (1.4–3.8 px):
-the blur family's test kernels (9, 15, 21) and the sizes around them."""
-
-
-def blurred_for_width(hq01: torch.Tensor,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each clean tile of ``hq01`` (B, C, S, S) blurred as the blur family does (separable Gaussian, zero padding)
-    with a kernel drawn from :data:`WIDTH_SIZES`; → (blurred tiles (B, C, S, S), their σ (B,) in px)."""
-    from hsivar.kernels import blur_sigma, gaussian_kernel1d
-
-    B, C = hq01.shape[:2]
-    pick = torch.randint(len(WIDTH_SIZES), (B,), generator=generator).tolist()
-    out = []
-    for x, i in zip(hq01, pick):
-        k = WIDTH_SIZES[i]
-        g = torch.as_tensor(gaussian_kernel1d(k), dtype=hq01.dtype, device=hq01.device)
-        y = F.conv2d(x[:, None], g.view(1, 1, 1, k), padding=(0, k // 2))
-        out.append(F.conv2d(y, g.view(1, 1, k, 1), padding=(k // 2, 0))[:, 0])
-    sigma = torch.tensor([blur_sigma(WIDTH_SIZES[i]) for i in pick], dtype=torch.float32, device=hq01.device)
-    return torch.stack(out), sigma
-
-
-def task_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """The task classifier on the degraded tiles: → (w·CE against the true weights + w_blur·the blur-width
-    head's squared error in px², logits (B, N), logs); the weights are ``loss.task`` and ``loss.blur_width``.
-
-    The width head (``dag.blur_width``) learns on the batch's blurred tiles with their true widths
-    (``batch.blur_sigma``) and on every clean tile blurred once more with a random kernel
-    (:func:`blurred_for_width`): a blurred tile is only one in six of the sampler's, too few for a regression.
-    """
-    lc = model.cfg.loss
-    logits, width = model.dag.classify_with_width(batch.lq)
+def task_loss(model: HSIVAR, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The task classifier on the degraded tiles: → (``loss.task`` · CE against the true weights, logits (B, N),
+    logs)."""
+    logits = model.dag.classify(batch.lq)
     ce = -(batch.task_weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()
     acc = (logits.argmax(-1) == batch.task_weights.argmax(-1)).float().mean()
-    logs = {"task_ce": float(ce.detach()), "task_acc": float(acc)}
-    loss = lc.task * ce
-    if width is not None:
-        blurred, target = blurred_for_width(batch.hq, generator)
-        _, extra = model.dag.classify_with_width(blurred)
-        pred, true = extra, target  # (B,), (B,)
-        if batch.blur_sigma is not None:
-            known = torch.isfinite(batch.blur_sigma.to(width.device))
-            pred = torch.cat([pred, width[known]])
-            true = torch.cat([true, batch.blur_sigma.to(width.device, torch.float32)[known]])
-        diff = pred.float() - true
-        loss = loss + lc.blur_width * diff.square().mean()
-        logs["blur_width_mae"] = float(diff.detach().abs().mean())
-    return loss, logits, logs
+    return model.cfg.loss.task * ce, logits, {"task_ce": float(ce.detach()), "task_acc": float(acc)}
 
 
-def _task_term(model: HSIVAR, stage: Stage, batch: Batch, logs: dict[str, float],
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+def _task_term(model: HSIVAR, stage: Stage, batch: Batch,
+               logs: dict[str, float]) -> tuple[torch.Tensor | float, torch.Tensor | None]:
     """The task classifier's loss (:func:`task_loss`) when ``stage`` trains it (``dag.classifier_stages``), its
     logs added to ``logs``; → (the term to add to the stage's loss, 0.0 otherwise; the logits (B, N) or None)."""
     if stage not in model.cfg.dag.classifier_stages:
         return 0.0, None
-    term, logits, task_logs = task_loss(model, batch, generator)
+    term, logits, task_logs = task_loss(model, batch)
     logs.update(task_logs)
     return term, logits
 
@@ -206,7 +162,7 @@ def stage1_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     logs.update(vq=float(out.quant.vq_loss.detach()), psnr=_psnr_log(rec01, batch.hq))
     for k, n in enumerate(out.quant.codes_used):
         logs[f"codes_used_s{k}"] = float(n)
-    return StepResult(loss + _task_term(model, "vqvae", batch, logs, generator)[0], logs)
+    return StepResult(loss + _task_term(model, "vqvae", batch, logs)[0], logs)
 
 
 def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
@@ -236,7 +192,7 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
         for k, p in enumerate(vq.cfg.patch_nums):
             logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
             start += p * p
-    return StepResult(loss + _task_term(model, "var", batch, logs, generator)[0], logs)
+    return StepResult(loss + _task_term(model, "var", batch, logs)[0], logs)
 
 
 def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None,
@@ -261,7 +217,7 @@ def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     observed exactly (``batch.kept``) are the input's, so the head learns only what was not observed.
     """
     logs: dict[str, float] = {}
-    task_term, logits = _task_term(model, "decoder", batch, logs, generator)
+    task_term, logits = _task_term(model, "decoder", batch, logs)
     weights = stage3_task_weights(model, batch, generator, logits)
     was_training = model.training
     model.eval()  # decoding must not see dropout / drop-path

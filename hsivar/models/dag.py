@@ -12,9 +12,7 @@ with d_basic, doubling the batch.
 The classifier is a three-layer CNN on the degraded tile itself (B, C, H, W), pooled to per-channel
 mean and standard deviation (B, 2k). The degradations differ in local statistics (noise energy,
 zeroed voxels or bands, blockiness, missing high frequencies), which the tile keeps and the condition
-latent c does not: E_con is trained to make c look clean. With ``blur_width`` a second head on the same
-features regresses the width σ (px) of a Gaussian blur, which blind restoration needs to deconvolve its
-first estimate.
+latent c does not: E_con is trained to make c look clean.
 """
 
 from __future__ import annotations
@@ -61,33 +59,20 @@ class DegradationGuidance(nn.Module):
             nn.Conv2d(k, k, 3, stride=2, padding=1), nn.GELU(),
         )
         self.head = nn.Sequential(nn.LayerNorm(2 * k), nn.Linear(2 * k, k), nn.GELU(), nn.Linear(k, n))
-        self.width_head = (nn.Sequential(nn.LayerNorm(2 * k), nn.Linear(2 * k, k), nn.GELU(), nn.Linear(k, 1))
-                           if cfg.blur_width else None)
-
-    def _pooled(self, lq01_BCHW: torch.Tensor) -> torch.Tensor:
-        """The classifier CNN's features of tiles (B, C, H, W) in [0, 1], pooled to mean and std; → (B, 2k)."""
-        h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
-        return torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1)
 
     def classify(self, lq01_BCHW: torch.Tensor) -> torch.Tensor:
         """Task logits of degraded tiles (B, C, H, W) in the data's [0, 1] units; → (B, N).
 
-        In [0, 1] a removed voxel or band is exactly 0, as the protocol writes it, so the CNN reads
-        the tiles in those units rather than in the model's [-1, 1] range.
+        The CNN's features are pooled to their mean and std per channel (B, 2k). In [0, 1] a removed voxel or
+        band is exactly 0, as the protocol writes it, so the CNN reads the tiles in those units rather than in
+        the model's [-1, 1] range.
         """
-        return self.head(self._pooled(lq01_BCHW))
-
-    def classify_with_width(self, lq01_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Task logits (B, N) and, with ``blur_width``, the estimated Gaussian blur width σ (B,) in pixels
-        (softplus, > 0; meaningful on blurred tiles) of tiles (B, C, H, W) in [0, 1]; one CNN pass."""
-        pooled = self._pooled(lq01_BCHW)
-        width = None if self.width_head is None else F.softplus(self.width_head(pooled).float()).squeeze(-1)
-        return self.head(pooled), width
+        h = self.features(lq01_BCHW.to(self.head[1].weight.dtype)).float().flatten(2)
+        return self.head(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=1))
 
     def classifier_parameters(self) -> list[nn.Parameter]:
-        """The task classifier's parameters (its CNN, head and blur-width head; not the embeddings or λ)."""
-        extra = [] if self.width_head is None else list(self.width_head.parameters())
-        return [*self.features.parameters(), *self.head.parameters(), *extra]
+        """The task classifier's parameters (its CNN and head; not the embeddings or λ)."""
+        return [*self.features.parameters(), *self.head.parameters()]
 
     def embed(self, weights_BN: torch.Tensor) -> torch.Tensor:
         """d = Σ_i w_i (d_i + λ_i d_basic); weights (B, N) → (B, width)."""
@@ -101,7 +86,7 @@ class DegradationGuidance(nn.Module):
     def weights(self, task: TaskSpec, lq01_BCHW: torch.Tensor, logits_BN: torch.Tensor | None = None) -> torch.Tensor:
         """Task weights (B, N) for a task spec; ``"auto"`` classifies the degraded tiles lq (B, C, H, W) in [0, 1]
         (:class:`AutoAmong`: among its families only), or uses ``logits_BN``, the classifier's logits of these tiles
-        when the caller already has them (:meth:`classify_with_width`).
+        when the caller already has them (:meth:`classify`).
 
         Raises:
             ValueError: unknown task name, negative or all-zero mixture weights, wrong tensor shape.

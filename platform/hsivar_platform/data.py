@@ -201,31 +201,27 @@ def degrade_batch(batch: dict[str, np.ndarray], *, estimate: bool = False) -> di
             (:func:`hsivar.training.example_estimate`), for models with ``first_estimate``.
     Returns:
         ``hq`` (N, C, S, S) and ``lq`` (N, C, S, S) float32 — clean in [0, 1], degraded (may leave
-        [0, 1]: noise is not clipped) — ``task_weights`` (N, T) float32 (one-hot over the T task families),
-        ``blur_sigma`` (N,) float32 (the Gaussian blur width in px, NaN without blur) and with ``estimate``
-        ``x0`` (N, C, S, S) float32 and ``kept`` (N, C, S, S) uint8.
+        [0, 1]: noise is not clipped) — ``task_weights`` (N, T) float32 (one-hot over the T task families)
+        and with ``estimate`` ``x0`` (N, C, S, S) float32 and ``kept`` (N, C, S, S) uint8.
     """
-    from hsivar.degrade import Observation
     from hsivar.training import example_estimate
 
     hq = batch["hq"]
     rng = np.random.default_rng()
-    cols: dict[str, list[np.ndarray]] = {"lq": [], "task_weights": [], "blur_sigma": [], "x0": [], "kept": []}
+    cols: dict[str, list[np.ndarray]] = {"lq": [], "task_weights": [], "x0": [], "kept": []}
     for crop in hq:
         degraded, record = sample_training_degradation(crop, rng)
         lq = np.asarray(degraded, dtype=np.float32)
         cols["lq"].append(lq)
         cols["task_weights"].append(record.weights.astype(np.float32))
-        blur = Observation.from_record(record).blur_sigma
-        cols["blur_sigma"].append(np.float32(np.nan if blur is None else blur))
         if estimate:
             x0, kept = example_estimate(lq, record)
             cols["x0"].append(x0)
             cols["kept"].append(kept.astype(np.uint8))
-    names = ("lq", "task_weights", "blur_sigma", *(("x0", "kept") if estimate else ()))
+    names = ("lq", "task_weights", *(("x0", "kept") if estimate else ()))
     if not cols["lq"]:
         empty = {"lq": hq.copy(), "task_weights": np.zeros((0, len(TASKS)), np.float32),
-                 "blur_sigma": np.zeros(0, np.float32), "x0": hq.copy(), "kept": hq.astype(np.uint8)}
+                 "x0": hq.copy(), "kept": hq.astype(np.uint8)}
         return {"hq": hq, **{k: empty[k] for k in names}}
     return {"hq": hq, **{k: np.stack(cols[k]) for k in names}}
 
@@ -240,8 +236,7 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
         bands: the model's band count (other counts are skipped with a warning).
         tile: the model's tile side S (``cfg.vqvae.image_size``).
     Returns:
-        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32, ``task_weights`` (T,) (T task families)
-        and ``blur_sigma`` (px, NaN without blur);
+        A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32, ``task_weights`` (T,) (T task families);
         with ``estimate`` (models with ``first_estimate``) also ``x0`` (C, S, S) and ``kept`` (C, S, S).
     """
     import ray.data

@@ -7,8 +7,9 @@ import pytest
 
 from hsivar.classical import biharmonic, richardson_lucy
 from hsivar.consistency import back_project, exact_entries, project
+from hsivar.deblur import deconvolve
 from hsivar.degrade import Observation, degrade_for_test, observation_of_level
-from hsivar.estimate import deconvolve, denoise_subspace, fill_missing, first_estimate, interpolate_bands, upsample_grid
+from hsivar.estimate import denoise_subspace, fill_missing, first_estimate, interpolate_bands, upsample_grid
 from hsivar.metrics import evaluate_record, psnr, sam
 from hsivar.synth import make_cube
 

@@ -13,7 +13,7 @@ from hsivar.metrics import psnr
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 from hsivar.tasks import TASKS
-from hsivar.training import STAGES, Batch, fit, stage3_task_weights, stage_loss, task_loss, trainable_parameters
+from hsivar.training import STAGES, fit, stage3_task_weights, stage_loss, trainable_parameters
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -82,8 +82,6 @@ def test_stage3_restores_a_fraction_of_tiles_with_the_classifier_weights(smooth_
     res.loss.backward()
     assert {"task_ce", "task_acc", "psnr"} <= set(res.logs)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.dag.head[-1].parameters())
-    # the width head learns from the clean tiles blurred once more, blurred tiles in the batch or not
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.dag.width_head.parameters())
 
 
 def test_ssim_per_band_is_one_for_identical_and_drops_with_noise(smooth_cubes: Callable) -> None:
@@ -145,47 +143,3 @@ def test_overfit_autoregressive_restoration_beats_the_degraded_input(overfit_run
     # the task classifier learnt the (single) training task
     auto = model.restore(batch.lq, task="auto", estimate01=batch.x0)
     assert (auto.task_weights.argmax(-1) == TASKS.index("gaussian")).all()
-
-
-def test_the_blur_width_head_learns_the_blur_width(smooth_cubes: Callable) -> None:
-    """Trained on blurred tiles with their true widths (batch.blur_sigma) and the clean tiles blurred once more,
-    the head tells σ 1.7 from 3.5 px on blurred test tiles it did not see."""
-    from hsivar.degrade import degrade_for_test
-    from hsivar.kernels import blur_sigma
-
-    torch.manual_seed(0)
-    model = HSIVAR(preset("tiny", bands=8))
-    params = model.dag.classifier_parameters()
-    opt = torch.optim.AdamW(params, lr=3e-3)
-    hq = smooth_cubes(16, 8, 32, seed=3) * 0.8 + 0.1
-    sizes = [9, 21] * 8
-    lq = torch.stack([torch.from_numpy(degrade_for_test(x.numpy(), "blur", k)[0]) for x, k in zip(hq, sizes)])
-    sigma = torch.tensor([blur_sigma(k) for k in sizes], dtype=torch.float32)
-    w = torch.zeros(16, len(TASKS))
-    w[:, TASKS.index("blur")] = 1
-    batch = Batch(hq, lq, w, blur_sigma=sigma)
-    for _ in range(150):
-        loss, _, logs = task_loss(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert logs["blur_width_mae"] < 0.3
-    unseen = smooth_cubes(4, 8, 32, seed=9) * 0.8 + 0.1
-    test = torch.stack([torch.from_numpy(degrade_for_test(x.numpy(), "blur", k)[0])
-                        for x, k in zip(unseen, [9, 21] * 2)])
-    with torch.no_grad():
-        width = model.dag.classify_with_width(test)[1]
-    assert float(width[1::2].mean()) - float(width[::2].mean()) > 1.0  # 3.5 vs 1.7 px
-
-
-def test_the_width_heads_extra_blurs_are_the_blur_familys(smooth_cubes: Callable) -> None:
-    from hsivar.degrade import degrade_for_test
-    from hsivar.kernels import blur_sigma
-    from hsivar.training import WIDTH_SIZES, blurred_for_width
-
-    hq = smooth_cubes(6, 8, 32, seed=5)
-    blurred, sigma = blurred_for_width(hq, torch.Generator().manual_seed(0))
-    for x, y, s in zip(hq, blurred, sigma):
-        k = next(k for k in WIDTH_SIZES if abs(blur_sigma(k) - float(s)) < 1e-6)
-        expected = degrade_for_test(x.numpy(), "blur", k)[0]
-        assert torch.allclose(y, torch.from_numpy(expected), atol=1e-5)

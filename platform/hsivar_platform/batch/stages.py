@@ -158,7 +158,7 @@ class Restore:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add ``restored`` (1, samples, C, H, W) in [0, 1], ``task_weights`` (1, N) and ``std01`` (1, C, H, W), the
         calibrated error bar in [0, 1] units (empty unless asked for and the model is calibrated), to the row; when
-        the model estimated a blur width (:meth:`~hsivar.restore.Restorer.observe_blur`), the row's kept entries and
+        a blur width was estimated (:meth:`~hsivar.restore.Restorer.observe_blur`), the row's kept entries and
         observation follow."""
         t0 = time.perf_counter()
         error = _str(batch, "error")

@@ -34,9 +34,8 @@ from hsivar_platform.train.validate import calibration_examples, val_examples, v
 class StageStep(torch.nn.Module):
     """The model plus one stage's loss as a ``forward`` (what DDP wraps and synchronises).
 
-    ``forward(hq, lq, task_weights, x0, kept, blur_sigma)`` with (B, C, S, S) cubes in [0, 1], (B, N) weights,
-    for models with ``first_estimate`` the first estimate and the kept entries (or None), and the true blur
-    widths (B,) in px (NaN without blur; or None) → (loss, logs dict).
+    ``forward(hq, lq, task_weights, x0, kept)`` with (B, C, S, S) cubes in [0, 1], (B, N) weights, and for
+    models with ``first_estimate`` the first estimate and the kept entries (or None) → (loss, logs dict).
     """
 
     def __init__(self, model: HSIVAR, stage: str, generator: torch.Generator) -> None:
@@ -45,11 +44,10 @@ class StageStep(torch.nn.Module):
         self.model, self.stage, self.generator = model, stage, generator
 
     def forward(self, hq: torch.Tensor, lq: torch.Tensor, task_weights: torch.Tensor,
-                x0: torch.Tensor | None = None, kept: torch.Tensor | None = None,
-                blur_sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                x0: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The stage's loss on one batch: hq, lq, x0 (B, C, S, S) in [0, 1], task weights (B, N), kept (B, C, S, S)
-        bool, blur widths (B,) px → (loss, logs)."""
-        batch = Batch(hq, lq, task_weights, x0, kept, blur_sigma)
+        bool → (loss, logs)."""
+        batch = Batch(hq, lq, task_weights, x0, kept)
         res = stage_loss(self.model, self.stage, batch, self.generator)  # type: ignore[arg-type]
         return res.loss, res.logs
 
@@ -183,9 +181,8 @@ class _StageRun:
         hq, lq, w = (b[k].to(self.device, non_blocking=True) for k in ("hq", "lq", "task_weights"))
         x0 = b["x0"].to(self.device, non_blocking=True) if "x0" in b else None
         kept = b["kept"].to(self.device, non_blocking=True).bool() if "kept" in b else None
-        blur = b["blur_sigma"].to(self.device, non_blocking=True) if "blur_sigma" in b else None
         with self.autocast():
-            loss, logs = self.net(hq, lq, w, x0, kept, blur)
+            loss, logs = self.net(hq, lq, w, x0, kept)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.spec.grad_clip if self.spec.grad_clip else float("inf")

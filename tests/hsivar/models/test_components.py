@@ -263,17 +263,6 @@ def test_trust_shrinks_the_correction_towards_the_first_estimate(tmp_path) -> No
         model.set_trust((1.0,))
 
 
-def test_the_blur_width_head_reads_the_degraded_tile() -> None:
-    """dag.blur_width: one CNN pass gives the task logits and a positive width (px) per tile; without it, None."""
-    model = HSIVAR(preset("tiny", bands=8)).eval()
-    lq = torch.rand(3, 8, 32, 32)
-    logits, width = model.dag.classify_with_width(lq)
-    assert torch.equal(logits, model.dag.classify(lq)) and width.shape == (3,) and bool((width > 0).all())
-    cfg = preset("tiny", bands=8)
-    plain = HSIVAR(cfg.model_copy(update={"dag": cfg.dag.model_copy(update={"blur_width": False})}))
-    assert plain.dag.classify_with_width(lq)[1] is None and plain.dag.width_head is None
-
-
 def test_auto_among_some_families_weighs_only_those(tiny_model: HSIVAR) -> None:
     from hsivar.models.dag import AutoAmong
 

@@ -1,0 +1,160 @@
+"""Gaussian deblurring of cubes: the blur's forward model, a blind estimate of its width, and three inverses.
+
+The blur family (:mod:`hsivar.degrade.families`) blurs every band with the same separable Gaussian of width σ px,
+zero padding outside the image. Everything here uses that forward model K, so the inverses explain the darker
+border the zero padding leaves instead of ringing against it.
+
+* :func:`blur_width` — blind σ from the cube alone: the radial power spectrum of the bands (windowed by a
+  Blackman–Harris window against leakage from the image border) is fitted by a power law times the Gaussian's
+  transfer, ``log P(f) = a − α log f − 4π²σ² f²``, over the frequencies whose power is within 10⁸ of the
+  strongest. The bands share one blur, so their spectra are summed. A texture-poor scene reads as *less*
+  blurred than it is, rarely more (on the demo and Landsat-8 cubes the estimate is 0.5–1.08 × σ, median
+  0.94–0.98): the safe direction, since deconvolving with too wide a kernel rings (docs/experiments.md).
+* :func:`richardson_lucy` — the noiseless inverse: Richardson–Lucy iterations ``x ← x · Kᵀ(y / Kx) / Kᵀ1``,
+  with Biggs–Andrews acceleration but for the last few. Multiplicative updates keep x ≥ 0, so dark pixels
+  keep their spectral shape; a linear inverse drives them negative, and clipping them to zero costs the
+  spectral angle more than the blur did.
+* :func:`tikhonov` — the noisy inverse: conjugate gradients on ‖K x − y‖² + w‖x − prior‖² (Richardson–Lucy
+  amplifies noise without bound as it converges).
+* :func:`deconvolve` chooses between the two; :func:`richardson_lucy` started at an estimate is also the
+  blur's data-consistency step (:mod:`hsivar.consistency`).
+
+Every function takes (C, H, W) arrays in [0, 1] units and σ in pixels. The cost is a few separable 1-D
+correlations per iteration: ≈2 ms per iteration on a 64×64×31 cube on one core.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hsivar.degrade.observation import blur_kernel_size
+from hsivar.kernels import gaussian_kernel1d
+
+__all__ = ["blur", "blur_width", "blur_width_of", "deconvolve", "richardson_lucy", "tikhonov"]
+
+MIN_WIDTH = 0.5
+"""σ (px) below which :func:`blur_width` reports no blur: a sharp image's spectrum already reads ≈0.3–0.6 px."""
+
+DYNAMIC_RANGE = 1e8
+"""Frequencies whose mean power is below the strongest's / this are left out of the fit (numerical floor)."""
+
+
+def kernel(sigma: float) -> np.ndarray:
+    """The normalised 1-D Gaussian of width ``sigma`` px over ±3σ; → (2⌈3σ⌉+1,) float32."""
+    return gaussian_kernel1d(blur_kernel_size(sigma), sigma)
+
+
+def blur(x: np.ndarray, k1d: np.ndarray) -> np.ndarray:
+    """K x: separable correlation of x (C, H, W) with ``k1d`` (k,) along rows and columns, zero padding (the blur
+    family's operator; the kernel is symmetric, so K is its own adjoint)."""
+    from scipy.ndimage import correlate1d
+
+    return correlate1d(correlate1d(x, k1d, axis=2, mode="constant"), k1d, axis=1, mode="constant")
+
+
+def blur_width(cube: np.ndarray, min_width: float = MIN_WIDTH) -> float | None:
+    """Blind estimate of the Gaussian blur width σ (px) of ``cube`` (C, H, W) from its power spectrum (module
+    docstring); None when the fit finds no blur wider than ``min_width`` or the cube is smaller than 16×16 or
+    flat."""
+    from scipy.signal.windows import blackmanharris
+
+    C, H, W = cube.shape
+    if min(H, W) < 16:
+        return None
+    window = np.outer(blackmanharris(H), blackmanharris(W))
+    bands = cube.reshape(C, -1).astype(np.float64)
+    z = (bands - bands.mean(axis=1, keepdims=True)).reshape(C, H, W) * window
+    power = (np.abs(np.fft.fft2(z)) ** 2).sum(axis=0)  # (H, W): the bands share one blur
+    f = np.hypot(np.fft.fftfreq(H)[:, None], np.fft.fftfreq(W)[None])
+    n = min(H, W)
+    rings = np.rint(f * n).astype(int)  # ring r holds the frequencies within half a step of r / n cycles/px
+    radial = np.bincount(rings.ravel(), power.ravel())[1:n // 2] / np.bincount(rings.ravel())[1:n // 2]
+    freqs = np.arange(1, n // 2) / n
+    if not np.isfinite(radial).all() or radial.max() <= 0:
+        return None
+    use = radial > radial.max() / DYNAMIC_RANGE
+    if use.sum() < 4:
+        return None
+    design = np.stack([np.ones_like(freqs), np.log(freqs), freqs**2], axis=1)[use]
+    coef, *_ = np.linalg.lstsq(design, np.log(radial[use]), rcond=None)
+    sigma2 = -coef[2] / (4 * math.pi**2)  # |Gaussian transfer|² = exp(−4π²σ²f²)
+    return float(math.sqrt(sigma2)) if sigma2 > min_width**2 else None
+
+
+def blur_width_of(cube: np.ndarray, window: int = 128, max_windows: int = 16) -> float | None:
+    """:func:`blur_width` of a cube (C, H, W) of any size: the median over up to ``max_windows`` windows of side
+    ``window`` (or the cube's shorter side, when smaller) spread evenly over it; None when no window shows a
+    blur."""
+    C, H, W = cube.shape
+    side = min(window, H, W)
+    per_axis = max(1, math.isqrt(max_windows))
+    rows = np.unique(np.linspace(0, H - side, per_axis).round().astype(int))
+    cols = np.unique(np.linspace(0, W - side, per_axis).round().astype(int))
+    widths = [w for r in rows for c in cols if (w := blur_width(cube[:, r:r + side, c:c + side])) is not None]
+    return float(np.median(widths)) if widths else None
+
+
+def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.ndarray | None = None,
+                    plain: int = 10, floor: float = 1e-3) -> np.ndarray:
+    """Richardson–Lucy deconvolution of ``y`` (C, H, W) blurred by the Gaussian of width ``sigma`` px (zero padding);
+    → (C, H, W) float32, ≥ 0.
+
+    Args:
+        iters: iterations; each costs two blurs.
+        start: the first iterate (default ``y``); values are raised to ``floor`` (a multiplicative update
+            cannot move an entry away from 0).
+        plain: the last ``plain`` iterations are plain steps; the ones before use Biggs–Andrews vector
+            extrapolation (≈2–3× fewer iterations for the same fit, but its steps add spectral noise that a few
+            plain steps remove: −1° of spectral angle at no cost in PSNR on the demo cubes).
+    """
+    k = kernel(sigma)
+    obs = np.maximum(np.asarray(y, np.float32), 0.0)
+    norm = np.maximum(blur(np.ones_like(obs), k), 1e-6)  # Kᵀ1: < 1 within 3σ of the border
+    x = np.maximum(obs if start is None else np.asarray(start, np.float32), floor)
+    previous, g1, g2 = x, None, None
+    for i in range(iters):
+        point = x
+        if i < iters - plain and g1 is not None and g2 is not None:
+            a = float(np.clip((g1 * g2).sum() / max(float((g2 * g2).sum()), 1e-30), 0.0, 1.0))
+            point = np.maximum(x + a * (x - previous), 1e-12)
+        new = point * blur(obs / np.maximum(blur(point, k), 1e-12), k) / norm
+        g1, g2 = new - point, g1
+        previous, x = x, new
+    return x.astype(np.float32)
+
+
+def tikhonov(y: np.ndarray, sigma: float, prior: np.ndarray | None = None, weight: float = 1e-3,
+             iters: int = 30) -> np.ndarray:
+    """Undo the Gaussian blur of width ``sigma`` px of ``y`` (C, H, W) by ``iters`` conjugate-gradient steps on
+    ‖K x − y‖² + ``weight``·‖x − prior‖², started at the prior (default ``y``); → (C, H, W) float32."""
+    k = kernel(sigma).astype(np.float64)
+    obs = np.asarray(y, np.float64)
+    p0 = obs if prior is None else np.asarray(prior, np.float64)
+    b = blur(obs, k) + weight * p0
+
+    def normal(v: np.ndarray) -> np.ndarray:
+        return blur(blur(v, k), k) + weight * v
+
+    x = p0.copy()
+    r = b - normal(x)
+    p, rs = r.copy(), float((r * r).sum())
+    for _ in range(iters):
+        if rs < 1e-20:
+            break
+        ap = normal(p)
+        a = rs / float((p * ap).sum())
+        x += a * p
+        r -= a * ap
+        rn = float((r * r).sum())
+        p = r + (rn / rs) * p
+        rs = rn
+    return x.astype(np.float32)
+
+
+def deconvolve(y: np.ndarray, sigma: float, noisy: bool = False) -> np.ndarray:
+    """The classical deblurring of ``y`` (C, H, W) in [0, 1] for a Gaussian of width ``sigma`` px: Richardson–Lucy
+    (100 iterations) for a noiseless observation, Tikhonov-regularised conjugate gradients when it is
+    ``noisy`` (after denoising some noise remains, and Richardson–Lucy would amplify it); → (C, H, W) float32."""
+    return tikhonov(y, sigma) if noisy else richardson_lucy(y, sigma)
