@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hsivar.config import STAGES, Stage
+from hsivar.config import STAGES, ModelConfig, Stage
 from hsivar.consistency import exact_entries
 from hsivar.degrade.observation import Observation
 from hsivar.degrade.record import DegradationRecord
@@ -58,6 +58,17 @@ class StepResult:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+
+
+ESTIMATE_STAGES: tuple[Stage, ...] = ("var", "decoder")
+"""The stages whose loss reads the first estimate (the condition encoder's input, the fusion head's start);
+stage 1 trains on the clean tiles, and its task classifier on the degraded ones."""
+
+
+def needs_estimate(cfg: ModelConfig, stage: Stage) -> bool:
+    """Whether training ``stage`` of a model configured by ``cfg`` needs each batch's first estimate and kept
+    entries (:func:`example_estimate`): models with ``first_estimate``, in the stages of :data:`ESTIMATE_STAGES`."""
+    return bool(cfg.first_estimate) and stage in ESTIMATE_STAGES
 
 
 def example_estimate(lq01: np.ndarray, record: DegradationRecord) -> tuple[np.ndarray, np.ndarray]:

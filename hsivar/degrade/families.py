@@ -77,6 +77,7 @@ import numpy as np
 from hsivar.classical import (
     BICUBIC,
     BIHARMONIC,
+    BLIND_DEBLUR,
     RICHARDSON_LUCY,
     SPECTRAL_INTERP,
     TV_ADAPTIVE,
@@ -378,7 +379,7 @@ FAMILIES: tuple[Family, ...] = (
            test_levels=(9, 15, 21), middle_level=15, train_levels=(9, 15, 21), draw_train_level=draw_choice,
            step=ImagingStep.OPTICS, case_format="{name}_{level:g}",
            record_fields=("kernel", "kernel_size", "blur_sigma"),
-           baselines=(first_estimate_baseline("blur"), RICHARDSON_LUCY), level_facts=_blur_facts),
+           baselines=(first_estimate_baseline("blur"), BLIND_DEBLUR, RICHARDSON_LUCY), level_facts=_blur_facts),
     Family("sr", _sr, _positive_int, "integer scale factor s",
            test_levels=(2, 4, 8), middle_level=4, train_levels=(2, 4, 8), draw_train_level=draw_choice,
            step=ImagingStep.SAMPLING, case_format="{name}_{level:g}", record_fields=("scale", "lr_shape"),

@@ -143,3 +143,22 @@ def test_overfit_autoregressive_restoration_beats_the_degraded_input(overfit_run
     # the task classifier learnt the (single) training task
     auto = model.restore(batch.lq, task="auto", estimate01=batch.x0)
     assert (auto.task_weights.argmax(-1) == TASKS.index("gaussian")).all()
+
+
+def test_stage1_reads_no_first_estimate(smooth_cubes: Callable, noisy_batch: Callable) -> None:
+    """needs_estimate: only stages var and decoder read x0, so the data pipeline computes it only for them; stage 1
+    of a first-estimate model gives the same loss without it."""
+    from dataclasses import replace
+
+    from hsivar.training import needs_estimate
+
+    cfg = preset("tiny", bands=8)
+    assert [needs_estimate(cfg, s) for s in STAGES] == [False, True, True]
+    assert not needs_estimate(cfg.model_copy(update={"first_estimate": False}), "decoder")
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    batch = noisy_batch(smooth_cubes(4, 8, 32, seed=1), 30, seed=2)
+    with torch.no_grad():
+        with_x0 = stage_loss(model, "vqvae", batch, torch.Generator().manual_seed(0)).loss
+        without = stage_loss(model, "vqvae", replace(batch, x0=None, kept=None), torch.Generator().manual_seed(0)).loss
+    assert torch.equal(with_x0, without)

@@ -182,17 +182,19 @@ def train_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None,
     return result
 
 
-def _datasets(cfg: PipelineConfig, splits: Any) -> tuple[dict[str, Any], int]:
-    """The stage's Ray datasets: the streaming ``train`` set and the seeded ``val`` protocol; → (datasets,
-    number of training files)."""
+def _datasets(cfg: PipelineConfig, splits: Any, stage: str) -> tuple[dict[str, Any], int]:
+    """The stage's Ray datasets: the streaming ``train`` set (with first estimates when the stage reads them,
+    :func:`hsivar.training.needs_estimate`) and the seeded ``val`` protocol; → (datasets, number of training
+    files)."""
     from hsivar.degrade import protocol_cases
+    from hsivar.training import needs_estimate
     from hsivar_platform.data import list_cubes, protocol_dataset, training_dataset
 
     mcfg = cfg.model_cfg()
     tile = mcfg.vqvae.image_size
     files = list_cubes(splits.train)
     datasets = {"train": training_dataset(files, cfg.data, bands=mcfg.bands, tile=tile,
-                                          estimate=mcfg.first_estimate)}
+                                          estimate=needs_estimate(mcfg, stage))}  # type: ignore[arg-type]
     if splits.val and cfg.val.max_cubes > 0:
         val_files = list_cubes(splits.val)[: cfg.val.max_cubes]
         datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels), bands=mcfg.bands,
@@ -247,7 +249,7 @@ def run_stage(cfg: PipelineConfig, stage: str, splits: Any, *, init_uri: str | N
     if init_uri is not None and published_doc(init_uri) is None:
         raise FileNotFoundError(f"stage {stage} starts from {init_uri}, but no published model is there "
                                 f"(run the previous stage first, or set train.init_uri)")
-    datasets, n_files = _datasets(cfg, splits)
+    datasets, n_files = _datasets(cfg, splits, stage)
 
     run_id = tracker.stage_run(stage) if tracker else None
     if tracker:
