@@ -11,8 +11,9 @@ imaging chain undone backwards:
    within each band;
 2. super-resolution from the low-resolution grid by bicubic interpolation (:func:`upsample_grid`);
 3. column stripes removed (:func:`destripe`), then noise by projection onto the cube's spectral subspace
-   with non-local means on its eigen-images (:func:`denoise_subspace`, after HySime's noise estimation
-   and FastHyDe's subspace idea);
+   with non-local means on its eigen-images, followed by an empirical Wiener step guided by them
+   (:func:`denoise_subspace`, after HySime's noise estimation, FastHyDe's subspace idea and BM3D's second
+   step);
 4. a known Gaussian blur undone by Richardson–Lucy iterations, or, when the observation is noisy, by
    conjugate gradients with Tikhonov regularisation (:func:`hsivar.deblur.deconvolve`).
 
@@ -30,7 +31,7 @@ from hsivar.deblur import deconvolve
 from hsivar.degrade.observation import Observation, noise_by_regression
 
 __all__ = ["denoise_subspace", "destripe", "fill_missing", "first_estimate", "interpolate_bands",
-           "upsample_grid"]
+           "upsample_grid", "wiener_dct"]
 
 
 def interpolate_bands(cube: np.ndarray, missing_bands: np.ndarray,
@@ -147,14 +148,38 @@ def _spatial_correlation(img: np.ndarray) -> float:
     return float(((z[:, 1:] * z[:, :-1]).mean() + (z[1:] * z[:-1]).mean()) / (2 * var))
 
 
+def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, patch: int = 8) -> np.ndarray:
+    """Empirical Wiener filtering of an image (H, W) with noise σ ``sigma`` (its units) in the DCT of every
+    ``patch``×``patch`` window: each coefficient of the noisy window is scaled by P²/(P² + σ²), P the pilot
+    estimate's coefficient, and the overlapping windows are averaged (BM3D's second step, over all windows
+    instead of block-matched groups); → (H, W) float64. Images smaller than a window come back as the pilot."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    from scipy.fft import dctn, idctn
+
+    H, W = noisy.shape
+    if min(H, W) < patch:
+        return np.asarray(pilot, np.float64)
+    y = dctn(sliding_window_view(np.asarray(noisy, np.float64), (patch, patch)), axes=(-2, -1), norm="ortho")
+    p = dctn(sliding_window_view(np.asarray(pilot, np.float64), (patch, patch)), axes=(-2, -1), norm="ortho")
+    windows = idctn(p * p / (p * p + sigma * sigma) * y, axes=(-2, -1), norm="ortho")  # (H−p+1, W−p+1, p, p)
+    total, count = np.zeros((H, W)), np.zeros((H, W))
+    for i in range(patch):
+        for j in range(patch):
+            total[i:i + H - patch + 1, j:j + W - patch + 1] += windows[:, :, i, j]
+            count[i:i + H - patch + 1, j:j + W - patch + 1] += 1
+    return total / count
+
+
 def denoise_subspace(cube: np.ndarray, min_correlation: float = 0.05, strength: float = 0.8) -> np.ndarray:
     """Denoise ``cube`` (C, H, W) in its spectral subspace.
 
     The per-band noise is estimated by regression on the other bands (HySime); the spectra, whitened by
     it, are projected onto their singular vectors; the rank is one more than the number of eigen-images
     whose lag-1 spatial correlation exceeds ``min_correlation`` (noise has none); each kept eigen-image is
-    denoised by non-local means with h = ``strength`` × its noise σ. Cubes of fewer than 3 bands are
-    denoised band by band.
+    denoised by non-local means with h = ``strength`` × its noise σ, and that pilot then guides an empirical
+    Wiener filter of the noisy eigen-image (:func:`wiener_dct`: +0.5–0.9 dB and a smaller spectral angle on
+    the demo and Landsat-8 cubes at σ 30–70, docs/experiments.md). Cubes of fewer than 3 bands are denoised
+    band by band, the same way.
     """
     from skimage.restoration import denoise_nl_means
 
@@ -163,14 +188,16 @@ def denoise_subspace(cube: np.ndarray, min_correlation: float = 0.05, strength: 
     mu = flat.mean(1, keepdims=True)
     if C < 3:
         sig = [float(np.std(np.diff(b, axis=1))) / np.sqrt(2) for b in cube]
-        return np.stack([denoise_nl_means(b, h=strength * s, sigma=s, patch_size=5, patch_distance=6, fast_mode=True)
+        return np.stack([wiener_dct(b, denoise_nl_means(b, h=strength * s, sigma=s, patch_size=5, patch_distance=6,
+                                                        fast_mode=True), s)
                          for b, s in zip(cube.astype(np.float64), sig)]).astype(np.float32)
     sigma = np.sqrt(np.maximum(noise_by_regression(flat - mu).var(axis=1), 1e-12))
     white = (flat - mu) / sigma[:, None]
     u, _, _ = np.linalg.svd(white, full_matrices=False)
     eig = (u.T @ white).reshape(C, H, W)
     k = min(C, 1 + sum(_spatial_correlation(e) > min_correlation for e in eig))
-    out = np.stack([denoise_nl_means(e, h=strength, sigma=1.0, patch_size=5, patch_distance=6, fast_mode=True)
+    out = np.stack([wiener_dct(e, denoise_nl_means(e, h=strength, sigma=1.0, patch_size=5, patch_distance=6,
+                                                   fast_mode=True), 1.0)
                     for e in eig[:k]])  # whitened eigen-images have unit noise σ
     restored = (u[:, :k] @ out.reshape(k, -1)) * sigma[:, None] + mu
     return restored.reshape(C, H, W).astype(np.float32)
