@@ -47,6 +47,23 @@ def test_the_chosen_trust_is_never_worse_than_the_first_estimate_in_psnr_or_sam(
     assert fit.trust[TASKS.index("inpaint")] < 0.5  # a constant offset on the missing voxels is mostly dropped
 
 
+def test_a_correction_is_trusted_only_when_its_gain_clears_the_spread() -> None:
+    """The rule of _choose: a correction that helps every example is taken whole; one whose mean gain rests on a
+    single example (the others slightly worse) is not, though its mean PSNR beats the first estimate's."""
+    from hsivar.calibrate import _choose, _Restored
+
+    rng = np.random.default_rng(0)
+    clean = [rng.uniform(0.2, 0.8, (4, 16, 16)) for _ in range(4)]
+    noise = [rng.normal(0, 0.05, c.shape) for c in clean]
+    ex = [CalibrationExample(c.astype(np.float32), c.astype(np.float32), "gaussian", 30) for c in clean]
+    steady = [_Restored(e, c + n, c + 0.5 * n) for e, c, n in zip(ex, clean, noise)]
+    assert _choose(steady)[0] == 1.0
+    lucky = [_Restored(e, c + n, c + (0.05 if i == 0 else 1.1) * n)
+             for i, (e, c, n) in enumerate(zip(ex, clean, noise))]
+    tau, scores = _choose(lucky)
+    assert tau == 0.0 and scores["full"][0] > scores["first_estimate"][0]
+
+
 def test_bandmiss_examples_are_scored_on_their_band_mask() -> None:
     restorer = Restorer(_model())
     clean = make_cube(seed=3, size=32, bands=8)[0]
