@@ -11,6 +11,7 @@ from hsivar.deblur import deconvolve
 from hsivar.degrade import Observation, degrade_for_test, observation_of_level
 from hsivar.estimate import (
     denoise_subspace,
+    destripe,
     fill_missing,
     first_estimate,
     interpolate_bands,
@@ -38,6 +39,18 @@ def test_the_wiener_step_improves_on_its_pilot(clean: np.ndarray) -> None:
     out = wiener_dct(noisy, pilot, 0.1)
     assert out.shape == image.shape and psnr(out[None], image[None]) > psnr(pilot[None], image[None]) + 0.3
     assert np.array_equal(wiener_dct(noisy[:4, :4], pilot[:4, :4], 0.1), pilot[:4, :4])
+
+
+def test_destripe_removes_band_own_column_offsets_and_keeps_shared_vertical_content(clean: np.ndarray) -> None:
+    """A column offset in one band is removed; a bright column in every band (content, e.g. a road) is kept."""
+    cube = clean.copy()
+    cube[:, :, 20] += 0.3  # vertical content, shared by all bands
+    striped = cube.copy()
+    striped[3, :, [7, 30]] += 0.2
+    striped[9, :, 12] -= 0.15
+    out = destripe(striped)
+    assert np.abs(out - cube).max() < 0.05 < np.abs(striped - cube).max()
+    np.testing.assert_allclose(destripe(cube)[:, :, 20], cube[:, :, 20], atol=0.02)
 
 
 def test_missing_bands_are_interpolated_over_wavelength() -> None:
