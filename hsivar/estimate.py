@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hsivar.deblur import deconvolve
-from hsivar.degrade.observation import Observation, noise_by_regression
+from hsivar.degrade.observation import Observation, noise_by_regression, own_column_profile
 
 __all__ = ["denoise_subspace", "destripe", "fill_missing", "first_estimate", "interpolate_bands",
            "upsample_grid", "wiener_dct"]
@@ -126,38 +126,24 @@ def upsample_grid(cube: np.ndarray, scale: int) -> np.ndarray:
     return F.interpolate(lr, size=cube.shape[-2:], mode="bicubic", align_corners=True)[0].numpy()
 
 
-STRIPE_REACH = 2
-"""Bands on each side whose column profiles predict a band's own (:func:`destripe`)."""
-
-
 def destripe(cube: np.ndarray, threshold: float = 3.0) -> np.ndarray:
     """Remove column offsets (stripes) from ``cube`` (C, H, W).
 
-    Each band's column profile (the median of every column) is compared with the median profile of its
-    :data:`STRIPE_REACH` neighbouring bands on each side, fitted to it by a scale and an offset: content is shared
-    across neighbouring bands and cancels, a band's own column offsets do not. A column whose residual departs
-    from the median of its 9 neighbouring columns by more than ``threshold`` robust deviations is shifted back by
-    that departure. Cubes of fewer than 3 bands compare each band's profile with itself (no reference). Against
-    the running median alone, the reference keeps content with strong vertical structure (on one demo cube that
-    lost 2 dB to it) and removes more of the stripes (docs/experiments.md).
+    Each band's column profile (the median of every column), less what its neighbouring bands' profiles predict
+    of it (:func:`~hsivar.degrade.observation.own_column_profile`: content shared across bands cancels, the band's
+    own offsets remain), is compared with its running median over 9 columns; a column departing by more than
+    ``threshold`` robust deviations is shifted back by that departure. Against the running median alone, the
+    neighbours' reference keeps content with strong vertical structure (on one demo cube that lost 2 dB to it)
+    and removes more of the stripes (docs/experiments.md).
     """
     from scipy.ndimage import median_filter
 
-    C = cube.shape[0]
-    cols = np.median(cube, axis=1)  # (C, W)
     out = cube.copy()
-    for b in range(C):
-        near = [j for j in range(max(0, b - STRIPE_REACH), min(C, b + STRIPE_REACH + 1)) if j != b]
-        residual = cols[b]
-        if C >= 3:
-            ref = np.median(cols[near], axis=0)
-            design = np.stack([ref, np.ones_like(ref)], axis=1)
-            coef, *_ = np.linalg.lstsq(design, cols[b], rcond=None)
-            residual = cols[b] - design @ coef
-        dev = residual - median_filter(residual, size=9, mode="reflect")
+    for b, own in enumerate(own_column_profile(np.median(cube, axis=1))):
+        dev = own - median_filter(own, size=9, mode="reflect")
         spread = 1.4826 * float(np.median(np.abs(dev - np.median(dev)))) + 1e-6
         hit = np.abs(dev) > threshold * spread
-        out[b][:, hit] -= dev[hit]
+        out[b][:, hit] -= dev[hit].astype(out.dtype)
     return out
 
 

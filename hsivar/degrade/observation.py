@@ -237,8 +237,35 @@ NEIGHBOUR_BANDS = 4  # predictors of a band in the noise estimate when few pixel
 MIN_NOISE_SAMPLES = 128  # a band with fewer samples takes the other bands' median σ
 
 
-STRIPE_Z = 8.0
+STRIPE_Z = 5.0
 """A column is offset when its median departs from its neighbours' by this many standard errors of a median."""
+STRIPE_REACH = 2
+"""Bands on each side whose column profiles predict a band's own (:func:`own_column_profile`)."""
+
+
+def own_column_profile(cols: np.ndarray) -> np.ndarray:
+    """What of each band's column profile is the band's own: ``cols`` (C, W), each band's column medians (NaN
+    where a column has no observed entry), minus its least-squares fit (a scale and an offset) to the median
+    profile of its :data:`STRIPE_REACH` neighbouring bands on each side; → (C, W). Content is shared across
+    neighbouring bands and cancels; a band's stripes are not (they hit random columns of random bands). With
+    fewer than 3 bands, or too few columns seen in a band and its neighbours, the profile is returned as it is.
+    """
+    C, W = cols.shape
+    out = np.array(cols, np.float64)
+    if C < 3:
+        return out
+    for b in range(C):
+        near = [j for j in range(max(0, b - STRIPE_REACH), min(C, b + STRIPE_REACH + 1)) if j != b]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # columns no neighbour observed
+            ref = np.nanmedian(cols[near], axis=0)
+        ok = np.isfinite(ref) & np.isfinite(cols[b])
+        if ok.sum() < 3:
+            continue
+        design = np.stack([ref[ok], np.ones(int(ok.sum()))], axis=1)
+        (scale, offset), *_ = np.linalg.lstsq(design, cols[b][ok], rcond=None)
+        out[b] = cols[b] - (scale * ref + offset)
+    return out
 STRIPE_COLUMNS = 0.03
 """A band is striped when more than this fraction of its columns (and at least 3) are offset."""
 
@@ -246,14 +273,15 @@ STRIPE_COLUMNS = 0.03
 def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
     """(C,) bool: bands of ``cube`` (C, H, W) whose columns carry offsets (stripes, complex noise case 2).
 
-    In each band, each column's median over its observed entries minus the median of its 9 neighbouring
-    columns (edges and smooth content follow the running median; an offset column does not), against the
-    larger of the standard error of a column median under the band's noise σ alone, 1.2533·σ/√H, and the
-    robust spread of those departures over the band's columns. A column is offset when it departs by more than
-    :data:`STRIPE_Z` times that from the 9-column median and, in the same direction and by comparable amounts
-    (within a factor 2), from the medians of its 4 left and its 4 right neighbours (a column at a step edge
-    matches one side); a band with more than
-    :data:`STRIPE_COLUMNS` of its columns offset is striped. Columns with no observed entry are skipped.
+    In each band, each column's median over its observed entries, less what the neighbouring bands' profiles
+    predict of it (:func:`own_column_profile`: vertical content shared across bands is not a stripe), minus the
+    median of its 9 neighbouring columns (edges and smooth content follow the running median; an offset column
+    does not), against the larger of the standard error of a column median under the band's noise σ alone,
+    1.2533·σ/√H, and the robust spread of those departures over the band's columns. A column is offset when it
+    departs by more than :data:`STRIPE_Z` times that from the 9-column median and, in the same direction and by
+    comparable amounts (within a factor 2), from the medians of its 4 left and its 4 right neighbours (a column at
+    a step edge matches one side); a band with more than :data:`STRIPE_COLUMNS` of its columns offset is striped.
+    Columns with no observed entry are skipped.
     """
     x = np.asarray(cube, np.float32)
     C, H, W = x.shape
@@ -267,6 +295,7 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
             col_median = np.nanmedian(np.where(ok, x, np.float32(np.nan)), axis=1)
+    col_median = own_column_profile(col_median)
     seen = ok.any(axis=1)  # (C, W) columns with an observed entry
     sigma = np.asarray(noise_sigma, np.float64)
     full = seen.all(axis=1)
