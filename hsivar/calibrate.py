@@ -47,6 +47,10 @@ TRUST_GRID = tuple(i / 20 for i in range(21))
 CONFIDENCE_Z = 1.0
 """Standard errors by which a τ's mean gain over the first estimate must clear zero, in PSNR and in SAM."""
 
+TIE = 1e-9
+"""Rounding allowance (dB, °) of that test: a family scored on one band has a SAM of 0 nearly everywhere, and its
+mean gain then sits exactly one standard error from zero when one example differs."""
+
 ENTRIES_PER_EXAMPLE = 20_000
 """Synthesised entries drawn (seeded) from each example for the uncertainty fit."""
 
@@ -131,7 +135,7 @@ def _choose(pairs: list[_Restored]) -> tuple[float, dict[str, tuple[float, float
     se = gain.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.full(gain.shape[::2], np.inf)  # (τ, 2)
     low_psnr_gain = gain[..., 0].mean(1) - CONFIDENCE_Z * se[:, 0]
     high_sam_gain = gain[..., 1].mean(1) + CONFIDENCE_Z * se[:, 1]  # SAM: lower is better
-    clear = (low_psnr_gain >= 0) & (high_sam_gain <= 0)
+    clear = (low_psnr_gain >= -TIE) & (high_sam_gain <= TIE)
     scores = per.mean(axis=1)  # (τ, 2)
     best = max((i for i in range(len(TRUST_GRID)) if i == 0 or clear[i]), key=lambda i: scores[i, 0])
 

@@ -62,6 +62,15 @@ def test_a_correction_is_trusted_only_when_its_gain_clears_the_spread() -> None:
              for i, (e, c, n) in enumerate(zip(ex, clean, noise))]
     tau, scores = _choose(lucky)
     assert tau == 0.0 and scores["full"][0] > scores["first_estimate"][0]
+    # one band scored (bandmiss with one band missing): SAM is 0 but where clipping bites, so its mean gain sits
+    # exactly one standard error from zero (here 1e-17 above it in floating point); a clear PSNR gain is still taken
+    wide = [rng.uniform(0.2, 0.8, (4, 30, 30)) for _ in range(4)]
+    wide_noise = [rng.normal(0, 0.05, c.shape) for c in wide]
+    single = [CalibrationExample(c.astype(np.float32), c.astype(np.float32), "bandmiss", 0.1, np.eye(4, dtype=bool)[1])
+              for c in wide]
+    one_band = [_Restored(e, c + n, c + 0.5 * n) for e, c, n in zip(single, wide, wide_noise)]
+    one_band[0].r0[1, 0, 0] = -1.0  # clipped to 0: 90° on 1 of 900 pixels at τ = 0, 0° once corrected
+    assert _choose(one_band)[0] == 1.0
 
 
 def test_bandmiss_examples_are_scored_on_their_band_mask() -> None:
