@@ -146,7 +146,7 @@ def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch
     bs = x.shape[0]
     with ctx, torch.no_grad():  # type: ignore[attr-defined]
         ref = model.restore(x, task="auto")
-        model.var.compile_steps(mode="reduce-overhead" if device.type == "cuda" else "default")
+        model.var.compile_steps()
         try:
             t = time.perf_counter()
             out = model.restore(x, task="auto")

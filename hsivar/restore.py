@@ -224,24 +224,25 @@ class Restorer(RestoreSpec):
     """Restore whole cubes with a published HSI-VAR model (see the module docstring)."""
 
     def __init__(self, model: HSIVAR, device: str | torch.device = "cpu", bf16: bool | None = None,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, compiled_batch_sizes: int = 16) -> None:
         """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU. ``compiled``:
         decode through ``torch.compile``'d steps (:meth:`~hsivar.models.var.NextScaleTransformer.compile_steps`:
         CUDA graphs per scale on a GPU; the first restoration of each batch size pays the compilation — on a
-        CPU a minute for the tiny preset, for no gain there)."""
+        CPU a minute for the tiny preset, for no gain there), keeping graphs for up to ``compiled_batch_sizes``
+        distinct batch sizes (tiles per pass, doubled under classifier-free guidance)."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         super().__init__(self.model.cfg)  # unused: cfg below reads the model's current configuration
         self.bf16 = (self.device.type == "cuda") if bf16 is None else (bf16 and self.device.type == "cuda")
         if compiled:
-            self.model.var.compile_steps(mode="reduce-overhead" if self.device.type == "cuda" else "default")
+            self.model.var.compile_steps(batch_sizes=compiled_batch_sizes)
 
     @classmethod
     def from_published(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
-                       compiled: bool = False) -> Restorer:
+                       compiled: bool = False, compiled_batch_sizes: int = 16) -> Restorer:
         """Load a published model directory (safetensors + config.json; nothing is unpickled)."""
         model, _ = load_published(directory, device="cpu")
-        return cls(model, device, compiled=compiled)
+        return cls(model, device, compiled=compiled, compiled_batch_sizes=compiled_batch_sizes)
 
     @property
     def cfg(self) -> ModelConfig:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -164,6 +164,18 @@ class Generation:
     hidden_last: torch.Tensor  # (B, p_K², C) normed hidden states at the last scale
 
 
+def _graph_limits(graphs: int) -> AbstractContextManager:
+    """Dynamo's limits on graphs kept per compiled function raised to at least ``graphs`` (a context; the limits'
+    names changed in torch 2.7: ``recompile_limit`` was ``cache_size_limit``)."""
+    config = torch._dynamo.config
+    names = [("recompile_limit", "cache_size_limit"), ("accumulated_recompile_limit", "accumulated_cache_size_limit")]
+    limits = {}
+    for new, old in names:
+        name = new if hasattr(config, new) else old
+        limits[name] = max(int(getattr(config, name)), graphs)
+    return config.patch(**limits)
+
+
 class NextScaleTransformer(nn.Module):
     """Block-causal next-scale transformer; see the module docstring for the sequence layout."""
 
@@ -193,18 +205,29 @@ class NextScaleTransformer(nn.Module):
         self.register_buffer("mask", levels[:, None] >= levels[None, :], persistent=False)
         self.init_weights()
         self._compiled_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+        self._compiled_batch_sizes = 0
 
-    def compile_steps(self, enable: bool = True, *, mode: str | None = "reduce-overhead",
-                      backend: str = "inductor") -> None:
+    def compile_steps(self, enable: bool = True, *, mode: str | None = "auto", backend: str = "inductor",
+                      batch_sizes: int = 16) -> None:
         """Decode (:meth:`generate` with the KV cache) through ``torch.compile``'d steps, or eagerly again.
 
         Each scale's step has static shapes (its p_k² tokens, the cached keys of the scales before it), so it
-        compiles to one graph per scale; with ``mode="reduce-overhead"`` on a GPU each is a CUDA graph, which
-        replaces the per-kernel launches that bound the 10-scale loop at small batches. The first decoding of
-        each batch size pays the compilation. Outputs equal the eager steps' (tested with ``backend="eager"``,
-        which traces without generating code). ``mode`` goes to inductor (None for other backends).
+        compiles to one graph per scale and batch size; with ``mode="reduce-overhead"`` on a GPU each is a CUDA
+        graph, which replaces the per-kernel launches that bound the 10-scale loop at small batches. The first
+        decoding of each batch size pays the compilation. Outputs equal the eager steps' (tested with
+        ``backend="eager"``, which traces without generating code).
+
+        Args:
+            mode: inductor's mode; ``"auto"``: ``"reduce-overhead"`` (CUDA graphs) when the parameters are on a
+                GPU, else ``"default"``; None for other backends.
+            batch_sizes: how many distinct batch sizes the caller decodes (classifier-free guidance doubles a
+                batch: count both); dynamo keeps that many graphs per scale, beyond which it would fall back to
+                eager steps without a word.
         """
+        if mode == "auto":
+            mode = "reduce-overhead" if next(self.parameters()).device.type == "cuda" else "default"
         self._compiled_step = torch.compile(self.step, mode=mode, backend=backend, dynamic=False) if enable else None
+        self._compiled_batch_sizes = batch_sizes if enable else 0
 
     def init_weights(self) -> None:
         """VAR's initialisation: trunc-normal std √(1/3C); head ×0.02; residual projections /√(2·depth)."""
@@ -330,8 +353,8 @@ class NextScaleTransformer(nn.Module):
         tokens = self.embed_sequence(prefix_BNC, d_BC, None)
         seq, pos, idx_all = tokens, 0, []
         step = self._compiled_step if kv_cache and self._compiled_step is not None else self.step
-        # one compiled graph per scale (and batch size): dynamo may keep them all, during this call only
-        graphs = torch._dynamo.config.patch(recompile_limit=max(8, 4 * len(self.patch_nums))) \
+        # one compiled graph per scale and batch size: dynamo may keep them all, during this call only
+        graphs = _graph_limits(len(self.patch_nums) * self._compiled_batch_sizes) \
             if step is not self.step else nullcontext()
         self.set_kv_caching(kv_cache)
         try:

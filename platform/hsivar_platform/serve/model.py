@@ -125,7 +125,9 @@ class HSIVARModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         local = resolve_model(self.settings.model, self.settings.model_cache_dir)
-        self.restorer = Restorer.from_published(local, device=device, compiled=self.settings.compiled)
+        # a pass holds 1..max_batch_size tiles, twice that under classifier-free guidance: a graph per size
+        self.restorer = Restorer.from_published(local, device=device, compiled=self.settings.compiled,
+                                                compiled_batch_sizes=2 * self.settings.max_batch_size)
         self.version = model_version(self.settings.model, local)
         # The model's KV cache is module state: one model thread per replica.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsivar-model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -139,6 +140,26 @@ def test_compiled_steps_decode_the_same_tokens_and_can_be_switched_off(tiny_mode
         torch._dynamo.reset()
     assert var._compiled_step is None
     assert all(b.attn.cached_k is None for b in var.blocks)
+
+
+@pytest.mark.slow
+def test_compiled_steps_keep_a_graph_per_scale_for_every_batch_size_asked_for(tiny_model: HSIVAR) -> None:
+    """compile_steps(batch_sizes=n): dynamo keeps one graph per scale for n batch sizes (more than its default
+    limit of 8 graphs per function allows), so none of them falls back to eager steps."""
+    q, var = tiny_model.vqvae.quantize, tiny_model.var
+    sizes = (1, 2, 3, 4, 5)
+    inputs = [_inputs(tiny_model, batch=b)[:2] for b in sizes]
+    torch._dynamo.reset()
+    counters.clear()
+    var.compile_steps(mode=None, backend="eager", batch_sizes=len(sizes))
+    try:
+        outs = [var.generate(prefix, d, q) for prefix, d in inputs]
+        assert counters["stats"]["unique_graphs"] >= len(sizes) * len(tiny_model.cfg.vqvae.patch_nums)
+    finally:
+        var.compile_steps(False)
+        torch._dynamo.reset()
+    eager = var.generate(*inputs[-1], q)
+    assert all(torch.equal(a, b) for a, b in zip(eager.idx, outs[-1].idx))
 
 
 def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_model: HSIVAR) -> None:
