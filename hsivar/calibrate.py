@@ -132,7 +132,7 @@ def _choose(pairs: list[_Restored]) -> tuple[float, dict[str, tuple[float, float
     per = np.array([[scored(r, tau) for r in pairs] for tau in TRUST_GRID])  # (τ, examples, [PSNR, SAM])
     gain = per - per[:1]  # (τ, examples, 2): per example, against the first estimate (τ = 0)
     n = len(pairs)
-    se = gain.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.full(gain.shape[::2], np.inf)  # (τ, 2)
+    se = gain.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.full((len(TRUST_GRID), 2), np.inf)  # (τ, 2)
     low_psnr_gain = gain[..., 0].mean(1) - CONFIDENCE_Z * se[:, 0]
     high_sam_gain = gain[..., 1].mean(1) + CONFIDENCE_Z * se[:, 1]  # SAM: lower is better
     clear = (low_psnr_gain >= -TIE) & (high_sam_gain <= TIE)

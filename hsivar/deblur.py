@@ -29,7 +29,6 @@ import math
 
 import numpy as np
 
-from hsivar.degrade.observation import blur_kernel_size
 from hsivar.kernels import gaussian_kernel1d
 
 __all__ = ["blur", "blur_width", "blur_width_of", "deconvolve", "richardson_lucy", "tikhonov"]
@@ -44,7 +43,7 @@ DYNAMIC_RANGE = 1e8
 
 def kernel(sigma: float) -> np.ndarray:
     """The normalised 1-D Gaussian of width ``sigma`` px over ±3σ; → (2⌈3σ⌉+1,) float32."""
-    return gaussian_kernel1d(blur_kernel_size(sigma), sigma)
+    return gaussian_kernel1d(2 * math.ceil(3 * sigma) + 1, sigma)
 
 
 def blur(x: np.ndarray, k1d: np.ndarray) -> np.ndarray:

@@ -247,13 +247,12 @@ def _complex(x: np.ndarray, case: int, rng: np.random.Generator, rec: Degradatio
 
 def _blur(x: np.ndarray, k: int, rng: np.random.Generator, rec: DegradationRecord) -> np.ndarray:
     """Blur every band of x (C, H, W) with the k×k Gaussian (k odd, in pixels), zero padding; no randomness."""
-    from scipy.ndimage import correlate1d
+    from hsivar.deblur import blur
 
     kern = gaussian_kernel1d(k)
-    # Separable passes with zero padding (mode="constant", cval=0) equal MP-HSIR's depthwise F.conv2d
-    # with padding k//2 (symmetric kernel, so correlation = convolution); scipy is ~3x faster on CPU.
-    out = correlate1d(x, kern, axis=2, mode="constant", cval=0.0)
-    out = correlate1d(out, kern, axis=1, mode="constant", cval=0.0)
+    # Separable passes with zero padding equal MP-HSIR's depthwise F.conv2d with padding k//2 (symmetric
+    # kernel, so correlation = convolution); scipy is ~3x faster on CPU.
+    out = blur(x, kern)
     rec.kernel, rec.kernel_size, rec.blur_sigma = kern, k, blur_sigma(k)
     return out
 

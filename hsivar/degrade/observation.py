@@ -24,7 +24,6 @@ the cube by these rules; the model's task classifier estimates it (:mod:`hsivar.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -308,14 +307,20 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
     return out
 
 
+def column_departures(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's departure from the running median of 9 columns, and the robust spread of those departures
+    (1.4826 × their median absolute deviation), per row of ``cols`` (R, n), column profiles; → ((R, n), (R,))."""
+    from scipy.ndimage import median_filter
+
+    dev = cols - median_filter(cols, size=(1, 9), mode="reflect")
+    return dev, 1.4826 * np.median(np.abs(dev - np.median(dev, axis=1, keepdims=True)), axis=1)
+
+
 def _offset_columns(cols: np.ndarray, sigma: np.ndarray, H: int) -> np.ndarray:
     """(R,) int: how many of the columns of each row of ``cols`` (R, n ≥ 9), column medians of one band each over
     H rows with noise σ ``sigma`` (R,), are offset (:func:`striped_bands`)."""
-    from scipy.ndimage import median_filter
-
     n = cols.shape[1]
-    dev = cols - median_filter(cols, size=(1, 9), mode="reflect")
-    spread = 1.4826 * np.median(np.abs(dev - np.median(dev, axis=1, keepdims=True)), axis=1)
+    dev, spread = column_departures(cols)
     se = np.maximum(np.maximum(1.2533 * sigma / np.sqrt(H), spread), 1e-6)
     # an offset column stands out from both sides; at a step edge a column matches one side
     pad = np.pad(cols, ((0, 0), (4, 4)), mode="reflect")
@@ -423,7 +428,3 @@ def noise_by_regression(flat: np.ndarray, columns: np.ndarray | None = None) -> 
         noise[i] = flat[i] - beta @ flat
     return noise
 
-
-def blur_kernel_size(sigma: float) -> int:
-    """Odd kernel size covering ±3σ (pixels) of a Gaussian of width ``sigma`` px."""
-    return 2 * math.ceil(3 * sigma) + 1
