@@ -322,7 +322,11 @@ def write_cube(
         target = np.dtype(np.uint8 if target == np.bool_ else np.float32)
     target = target.newbyteorder("=")
     if row.dtypes is not None and target.name not in row.dtypes:
-        raise CubeError(f"{loc.text}: {row.name} cannot store dtype {target.name}")
+        raise CubeError(f"{loc.text}: {row.name} cannot store dtype {target.name} (it stores "
+                        f"{', '.join(sorted(row.dtypes))}; pass dtype=, or write a GeoTIFF)")
+    if row.band_counts is not None and arr.shape[0] not in row.band_counts:
+        raise CubeError(f"{loc.text}: {row.name} stores {' or '.join(map(str, row.band_counts))} bands, the cube has "
+                        f"{arr.shape[0]}: write a GeoTIFF instead")
     missing = check_missing(meta.missing, arr.shape, loc.text)
     if missing is not meta.missing:
         meta = dataclasses.replace(meta, missing=missing)

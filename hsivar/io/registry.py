@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hsivar.io import emit, enmap, envi, geotiff, hdf5, mat, npy, prisma, prisma_demo
+from hsivar.io import emit, enmap, envi, geotiff, hdf5, image, mat, npy, prisma, prisma_demo
 from hsivar.io.layout import OpenOptions, Source
 from hsivar.io.location import Location, single_target, split_ext
 from hsivar.io.meta import CubeError, CubeMeta
@@ -70,6 +70,8 @@ class Format:
             of the cube named by ``<file><header_suffix>`` or ``<stem><header_suffix>`` when that is listed /
             exists, extension-less data files included.
         dtypes: value dtype names the format can store; ``None``: any real dtype.
+        band_counts: band counts the format can store (an image: grey or RGB); ``None``: any.
+        lossy: the format changes the values it stores (JPEG): never used for masks or uncertainties.
         meta_problem: says why the format cannot store some metadata (``None`` when it can).
         errors: library exceptions that mean "not a valid file of this format", besides the common ones.
         name_patterns: case-sensitive shell patterns (``fnmatch``) on the file name that claim a file for
@@ -94,6 +96,8 @@ class Format:
     listed_suffixes: tuple[str, ...] = ()
     header_suffix: str | None = None
     dtypes: frozenset[str] | None = None
+    band_counts: tuple[int, ...] | None = None
+    lossy: bool = False
     meta_problem: Callable[[CubeMeta], str | None] | None = None
     errors: tuple[type[Exception], ...] = ()
     name_patterns: tuple[str, ...] = ()
@@ -105,6 +109,10 @@ class Format:
     def cube_suffixes(self) -> tuple[str, ...]:
         """Suffixes that name a cube of this format in a listing."""
         return self.listed_suffixes or self.extensions
+
+    def stores_exactly(self, dtype: str) -> bool:
+        """Whether values of ``dtype`` come back from this format exactly as written."""
+        return not self.lossy and (self.dtypes is None or dtype in self.dtypes)
 
     @property
     def data_extensions(self) -> tuple[str, ...]:
@@ -135,6 +143,14 @@ FORMAT_TABLE: dict[str, Format] = {
             envi.write_envi, targets=envi.envi_targets, listed_suffixes=(envi.HEADER_SUFFIX,),
             header_suffix=envi.HEADER_SUFFIX, dtypes=envi.ENVI_DTYPES, meta_problem=envi.envi_meta_problem,
             errors=envi.ENVI_ERRORS,
+        ),
+        Format(
+            "png", (".png",), ".png", image.open_image, image.write_png, dtypes=image.PNG_DTYPES,
+            band_counts=image.IMAGE_BANDS, meta_problem=image.png_meta_problem, errors=image.IMAGE_ERRORS,
+        ),
+        Format(
+            "jpeg", (".jpg", ".jpeg"), ".jpg", image.open_image, image.write_jpeg, aliases=("jpg",),
+            dtypes=image.JPEG_DTYPES, band_counts=image.IMAGE_BANDS, lossy=True, meta_problem=image.jpeg_meta_problem, errors=image.IMAGE_ERRORS,
         ),
         Format(
             "enmap", (), ".TIF", enmap.open_enmap, None, name_patterns=enmap.NAME_PATTERNS,
@@ -183,7 +199,7 @@ def detect_format(path: str | os.PathLike) -> str:
         One of :data:`FORMATS`. A sensor product's file name first (``*-SPECTRAL_IMAGE.TIF`` -> enmap,
         ``PRS_L1*/PRS_L2*.he5`` -> prisma, ``EMIT_L2A_RFL_*.nc`` -> emit), then the extension: ``.npy`` -> npy,
         ``.npz`` -> npz, ``.h5/.hdf5/.he5`` -> hdf5, ``.mat`` -> mat, ``.tif/.tiff`` -> geotiff,
-        ``.hdr/.img/.dat/.raw/.bsq/.bil/.bip`` -> envi.
+        ``.hdr/.img/.dat/.raw/.bsq/.bil/.bip`` -> envi, ``.png`` -> png, ``.jpg/.jpeg`` -> jpeg.
 
     Raises:
         CubeError: the extension is missing or not supported (the message lists the supported ones).

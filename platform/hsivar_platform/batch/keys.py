@@ -12,7 +12,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsivar.io import output_name, split_listing
+from hsivar.io import FORMAT_TABLE, detect_format, output_name, split_listing, writer_row
 from hsivar_platform import storage
 
 UNCERTAINTY_SUFFIX = ".std"
@@ -89,16 +89,20 @@ def item_id(rel: str) -> str:
     return rel.replace("/", "__")
 
 
-def sidecar_uri(out_uri: str, suffix: str) -> str:
-    """A file beside an output, named by inserting ``suffix`` before its extension: ``…/a.tif`` → ``…/a<suffix>.tif``
-    (ENVI ``a.hdr`` → ``a<suffix>.hdr``)."""
+def sidecar_uri(out_uri: str, suffix: str, dtype: str = "uint8") -> str:
+    """A file of ``dtype`` values beside an output, named by inserting ``suffix`` before its extension:
+    ``…/a.tif`` → ``…/a<suffix>.tif`` (ENVI ``a.hdr`` → ``a<suffix>.hdr``). When the output's format cannot store
+    ``dtype`` exactly (a PNG's float uncertainty, anything in a lossy JPEG) the sidecar is a GeoTIFF:
+    ``a.png`` → ``a<suffix>.tif``."""
     head, ext = posixpath.splitext(out_uri)
+    if not writer_row(detect_format(out_uri)).stores_exactly(dtype):
+        ext = FORMAT_TABLE["geotiff"].write_suffix
     return f"{head}{suffix}{ext}"
 
 
 def uncertainty_uri(out_uri: str) -> str:
-    """``…/a.tif`` → ``…/a.std.tif`` (ENVI ``a.hdr`` → ``a.std.hdr``)."""
-    return sidecar_uri(out_uri, UNCERTAINTY_SUFFIX)
+    """``…/a.tif`` → ``…/a.std.tif`` (ENVI ``a.hdr`` → ``a.std.hdr``; float32 values, so ``a.png`` → ``a.std.tif``)."""
+    return sidecar_uri(out_uri, UNCERTAINTY_SUFFIX, "float32")
 
 
 def is_stac_input(input_prefix: str) -> bool:
