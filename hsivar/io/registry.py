@@ -150,7 +150,8 @@ FORMAT_TABLE: dict[str, Format] = {
         ),
         Format(
             "jpeg", (".jpg", ".jpeg"), ".jpg", image.open_image, image.write_jpeg, aliases=("jpg",),
-            dtypes=image.JPEG_DTYPES, band_counts=image.IMAGE_BANDS, lossy=True, meta_problem=image.jpeg_meta_problem, errors=image.IMAGE_ERRORS,
+            dtypes=image.JPEG_DTYPES, band_counts=image.IMAGE_BANDS, lossy=True,
+            meta_problem=image.jpeg_meta_problem, errors=image.IMAGE_ERRORS,
         ),
         Format(
             "enmap", (), ".TIF", enmap.open_enmap, None, name_patterns=enmap.NAME_PATTERNS,

@@ -14,12 +14,14 @@ Every stage is a step of the one restoration path (:mod:`hsivar.restore`), so an
 ``Restorer.restore`` on the same file. Outputs go to the input's key under the output prefix, in the
 input's format, back in the input's units and dtype; GeoTIFF keeps its CRS, transform, nodata and band
 names / wavelengths. With ``uncertainty=True`` a per-pixel error bar is written beside each output as
-``<stem>.std<ext>`` (float32; ``<stem>.std.tif`` beside a PNG or JPEG, which hold no floats): the calibrated one of a calibrated model (:mod:`hsivar.uncertainty`), else the
+``<stem>.std<ext>`` (float32; ``<stem>.std.tif`` beside a PNG or JPEG, which hold no floats): the calibrated
+one of a calibrated model (:mod:`hsivar.uncertainty`), else the
 standard deviation over ``samples > 1``. Voxels equal to the source's nodata value
 are left out of the normalisation range and written back as nodata. Entries the file marks as not observed
 (ENVI / GeoTIFF / HDF5 / .mat bad band list ``bbl``, GeoTIFF internal mask, HDF5 / .mat ``mask``:
 :mod:`hsivar.io.masks`; a PNG's alpha) are left out too and synthesised; ``<stem>.kept<ext>`` (uint8, same
-georeferencing; ``.tif`` beside a lossy JPEG) is 1 where an entry holds the input's value bit for bit and 0 where it was synthesised or restored.
+georeferencing; ``.tif`` beside a lossy JPEG) is 1 where an entry holds the input's value bit for bit and 0
+where it was synthesised or restored.
 
 **Resuming.** The driver rewrites ``<output>/_manifest.parquet`` (:mod:`~hsivar_platform.batch.manifest`)
 as files finish, at most every ``manifest_interval_s``, and once more at the end. Outputs are written
