@@ -6,7 +6,7 @@ through the one restoration path with its true observation (oracle), and each st
 * ``prepare`` — validation, normalisation, the observation read from the cube (:meth:`Observation.detect`)
   and the classical first estimate (:func:`hsivar.estimate.first_estimate`);
 * ``blur_width`` — blind deblurring's width estimate and the first estimate recomputed with it
-  (:meth:`Restorer.observe_blur`; run with ``task="blur"`` and no known width, so it is timed on every family);
+  (:meth:`Restorer.observe`; run with ``task="blur"`` and no known width, so it is timed on every family);
 * ``model`` — the model over every tile, blended (:meth:`Restorer.restore_prepared` without consistency);
 * ``consistency`` — the projection onto the observation (:meth:`PreparedCube.consistent`: sr back-projection,
   blur Richardson–Lucy steps) plus :func:`hsivar.prepared.finish` (exact entries put back bit for bit).
@@ -58,7 +58,7 @@ def family_cost(restorer: Restorer, clean, task: str, level, repeats: int) -> di
     t_prep, prep = _timed(lambda: restorer.prepare(degraded, overlap, value_range=(0.0, 1.0), observation=obs),
                           repeats)
     blind = restorer.prepare(degraded, overlap, value_range=(0.0, 1.0), observation=obs.replaced(blur_sigma=None))
-    t_blur, _ = _timed(lambda: restorer.observe_blur(blind, "blur"), repeats)
+    t_blur, _ = _timed(lambda: restorer.observe(blind, "blur"), repeats)
     t_model, samples = _timed(lambda: restorer.restore_prepared(prep, task).samples01, repeats)
     t_cons, _ = _timed(lambda: finish(prep, torch.stack([prep.consistent(s) for s in samples])), repeats)
     seconds = {"prepare": t_prep, "blur_width": t_blur, "model": t_model, "consistency": t_cons}

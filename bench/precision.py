@@ -27,7 +27,6 @@ from hsivar.degrade import degrade_for_test, test_protocol
 from hsivar.io import cube_suffixes, read_cube, split_listing
 from hsivar.metrics import psnr
 from hsivar.restore import Restorer
-from hsivar.tasks import TASKS
 
 
 def main() -> None:
@@ -51,7 +50,7 @@ def main() -> None:
     for index, f in enumerate(files):
         cube, _ = read_cube(f)
         clean = (cube - cube.min()) / (cube.max() - cube.min())
-        for case in test_protocol():
+        for case in test_protocol(base.tasks):
             degraded, record = degrade_for_test(clean, case.task, case.level, index=index)
             degraded = np.asarray(degraded, np.float32)
             mask = record.band_mask
@@ -67,9 +66,9 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     report: dict[str, Any] = {"model": args.model, "device": args.device, "device_name": name, "task": args.task,
                               "cubes": len(files), "torch": torch.__version__, "families": {}}
-    print(f"{len(files)} cubes × 19 cases on {name}, task={args.task}; mean PSNR in dB")
+    print(f"{len(files)} cubes × {len(test_protocol(base.tasks))} cases on {name}, task={args.task}; mean PSNR in dB")
     print(f"{'family':10s} {'degraded':>9s} {'fp32':>8s} {'bf16':>8s} {'Δ bf16':>8s} {'mean |Δ|':>9s}")
-    for task in TASKS:
+    for task in base.tasks:
         p = {k: float(np.mean(v)) for k, v in psnrs[task].items()}
         d = float(np.mean(diffs[task]))
         report["families"][task] = {**p, "bf16_minus_fp32_db": p["bf16"] - p["fp32"], "mean_abs_diff": d}

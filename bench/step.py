@@ -24,7 +24,7 @@ from _common import bench_parser, check_device, json_line, median_time
 
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 from hsivar.training import STAGES, Batch, prepare_stage, stage_loss
 
 
@@ -34,8 +34,8 @@ def synthetic_batch(n: int, bands: int, size: int, device: torch.device) -> Batc
     low = torch.rand(n, bands, 4, 4, generator=g)
     hq = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
     lq = hq + torch.randn(hq.shape, generator=g) * 30 / 255
-    w = torch.zeros(n, len(TASKS))
-    w[:, TASKS.index("gaussian")] = 1
+    w = torch.zeros(n, len(DEFAULT_TASKS))  # the default model's task list
+    w[:, DEFAULT_TASKS.index("gaussian")] = 1
     return Batch(hq.to(device), lq.to(device), w.to(device))
 
 

@@ -106,7 +106,7 @@ def _restore(restorer: Restorer, ex: CalibrationExample) -> _Restored:
     obs = observation_of_level(ex.task, ex.level, ex.degraded.shape)
     prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0),
                             observation=obs)
-    prep = restorer.observe_blur(prep, ex.task)  # unchanged when the level gives the blur width
+    prep = restorer.observe(prep, ex.task)  # unchanged when the level gives the blur width
     restorer.model.fusion.set_trust(torch.ones(len(restorer.tasks)))
     r1 = finish(prep, restorer.restore_prepared(prep, ex.task).samples01)[0].astype(np.float64)
     C, H, W = prep.shape
@@ -118,7 +118,7 @@ def _restore_blind(restorer: Restorer, ex: CalibrationExample) -> tuple[Prepared
     """``ex`` restored as :meth:`Restorer.restore` does with ``task="auto"`` and ``value_range=(0, 1)``: its
     prepared cube and the restored cube (C, H, W) float32 in [0, 1]."""
     prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0))
-    prep = restorer.observe_blur(prep, "auto")
+    prep = restorer.observe(prep, "auto")
     return prep, finish(prep, restorer.restore_prepared(prep, "auto").samples01)[0]
 
 

@@ -12,7 +12,8 @@ low-rank completion, Richardson–Lucy deconvolution with the known kernel under
 forward model (:mod:`hsivar.deblur`), bicubic interpolation, spectral interpolation. ``blind_deblur`` is the
 same deconvolution with the width estimated from the cube (what the classical route can do in blind mode, the
 fair comparison for ``task=auto``); the simple ones (TV with a fixed or a noise-following weight, scikit-image's
-Richardson–Lucy, biharmonic) are kept for comparison.
+Richardson–Lucy, biharmonic) are kept for comparison. Haze: the dark channel prior (:mod:`hsivar.dehaze`);
+low light: a percentile stretch (:mod:`hsivar.exposure`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ __all__ = [
     "BLIND_DEBLUR",
     "BIHARMONIC",
     "BM4D",
+    "DARK_CHANNEL",
+    "EXPOSURE_STRETCH",
     "OPTIONAL_BASELINES",
     "RICHARDSON_LUCY",
     "SPECTRAL_INTERP",
@@ -44,6 +47,8 @@ __all__ = [
     "biharmonic",
     "blind_deblur",
     "bm4d_denoise",
+    "dark_channel",
+    "exposure_stretch",
     "first_estimate_baseline",
     "missing_band_mask",
     "richardson_lucy",
@@ -181,6 +186,24 @@ def spectral_interp(degraded: np.ndarray, level: float) -> np.ndarray:
     return interpolate_bands(degraded, missing_band_mask(degraded))
 
 
+def dark_channel(degraded: np.ndarray, level: float) -> np.ndarray:
+    """Dehaze (C, H, W) float32 by the dark channel prior with guided-filter refinement (:func:`hsivar.dehaze.dehaze`).
+
+    ``level`` (the haze's optical depth) is not used: transmission and airlight are estimated from the cube.
+    """
+    from hsivar.dehaze import dehaze
+
+    return dehaze(degraded)
+
+
+def exposure_stretch(degraded: np.ndarray, level: float) -> np.ndarray:
+    """Brighten a short exposure (C, H, W) float32 by a percentile stretch: the gain that brings its 99.5th
+    percentile to a normal scene's (:func:`hsivar.exposure.estimate_exposure`). ``level`` is not used."""
+    from hsivar.exposure import correct_exposure, estimate_exposure
+
+    return correct_exposure(degraded, estimate_exposure(degraded))
+
+
 @dataclass(frozen=True)
 class Baseline:
     """A classical method: ``name`` (the method column of evaluation tables) and ``fn(degraded, level) -> restored``."""
@@ -197,6 +220,8 @@ BICUBIC = Baseline("bicubic", bicubic)
 BIHARMONIC = Baseline("biharmonic", biharmonic)
 SPECTRAL_INTERP = Baseline("spectral_interp", spectral_interp)
 BM4D = Baseline("bm4d", bm4d_denoise)
+DARK_CHANNEL = Baseline("dark_channel", dark_channel)
+EXPOSURE_STRETCH = Baseline("exposure_stretch", exposure_stretch)
 
 OPTIONAL_BASELINES: dict[str, tuple[Baseline, tuple[str, ...]]] = {"bm4d": (BM4D, ("gaussian", "complex"))}
 """Opt-in baselines (slow, or under a non-commercial licence) by name → (the method, the families it serves)."""

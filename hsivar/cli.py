@@ -42,7 +42,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(data))
         return
-    typer.echo(f"preset {data['preset']}: cube {data['cube_shape']} (C, H, W)")
+    typer.echo(f"preset {data['preset']}: cube {data['cube_shape']} (C, H, W); task families {' '.join(data['tasks'])}")
     for name, n in data["params"].items():
         typer.echo(f"  {name:<18} {n / 1e6:10.3f} M")
     typer.echo(f"tokens per scale {data['tokens_per_scale']} = {data['tokens']} "

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS, TASKS
 from hsivar.uncertainty import FEATURES
 
 Stage = Literal["vqvae", "var", "decoder"]
@@ -155,12 +155,21 @@ class FusionConfig(_Frozen):
 class DAGConfig(_Frozen):
     """Degradation-aware guidance: task embeddings, basal embedding, learnable λ, task classifier."""
 
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = Field(DEFAULT_TASKS, description="the degradation families the model is trained on and "
+                                   "weighs, in the order of its task embeddings and classifier (any of hsivar.tasks."
+                                   "TASKS; default MP-HSIR's six, e.g. add haze and lowlight)")
     classifier_hidden: int = Field(128, ge=4, description="channels of the task classifier's CNN (first conv: half)")
     classifier_stages: tuple[Stage, ...] = Field(
         STAGES, description="training stages that also train the task classifier (its CE, "
         "weight loss.task). It sees only the degraded tile, so it can learn alongside any stage")
     lambda_init: float = 1.0
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> DAGConfig:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"dag.tasks must list distinct families of {', '.join(TASKS)}; got {list(self.tasks)}")
+        return self
 
 
 class LossConfig(_Frozen):

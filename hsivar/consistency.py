@@ -14,8 +14,8 @@ the observation cannot see and takes the rest from y: x = A⁺y + (I − A⁺A) 
 * **blur**: a few Richardson–Lucy steps started at the estimate, each a multiplicative move towards K x = y
   that keeps x ≥ 0 (:func:`hsivar.deblur.richardson_lucy`); for a noisy observation, a few conjugate-gradient
   steps on ‖K x − y‖² + w‖x − x̂‖² with the estimate as the prior instead (:func:`hsivar.deblur.tikhonov`);
-* **noise**: nothing — a noisy observation is not more exact than the estimate, and the first estimate
-  already weighs it (:mod:`hsivar.estimate`).
+* **noise**, **haze**, **low light**: nothing — such an observation is not more exact than the estimate, and the
+  first estimate already weighs it (:mod:`hsivar.estimate`).
 
 Everything works on (C, H, W) float32 in [0, 1] units.
 """
@@ -33,8 +33,8 @@ __all__ = ["back_project", "exact_entries", "project"]
 def exact_entries(obs: Observation) -> np.ndarray | None:
     """(C, H, W) bool: the entries observed without noise, blur or resampling, which the output keeps as they were
     observed; None when there are none to keep (nothing is missing, or the observation is noisy / blurred /
-    super-resolution, where no entry was observed exactly)."""
-    if not obs.has_missing or obs.noisy() or obs.sr_scale or obs.blur_sigma:
+    super-resolution, haze or a short exposure, where no entry was observed exactly)."""
+    if not obs.has_missing or obs.noisy() or obs.sr_scale or obs.blur_sigma or obs.haze or obs.underexposed:
         return None
     return obs.observed
 

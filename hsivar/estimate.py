@@ -15,7 +15,11 @@ imaging chain undone backwards:
    (:func:`denoise_subspace`, after HySime's noise estimation, FastHyDe's subspace idea and BM3D's second
    step);
 4. a known Gaussian blur undone by Richardson–Lucy iterations, or, when the observation is noisy, by
-   conjugate gradients with Tikhonov regularisation (:func:`hsivar.deblur.deconvolve`).
+   conjugate gradients with Tikhonov regularisation (:func:`hsivar.deblur.deconvolve`);
+5. haze removed by the dark channel prior (:func:`hsivar.dehaze.dehaze`).
+
+A short exposure is brought back to a normal one (:func:`hsivar.exposure.correct_exposure`) between steps 2
+and 3, so that the denoiser sees the noise the gain amplified.
 
 Every function takes and returns (C, H, W) float32 in [0, 1] units and costs tens of milliseconds on a
 64×64×31 cube on one CPU core (numpy, SciPy, scikit-image); deblurring ≈0.2 s.
@@ -29,6 +33,8 @@ import numpy as np
 
 from hsivar.deblur import deconvolve
 from hsivar.degrade.observation import Observation, column_departures, noise_by_regression, own_column_profile
+from hsivar.dehaze import dehaze
+from hsivar.exposure import correct_exposure
 
 __all__ = ["denoise_subspace", "destripe", "fill_missing", "first_estimate", "interpolate_bands",
            "upsample_grid", "wiener_dct"]
@@ -213,10 +219,14 @@ def first_estimate(cube01: np.ndarray, obs: Observation, wavelengths: Sequence[f
         x = fill_missing(x, obs.observed, wavelengths)
     if obs.sr_scale:
         x = upsample_grid(x, obs.sr_scale)
+    if obs.underexposed:  # the gain first: the denoiser then reads (and removes) the noise as amplified
+        x = correct_exposure(x, float(obs.exposure))  # type: ignore[arg-type]
     if obs.stripes:
         x = destripe(x)
-    if obs.noisy():
+    if obs.noisy() or obs.underexposed:
         x = denoise_subspace(x)  # noisy observed entries are denoised too: they are not exact
     if obs.blur_sigma:
         x = deconvolve(x, obs.blur_sigma, noisy=obs.noisy())
+    if obs.haze:
+        x = dehaze(x)
     return x

@@ -77,6 +77,7 @@ def model_info(cfg: ModelConfig) -> dict[str, Any]:
         "tokens": int(sum(vq.tokens_per_scale)),
         "condition_tokens": vq.latent_size**2,
         "vocab_size": vq.vocab_size,
+        "tasks": list(cfg.dag.tasks),
         "transformer": {"depth": cfg.transformer.depth, "width": cfg.transformer.width,
                         "heads": cfg.transformer.heads},
         "params": parameter_counts(model),

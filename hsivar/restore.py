@@ -8,9 +8,10 @@ restores a cube through the same three steps, so a new option is added once:
    to [0, 1] (the model's range; ``value_range`` when the data's range is known), pad sides shorter than a
    tile; read the observation (detected, nodata, what the caller knows) and compute the classical first
    estimate for models that restore from it. CPU only, no model.
-   :meth:`Restorer.observe_blur` then adds the width of a blur when the task may be one (in ``auto`` mode
-   the model's classifier decides; the width is the classical blind estimate of :mod:`hsivar.deblur`), and
-   recomputes the first estimate with it.
+   :meth:`Restorer.observe` then adds what only the model can tell — the width of a blur, haze, a short
+   exposure — when the task may be one of those (in ``auto`` mode the model's classifier decides; the width and
+   the exposure are classical blind estimates, :mod:`hsivar.deblur`, :mod:`hsivar.exposure`), and recomputes the
+   first estimate with it.
 2. :meth:`Restorer.forward` — one forward pass of the model over a batch of tiles (and their first
    estimate); the only place the model's ``restore`` is called. :meth:`Restorer.restore_prepared` runs it
    over a prepared cube's tiles in batches, ``samples`` times with generators seeded ``seed + i``, blends
@@ -45,6 +46,7 @@ import torch
 from hsivar.config import ModelConfig
 from hsivar.deblur import blur_width_of
 from hsivar.degrade.observation import Observation
+from hsivar.exposure import estimate_exposure
 from hsivar.models.dag import AutoAmong, TaskSpec
 from hsivar.models.hsivar import HSIVAR, Guidance
 from hsivar.models.var import GREEDY, Sampling
@@ -212,12 +214,16 @@ class RestoreSpec:
         allowed = tuple(t for t in obs.plausible if t in self.tasks)
         return AutoAmong(allowed) if allowed else task
 
-    def may_observe_blur(self, prep: PreparedCube) -> bool:
-        """Whether :meth:`Restorer.observe_blur` could change ``prep``, as far as the configuration and the cube
-        decide: blur is one of the model's tasks, the observation knows no width yet, and there is a cube to cut
-        tiles from (Serve's model replica skips the hop to its model thread otherwise)."""
+    def unobserved(self, prep: PreparedCube) -> tuple[str, ...]:
+        """The families among the model's tasks whose facts the cube's rules cannot show and ``prep``'s observation
+        does not know yet — blur (its width), haze, low light (its exposure) — which :meth:`Restorer.observe` may
+        add; empty without a cube to cut tiles from (Serve's model replica then skips the hop to its model
+        thread)."""
         obs = prep.observation
-        return obs is not None and not obs.blur_sigma and "blur" in self.tasks and prep.cube01.numel() > 0
+        if obs is None or prep.cube01.numel() == 0:
+            return ()
+        known = {"blur": bool(obs.blur_sigma), "haze": obs.haze is not None, "lowlight": obs.exposure is not None}
+        return tuple(f for f, k in known.items() if not k and f in self.tasks)
 
 
 class Restorer(RestoreSpec):
@@ -280,40 +286,59 @@ class Restorer(RestoreSpec):
                                      estimate01=x0)
         return out.cube.float().cpu(), out.task_weights.float().cpu()
 
+    def _share(self, task: TaskSpec, family: str) -> bool | None:
+        """Whether ``task`` (resolved: :meth:`resolve_task`) gives ``family`` a share: True / False when it says so,
+        None when only the model's classifier can tell (``"auto"``, or auto among several families)."""
+        if isinstance(task, str):
+            return None if task == "auto" else task == family
+        if isinstance(task, AutoAmong):
+            return None if family in task.tasks and len(task.tasks) > 1 else family in task.tasks
+        if isinstance(task, Mapping):
+            return float(task.get(family, 0)) > 0
+        return float(task[..., self.tasks.index(family)].mean()) > 0
+
     @torch.inference_mode()
-    def observe_blur(self, prep: PreparedCube, task: TaskSpec = "auto", max_tiles: int = 16) -> PreparedCube:
-        """Blind deblurring's missing fact: the blur width σ (px), when the observation knows none and the task may
-        be a blur — ``"blur"``, a mixture or weights with a blur share, ``"auto"`` whose plausible families
-        (:meth:`resolve_task`) are blur alone, or ``"auto"`` among several where the model's classifier gives blur
-        a mean weight of at least one half over up to ``max_tiles`` tiles spread over the cube. σ is the classical
-        blind estimate over up to ``max_tiles`` windows (:func:`hsivar.deblur.blur_width_of`); the first estimate
-        and the kept entries follow (:meth:`PreparedCube.reobserved`). Otherwise — when no window shows a blur,
-        or without a cube to cut tiles from — ``prep`` is returned unchanged.
+    def observe(self, prep: PreparedCube, task: TaskSpec = "auto", max_tiles: int = 16) -> PreparedCube:
+        """The facts of blind restoration that only the model can tell from a cube (:meth:`unobserved`): the width of a
+        blur, haze, a short exposure — each when the observation knows none and the task may be that family:
+        named, a share of a mixture or of weights, ``"auto"`` whose plausible families (:meth:`resolve_task`) are
+        that one alone, or ``"auto"`` among several where the model's classifier gives it a mean weight of at least
+        one half over up to ``max_tiles`` tiles spread over the cube. Then the classical estimate: the blur width σ
+        from the power spectrum over up to ``max_tiles`` windows (:func:`hsivar.deblur.blur_width_of`; none when
+        no window shows a blur), the exposure from the cube's brightness (:func:`hsivar.exposure.estimate_exposure`;
+        none when it is as bright as a normal scene); haze needs no number. The first estimate and the kept entries
+        follow (:meth:`PreparedCube.reobserved`); otherwise ``prep`` is returned unchanged.
         """
         obs = prep.observation
-        if not self.may_observe_blur(prep) or obs is None:
+        families = self.unobserved(prep)
+        if obs is None or not families:
             return prep
-        b = self.tasks.index("blur")
         task = self.resolve_task(prep, task)
-        if isinstance(task, str) and task not in ("auto", "blur"):
-            return prep
-        if isinstance(task, AutoAmong) and "blur" not in task.tasks:
-            return prep
-        if isinstance(task, Mapping) and not float(task.get("blur", 0)) > 0:
-            return prep
-        if isinstance(task, torch.Tensor) and not float(task[..., b].mean()) > 0:
-            return prep
-        if (isinstance(task, str) and task == "auto") or (isinstance(task, AutoAmong) and len(task.tasks) > 1):
+        shares = {f: self._share(task, f) for f in families}
+        ask = [f for f, share in shares.items() if share is None]
+        if ask:  # one classifier pass for every family it must weigh
             n = len(prep.coords)
             pick = np.unique(np.linspace(0, n - 1, min(max_tiles, n)).round().astype(int))
             tiles = torch.cat([prep.tiles(int(i), int(i) + 1) for i in pick])
             with self.autocast():
-                if float(self.model.dag.weights(task, tiles.to(self.device))[:, b].mean()) < 0.5:
-                    return prep
-        sigma = blur_width_of(prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy(), max_windows=max_tiles)
-        if sigma is None:
+                weights = self.model.dag.weights(task, tiles.to(self.device)).float().mean(0)
+            shares.update({f: float(weights[self.tasks.index(f)]) >= 0.5 for f in ask})
+        cube = prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy()
+        facts: dict[str, object] = {}
+        if shares.get("blur"):
+            sigma = blur_width_of(cube, max_windows=max_tiles)
+            if sigma is not None:
+                facts["blur_sigma"] = sigma
+        if shares.get("haze"):
+            facts["haze"] = True
+        if shares.get("lowlight"):
+            exposure = estimate_exposure(cube)
+            if exposure < 1.0:
+                facts["exposure"] = exposure
+        if not facts:
             return prep
-        return prep.reobserved(obs.replaced(blur_sigma=sigma, source={**obs.source, "blur_sigma": "estimated"}))
+        source = {**obs.source, **dict.fromkeys(facts, "estimated")}
+        return prep.reobserved(obs.replaced(**facts, source=source))
 
     def restore_prepared(self, prep: PreparedCube, task: TaskSpec = "auto", *, samples: int = 1, seed: int = 0,
                          batch_size: int = 8, sampling: Sampling | None = None, guidance: Guidance = "dag",
@@ -398,7 +423,7 @@ class Restorer(RestoreSpec):
         decoding(samples, batch_size, sampling)  # option errors before any work
         prep = self.prepare(cube, overlap, nodata=nodata, value_range=value_range, observation=observation,
                             missing=missing, consistency=consistency)
-        prep = self.observe_blur(prep, task)
+        prep = self.observe(prep, task)
         out = self.restore_prepared(prep, task, samples=samples, seed=seed, batch_size=batch_size,
                                     sampling=sampling, guidance=guidance, cfg_scale=cfg_scale, refine=refine)
         mean, std = self.finish(prep, out)

@@ -1,10 +1,10 @@
-"""The task families as the model sees them: names in embedding order, weights, and the task option.
+"""The task families as the model sees them: names, weights, and the task option.
 
-The order is part of the model's contract: the DAG task embeddings and the task classifier index
-tasks by their position in :data:`TASKS`. It is the order of the family table
-:data:`hsivar.degrade.families.FAMILIES`, where :data:`TASKS`, :func:`task_index` and
-:func:`task_weights` are defined next to the rows they derive from (the degradation protocol needs
-them too) and re-exported here, the place the model and the platform import them from.
+:data:`TASKS` is the order of the family table :data:`hsivar.degrade.families.FAMILIES` (degradation records'
+weights index by it); a model's own list, ``model.dag.tasks`` (default :data:`DEFAULT_TASKS`, MP-HSIR's six), is
+the order of its task embeddings and classifier (:func:`weights_in` maps one to the other). They are defined next to
+the rows they derive from (the degradation protocol needs them too) and re-exported here, the place the model and
+the platform import them from.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hsivar.degrade.families import TASKS, task_index, task_weights
+from hsivar.degrade.families import DEFAULT_TASKS, TASKS, task_index, task_weights, weights_in
 
-__all__ = ["TASKS", "TaskArg", "dominant_task", "parse_task", "task_index", "task_weights"]
+__all__ = ["DEFAULT_TASKS", "TASKS", "TaskArg", "dominant_task", "parse_task", "task_index", "task_weights",
+           "weights_in"]
 
 TaskArg = str | dict[str, float]
 """``"auto"``, a task family name, or a {task: weight} mixture (see :func:`parse_task`)."""

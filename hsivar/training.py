@@ -78,14 +78,15 @@ def example_estimate(lq01: np.ndarray, record: DegradationRecord) -> tuple[np.nd
         lq01: (C, S, S) degraded crop in [0, 1] units; record: its degradation record.
     Returns:
         (x0 (C, S, S) float32, kept (C, S, S) bool): what the cube shows of its observation
-        (:meth:`Observation.detect`, as ``task="auto"`` reads it) plus the record's blur width (which the
-        cube does not show: restoration takes it from the user or estimates it, :func:`hsivar.deblur.blur_width`),
+        (:meth:`Observation.detect`, as ``task="auto"`` reads it) plus the record's blur width, haze and exposure
+        (which the cube does not show: restoration takes them from the user or estimates them,
+        :meth:`hsivar.restore.Restorer.observe`),
         the classical first estimate from it, and the entries a consistent restoration keeps.
     """
     obs = Observation.detect(lq01)
-    blur = Observation.from_record(record).blur_sigma
-    if blur is not None:
-        obs = obs.replaced(blur_sigma=float(blur))
+    told = Observation.from_record(record)  # what the cube does not show: blur width, haze, exposure
+    obs = obs.replaced(blur_sigma=told.blur_sigma if told.blur_sigma is not None else obs.blur_sigma,
+                       haze=told.haze or None, exposure=told.exposure)
     kept = exact_entries(obs)
     return first_estimate(lq01, obs), (np.zeros(lq01.shape, bool) if kept is None else kept)
 

@@ -13,7 +13,17 @@ Task names and weights (the model's contract) are in :mod:`hsivar.tasks`; the cl
 """
 
 from hsivar.classical import missing_band_mask
-from hsivar.degrade.families import COMPLEX_SIGMAS, FAMILIES, IMPULSE_AMOUNTS, Family, ImagingStep, Level, family
+from hsivar.degrade.families import (
+    COMPLEX_SIGMAS,
+    DEFAULT_TASKS,
+    FAMILIES,
+    IMPULSE_AMOUNTS,
+    Family,
+    ImagingStep,
+    Level,
+    family,
+    weights_in,
+)
 from hsivar.degrade.observation import Observation
 from hsivar.degrade.protocol import (
     ProtocolCase,
@@ -30,6 +40,7 @@ from hsivar.degrade.record import DegradationRecord
 
 __all__ = [
     "COMPLEX_SIGMAS",
+    "DEFAULT_TASKS",
     "FAMILIES",
     "IMPULSE_AMOUNTS",
     "DegradationRecord",
@@ -48,4 +59,5 @@ __all__ = [
     "protocol_cases",
     "sample_training_degradation",
     "test_protocol",
+    "weights_in",
 ]

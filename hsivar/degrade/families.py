@@ -15,7 +15,13 @@ blur       kernel size k in pixels (odd)             9, (15), 21          k ∈ 
 sr         scale factor s (int)                      2, (4), 8            s ∈ {2, 4, 8}
 inpaint    fraction r of voxels removed              0.7, (0.8), 0.9      r ∈ {0.7, 0.8, 0.9}
 bandmiss   fraction r of bands removed               0.1, (0.2), 0.3      r ∈ {0.1, 0.2, 0.3}
+haze       optical depth β of the haze at 550 nm      0.5, (1.0), 1.5      β ~ U(0.4, 1.6)
+lowlight   exposure e (fraction of a normal one)      0.2, (0.1), 0.05     e ~ log-U(0.04, 0.25)
 ========== ========================================= ==================== ===========================
+
+The first six are MP-HSIR's all-in-one protocol (:data:`DEFAULT_TASKS`): the families a model trains on and
+is judged on unless its configuration lists others (``model.dag.tasks``). Haze and low light are the
+RGB all-in-one degradations (RestoreVAR, VarFormer) that are physical for spectral cubes too.
 
 Protocol details (as MP-HSIR's public degradation code synthesises them, differences noted):
 
@@ -34,6 +40,17 @@ Protocol details (as MP-HSIR's public degradation code synthesises them, differe
 * inpaint: independent per-voxel mask, a voxel is removed (set to 0) where ``U(0,1) ≤ r``
   (MP-HSIR keeps ``rand > r``).
 * bandmiss: ``⌊r·C⌋`` bands chosen without replacement and set to 0; metrics score those bands only.
+* haze: the atmospheric scattering model ``I = J·t + A·(1 − t)`` (Koschmieder; the model of dark channel
+  dehazing and of RESIDE's synthetic haze) with transmission ``t_c(x) = exp(−β·(λ_c/550 nm)^(−α)·d(x))``:
+  ``d`` a smooth random density field in [0.3, 1] (a Gaussian-filtered random field, σ a quarter of the image
+  side: haze thickens and thins across a scene), α = :data:`HAZE_ANGSTROM` (haze and aerosol scatter short
+  wavelengths more), airlight ``A ~ U(0.75, 0.95)`` the same in every band (white sky light). Band
+  wavelengths are not known to a degradation: a cube of C ≥ 4 bands is taken to span 400–700 nm evenly in
+  band order (the demo cubes do); 1–3 bands get a spectrally flat transmission (an RGB image's channel
+  order is red first, and RGB haze datasets use one t).
+* lowlight: a short exposure: ``y = e·x^γ + n`` with γ ~ U(1, 1.4) (the camera's tone curve bends dark
+  tones; γ = 1 is a linear sensor) and Poisson–Gaussian noise of variance ``e·x^γ / P + σ_r²``
+  (:data:`LOWLIGHT_PHOTONS` photons at full scale, read noise σ_r = 2/255); not clipped.
 
 Edge cases (any C ≥ 1, any H, W ≥ 1) — choices made where the protocol is silent or degenerate:
 
@@ -58,6 +75,8 @@ the table and builds the record (task, level as given, shape, task weights).
 torch and scipy are imported inside the functions that use them: :mod:`hsivar.tasks` and with it
 :mod:`hsivar.config` and the command line import this table, and should not pay for them.
 
+Levels are parsed and drawn by the functions of :mod:`hsivar.degrade.levels`.
+
 Adding a family: write its function and append its row to :data:`FAMILIES` (and, if it needs a new
 one, its classical method to :mod:`hsivar.classical`). Rows are appended, never reordered: a model
 indexes tasks by position. Models trained before keep their own task list (``DAGConfig.tasks`` in
@@ -78,6 +97,8 @@ from hsivar.classical import (
     BICUBIC,
     BIHARMONIC,
     BLIND_DEBLUR,
+    DARK_CHANNEL,
+    EXPOSURE_STRETCH,
     RICHARDSON_LUCY,
     SPECTRAL_INTERP,
     TV_ADAPTIVE,
@@ -85,26 +106,44 @@ from hsivar.classical import (
     Baseline,
     first_estimate_baseline,
 )
+from hsivar.degrade.levels import (
+    Level,
+    complex_case,
+    draw_choice,
+    draw_log_uniform,
+    draw_uniform,
+    exposure,
+    fraction,
+    nonnegative,
+    odd_size,
+    positive_int,
+)
 from hsivar.degrade.record import DegradationRecord
 from hsivar.kernels import blur_sigma, gaussian_kernel1d
 
 __all__ = [
     "COMPLEX_SIGMAS",
+    "DEFAULT_TASKS",
     "FAMILIES",
+    "HAZE_AIRLIGHT",
+    "HAZE_ANGSTROM",
+    "LOWLIGHT_GAMMA",
+    "LOWLIGHT_PHOTONS",
+    "LOWLIGHT_READ_NOISE",
     "IMPULSE_AMOUNTS",
     "TASKS",
     "Family",
     "Level",
     "ImagingStep",
     "draw_choice",
+    "draw_log_uniform",
     "draw_uniform",
     "family",
+    "haze_band_factors",
     "task_index",
     "task_weights",
+    "weights_in",
 ]
-
-Level = int | float
-"""A family's level in its natural type (see :attr:`Family.parse_level`)."""
 
 COMPLEX_SIGMAS: tuple[float, ...] = (10, 30, 50, 70)
 """Per-band noise levels (0–255 units) of the non-i.i.d. complex noise."""
@@ -112,74 +151,27 @@ COMPLEX_SIGMAS: tuple[float, ...] = (10, 30, 50, 70)
 IMPULSE_AMOUNTS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
 """Salt & pepper rates; one is chosen per image."""
 
+HAZE_ANGSTROM = 1.0
+"""Ångström exponent α of the haze's optical depth, β(λ) ∝ λ^(−α) (≈1 for haze and aerosols; 4 is Rayleigh)."""
+HAZE_AIRLIGHT: tuple[float, float] = (0.75, 0.95)
+"""Range of the airlight A drawn per image ([0, 1] units)."""
+LOWLIGHT_GAMMA: tuple[float, float] = (1.0, 1.4)
+"""Range of the tone curve exponent γ of a low-light image."""
+LOWLIGHT_PHOTONS = 400.0
+"""Photons collected at full scale of a normal exposure (shot noise of a short exposure e: e·x/P variance)."""
+LOWLIGHT_READ_NOISE = 2.0 / 255.0
+"""Read noise σ of the sensor, [0, 1] units."""
+
 
 class ImagingStep(IntEnum):
     """Where a degradation happens in the imaging chain; mixtures apply components in this order."""
 
-    OPTICS = 0
-    SAMPLING = 1
-    SENSOR_NOISE = 2
-    DATA_LOSS = 3
-
-
-# ------------------------------------------------------------------------------------------ level parsing
-
-
-def _nonnegative(level: Any) -> float:
-    """A float ≥ 0."""
-    value = float(level)
-    if not value >= 0:
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _case(level: Any) -> int:
-    """A complex case 1–4, also written ``"case1"``..``"case4"``."""
-    if isinstance(level, str):
-        s = level.lower().removeprefix("case")
-        if s.isdigit():
-            level = int(s)
-    if isinstance(level, (int, np.integer, float)) and float(level) in (1, 2, 3, 4):
-        return int(level)
-    raise ValueError("must be a case 1-4 (or 'case1'..'case4')")
-
-
-def _positive_int(level: Any) -> int:
-    """An integer ≥ 1, given as an int or an integral float."""
-    if isinstance(level, (int, np.integer)) or (isinstance(level, float) and level.is_integer()):
-        if int(level) >= 1:
-            return int(level)
-    raise ValueError("must be a positive integer")
-
-
-def _odd_size(level: Any) -> int:
-    """An odd integer ≥ 1 (a kernel size in pixels)."""
-    size = _positive_int(level)
-    if size % 2 == 0:
-        raise ValueError("must be a positive odd integer (kernel size in pixels)")
-    return size
-
-
-def _fraction(level: Any) -> float:
-    """A fraction in [0, 1]."""
-    value = float(level)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be a fraction in [0, 1]")
-    return value
-
-
-# ------------------------------------------------------------------------------------------ training draws
-
-
-def draw_uniform(levels: Sequence[Level], rng: np.random.Generator) -> float:
-    """A level drawn from U(levels[0], levels[1]) (a continuous range)."""
-    lo, hi = levels
-    return float(rng.uniform(lo, hi))
-
-
-def draw_choice(levels: Sequence[Level], rng: np.random.Generator) -> Level:
-    """One of ``levels``, uniformly."""
-    return levels[int(rng.integers(len(levels)))]
+    ATMOSPHERE = 0
+    OPTICS = 1
+    SAMPLING = 2
+    EXPOSURE = 3
+    SENSOR_NOISE = 4
+    DATA_LOSS = 5
 
 
 # ------------------------------------------------------------------------------------------ families
@@ -291,6 +283,41 @@ def _bandmiss(x: np.ndarray, r: float, rng: np.random.Generator, rec: Degradatio
     return x
 
 
+def haze_band_factors(bands: int) -> np.ndarray:
+    """(C,) float32 optical depth of each band relative to 550 nm, (λ_c/550)^(−α), under the protocol's
+    wavelength convention (C ≥ 4: 400–700 nm evenly in band order; 1–3 bands: flat; see the module notes)."""
+    if bands < 4:
+        return np.ones(bands, np.float32)
+    wl = np.linspace(400.0, 700.0, bands)
+    return ((wl / 550.0) ** -HAZE_ANGSTROM).astype(np.float32)
+
+
+def _haze(x: np.ndarray, beta: float, rng: np.random.Generator, rec: DegradationRecord) -> np.ndarray:
+    """Haze over x (C, H, W): ``x·t + A·(1 − t)``, ``t_c = exp(−β·f_c·d)`` (optical depth β at 550 nm, the band
+    factors f of :func:`haze_band_factors`, a smooth density d in [0.3, 1]; see the module notes)."""
+    from scipy.ndimage import gaussian_filter
+
+    c, h, w = x.shape
+    field = gaussian_filter(rng.standard_normal((h, w)), max(h, w) / 4.0, mode="reflect")
+    span = float(field.max() - field.min())
+    density = 0.3 + 0.7 * ((field - field.min()) / span if span > 0 else np.ones_like(field))
+    factors = haze_band_factors(c)
+    t = np.exp(-beta * factors[:, None, None] * density[None]).astype(np.float32)
+    airlight = np.float32(rng.uniform(*HAZE_AIRLIGHT))
+    rec.haze_beta, rec.airlight = beta, np.full(c, airlight, np.float32)
+    rec.transmission = t
+    return (x * t + airlight * (1.0 - t)).astype(np.float32)
+
+
+def _lowlight(x: np.ndarray, e: float, rng: np.random.Generator, rec: DegradationRecord) -> np.ndarray:
+    """A short exposure e of x (C, H, W): ``e·x^γ`` plus Poisson–Gaussian noise (module notes); not clipped."""
+    gamma = float(rng.uniform(*LOWLIGHT_GAMMA))
+    signal = e * np.clip(x, 0.0, None) ** gamma
+    std = np.sqrt(signal / LOWLIGHT_PHOTONS + LOWLIGHT_READ_NOISE**2)
+    rec.exposure, rec.gamma = e, gamma
+    return (signal + rng.standard_normal(x.shape, dtype=np.float32) * std).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------ the table
 
 
@@ -362,41 +389,64 @@ def _sr_facts(level: Level, bands: int) -> dict[str, Any]:
     return {"sr_scale": int(level)}
 
 
+def _haze_facts(level: Level, bands: int) -> dict[str, Any]:
+    return {"haze": True}
+
+
+def _lowlight_facts(level: Level, bands: int) -> dict[str, Any]:
+    return {"exposure": float(level)}
+
+
 FAMILIES: tuple[Family, ...] = (
-    Family("gaussian", _gaussian, _nonnegative, "σ in 0–255 units (σ/255 on [0, 1] data)",
+    Family("gaussian", _gaussian, nonnegative, "σ in 0–255 units (σ/255 on [0, 1] data)",
            test_levels=(30, 50, 70), middle_level=50, train_levels=(30.0, 70.0), draw_train_level=draw_uniform,
            step=ImagingStep.SENSOR_NOISE, case_format="{name}_{level:g}", record_fields=("sigma",),
            baselines=(first_estimate_baseline("gaussian"), TV_ADAPTIVE, TV_CHAMBOLLE), level_facts=_noise_facts),
     # Training: non-i.i.d. noise plus exactly one extra (cases 2–4); pure non-i.i.d. is never trained.
-    Family("complex", _complex, _case, "case 1–4 (non-i.i.d. noise; + stripes, dead lines, impulse)",
+    Family("complex", _complex, complex_case, "case 1–4 (non-i.i.d. noise; + stripes, dead lines, impulse)",
            test_levels=(1, 2, 3, 4), middle_level=2, train_levels=(2, 3, 4), draw_train_level=draw_choice,
            step=ImagingStep.SENSOR_NOISE, case_format="{name}_case{level:g}",
            record_fields=("band_sigmas", "case", "extra", "affected_bands", "column_mask", "stripe_offsets",
                           "impulse_amount", "impulse_mask"),
            baselines=(first_estimate_baseline("complex"), TV_ADAPTIVE, TV_CHAMBOLLE), level_facts=_complex_facts),
-    Family("blur", _blur, _odd_size, "Gaussian kernel size k in pixels (odd)",
+    Family("blur", _blur, odd_size, "Gaussian kernel size k in pixels (odd)",
            test_levels=(9, 15, 21), middle_level=15, train_levels=(9, 15, 21), draw_train_level=draw_choice,
            step=ImagingStep.OPTICS, case_format="{name}_{level:g}",
            record_fields=("kernel", "kernel_size", "blur_sigma"),
            baselines=(first_estimate_baseline("blur"), BLIND_DEBLUR, RICHARDSON_LUCY), level_facts=_blur_facts),
-    Family("sr", _sr, _positive_int, "integer scale factor s",
+    Family("sr", _sr, positive_int, "integer scale factor s",
            test_levels=(2, 4, 8), middle_level=4, train_levels=(2, 4, 8), draw_train_level=draw_choice,
            step=ImagingStep.SAMPLING, case_format="{name}_{level:g}", record_fields=("scale", "lr_shape"),
            baselines=(first_estimate_baseline("sr"), BICUBIC), level_facts=_sr_facts),
-    Family("inpaint", _inpaint, _fraction, "fraction r of voxels removed",
+    Family("inpaint", _inpaint, fraction, "fraction r of voxels removed",
            test_levels=(0.7, 0.8, 0.9), middle_level=0.8, train_levels=(0.7, 0.8, 0.9), draw_train_level=draw_choice,
            step=ImagingStep.DATA_LOSS, case_format="{name}_{level:g}",
            record_fields=("removed_mask", "removed_fraction"),
            baselines=(first_estimate_baseline("inpaint"), BIHARMONIC)),
-    Family("bandmiss", _bandmiss, _fraction, "fraction r of bands removed",
+    Family("bandmiss", _bandmiss, fraction, "fraction r of bands removed",
            test_levels=(0.1, 0.2, 0.3), middle_level=0.2, train_levels=(0.1, 0.2, 0.3), draw_train_level=draw_choice,
            step=ImagingStep.DATA_LOSS, case_format="{name}_{level:g}", record_fields=("missing_bands",),
            baselines=(first_estimate_baseline("bandmiss"), SPECTRAL_INTERP)),
+    Family("haze", _haze, nonnegative, "optical depth β of the haze at 550 nm",
+           test_levels=(0.5, 1.0, 1.5), middle_level=1.0, train_levels=(0.4, 1.6), draw_train_level=draw_uniform,
+           step=ImagingStep.ATMOSPHERE, case_format="{name}_{level:g}",
+           record_fields=("haze_beta", "airlight", "transmission"),
+           baselines=(first_estimate_baseline("haze"), DARK_CHANNEL), level_facts=_haze_facts),
+    Family("lowlight", _lowlight, exposure, "exposure e, a fraction of a normal exposure",
+           test_levels=(0.2, 0.1, 0.05), middle_level=0.1, train_levels=(0.04, 0.25),
+           draw_train_level=draw_log_uniform, step=ImagingStep.EXPOSURE, case_format="{name}_{level:g}",
+           record_fields=("exposure", "gamma"),
+           baselines=(first_estimate_baseline("lowlight"), EXPOSURE_STRETCH),
+           level_facts=_lowlight_facts),
 )
 """The families in task-embedding order (the model's contract: see :data:`TASKS`)."""
 
 TASKS: tuple[str, ...] = tuple(f.name for f in FAMILIES)
-"""Task family names, in embedding order: the DAG task embeddings and the task classifier index by it."""
+"""Task family names, in table order: degradation records' task weights index by it."""
+
+DEFAULT_TASKS: tuple[str, ...] = ("gaussian", "complex", "blur", "sr", "inpaint", "bandmiss")
+"""MP-HSIR's all-in-one protocol: the families a model is trained and judged on unless its configuration lists
+others (``model.dag.tasks``, whose order is its task embeddings' and classifier's)."""
 
 
 def family(name: str) -> Family:
@@ -418,6 +468,16 @@ def task_index(name: str) -> int:
         return TASKS.index(name)
     except ValueError:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
+
+
+def weights_in(weights: np.ndarray, tasks: Sequence[str]) -> np.ndarray:
+    """Task weights (N,) in :data:`TASKS` order (a degradation record's) → (len(tasks),) float32 in the order of
+    ``tasks`` (a model's own task list, ``model.dag.tasks``).
+
+    Raises:
+        ValueError: ``tasks`` names an unknown family.
+    """
+    return np.asarray(weights, np.float32)[[task_index(t) for t in tasks]]
 
 
 def task_weights(tasks: Sequence[str]) -> np.ndarray:

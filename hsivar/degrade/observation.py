@@ -12,14 +12,16 @@ cube is y = A(x) + n. :class:`Observation` holds what is known about A and n for
 * ``noise_sigma`` — (C,) per-band noise σ in [0, 1] units.
 * ``stripes`` — some bands carry column offsets (complex noise, case 2); None: not known (detection decides),
   False: known to have none (a record or a protocol level says so, and detection does not override it).
+* ``haze`` — y is x seen through haze, ``x·t + A·(1 − t)`` (:mod:`hsivar.dehaze` estimates t and A).
+* ``exposure`` — y is a short exposure, about ``exposure``·x plus shot and read noise (:mod:`hsivar.exposure`).
 
 It comes from the degradation record (training, evaluation with the true task, a user who says so:
 :meth:`Observation.from_record`), from a file's metadata or a request (nodata, bad bands, a mask:
 :meth:`Observation.merge`), and in blind ``auto`` mode from the cube itself (:meth:`Observation.detect`):
 bands that are zero everywhere, voxels that hold exactly 0, 1 or the cube's minimum or maximum when many do
 (removed, impulse-hit or saturated entries), pixel replication in s×s blocks, and each band's noise σ from its finest
-diagonal Haar coefficients (Donoho's median absolute deviation estimator). A blur cannot be told from
-the cube by these rules; the model's task classifier estimates it (:mod:`hsivar.restore`).
+diagonal Haar coefficients (Donoho's median absolute deviation estimator). A blur, haze or a short exposure cannot
+be told from the cube by these rules; the model's task classifier weighs them (:mod:`hsivar.restore`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ IID_NOISE_CV, NON_IID_NOISE_CV = 0.12, 0.25
 """Coefficients of variation of the per-band noise σ below which noise reads as i.i.d. (gaussian) and above which
 as band-dependent (complex); between both, either."""
 
+DARK_LEVEL = 0.35
+"""A noisy cube whose 99.5th percentile ([0, 1] units) is below this may be a short exposure (low light)."""
+
 SATURATED_FRACTION = 1e-3
 """Exact minimum / maximum values count as unobserved entries when they hold more than this fraction of the
 cube's voxels (a clean normalised cube has one voxel at each extreme)."""
@@ -59,6 +64,13 @@ class Observation:
     stripes: bool | None = None
     source: dict[str, str] = field(default_factory=dict)
     plausible: tuple[str, ...] | None = None
+    haze: bool | None = None
+    exposure: float | None = None
+
+    @property
+    def underexposed(self) -> bool:
+        """Whether a short exposure is known or estimated (``exposure`` below 1)."""
+        return self.exposure is not None and self.exposure < 1.0
 
     @property
     def observed(self) -> np.ndarray:
@@ -95,7 +107,9 @@ class Observation:
                            self.blur_sigma if self.blur_sigma is not None else other.blur_sigma, noise,
                            self.stripes if self.stripes is not None else other.stripes,
                            {**other.source, **self.source},
-                           self.plausible if self.plausible is not None else other.plausible)
+                           self.plausible if self.plausible is not None else other.plausible,
+                           self.haze if self.haze is not None else other.haze,
+                           self.exposure if self.exposure is not None else other.exposure)
 
     def with_missing(self, mask: np.ndarray, source: str) -> Observation:
         """This observation with the (C, H, W) bool ``mask`` of entries known to be unobserved added."""
@@ -106,7 +120,8 @@ class Observation:
         return {"shape": list(self.shape), "sr_scale": self.sr_scale, "blur_sigma": self.blur_sigma,
                 "noise_sigma": None if self.noise_sigma is None else [float(v) for v in self.noise_sigma],
                 "stripes": self.stripes, "source": dict(self.source),
-                "plausible": None if self.plausible is None else list(self.plausible)}
+                "plausible": None if self.plausible is None else list(self.plausible),
+                "haze": self.haze, "exposure": self.exposure}
 
     @classmethod
     def from_facts(cls, facts: dict[str, Any], missing: np.ndarray | None = None) -> Observation:
@@ -115,7 +130,8 @@ class Observation:
         return cls(tuple(facts["shape"]), missing, facts.get("sr_scale"), facts.get("blur_sigma"),  # type: ignore[arg-type]
                    None if noise is None else np.asarray(noise, np.float32), facts.get("stripes"),
                    dict(facts.get("source") or {}),
-                   None if facts.get("plausible") is None else tuple(facts["plausible"]))
+                   None if facts.get("plausible") is None else tuple(facts["plausible"]),
+                   facts.get("haze"), facts.get("exposure"))
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts: fraction of unobserved entries, missing bands, sr scale, blur σ, mean noise σ."""
@@ -124,7 +140,7 @@ class Observation:
                 "blur_sigma": self.blur_sigma, "stripes": self.stripes,
                 "noise_sigma": float(np.mean(self.noise_sigma)) if self.noise_sigma is not None else None,
                 "plausible_tasks": None if self.plausible is None else list(self.plausible),
-                "source": dict(self.source)}
+                "haze": self.haze, "exposure": self.exposure, "source": dict(self.source)}
 
     # ------------------------------------------------------------------------------------------ sources
 
@@ -158,6 +174,9 @@ class Observation:
             obs.sr_scale = int(record.scale)
         if record.blur_sigma is not None:
             obs.blur_sigma = float(record.blur_sigma)
+        obs.haze = record.haze_beta is not None
+        if record.exposure is not None:
+            obs.exposure = float(record.exposure)
         return obs
 
     @classmethod
@@ -192,6 +211,9 @@ class Observation:
         if noise:  # the families this cube's own signs point to; entries a file or caller marked do not count
             shown = obs if known is None or obs.missing is None else obs.replaced(missing=obs.missing & ~known)
             obs.plausible = shown.plausible_tasks()
+            if obs.plausible and obs.plausible[0] in ("gaussian", "complex") and rest.any() \
+                    and float(np.quantile(x[rest], 0.995)) < DARK_LEVEL:
+                obs.plausible = (*obs.plausible, "lowlight")  # noise on a dark cube: a short exposure, perhaps
         return obs
 
     def plausible_tasks(self) -> tuple[str, ...] | None:
@@ -204,9 +226,10 @@ class Observation:
         a few saturated pixels are no inpainting task; the protocol removes 70–90 %); then
         noise alone → gaussian when its σ is nearly the same in every band, complex when it varies (the
         coefficient of variation of the band σ: below :data:`IID_NOISE_CV` gaussian, above
-        :data:`NON_IID_NOISE_CV` complex, between both) or shows stripes; nothing → blur (or a clean cube, which
-        the blur path with the model's width estimate leaves nearly unchanged). Mixtures are not told apart:
-        pass them as a mixture.
+        :data:`NON_IID_NOISE_CV` complex, between both) or shows stripes (and in :meth:`detect`, noise on a cube
+        darker than :data:`DARK_LEVEL` → low light too); nothing → blur, haze or low light (or a clean cube, which
+        the blur path leaves nearly unchanged when no blur shows). Mixtures are not told apart: pass them as a
+        mixture.
         """
         if self.sr_scale:
             return ("sr",)
@@ -225,7 +248,7 @@ class Observation:
             if self.stripes or cv > NON_IID_NOISE_CV:
                 return ("complex",)
             return ("gaussian",) if cv < IID_NOISE_CV else ("gaussian", "complex")
-        return ("blur",)
+        return ("blur", "haze", "lowlight")
 
     def replaced(self, **changes: Any) -> Observation:
         """A copy with some fields replaced (e.g. ``blur_sigma`` estimated by the model)."""

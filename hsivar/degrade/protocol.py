@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from hsivar.degrade.families import FAMILIES, Family, Level, family, task_index, task_weights
+from hsivar.degrade.families import DEFAULT_TASKS, FAMILIES, Family, Level, family, task_index, task_weights
 from hsivar.degrade.observation import Observation
 from hsivar.degrade.record import DegradationRecord
 
@@ -136,22 +136,29 @@ def degrade_mixture(
 
 
 def sample_training_degradation(
-    cube: np.ndarray | torch.Tensor, rng: np.random.Generator
+    cube: np.ndarray | torch.Tensor, rng: np.random.Generator, tasks: Sequence[str] = DEFAULT_TASKS
 ) -> tuple[np.ndarray | torch.Tensor, DegradationRecord]:
     """Draw one training degradation (MP-HSIR's ``de_id``) and apply it.
 
-    The family is uniform over :data:`~hsivar.degrade.families.FAMILIES`; its level is drawn by the
-    row's ``draw_train_level`` from its ``train_levels`` (gaussian σ ~ U(30, 70) in 0–255 units;
-    complex cases 2–4; the other families one of their test levels).
+    The family is uniform over ``tasks`` (a model's own list, ``model.dag.tasks``; default MP-HSIR's six); its level
+    is drawn by the row's ``draw_train_level`` from its ``train_levels`` (gaussian σ ~ U(30, 70) in 0–255 units;
+    complex cases 2–4; haze β ~ U(0.4, 1.6); low-light exposure log-uniform in (0.04, 0.25); the other families one
+    of their test levels).
 
     Args:
         cube: clean cube (C, H, W) in [0, 1] (numpy or torch).
         rng: source of randomness.
+        tasks: the families to draw from.
 
     Returns:
         ``(degraded, record)`` as :func:`degrade`.
+
+    Raises:
+        ValueError: ``tasks`` is empty or names an unknown family.
     """
-    fam = FAMILIES[int(rng.integers(len(FAMILIES)))]
+    if not tasks:
+        raise ValueError("sample_training_degradation needs at least one task")
+    fam = family(tasks[int(rng.integers(len(tasks)))])
     level = fam.draw_train_level(fam.train_levels, rng)
     return degrade(cube, fam.name, level, rng)
 
@@ -165,28 +172,40 @@ class ProtocolCase:
     name: str
 
 
-def test_protocol() -> tuple[ProtocolCase, ...]:
-    """Every (task, level) pair of the test protocol, in table order, each family's ``test_levels`` in turn.
+def _families(tasks: Sequence[str]) -> list[Family]:
+    """The rows of ``tasks`` in table order (a model's list may be in any order)."""
+    wanted = {family(t).name for t in tasks}
+    return [f for f in FAMILIES if f.name in wanted]
+
+
+def test_protocol(tasks: Sequence[str] = DEFAULT_TASKS) -> tuple[ProtocolCase, ...]:
+    """Every (task, level) pair of the test protocol of the families ``tasks`` (default MP-HSIR's six), in table
+    order, each family's ``test_levels`` in turn.
 
     For the six families: 19 cases, gaussian 30/50/70, complex case1–4, blur 9/15/21, sr 2/4/8,
-    inpaint 0.7/0.8/0.9, bandmiss 0.1/0.2/0.3.
+    inpaint 0.7/0.8/0.9, bandmiss 0.1/0.2/0.3; haze 0.5/1/1.5 and lowlight 0.2/0.1/0.05 add 6.
+
+    Raises:
+        ValueError: ``tasks`` names an unknown family.
     """
-    return tuple(ProtocolCase(f.name, lvl, f.case_name(lvl)) for f in FAMILIES for lvl in f.test_levels)
+    return tuple(ProtocolCase(f.name, lvl, f.case_name(lvl)) for f in _families(tasks) for lvl in f.test_levels)
 
 
 test_protocol.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name
 
 
-def protocol_cases(levels: Literal["all", "middle"] = "all") -> tuple[ProtocolCase, ...]:
-    """The test protocol's cases: all of them (:func:`test_protocol`), or each family's middle level.
+def protocol_cases(levels: Literal["all", "middle"] = "all",
+                   tasks: Sequence[str] = DEFAULT_TASKS) -> tuple[ProtocolCase, ...]:
+    """The test protocol's cases of the families ``tasks`` (a model's ``dag.tasks``; default MP-HSIR's six): all of
+    them (:func:`test_protocol`), or each family's middle level.
 
     Raises:
-        ValueError: ``levels`` is neither ``"all"`` nor ``"middle"``.
+        ValueError: ``levels`` is neither ``"all"`` nor ``"middle"``, or ``tasks`` names an unknown family.
     """
     if levels == "all":
-        return test_protocol()
+        return test_protocol(tasks)
     if levels == "middle":
-        return tuple(ProtocolCase(f.name, f.middle_level, f.case_name(f.middle_level)) for f in FAMILIES)
+        return tuple(ProtocolCase(f.name, f.middle_level, f.case_name(f.middle_level)) for f in _families(tasks))
     raise ValueError(f"levels must be 'all' or 'middle', got {levels!r}")
 
 

@@ -42,6 +42,11 @@ class DegradationRecord:
         removed_mask: inpaint, (C, H, W) bool, True where the voxel was removed (set to 0).
         removed_fraction: inpaint r (target fraction removed).
         missing_bands: bandmiss, sorted int64 indices of the zeroed bands (mixtures: the union).
+        haze_beta: haze, the optical depth β at 550 nm.
+        airlight: haze, (C,) float32 airlight A per band.
+        transmission: haze, (C, H, W) float32 transmission t of each band.
+        exposure: lowlight, the exposure e (a fraction of a normal one).
+        gamma: lowlight, the tone curve exponent γ.
         components: mixture, the component records in the order applied.
     """
 
@@ -66,6 +71,11 @@ class DegradationRecord:
     removed_mask: np.ndarray | None = None
     removed_fraction: float | None = None
     missing_bands: np.ndarray | None = None
+    haze_beta: float | None = None
+    airlight: np.ndarray | None = None
+    transmission: np.ndarray | None = None
+    exposure: float | None = None
+    gamma: float | None = None
     components: tuple[DegradationRecord, ...] = field(default_factory=tuple)
 
     @property

@@ -12,13 +12,13 @@ fitted again) and metadata saying where it came from. The input model is never c
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from hsivar.calibrate import CalibrationExample, CalibrationFit, calibrate
-from hsivar.degrade import protocol_cases
+from hsivar.degrade import DEFAULT_TASKS, protocol_cases
 from hsivar.publish import load_published, save_published
 from hsivar.restore import Restorer
 from hsivar_platform import storage
@@ -32,11 +32,13 @@ def _location(uri: str) -> str:
 
 
 def calibration_examples(files: list[str], levels: str, *, bands: int, crop: int | None,
-                         norm_window: int | None = None) -> list[CalibrationExample]:
-    """The seeded protocol's cases (``levels``: ``all`` or ``middle``) on ``files``, as calibration examples
-    ((C, H, W) in [0, 1]; cubes that cannot be read are left out with a warning, as in validation)."""
+                         norm_window: int | None = None,
+                         tasks: Sequence[str] = DEFAULT_TASKS) -> list[CalibrationExample]:
+    """The seeded protocol's cases (``levels``: ``all`` or ``middle``) of the families ``tasks`` (the model's) on
+    ``files``, as calibration examples ((C, H, W) in [0, 1]; cubes that cannot be read are left out with a warning,
+    as in validation)."""
     rows = [degrade_case(r, bands=bands, crop=crop, norm_window=norm_window)
-            for r in protocol_rows(files, protocol_cases(levels))]  # type: ignore[arg-type]
+            for r in protocol_rows(files, protocol_cases(levels, tasks))]  # type: ignore[arg-type]
     return [CalibrationExample(np.asarray(r["degraded"], np.float32), np.asarray(r["clean"], np.float32),
                                str(r["task"]), float(r["level"]), np.asarray(r["band_mask"], bool))
             for r in rows if r is not None]
@@ -66,7 +68,7 @@ def calibrate_published(model_uri: str, data_uri: str, out: str, *, levels: str 
     model, doc = load_published(resolve_model(pinned))
     restorer = Restorer(model)
     files = list_cubes(data_uri)[: max_cubes or None]
-    examples = calibration_examples(files, levels, bands=restorer.bands, crop=crop)
+    examples = calibration_examples(files, levels, bands=restorer.bands, crop=crop, tasks=restorer.tasks)
     echo(f"[hsivar] calibrating {pinned} on {len(examples)} example(s) from {len(files)} cube(s) under {data_uri}")
     fit = calibrate(restorer, examples, fit_trust=fit_trust)
     for task, cov in fit.coverage.items():

@@ -33,7 +33,7 @@ import numpy as np
 
 from hsivar.degrade import ProtocolCase, case_level, degrade_for_test, sample_training_degradation
 from hsivar.io import cube_shape, read_cube, split_listing
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS, weights_in
 from hsivar.tiling import tile_starts
 from hsivar_platform import storage
 from hsivar_platform.console import WORKER_TAG
@@ -193,15 +193,17 @@ def read_crops(batch: dict[str, np.ndarray], *, bands: int, tile: int, crops_per
     return {"hq": np.stack(crops)}
 
 
-def degrade_batch(batch: dict[str, np.ndarray], *, estimate: bool = False) -> dict[str, np.ndarray]:
+def degrade_batch(batch: dict[str, np.ndarray], *, tasks: Sequence[str] = DEFAULT_TASKS,
+                  estimate: bool = False) -> dict[str, np.ndarray]:
     """Apply the training degradation sampler to each clean crop.
 
     Args:
+        tasks: the families drawn from (the model's ``dag.tasks``), in the order of the weights returned.
         estimate: also compute each example's classical first estimate and kept entries
             (:func:`hsivar.training.example_estimate`), for models with ``first_estimate``.
     Returns:
         ``hq`` (N, C, S, S) and ``lq`` (N, C, S, S) float32 — clean in [0, 1], degraded (may leave
-        [0, 1]: noise is not clipped) — ``task_weights`` (N, T) float32 (one-hot over the T task families)
+        [0, 1]: noise is not clipped) — ``task_weights`` (N, T) float32 (one-hot over the T families of ``tasks``)
         and with ``estimate`` ``x0`` (N, C, S, S) float32 and ``kept`` (N, C, S, S) uint8.
     """
     from hsivar.training import example_estimate
@@ -210,24 +212,24 @@ def degrade_batch(batch: dict[str, np.ndarray], *, estimate: bool = False) -> di
     rng = np.random.default_rng()
     cols: dict[str, list[np.ndarray]] = {"lq": [], "task_weights": [], "x0": [], "kept": []}
     for crop in hq:
-        degraded, record = sample_training_degradation(crop, rng)
+        degraded, record = sample_training_degradation(crop, rng, tasks)
         lq = np.asarray(degraded, dtype=np.float32)
         cols["lq"].append(lq)
-        cols["task_weights"].append(record.weights.astype(np.float32))
+        cols["task_weights"].append(weights_in(record.weights, tasks))
         if estimate:
             x0, kept = example_estimate(lq, record)
             cols["x0"].append(x0)
             cols["kept"].append(kept.astype(np.uint8))
     names = ("lq", "task_weights", *(("x0", "kept") if estimate else ()))
     if not cols["lq"]:
-        empty = {"lq": hq.copy(), "task_weights": np.zeros((0, len(TASKS)), np.float32),
+        empty = {"lq": hq.copy(), "task_weights": np.zeros((0, len(tasks)), np.float32),
                  "x0": hq.copy(), "kept": hq.astype(np.uint8)}
         return {"hq": hq, **{k: empty[k] for k in names}}
     return {"hq": hq, **{k: np.stack(cols[k]) for k in names}}
 
 
 def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: int,
-                     estimate: bool = False) -> ray.data.Dataset:
+                     tasks: Sequence[str] = DEFAULT_TASKS, estimate: bool = False) -> ray.data.Dataset:
     """The streaming training dataset of ``files`` (see the module docstring).
 
     Args:
@@ -235,6 +237,7 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
         data: windows, crops, augmentation, normalisation.
         bands: the model's band count (other counts are skipped with a warning).
         tile: the model's tile side S (``cfg.vqvae.image_size``).
+        tasks: the degradation families (the model's ``dag.tasks``).
     Returns:
         A Ray Dataset of rows ``hq`` (C, S, S), ``lq`` (C, S, S) float32, ``task_weights`` (T,) (T task families);
         with ``estimate`` (models with ``first_estimate``) also ``x0`` (C, S, S) and ``kept`` (C, S, S).
@@ -249,7 +252,8 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
                         fn_kwargs={"bands": bands, "tile": tile, "crops_per_window": data.crops_per_window,
                                    "augment": data.dihedral, "value_range": data.value_range,
                                    "gain": data.gain})
-    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8), fn_kwargs={"estimate": estimate})
+    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8),
+                          fn_kwargs={"tasks": tuple(tasks), "estimate": estimate})
 
 
 # ------------------------------------------------------------------------------------------ protocol
@@ -277,7 +281,8 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
     the training window, so tiles are scaled as in training), then the centre ``crop``² is kept.
 
     Returns:
-        The row plus ``clean`` and ``degraded`` (C, H, W) float32, ``task_weights`` (T,),
+        The row plus ``clean`` and ``degraded`` (C, H, W) float32, ``task_weights`` (T,) in :data:`~hsivar.tasks.TASKS`
+        order,
         ``band_mask`` (C,) bool (the bands scored: the missing ones for bandmiss, else all) and
         ``ergas_ratio`` (1/s for sr, else 1); None (with a warning) when the cube cannot be used.
     """

@@ -13,7 +13,7 @@ from hsivar.config import ModelConfig
 from hsivar.degrade import DegradationRecord
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 from hsivar.training import Batch
 
 TINY_BANDS = 8
@@ -64,8 +64,8 @@ def _noisy_batch(hq: torch.Tensor, sigma255: float, seed: int) -> Batch:
 
     g = torch.Generator().manual_seed(seed)
     lq = hq + torch.randn(hq.shape, generator=g) * sigma255 / 255
-    w = torch.zeros(hq.shape[0], len(TASKS))
-    w[:, TASKS.index("gaussian")] = 1
+    w = torch.zeros(hq.shape[0], len(DEFAULT_TASKS))
+    w[:, DEFAULT_TASKS.index("gaussian")] = 1
     record = _gaussian_record(tuple(hq.shape[1:]), sigma255)
     pairs = [example_estimate(x.numpy(), record) for x in lq]
     x0 = torch.from_numpy(np.stack([p[0] for p in pairs]))

@@ -14,7 +14,7 @@ from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 from hsivar.restore import Restorer
 from hsivar.synth import make_cube
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 
 
 def _model() -> HSIVAR:
@@ -31,20 +31,20 @@ def test_the_chosen_trust_is_never_worse_than_the_first_estimate_in_psnr_or_sam(
     examples = [CalibrationExample(degrade_for_test(clean, t, lvl)[0], clean, t, lvl)
                 for t, lvl in (("inpaint", 0.8), ("sr", 2), ("gaussian", 50))]
     fit = calibrate(restorer, examples)
-    assert fit.examples == {**dict.fromkeys(TASKS, 0), "inpaint": 1, "sr": 1, "gaussian": 1}
+    assert fit.examples == {**dict.fromkeys(DEFAULT_TASKS, 0), "inpaint": 1, "sr": 1, "gaussian": 1}
     assert restorer.cfg.fusion.trust == fit.trust and set(fit.scores) == {"inpaint", "sr", "gaussian"}
-    assert fit.trust[TASKS.index("bandmiss")] == 1.0  # no example: left alone
+    assert fit.trust[DEFAULT_TASKS.index("bandmiss")] == 1.0  # no example: left alone
     for ex in examples:
-        i = TASKS.index(ex.task)
+        i = DEFAULT_TASKS.index(ex.task)
         scored = {}
         for tau in (0.0, fit.trust[i]):
-            restorer.model.set_trust(tuple(tau if j == i else 1.0 for j in range(len(TASKS))))
+            restorer.model.set_trust(tuple(tau if j == i else 1.0 for j in range(len(DEFAULT_TASKS))))
             out = restorer.restore(ex.degraded, ex.task, value_range=(0.0, 1.0)).cube
             scored[tau] = (psnr(out, ex.clean), sam(out, ex.clean))
         (p0, a0), (p1, a1) = scored[0.0], scored[fit.trust[i]]
         assert p1 >= p0 - 1e-6 and a1 <= a0 + 1e-6  # restored again: as good as x0 in both metrics
         assert fit.scores[ex.task]["chosen"][0] >= fit.scores[ex.task]["first_estimate"][0]
-    assert fit.trust[TASKS.index("inpaint")] < 0.5  # a constant offset on the missing voxels is mostly dropped
+    assert fit.trust[DEFAULT_TASKS.index("inpaint")] < 0.5  # a constant offset on the missing voxels is mostly dropped
 
 
 def test_a_correction_is_trusted_only_when_its_gain_clears_the_spread() -> None:
@@ -88,8 +88,8 @@ def test_a_model_without_a_first_estimate_gets_an_uncertainty_and_keeps_its_trus
     restorer = Restorer(HSIVAR(cfg.model_copy(update={"first_estimate": False})))
     clean = make_cube(seed=2, size=32, bands=8)[0]
     fit = calibrate(restorer, [CalibrationExample(degrade_for_test(clean, "gaussian", 50)[0], clean, "gaussian", 50)])
-    assert fit.trust == (1.0,) * len(TASKS) and fit.scores == {}
-    assert restorer.calibrated and len(restorer.cfg.uncertainty.coefficients) == len(TASKS)
+    assert fit.trust == (1.0,) * len(DEFAULT_TASKS) and fit.scores == {}
+    assert restorer.calibrated and len(restorer.cfg.uncertainty.coefficients) == len(DEFAULT_TASKS)
     with pytest.raises(ValueError, match="no example"):
         calibrate(restorer, [])
 
@@ -107,8 +107,8 @@ def test_the_calibrated_error_bar_covers_held_out_entries_and_travels_with_the_p
         np.testing.assert_array_equal(blind, restorer.restore(ex.degraded, "auto", value_range=(0.0, 1.0)).cube)
     for t in ("gaussian", "inpaint"):
         assert 0.94 <= fit.coverage[t]["cover_2sigma"] <= 0.96  # the conformal scale, on the fit's own entries
-    assert fit.examples["sr"] == 0 and fit.uncertainty[TASKS.index("sr")] == tuple(
-        max(fit.uncertainty[TASKS.index(t)][j] for t in ("gaussian", "inpaint")) for j in range(5))
+    assert fit.examples["sr"] == 0 and fit.uncertainty[DEFAULT_TASKS.index("sr")] == tuple(
+        max(fit.uncertainty[DEFAULT_TASKS.index(t)][j] for t in ("gaussian", "inpaint")) for j in range(5))
     held_out = cubes[2]
     degraded = degrade_for_test(held_out, "gaussian", 50, index=9)[0]
     out = restorer.restore(degraded, "gaussian", value_range=(0.0, 1.0))  # one greedy decoding
@@ -128,7 +128,7 @@ def test_tau_zero_without_the_model_equals_the_model_at_tau_zero() -> None:
 
     restorer = Restorer(_model())
     clean = make_cube(seed=7, size=40, bands=8)[0]  # two tiles a side: blended
-    n = len(TASKS)
+    n = len(DEFAULT_TASKS)
     for task, level in (("sr", 4), ("blur", 15), ("gaussian", 70)):
         degraded = degrade_for_test(clean, task, level)[0]
         got = _restore(restorer, CalibrationExample(degraded, clean, task, level)).r0

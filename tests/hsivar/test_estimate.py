@@ -83,7 +83,7 @@ def test_sr_denoise_and_deblur_each_improve_on_their_input(clean: np.ndarray) ->
 
 
 @pytest.mark.parametrize("task,level", [("gaussian", 30), ("complex", 2), ("complex", 4), ("blur", 9), ("sr", 2),
-                                        ("inpaint", 0.7), ("bandmiss", 0.3)])
+                                        ("inpaint", 0.7), ("bandmiss", 0.3), ("haze", 1.0), ("lowlight", 0.1)])
 def test_the_first_estimate_beats_the_degraded_input(clean: np.ndarray, task: str, level: float) -> None:
     degraded, rec = degrade_for_test(clean, task, level)
     obs = observation_of_level(task, level, degraded.shape).merge(Observation.detect(degraded))
@@ -94,7 +94,7 @@ def test_the_first_estimate_beats_the_degraded_input(clean: np.ndarray, task: st
     if task in ("inpaint", "bandmiss"):
         assert kept is not None and np.array_equal(x0[kept], degraded[kept])
     else:
-        assert kept is None  # noisy, blurred or resampled: no entry was observed exactly
+        assert kept is None  # noisy, blurred, resampled, hazy or dark: no entry was observed exactly
 
 
 def test_back_projection_makes_the_estimate_agree_with_the_low_resolution_grid(clean: np.ndarray) -> None:
@@ -135,3 +135,28 @@ def test_fill_does_not_mix_bands_at_its_finest_scales() -> None:
     filled = fill_missing(np.where(observed, cube, 0.0).astype(np.float32), observed)
     assert np.array_equal(filled[observed], cube[observed])
     np.testing.assert_allclose(filled, cube, atol=1e-6)
+
+
+def test_dehazing_reads_the_airlight_and_each_bands_transmission(clean: np.ndarray) -> None:
+    """The dark channel prior recovers most of a haze's transmission, per band (short wavelengths scatter more)."""
+    from hsivar.dehaze import airlight, dark_channel, dehaze, transmission
+
+    hazy, rec = degrade_for_test(clean, "haze", 1.0)
+    light = airlight(hazy, dark_channel(hazy))
+    assert np.all((light >= 0.6 * rec.airlight) & (light <= 1.1 * rec.airlight))
+    t = transmission(hazy, light)
+    assert t.shape == clean.shape and t.min() >= 0.1 and t.max() <= 1.0
+    assert t[0].mean() < t[-1].mean()  # the first (bluest) band sees less through the haze, as in the record
+    assert np.corrcoef(t[8].ravel(), rec.transmission[8].ravel())[0, 1] > 0.5
+    out = dehaze(hazy)
+    assert psnr(out, clean) > psnr(hazy, clean) + 5.0
+
+
+def test_a_short_exposure_is_read_from_the_cube_and_undone() -> None:
+    from hsivar.exposure import REFERENCE_BRIGHTNESS, correct_exposure, estimate_exposure
+
+    scene = np.random.default_rng(0).random((4, 32, 32), dtype=np.float32) * REFERENCE_BRIGHTNESS / 0.995
+    assert estimate_exposure(scene) == pytest.approx(1.0, abs=0.01)
+    assert estimate_exposure(0.1 * scene) == pytest.approx(0.1, rel=0.02)
+    assert estimate_exposure(2 * scene) == 1.0  # brighter than a normal scene: nothing to undo
+    np.testing.assert_allclose(correct_exposure(0.1 * scene, 0.1), scene, rtol=1e-5)

@@ -202,15 +202,15 @@ def test_blind_blur_gets_its_width_from_the_cube(tiny_model: HSIVAR) -> None:
     cube = degrade_for_test(make_cube(seed=4, size=48, bands=8)[0], "blur", 15)[0]
     prep = restorer.prepare(cube, 8, value_range=(0.0, 1.0))
     assert prep.observation.blur_sigma is None
-    blind = restorer.observe_blur(prep, "blur")
+    blind = restorer.observe(prep, "blur")
     sigma = blind.observation.blur_sigma
     assert sigma and 1.5 < sigma < 2.8 and blind.observation.source["blur_sigma"] == "estimated"  # true 2.6 px
     expected = first_estimate(cube, Observation.detect(cube).replaced(blur_sigma=sigma))
     np.testing.assert_allclose(blind.estimate01[:, :48, :48].numpy(), expected, atol=1e-6)
-    assert restorer.observe_blur(prep, "gaussian") is prep
-    assert restorer.observe_blur(prep, {"gaussian": 1.0}) is prep
+    assert restorer.observe(prep, "gaussian") is prep
+    assert restorer.observe(prep, {"gaussian": 1.0}) is prep
     known = restorer.prepare(cube, 8, value_range=(0.0, 1.0), observation=Observation(cube.shape, blur_sigma=2.6))
-    assert restorer.observe_blur(known, "blur") is known
+    assert restorer.observe(known, "blur") is known
     out = restorer.restore(cube, "blur", value_range=(0.0, 1.0))
     assert out.observation["blur_sigma"] == pytest.approx(sigma)
 
@@ -228,3 +228,41 @@ def test_auto_restores_among_the_families_the_cube_leaves_plausible(tiny_model: 
     assert restorer.resolve_task(prep, "gaussian") == "gaussian"  # a task given is a task taken
     out = restorer.restore(degraded, "auto", value_range=(0.0, 1.0))
     assert out.task_weights["bandmiss"] == pytest.approx(1.0) and out.observation["plausible_tasks"] == ["bandmiss"]
+
+
+def test_observe_reads_haze_and_an_exposure_for_a_model_that_knows_them() -> None:
+    """A model trained on haze and low light (``dag.tasks``): the exposure is read from the cube and the first estimate
+    brightened by it; haze switches the dark channel step on. A model of MP-HSIR's six families leaves both alone."""
+    from hsivar.config import ModelConfig
+    from hsivar.degrade import degrade_for_test
+    from hsivar.metrics import psnr
+    from hsivar.presets import preset
+    from hsivar.synth import make_cube
+    from hsivar.tasks import TASKS
+
+    base = preset("tiny", bands=8)
+    cfg = ModelConfig.model_validate({**base.model_dump(), "dag": {**base.dag.model_dump(), "tasks": TASKS}})
+    torch.manual_seed(0)
+    restorer, six = Restorer(HSIVAR(cfg).eval()), Restorer(HSIVAR(base).eval())
+    clean = make_cube(seed=5, size=48, bands=8)[0]
+    clean = (clean - clean.min()) / (clean.max() - clean.min())
+
+    dark = degrade_for_test(clean, "lowlight", 0.1)[0]
+    prep = restorer.prepare(dark, 8, value_range=(0.0, 1.0))
+    assert restorer.unobserved(prep) == ("blur", "haze", "lowlight") and six.unobserved(prep) == ("blur",)
+    seen = restorer.observe(prep, "lowlight")
+    assert 0.04 < seen.observation.exposure < 0.3 and seen.observation.source["exposure"] == "estimated"
+    assert seen.observation.haze is None and seen.observation.blur_sigma is None
+    x0 = seen.estimate01[:, :48, :48].numpy()
+    assert psnr(x0, clean) > psnr(dark, clean) + 5
+    bright = restorer.prepare(clean, 8, value_range=(0.0, 1.0))
+    assert restorer.observe(bright, "lowlight") is bright  # as bright as a normal scene: nothing to correct
+
+    hazy = degrade_for_test(clean, "haze", 1.0)[0]
+    prep = restorer.prepare(hazy, 8, value_range=(0.0, 1.0))
+    seen = restorer.observe(prep, {"haze": 0.5, "sr": 0.5})
+    assert seen.observation.haze and seen.observation.exposure is None
+    assert psnr(seen.estimate01[:, :48, :48].numpy(), clean) > psnr(hazy, clean) + 3
+    assert restorer.observe(prep, "gaussian") is prep
+    out = restorer.restore(hazy, "haze", value_range=(0.0, 1.0))
+    assert out.observation["haze"] and out.kept is None or not out.kept.any()

@@ -12,7 +12,7 @@ from hsivar.losses import ssim_per_band
 from hsivar.metrics import psnr
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 from hsivar.training import STAGES, fit, stage3_task_weights, stage_loss, trainable_parameters
 
 
@@ -142,7 +142,7 @@ def test_overfit_autoregressive_restoration_beats_the_degraded_input(overfit_run
     assert psnr(restored, batch.hq) > psnr(unrefined, batch.hq), (psnr(restored, batch.hq), psnr(unrefined, batch.hq))
     # the task classifier learnt the (single) training task
     auto = model.restore(batch.lq, task="auto", estimate01=batch.x0)
-    assert (auto.task_weights.argmax(-1) == TASKS.index("gaussian")).all()
+    assert (auto.task_weights.argmax(-1) == DEFAULT_TASKS.index("gaussian")).all()
 
 
 def test_stage1_reads_no_first_estimate(smooth_cubes: Callable, noisy_batch: Callable) -> None:
@@ -162,3 +162,26 @@ def test_stage1_reads_no_first_estimate(smooth_cubes: Callable, noisy_batch: Cal
         with_x0 = stage_loss(model, "vqvae", batch, torch.Generator().manual_seed(0)).loss
         without = stage_loss(model, "vqvae", replace(batch, x0=None, kept=None), torch.Generator().manual_seed(0)).loss
     assert torch.equal(with_x0, without)
+
+
+@pytest.mark.parametrize(("task", "level"), [("haze", 1.0), ("lowlight", 0.1)])
+def test_a_training_example_of_haze_or_low_light_starts_from_the_estimate_restoration_computes(
+        task: str, level: float) -> None:
+    """The record tells what the cube does not show (haze, the exposure), as the user or ``Restorer.observe`` does at
+    restoration; the example's first estimate is the classical one with those facts, and nothing counts as kept."""
+    import numpy as np
+
+    from hsivar.degrade import Observation, degrade_for_test
+    from hsivar.estimate import first_estimate
+    from hsivar.synth import make_cube
+    from hsivar.training import example_estimate
+
+    clean = make_cube(seed=2, size=32, bands=8)[0]
+    lq, rec = degrade_for_test(clean, task, level)
+    x0, kept = example_estimate(lq, rec)
+    told = Observation.from_record(rec)
+    expected = first_estimate(lq, Observation.detect(lq).replaced(haze=told.haze, exposure=told.exposure))
+    np.testing.assert_array_equal(x0, expected)
+    assert (told.haze, told.exposure) == ((True, None) if task == "haze" else (False, level))
+    assert not kept.any() and psnr(torch.from_numpy(x0), torch.from_numpy(clean)) > psnr(
+        torch.from_numpy(lq), torch.from_numpy(clean)) + 3

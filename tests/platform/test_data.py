@@ -29,7 +29,7 @@ from hsivar_platform.pipeline_config import (
 from hsivar.degrade import protocol_cases
 from hsivar.io import CubeMeta, write_cube
 from hsivar.synth import make_cube
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 BANDS = 8
@@ -92,6 +92,23 @@ def test_invalid_configs_name_the_file_and_field(tmp_path: Path) -> None:
         check_stages(["vqvae", "gan"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(None, ["train.vqvae.steps"])
+
+
+def test_a_model_trains_on_the_families_its_config_lists() -> None:
+    """model.override.dag.tasks picks the families (in the model's own order); the sampler draws only those and
+    labels each tile in that order."""
+    from hsivar_platform.data import degrade_batch
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["model.override={dag: {tasks: [lowlight, gaussian, haze]}}"])
+    tasks = cfg.model_cfg().dag.tasks
+    assert tasks == ("lowlight", "gaussian", "haze")
+    hq = np.stack([_cube(i, 32, 32) / 1000.0 for i in range(12)]).astype(np.float32)
+    out = degrade_batch({"hq": hq}, tasks=tasks, estimate=True)
+    w = out["task_weights"]
+    assert w.shape == (12, 3) and (w.sum(1) == 1).all() and set(np.flatnonzero(w.sum(0))) <= {0, 1, 2}
+    assert out["x0"].shape == hq.shape and not out["kept"].any()  # noisy, hazy or dark: nothing exact
+    with pytest.raises(ConfigError, match=r"dag.tasks must list distinct families of .*got \['rain'\]"):
+        load_config(REPO / "configs" / "tiny.yaml", ["model.override={dag: {tasks: [rain]}}"]).model_cfg()
 
 
 # ------------------------------------------------------------------------------------------ rows
@@ -159,7 +176,7 @@ def test_training_stream_from_s3_skips_corrupt_and_mismatched_cubes(ray_cluster,
     lq = np.concatenate([b["lq"] for b in batches])
     w = np.concatenate([b["task_weights"] for b in batches])
     # a.tif: 2×1 windows of 40 (48 rows), b.npy: 1 window → 3 windows × 3 crops; the bad files add nothing
-    assert hq.shape == (9, BANDS, 32, 32) and lq.shape == hq.shape and w.shape == (9, len(TASKS))
+    assert hq.shape == (9, BANDS, 32, 32) and lq.shape == hq.shape and w.shape == (9, len(DEFAULT_TASKS))
     assert hq.min() >= 0 and hq.max() <= 1 and np.allclose(w.sum(1), 1) and set(np.unique(w)) <= {0.0, 1.0}
     assert not np.allclose(hq, lq)
 

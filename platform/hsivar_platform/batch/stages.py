@@ -158,8 +158,8 @@ class Restore:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add ``restored`` (1, samples, C, H, W) in [0, 1], ``task_weights`` (1, N) and ``std01`` (1, C, H, W), the
         calibrated error bar in [0, 1] units (empty unless asked for and the model is calibrated), to the row; when
-        a blur width was estimated (:meth:`~hsivar.restore.Restorer.observe_blur`), the row's kept entries and
-        observation follow."""
+        a blur width, haze or an exposure was estimated (:meth:`~hsivar.restore.Restorer.observe`), the row's kept
+        entries and observation follow."""
         t0 = time.perf_counter()
         error = _str(batch, "error")
         restored = np.zeros((1, self.samples, 0, 0, 0), np.float32)
@@ -169,7 +169,7 @@ class Restore:
         if not error:
             try:
                 prep = _prepared(batch, self.tile, self.overlap, for_model=True)
-                seen = self.restorer.observe_blur(prep, self.task)  # a blur width only the model can tell
+                seen = self.restorer.observe(prep, self.task)  # blur width, haze, exposure: only the model tells
                 if seen is not prep:  # the kept entries narrowed to what the new observation calls exact
                     source = seen.source if seen.source is not None else np.zeros((prep.shape[0], 0, 0), np.float32)
                     reobserved = {"kept": _bits(seen.kept)[None], "source": source[None],

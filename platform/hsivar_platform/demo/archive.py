@@ -4,6 +4,7 @@ repair, and the scores of the batch job's outputs against the clean cubes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from hsivar.io import CubeMeta, read_cube, write_cube
 from hsivar.render import Example
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS, TASKS
 from hsivar_platform import storage
 from hsivar_platform.console import Echo
 
@@ -96,8 +97,9 @@ class ArchiveItem:
 
 
 def make_archive(test_files: list[str], degraded_prefix: str, restored_prefix: str, wavelengths: list[float] | None,
-                 echo: Echo) -> list[ArchiveItem]:
-    """Degrade every held-out cube by every family at its middle test level into ``degraded_prefix/<task>/``.
+                 echo: Echo, tasks: Sequence[str] = DEFAULT_TASKS) -> list[ArchiveItem]:
+    """Degrade every held-out cube by every family of ``tasks`` (the model's) at its middle test level into
+    ``degraded_prefix/<task>/``.
 
     The cubes are normalised and degraded exactly as the evaluation's protocol does (same seeds), so
     the batch outputs can be scored against the clean cubes.
@@ -109,7 +111,7 @@ def make_archive(test_files: list[str], degraded_prefix: str, restored_prefix: s
     for index, uri in enumerate(test_files):
         clean = normalise01(read(uri))
         name = uri.rstrip("/").rsplit("/", 1)[-1]
-        for case in protocol_cases("middle"):
+        for case in protocol_cases("middle", tasks):
             task, level = case.task, case.level
             degraded, record = degrade_for_test(clean, task, level, index=index)
             dst = storage.join(degraded_prefix, task, name)
@@ -117,7 +119,7 @@ def make_archive(test_files: list[str], degraded_prefix: str, restored_prefix: s
                        storage_options=storage.storage_options(dst))
             items.append(ArchiveItem(task, float(level), index, uri, dst, storage.join(restored_prefix, task, name),
                                      record))
-    echo(f"[demo] wrote {len(items)} degraded cubes ({len(test_files)} held-out × {len(TASKS)} families) under "
+    echo(f"[demo] wrote {len(items)} degraded cubes ({len(test_files)} held-out × {len(tasks)} families) under "
          f"{degraded_prefix}")
     return items
 

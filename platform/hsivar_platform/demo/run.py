@@ -221,7 +221,8 @@ def run_demo(out: str | os.PathLike = "work/demo", *, quick: bool = False, bucke
 
         test_prefix = storage.join(clean_prefix, "test")
         test_files = list_cubes(test_prefix)
-        items = make_archive(test_files[: plan.archive_cubes], degraded_prefix, restored_prefix, wavelengths, echo)
+        items = make_archive(test_files[: plan.archive_cubes], degraded_prefix, restored_prefix, wavelengths, echo,
+                             tasks=cfg.model_cfg().dag.tasks)
         products = make_products(storage.join(degraded_prefix, "products"), min(size, 48), cfg.model.bands, d.seed,
                                  echo)
 

@@ -190,7 +190,7 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
     mcfg, doc = read_config(model_dir)
     prefix = resolve_test_prefix(data_uri, mcfg.bands, work_dir)
     files = list_cubes(prefix)[: max_cubes or None]
-    cases = protocol_cases(levels)
+    cases = protocol_cases(levels, mcfg.dag.tasks)  # the families the model was trained on
     echo(f"[evaluate] model {model_uri} ({mcfg.name}, {mcfg.bands} bands); {len(files)} cubes under {prefix}; "
          f"{len(cases)} cases; task={task}")
 

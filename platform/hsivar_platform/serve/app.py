@@ -36,7 +36,7 @@ A request goes through the one restoration path of :mod:`hsivar.restore` (prepar
 finish), so it is restored exactly like :meth:`hsivar.restore.Restorer.restore`. The gateway reads, checks,
 decodes and encodes (what a request's answer codes need: :class:`hsivar.restore.RestoreSpec`, from the model's
 ``config.json``); the model deployment runs the restoration in one call per request
-(:meth:`HSIVARModel.restore`): preparation and the first estimate, :meth:`~hsivar.restore.Restorer.observe_blur`,
+(:meth:`HSIVARModel.restore`): preparation and the first estimate, :meth:`~hsivar.restore.Restorer.observe`,
 the forward passes, blending, consistency and finishing, so all the per-request compute scales with the model
 replicas. A greedy request's tiles go to the model's adaptive batcher (:mod:`hsivar_platform.serve.batcher`: no
 wait when the model is idle; tiles that arrive while a pass runs share the next

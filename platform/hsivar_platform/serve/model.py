@@ -145,7 +145,8 @@ class HSIVARModel:
 
     async def restore(self, req: RestoreRequest) -> ModelAnswer:
         """One request, in one call, through the one restoration path: prepare (normalise, observe, first
-        estimate), the blur width when only the model can tell it (:meth:`hsivar.restore.Restorer.observe_blur`),
+        estimate), what only the model can tell (a blur width, haze, an exposure:
+        :meth:`hsivar.restore.Restorer.observe`),
         the restoration — greedy (``samples == 1``): the tiles go through the adaptive batcher, sharing forward
         passes with concurrent requests' tiles; sampled: ``samples`` seeded decodings (sample i: seed + i,
         :meth:`~hsivar.restore.Restorer.restore_prepared`) on the model thread — and finish. Everything but the
@@ -161,8 +162,8 @@ class HSIVARModel:
                                                value_range=req.value_range, missing=req.missing,
                                                wavelengths=req.wavelengths))
         seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
-        if r.may_observe_blur(prep):  # else observe_blur returns prep unchanged: no model-thread hop
-            prep = await loop.run_in_executor(self._model_thread, partial(r.observe_blur, prep, req.task))
+        if r.unobserved(prep):  # else observe returns prep unchanged: no model-thread hop
+            prep = await loop.run_in_executor(self._model_thread, partial(r.observe, prep, req.task))
             seconds["observe"], t = time.perf_counter() - t, time.perf_counter()
         if req.samples == 1:
             task = r.resolve_task(prep, req.task)  # "auto" among the families the cube leaves plausible

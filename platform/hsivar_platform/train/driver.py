@@ -193,11 +193,11 @@ def _datasets(cfg: PipelineConfig, splits: Any, stage: str) -> tuple[dict[str, A
     mcfg = cfg.model_cfg()
     tile = mcfg.vqvae.image_size
     files = list_cubes(splits.train)
-    datasets = {"train": training_dataset(files, cfg.data, bands=mcfg.bands, tile=tile,
+    datasets = {"train": training_dataset(files, cfg.data, bands=mcfg.bands, tile=tile, tasks=mcfg.dag.tasks,
                                           estimate=needs_estimate(mcfg, stage))}  # type: ignore[arg-type]
     if splits.val and cfg.val.max_cubes > 0:
         val_files = list_cubes(splits.val)[: cfg.val.max_cubes]
-        datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels), bands=mcfg.bands,
+        datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels, mcfg.dag.tasks), bands=mcfg.bands,
                                            crop=cfg.val.crop or tile,
                                            norm_window=cfg.data.window)
     return datasets, len(files)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from numpy.random import default_rng as rng
 
 from hsivar.degrade import COMPLEX_SIGMAS, FAMILIES, IMPULSE_AMOUNTS, DegradationRecord, degrade, missing_band_mask
+from hsivar.degrade import families as families_module
 from hsivar.kernels import blur_sigma, gaussian_kernel1d
 from hsivar.tasks import task_weights
 
@@ -172,6 +173,48 @@ def test_bandmiss_exact_count(cube: np.ndarray, r: float, n: int) -> None:
     assert rec.band_mask.sum() == n
     np.testing.assert_array_equal(missing_band_mask(y), rec.band_mask)
     np.testing.assert_array_equal(missing_band_mask(torch.from_numpy(y)), rec.band_mask)
+
+
+# ------------------------------------------------------------------------------------------ haze
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.5])
+def test_haze_is_the_scattering_model_with_smooth_wavelength_dependent_transmission(cube: np.ndarray,
+                                                                                     beta: float) -> None:
+    y, rec = degrade(cube, "haze", beta, rng(3))
+    t, a = rec.transmission, rec.airlight
+    assert rec.haze_beta == beta and t.shape == cube.shape and a.shape == (C,)
+    np.testing.assert_allclose(y, cube * t + a[:, None, None] * (1 - t), atol=1e-6)
+    assert 0.75 <= a[0] <= 0.95 and np.all(a == a[0])  # white airlight, one per image
+    # t = exp(-β f_c d), d in [0.3, 1]: the band factors f_c = (λ_c/550)^-1 over 400-700 nm in band order
+    depth = -np.log(t) / beta  # f_c d
+    factors = families_module.haze_band_factors(C)
+    np.testing.assert_allclose(depth / factors[:, None, None], np.broadcast_to(depth[:1] / factors[0], depth.shape),
+                               rtol=1e-4)
+    d = depth[0] / factors[0]
+    assert d.min() == pytest.approx(0.3, abs=1e-5) and d.max() == pytest.approx(1.0, abs=1e-5)
+    assert factors[0] == pytest.approx(550 / 400) and factors[-1] == pytest.approx(550 / 700)
+    assert np.abs(np.diff(d, axis=0)).max() < 0.1  # smooth across the scene
+    assert (y > cube).mean() > 0.9  # haze brightens a mid-grey scene
+    rgb, rec3 = degrade(cube[:3], "haze", beta, rng(3))
+    assert np.allclose(rec3.transmission, rec3.transmission[:1])  # RGB: one transmission for every channel
+
+
+# ------------------------------------------------------------------------------------------ low light
+
+
+@pytest.mark.parametrize("e", [0.2, 0.05])
+def test_low_light_scales_bends_and_adds_signal_dependent_noise(cube: np.ndarray, e: float) -> None:
+    y, rec = degrade(cube, "lowlight", e, rng(4))
+    assert rec.exposure == e and 1.0 <= rec.gamma <= 1.4
+    signal = e * cube.astype(np.float64) ** rec.gamma
+    resid = y - signal
+    assert abs(resid.mean()) < 1e-3
+    expected_var = signal / families_module.LOWLIGHT_PHOTONS + families_module.LOWLIGHT_READ_NOISE ** 2
+    assert np.mean(resid ** 2) / np.mean(expected_var) == pytest.approx(1.0, rel=0.05)
+    assert (y < 0).any() or e > 0.1  # not clipped: a dark exposure leaves [0, 1]
+    with pytest.raises(ValueError, match="lowlight level 0: must be an exposure in"):
+        degrade(cube, "lowlight", 0, rng(0))
 
 
 # ------------------------------------------------------------------------------------------ every row

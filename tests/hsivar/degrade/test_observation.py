@@ -88,8 +88,9 @@ def test_a_level_says_what_the_masks_cannot() -> None:
     assert np.allclose(observation_of_level("gaussian", 70, shape).noise_sigma, np.full(8, 70 / 255))
     assert observation_of_level("complex", 2, shape).stripes and not observation_of_level("complex", 3, shape).stripes
     assert observation_of_level("inpaint", 0.8, shape).missing is None
+    assert observation_of_level("haze", 1, shape).haze and observation_of_level("lowlight", 0.1, shape).exposure == 0.1
     with pytest.raises(ValueError, match="unknown task"):
-        observation_of_level("haze", 1, shape)
+        observation_of_level("rain", 1, shape)
 
 
 def test_merge_facts_and_masks(cube: np.ndarray) -> None:
@@ -110,14 +111,18 @@ def test_merge_facts_and_masks(cube: np.ndarray) -> None:
 
 def test_the_cube_tells_which_families_could_explain_it(cube: np.ndarray) -> None:
     """plausible_tasks: the families auto mode chooses among (one each on the protocol's clear cases)."""
-    expected = {"gaussian": ("gaussian",), "complex": ("complex",), "blur": ("blur",), "sr": ("sr",),
+    expected = {"gaussian": ("gaussian",), "complex": ("complex",), "blur": ("blur", "haze", "lowlight"), "sr": ("sr",),
                 "inpaint": ("inpaint",), "bandmiss": ("bandmiss",)}
     for task, want in expected.items():
         for level in {"gaussian": (30, 70), "complex": (1, 2, 3, 4), "blur": (9, 21), "sr": (2, 8),
                       "inpaint": (0.7, 0.9), "bandmiss": (0.1, 0.3)}[task]:
             obs = Observation.detect(degrade_for_test(cube, task, level)[0])
             assert obs.plausible == want, (task, level, obs.plausible)
-    assert Observation.detect(cube).plausible == ("blur",)  # nothing shows: blur or clean
+    assert Observation.detect(cube).plausible == ("blur", "haze", "lowlight")  # nothing shows: those, or clean
+    for task, level in (("haze", 1.0), ("lowlight", 0.2), ("lowlight", 0.05)):  # the classifier decides
+        assert "haze" in Observation.detect(degrade_for_test(cube, task, level)[0]).plausible
+    dark_noisy = 0.1 * cube + np.random.default_rng(0).normal(0, 0.05, cube.shape).astype(np.float32)
+    assert Observation.detect(dark_noisy).plausible[-1] == "lowlight"  # noise on a dark cube
     degraded, _ = degrade_for_test(cube, "gaussian", 50)
     known = np.zeros(cube.shape, bool)
     known[:, :8] = True  # nodata rows from a file are no sign of inpainting

@@ -23,12 +23,12 @@ from hsivar.degrade import (
     test_protocol,
 )
 from hsivar.degrade import families as families_module
-from hsivar.tasks import TASKS, task_index, task_weights
+from hsivar.tasks import DEFAULT_TASKS, TASKS, task_index, task_weights
 
 SIX = ("gaussian", "complex", "blur", "sr", "inpaint", "bandmiss")
 """The families of the published protocol, in embedding order; a new family is appended after them."""
 
-# Degraded cubes of the seeded protocol (index 1) on the cube of `test_protocol_is_pinned`: sum over the
+# Degraded cubes of the seeded protocol (index 1, every family) on the cube of `test_protocol_is_pinned`: sum over the
 # cube, voxel (0, 0, 0), voxel (4, 9, 13). Any change of a random stream, of a family or of the seed
 # key moves them; evaluations are comparable across versions only while they hold.
 PINNED = {
@@ -51,6 +51,12 @@ PINNED = {
     "bandmiss_0.1": (519.9072310104966, 0.7804993987083435, 0.8420470356941223),
     "bandmiss_0.2": (519.3408609479666, 0.0, 0.8420470356941223),
     "bandmiss_0.3": (523.8826933130622, 0.7804993987083435, 0.8420470356941223),
+    "haze_0.5": (770.968429505825, 0.7953979969024658, 0.8346614837646484),
+    "haze_1": (888.1389391422272, 0.8507947325706482, 0.854810893535614),
+    "haze_1.5": (958.2273636758327, 0.8652260303497314, 0.8839446306228638),
+    "lowlight_0.2": (107.64900539210066, 0.13500924408435822, 0.14993712306022644),
+    "lowlight_0.1": (59.98260244959965, 0.06646891683340073, 0.08844170719385147),
+    "lowlight_0.05": (28.033253565314226, 0.03887629508972168, 0.03423841670155525),
 }
 
 
@@ -134,20 +140,27 @@ def test_bad_levels_and_inputs() -> None:
 
 
 def test_test_protocol_lists_every_pair() -> None:
-    cases = test_protocol()
-    assert len({c.name for c in cases}) == len(cases) == sum(len(f.test_levels) for f in FAMILIES)
-    assert len([c for c in cases if c.task in SIX]) == 19  # 3 + 4 + 3 + 3 + 3 + 3
-    assert tuple(dict.fromkeys(c.task for c in cases)) == TASKS
+    cases = test_protocol()  # MP-HSIR's six families
+    assert len({c.name for c in cases}) == len(cases) == 19  # 3 + 4 + 3 + 3 + 3 + 3
+    assert tuple(dict.fromkeys(c.task for c in cases)) == DEFAULT_TASKS == SIX
     assert {c.name for c in cases} >= {"gaussian_30", "complex_case4", "blur_21", "sr_8", "inpaint_0.9"}
     assert [c.level for c in cases if c.task == "bandmiss"] == [0.1, 0.2, 0.3]
     assert protocol_cases("all") == cases == protocol_cases()
+    every = test_protocol(TASKS[::-1])  # any order in, table order out
+    assert len({c.name for c in every}) == len(every) == sum(len(f.test_levels) for f in FAMILIES) == 25
+    assert tuple(dict.fromkeys(c.task for c in every)) == TASKS and every[:19] == cases
+    assert [c.name for c in test_protocol(("lowlight", "haze"))] == [
+        "haze_0.5", "haze_1", "haze_1.5", "lowlight_0.2", "lowlight_0.1", "lowlight_0.05"]
+    with pytest.raises(ValueError, match="unknown task"):
+        test_protocol(("gaussian", "rain"))
 
 
 def test_protocol_cases_middle_has_one_case_per_family() -> None:
     middle = protocol_cases("middle")
-    assert [c.task for c in middle] == list(TASKS)
-    assert [c.level for c in middle] == [f.middle_level for f in FAMILIES]
+    assert [c.task for c in middle] == list(DEFAULT_TASKS)
+    assert [c.level for c in middle] == [f.middle_level for f in FAMILIES[:6]]
     assert set(middle) <= set(test_protocol())
+    assert [c.name for c in protocol_cases("middle", TASKS)][6:] == ["haze_1", "lowlight_0.1"]
     assert [c.name for c in middle[: len(SIX)]] == ["gaussian_50", "complex_case2", "blur_15", "sr_4", "inpaint_0.8",
                                                     "bandmiss_0.2"]
     with pytest.raises(ValueError, match="'all' or 'middle'"):
@@ -176,7 +189,7 @@ def test_every_row_level_runs_through_degrade_for_test(fam: Family) -> None:
 
 def test_test_protocol_is_pinned() -> None:
     x = np.random.default_rng(0).random((5, 16, 16), dtype=np.float32) * 0.8 + 0.1
-    cases = [c for c in test_protocol() if c.task in SIX]
+    cases = test_protocol(TASKS)
     assert [c.name for c in cases] == list(PINNED)
     for case in cases:
         y, _ = degrade_for_test(x, case.task, case.level, index=1)
@@ -235,8 +248,10 @@ def test_training_sampler_covers_families_uniformly() -> None:
     g = rng(123)
     recs = [sample_training_degradation(x, g)[1] for _ in range(600)]
     counts = np.bincount([task_index(r.task) for r in recs], minlength=len(TASKS))
-    # Binomial(600, 1/6): mean 100, s.d. 9.1; [60, 140] is > 4 s.d.
-    assert ((counts >= 60) & (counts <= 140)).all(), counts
+    # Binomial(600, 1/6): mean 100, s.d. 9.1; [60, 140] is > 4 s.d. Haze and low light only when a model lists them.
+    assert ((counts[:6] >= 60) & (counts[:6] <= 140)).all() and not counts[6:].any(), counts
+    two = [sample_training_degradation(x, g, ("lowlight", "sr"))[1].task for _ in range(200)]
+    assert set(two) == {"lowlight", "sr"} and 60 <= two.count("lowlight") <= 140
     for r in recs:
         assert r.weights.sum() == pytest.approx(1.0) and r.weights[task_index(r.task)] == 1
         if r.task == "gaussian":
@@ -271,3 +286,10 @@ def test_mixture_physical_order_of_the_six_families(cube: np.ndarray) -> None:
     assert [c.task for c in rec.components] == ["blur", "sr", "gaussian", "complex", "inpaint", "bandmiss"]
     np.testing.assert_allclose(rec.weights, task_weights(list(SIX)))
     assert rec.weights[: len(SIX)].tolist() == pytest.approx([1 / 6] * 6)
+
+
+def test_mixture_physical_order_with_haze_and_low_light(cube: np.ndarray) -> None:
+    """Haze is in the scene before the optics; a short exposure scales the signal before the sensor's noise."""
+    comps = [("gaussian", 30), ("lowlight", 0.2), ("blur", 9), ("haze", 1.0)]
+    _, rec = degrade_mixture(cube[:, :24, :24], comps, rng(2))
+    assert [c.task for c in rec.components] == ["haze", "blur", "lowlight", "gaussian"]

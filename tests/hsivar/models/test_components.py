@@ -12,7 +12,7 @@ from hsivar.models.condition import alignment_loss
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.models.vqvae import VQVAE
 from hsivar.presets import preset
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 from hsivar.training import STAGES, param_groups, trainable_parameters
 
 
@@ -34,10 +34,11 @@ def test_dag_embeddings_mixtures_and_auto(tiny_model: HSIVAR) -> None:
     dag = tiny_model.dag
     c = torch.rand(3, *tiny_model.cfg.cube_shape)  # degraded tiles in [0, 1]
     one = dag.weights("blur", c)
-    assert one.shape == (3, len(TASKS)) and torch.equal(one[0], torch.eye(len(TASKS))[TASKS.index("blur")])
+    n = len(DEFAULT_TASKS)
+    assert one.shape == (3, n) and torch.equal(one[0], torch.eye(n)[DEFAULT_TASKS.index("blur")])
     with torch.no_grad():
         d_blur = dag.embed(one)
-        expected = dag.task_embed[TASKS.index("blur")] + dag.lambdas[TASKS.index("blur")] * dag.basic
+        expected = dag.task_embed[DEFAULT_TASKS.index("blur")] + dag.lambdas[DEFAULT_TASKS.index("blur")] * dag.basic
         assert torch.allclose(d_blur[0], expected)
         # a mixture is the linear combination of its parts
         mix = dag.weights({"gaussian": 3.0, "blur": 1.0}, c)
@@ -131,7 +132,7 @@ def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> Non
     with torch.no_grad():
         assert torch.equal(model.restore(lq, task="blur").cube, plain.restore(lq, task="blur").cube)
         decoded = torch.rand(2, 8, 32, 32) * 2 - 1
-        w = torch.eye(len(TASKS))[:2]
+        w = torch.eye(len(DEFAULT_TASKS))[:2]
         model.fusion.gate.weight[:, 0] = 1.0  # gate fully open for the first task: the input passes through
         assert torch.allclose(model.output(lq, decoded, w)[0], lq[0]) and \
             torch.equal(model.output(lq, decoded, w)[1], (decoded[1] + 1) / 2)
@@ -161,7 +162,7 @@ def test_a_model_with_a_first_estimate_starts_from_it() -> None:
     model = HSIVAR(cfg).eval()
     lq, x0 = torch.rand(2, 8, 32, 32), torch.rand(2, 8, 32, 32)
     decoded = torch.rand(2, 8, 32, 32) * 2 - 1
-    w = torch.eye(len(TASKS))[:2]
+    w = torch.eye(len(DEFAULT_TASKS))[:2]
     with torch.no_grad():
         assert torch.equal(model.output(lq, decoded, w, x0), x0)
         assert torch.equal(model.condition_input(lq, x0), x0) and torch.equal(model.condition_input(lq, None), lq)
@@ -189,12 +190,12 @@ def test_fusion_unsharp_masks_add_each_tasks_amount_of_every_band_detail() -> No
         assert np.allclose(details[:, j].numpy(), ref, atol=1e-5)
     flat = torch.full((1, 8, 32, 32), 0.3)
     assert fusion.details(flat).abs().max() < 1e-6  # a flat tile has no detail
-    w = torch.zeros(2, len(TASKS))
-    w[0, TASKS.index("blur")] = 1.0
-    w[1, TASKS.index("blur")], w[1, TASKS.index("sr")] = 0.25, 0.75
+    w = torch.zeros(2, len(DEFAULT_TASKS))
+    w[0, DEFAULT_TASKS.index("blur")] = 1.0
+    w[1, DEFAULT_TASKS.index("blur")], w[1, DEFAULT_TASKS.index("sr")] = 0.25, 0.75
     with torch.no_grad():
-        fusion.unsharp.weight[0, TASKS.index("blur")] = 2.0  # blur: 2 × the finest detail
-        fusion.unsharp.weight[1, TASKS.index("sr")] = -1.0  # sr: minus the next one (a smoothing)
+        fusion.unsharp.weight[0, DEFAULT_TASKS.index("blur")] = 2.0  # blur: 2 × the finest detail
+        fusion.unsharp.weight[1, DEFAULT_TASKS.index("sr")] = -1.0  # sr: minus the next one (a smoothing)
         y01 = torch.rand(2, 8, 32, 32)
         out = fusion(lq, y01, w)  # gate and NAF branch at zero: y = ŷ + Σ a_j details_j
     assert torch.allclose(out[0], y01[0] + 2.0 * details[0, 0], atol=1e-6)
@@ -216,7 +217,7 @@ def test_task_classifier_reads_the_degraded_tile() -> None:
         clean = torch.rand(n, 8, 1, 1, generator=g).expand(n, 8, 32, 32)  # flat spectra: only the degradation varies
         noisy = clean[: n // 2] + 0.2 * torch.randn(n // 2, 8, 32, 32, generator=g)
         holes = clean[n // 2:] * (torch.rand(n - n // 2, 8, 32, 32, generator=g) > 0.8)
-        y = torch.tensor([TASKS.index("gaussian")] * (n // 2) + [TASKS.index("inpaint")] * (n - n // 2))
+        y = torch.tensor([DEFAULT_TASKS.index("gaussian")] * (n // 2) + [DEFAULT_TASKS.index("inpaint")] * (n - n // 2))
         return torch.cat([noisy, holes]), y
 
     opt = torch.optim.AdamW(dag.parameters(), lr=3e-3)
@@ -244,7 +245,7 @@ def test_trust_shrinks_the_correction_towards_the_first_estimate(tmp_path) -> No
         model.fusion.ending.bias.fill_(0.05)  # a head whose correction is not zero
     lq, x0 = torch.rand(2, 8, 32, 32), torch.rand(2, 8, 32, 32)
     decoded = torch.rand(2, 8, 32, 32) * 2 - 1
-    w = torch.zeros(2, len(TASKS))
+    w = torch.zeros(2, len(DEFAULT_TASKS))
     w[0, 0], w[1, 1], w[1, 2] = 1.0, 0.5, 0.5
     with torch.no_grad():
         full = model.output(lq, decoded, w, x0)
@@ -258,7 +259,7 @@ def test_trust_shrinks_the_correction_towards_the_first_estimate(tmp_path) -> No
     loaded, _ = load_published(tmp_path / "m")
     assert loaded.cfg.fusion.trust == trust and torch.equal(loaded.fusion.trust, torch.tensor(trust))
     with pytest.raises(ValueError, match="trust"):
-        model.set_trust((1.5,) * len(TASKS))
+        model.set_trust((1.5,) * len(DEFAULT_TASKS))
     with pytest.raises(ValueError, match="tasks"):
         model.set_trust((1.0,))
 
@@ -268,7 +269,7 @@ def test_auto_among_some_families_weighs_only_those(tiny_model: HSIVAR) -> None:
 
     lq = torch.rand(3, tiny_model.cfg.bands, 32, 32)
     w = tiny_model.dag.weights(AutoAmong(("blur", "sr")), lq)
-    allowed = torch.tensor([t in ("blur", "sr") for t in TASKS])
+    allowed = torch.tensor([t in ("blur", "sr") for t in DEFAULT_TASKS])
     assert torch.allclose(w.sum(-1), torch.ones(3)) and bool((w[:, ~allowed] == 0).all())
     auto = tiny_model.dag.weights("auto", lq)[:, allowed]
     assert torch.allclose(w[:, allowed], auto / auto.sum(-1, keepdim=True), atol=1e-6)

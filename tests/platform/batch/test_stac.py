@@ -131,7 +131,7 @@ def _stac_item(item_id: str, **assets: dict) -> dict:
 
 def test_stac_documents_as_inputs(tmp_path: Path) -> None:
     (tmp_path / "items").mkdir()
-    one = _stac_item("s1", cube={"href": "../data/s1.tif", "roles": ["data"]}, thumb={"href": "q.png"})
+    one = _stac_item("s1", cube={"href": "../data/s1.tif", "roles": ["data"]}, thumb={"href": "q.webp"})
     (tmp_path / "items" / "s1.json").write_text(json.dumps(one))
     collection = {"type": "Collection", "id": "c", "stac_version": "1.1.0", "description": "d", "license": "x",
                   "extent": {}, "links": [{"rel": "item", "href": "./items/s1.json"}, {"rel": "root", "href": "."}]}
@@ -148,7 +148,7 @@ def test_stac_documents_as_inputs(tmp_path: Path) -> None:
                                               "s3://bucket/s2.he5": str(tmp_path / "out/s2/s2.he5")}
     inputs = list_stac_inputs(str(tmp_path / "items" / "s1.json"), str(tmp_path / "out"), ["cube", "thumb"])
     assert [(i.uri, i.skip_reason) for i in inputs] == [
-        (str(tmp_path / "data" / "s1.tif"), ""), (str(tmp_path / "items" / "q.png"), "not a cube file (unsupported "
+        (str(tmp_path / "data" / "s1.tif"), ""), (str(tmp_path / "items" / "q.webp"), "not a cube file (unsupported "
                                                                                      "extension)")]
 
     with pytest.raises(StacInputError, match="has no asset 'thumb'"):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from hsivar.io import read_cube
 from hsivar.restore import Restorer
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 
 FIGURES = ("evaluation.png", "panels.png", "spectra.png", "uncertainty.png")
 
@@ -53,8 +53,9 @@ def test_quick_demo_runs_the_whole_product(ray_cluster: None, s3_bucket: str, tm
             img.verify()
         with Image.open(tmp_path / "report" / name) as img:
             assert img.format == "PNG" and min(img.size) > 200
-    assert all(f"| {task} |" in report for task in TASKS)
-    assert [r["task"] for r in summary["summary"]] == list(TASKS)  # the evaluation: model vs degraded vs baseline
+    assert all(f"| {task} |" in report for task in DEFAULT_TASKS)
+    # the evaluation: model vs degraded vs baseline
+    assert [r["task"] for r in summary["summary"]] == list(DEFAULT_TASKS)
     assert all(np.isfinite(r[f"{m}_psnr"]) for r in summary["summary"] for m in ("degraded", "baseline", "model"))
     metrics = (tmp_path / "eval" / "metrics.csv").read_text()
     assert all(m in metrics for m in ("hsivar", "degraded", "tv_chambolle", "bicubic", "spectral_interp"))
@@ -64,7 +65,7 @@ def test_quick_demo_runs_the_whole_product(ray_cluster: None, s3_bucket: str, tm
     assert restored == storage.join(bucket, "restored") and summary["batch"]["ok"] == summary["batch"]["total"] == 9
     files = set(storage.list_files(restored))
     opts = storage.storage_options(restored)
-    for task in TASKS:
+    for task in DEFAULT_TASKS:
         out, std = storage.join(restored, task, "cube_0000.npy"), storage.join(restored, task, "cube_0000.std.npy")
         assert {out, std} <= files
         cube, _ = read_cube(out, storage_options=opts)
@@ -89,7 +90,7 @@ def test_quick_demo_runs_the_whole_product(ray_cluster: None, s3_bucket: str, tm
 
     # the HTTP round trip
     http = summary["http"]
-    assert http["status"] == 200 and http["shape"] == [31, 40, 40] and http["task"] in TASKS
+    assert http["status"] == 200 and http["shape"] == [31, 40, 40] and http["task"] in DEFAULT_TASKS
     assert http["url"].startswith("http://127.0.0.1:") and http["max_abs_diff"] <= 1e-4
 
     # MLflow: the pipeline's parent run with a nested run per stage, the evaluation run, the registered model

@@ -15,7 +15,7 @@ from hsivar.degrade import family, protocol_cases
 from hsivar.metrics import evaluate as score
 from hsivar.restore import Restorer
 from hsivar.synth import make_demo_dataset
-from hsivar.tasks import TASKS
+from hsivar.tasks import DEFAULT_TASKS
 from hsivar.uncertainty import coverage_stats
 
 BANDS = 8
@@ -34,14 +34,14 @@ def test_evaluate_writes_tables_and_logs_to_mlflow(ray_cluster, published_tiny: 
                    tracking_uri=mlflow_uri, work_dir=str(tmp_path), echo=lambda s: None)
     table = pd.read_csv(tmp_path / "eval" / "metrics.csv")
     assert list(table.columns) == list(COLUMNS)
-    assert set(table["task"]) == set(TASKS)
-    for task in TASKS:
+    assert set(table["task"]) == set(DEFAULT_TASKS)
+    for task in DEFAULT_TASKS:
         methods = set(table[table["task"] == task]["method"])
         assert methods == {"degraded", "hsivar", *(b.name for b in family(task).baselines)}
     assert (table["n_cubes"] == 2).all() and np.isfinite(table[["psnr", "ssim", "ergas"]]).all().all()
     assert (table[table["method"] == "hsivar"]["seconds_per_cube"] > 0).all()
     cases = pd.read_csv(tmp_path / "eval" / "cases.csv")
-    assert len(cases) == 2 * sum(2 + len(family(t).baselines) for t in TASKS)  # degraded, model, baselines
+    assert len(cases) == 2 * sum(2 + len(family(t).baselines) for t in DEFAULT_TASKS)  # degraded, model, baselines
     # every model row equals a direct Restorer.restore of the same protocol case, scored by hand
     restorer = Restorer.from_published(published_tiny)
     files = list_cubes(test_cubes + "/test")
