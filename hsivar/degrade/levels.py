@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Level", "complex_case", "draw_choice", "draw_log_uniform", "draw_uniform", "exposure", "fraction", "nonnegative",
-           "odd_size", "positive_int"]
+__all__ = ["Level", "complex_case", "draw_choice", "draw_log_uniform", "draw_uniform", "exposure", "fraction",
+           "nonnegative", "odd_size", "positive_int"]
 
 Level = int | float
 """A family's level in its natural type (see :attr:`hsivar.degrade.families.Family.parse_level`)."""
