@@ -132,6 +132,16 @@ SENSORS: dict[str, Sensor] = {
         (21.0, 66.0, 36.0, 31.0, 15.0, 15.0),
         "Sentinel-2A MSI-like bands B1-B6, all within the measured 380-780 nm range.",
     ),
+    # A colour camera's channels: broad responses near the peaks of typical RGB sensors, stored red first as
+    # images are, for three-band models (the RGB all-in-one use of RestoreVAR and VarFormer).
+    "rgb": Sensor(
+        "rgb",
+        ("red", "green", "blue"),
+        (600.0, 540.0, 460.0),
+        (80.0, 80.0, 60.0),
+        "An RGB camera-like sensor: Gaussian responses, red, green, blue in image order.",
+        response="gaussian",
+    ),
 }
 """Sensor presets for :func:`synthesize` (``sensor=...``)."""
 
@@ -637,7 +647,11 @@ def make_demo_dataset(
                     wavelengths=[float(v) for v in syn.wavelengths],
                     band_names=list(syn.band_names) if syn.band_names else None,
                 )
-                write_cube(uri, syn.cube, meta)
+                if row.dtypes is not None and "float32" not in row.dtypes:  # an image: its widest integer range
+                    dtype = "uint16" if "uint16" in row.dtypes else "uint8"
+                    write_cube(uri, np.clip(syn.cube, 0.0, 1.0) * np.iinfo(dtype).max, meta, dtype=dtype)
+                else:
+                    write_cube(uri, syn.cube, meta)
             written.append(uri)
             entries.append({"split": split, "file": rel, **syn.info()})
     manifest = {

