@@ -8,7 +8,9 @@ losslessly, reads windows, and takes the georeferencing of a world file (``.pgw`
   entries are the pixels the image does not show, so they are :attr:`CubeMeta.missing` in every band (synthesised
   by a restoration, like a GeoTIFF's mask) and written back as alpha.
 * dtypes: PNG stores uint8 and uint16, JPEG uint8 (lossy, quality :data:`JPEG_QUALITY`). A float cube is written
-  with ``dtype="uint8"`` / ``"uint16"`` (``write_cube`` rounds and clips) or as a GeoTIFF.
+  with ``dtype="uint8"`` / ``"uint16"`` (``write_cube`` rounds and clips) or as a GeoTIFF. An image's values are
+  fractions of its dtype's full scale: ``meta.extras["full_range"]`` is (0, 255) or (0, 65535), the range the batch
+  job normalises an image with (not its own min–max, which would stretch a dark or hazy photo).
 * Neither format holds wavelengths, band names, nodata or a CRS: they are dropped on writing, as ``.npy`` does.
   GDAL's ``.aux.xml`` side files are never written.
 """
@@ -83,6 +85,7 @@ def open_image(loc: Location, stack: contextlib.ExitStack, opts: layout.OpenOpti
         dtype=dtype.name,
         format="png" if ds.driver == "PNG" else "jpeg",
         layout="hwc",
+        extras={"full_range": (0.0, float(np.iinfo(dtype).max))},
     )
     return layout.Source(shape=(len(colour), ds.height, ds.width), meta=meta, read=read,
                          read_missing=read_missing if alpha else None)

@@ -29,7 +29,7 @@ class BatchOptions(BaseModel):
     seed: int = Field(0, description="seed of the first sample")
     value_range: tuple[float, float] | None = Field(
         None, description="(lo, hi) input units mapped to [0, 1], e.g. 0 1 for reflectance; default each cube's "
-        "own min–max (noise stretches it: pass the range when it is known)")
+        "own min–max (noise stretches it: pass the range when it is known), an image's dtype range (0 255)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     compiled: bool = Field(False, description="decode through compiled steps (CUDA graphs per scale on a GPU); "
                            "each model actor pays the compilation once")

@@ -98,14 +98,17 @@ def read_and_tile(batch: dict[str, np.ndarray], *, bands: int, tile: int, overla
     with its missing entries, first estimate when the model uses one, and the exactly observed entries travel
     on); errors become the row's ``error`` (a mask of the wrong shape: the file failed; a mask leaving nothing
     observed: skipped, like a cube that is nodata everywhere). The first estimate interpolates over the file's band
-    centres (nm), else ``wavelengths`` (the model's)."""
+    centres (nm), else ``wavelengths`` (the model's). Without ``value_range`` a cube is normalised by its own
+    min–max, an image (PNG, JPEG) by its dtype's full range."""
     t0 = time.perf_counter()
     src = _str(batch, "input_uri")
     error, skip, prep, meta, shape = "", False, None, None, (0, 0, 0)
     try:
         cube, meta = read_cube(src, storage_options=storage.storage_options(src), allow_nonfinite=True)
         shape = cube.shape
-        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata, value_range=value_range,
+        full = meta.extras.get("full_range")  # an image's values are fractions of its dtype's full scale
+        prep = prepare_cube(cube, bands, tile, overlap, nodata=meta.nodata,
+                            value_range=value_range or (tuple(full) if full else None),
                             missing=meta.missing, estimate=estimate, wavelengths=meta.wavelengths or wavelengths)
     except Exception as exc:  # one bad file is a manifest row, never a failed job
         error, skip = describe(exc, src), isinstance(exc, NothingToRestore)

@@ -28,7 +28,8 @@ def restore(
     samples: Annotated[int, typer.Option(min=1, help="decodings per cube (>1: seeded top-p sampling)")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the first sample")] = 0,
     value_range: Annotated[str | None, typer.Option(
-        help="LO,HI: input units mapped to [0, 1], e.g. 0,1 for reflectance (default: each cube's min–max)")] = None,
+        help="LO,HI: input units mapped to [0, 1], e.g. 0,1 for reflectance (default: each cube's min–max; "
+        "an image's dtype range, 0,255 for 8 bits)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 8,
     compiled: Annotated[bool, typer.Option(
         "--compile/--no-compile", help="decode through compiled steps (CUDA graphs on a GPU; each model actor "
