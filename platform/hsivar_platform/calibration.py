@@ -53,7 +53,8 @@ def calibrate_published(model_uri: str, data_uri: str, out: str, *, levels: str 
         model_uri: a published model (dir, ``s3://``, ``models:/NAME/VERSION`` / ``latest`` / ``@ALIAS``).
         data_uri: a prefix of clean validation cubes (never the test cubes the model is judged on).
         out: where the calibrated copy is published (local dir or ``s3://`` prefix); must not be the input.
-        levels: ``all`` (19 cases per cube) or ``middle`` (one per family).
+        levels: ``all`` (every level of the model's families: 19 cases per cube for MP-HSIR's six) or ``middle``
+            (one per family).
         max_cubes: the first N cubes only; crop: centre crop side in pixels (None: whole cubes).
         fit_trust: fit the trust τ again too (default: keep the model's).
     Returns:

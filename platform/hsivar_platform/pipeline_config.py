@@ -228,7 +228,8 @@ class ValSpec(_Strict):
     """Validation on rank 0 with the seeded test protocol and true autoregressive decoding."""
 
     max_cubes: int = Field(2, ge=0, description="validation cubes used (0: no validation)")
-    levels: Literal["middle", "all"] = Field("middle", description="one middle level per family, or all 19 cases")
+    levels: Literal["middle", "all"] = Field("middle", description="one middle level per family, or every level "
+                                             "of the model's families (19 cases for MP-HSIR's six)")
     task: Literal["auto", "oracle"] = Field("auto", description="task classifier ('auto') or the true task weights")
     batch_size: int = Field(16, ge=1)
     crop: int | None = Field(None, ge=1, description="centre crop side of each validation cube, pixels (default: "

@@ -14,7 +14,8 @@ def calibrate(
     model: Annotated[str, typer.Option(help=MODEL)],
     data: Annotated[str, typer.Option(help="prefix of clean validation cubes (never the test cubes)")],
     out: Annotated[str, typer.Option(help="where to publish the calibrated copy (dir or s3:// prefix)")],
-    levels: Annotated[str, typer.Option(help="all (19 cases per cube) or middle (one per family)")] = "all",
+    levels: Annotated[str, typer.Option(help="all (every level of the model's families; 19 cases per cube for "
+                                              "the default six) or middle (one per family)")] = "all",
     max_cubes: Annotated[int, typer.Option(min=0, help="first N cubes only (0: all)")] = 0,
     crop: Annotated[int, typer.Option(min=0, help="centre crop side in pixels (0: whole cubes)")] = 0,
     fit_trust: Annotated[bool, typer.Option(help="fit the trust in the learned correction again too")] = False,

@@ -58,7 +58,8 @@ def evaluate(
     model: Annotated[str, typer.Option(help="published model: dir, file://, s3://, models:/NAME/VERSION")],
     data: Annotated[str, typer.Option(help="prefix of clean test cubes (or one holding test/), or 'demo'")],
     out: Annotated[Path, typer.Option(help="output folder for metrics.csv / metrics.md")],
-    levels: Annotated[str, typer.Option(help="all (19 cases) or middle (one level per family)")] = "all",
+    levels: Annotated[str, typer.Option(help="all (every level of the model's families; 19 cases for the "
+                                              "default six) or middle (one level per family)")] = "all",
     max_cubes: Annotated[int | None, typer.Option(min=0, help="first N cubes only (0: all)")] = None,
     crop: Annotated[int, typer.Option(min=0, help="centre crop side in pixels (0: whole cubes)")] = 256,
     task: Annotated[str, typer.Option(help="auto (task classifier) or oracle (true task)")] = "auto",

@@ -158,7 +158,8 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
         model_uri: published model (local, file://, s3://, ``models:/NAME/VERSION``).
         data_uri: prefix of clean test cubes, or ``demo``.
         out_dir: local output folder (created).
-        levels: ``all`` 19 cases, or ``middle`` (one level per family).
+        levels: ``all`` (every level of the model's families: 19 cases for MP-HSIR's six), or ``middle`` (one level
+            per family).
         max_cubes: use the first N cubes of the prefix.
         crop: evaluate the centre crop×crop of each cube (None: whole cubes).
         baselines: score each family's classical baselines; extra_baselines: names of opt-in ones
