@@ -30,7 +30,7 @@ import torch
 from _common import bench_parser, check_device, cpu_model, publish_fresh_model, temp_dir
 
 from hsivar.degrade import degrade_for_test, observation_of_level
-from hsivar.degrade.families import FAMILIES
+from hsivar.degrade.families import family
 from hsivar.prepared import finish
 from hsivar.restore import Restorer
 from hsivar.synth import make_cube
@@ -69,9 +69,9 @@ def family_cost(restorer: Restorer, clean, task: str, level, repeats: int) -> di
 
 
 def family_costs(restorer: Restorer, size: int, repeats: int) -> dict[str, dict]:
-    """:func:`family_cost` of every family at its middle test level on one synthetic ``size``² cube."""
+    """:func:`family_cost` of every family of the model at its middle test level on one synthetic ``size``² cube."""
     clean = make_cube(seed=0, size=size, bands=restorer.bands)[0]
-    return {fam.name: family_cost(restorer, clean, fam.name, fam.middle_level, repeats) for fam in FAMILIES}
+    return {t: family_cost(restorer, clean, t, family(t).middle_level, repeats) for t in restorer.tasks}
 
 
 def main() -> None:
