@@ -106,7 +106,7 @@ def _restore(restorer: Restorer, ex: CalibrationExample) -> _Restored:
     obs = observation_of_level(ex.task, ex.level, ex.degraded.shape)
     prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0),
                             observation=obs)
-    prep = restorer.observe(prep, ex.task)  # unchanged when the level gives the blur width
+    prep = restorer.observe(prep, ex.task)  # unchanged when the level gives the blur width, haze or exposure
     restorer.model.fusion.set_trust(torch.ones(len(restorer.tasks)))
     r1 = finish(prep, restorer.restore_prepared(prep, ex.task).samples01)[0].astype(np.float64)
     C, H, W = prep.shape

@@ -76,13 +76,13 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float = 
 def transmission(cube: np.ndarray, light: np.ndarray, patch: int | None = None) -> np.ndarray:
     """(C, H, W) float32 transmission of each band of the hazy ``cube`` (C, H, W) under airlight ``light`` (C,)
     (steps 3–4 of the module docstring), in [:data:`T_MIN`, 1]."""
+    from scipy.ndimage import minimum_filter
+
     patch = patch or _patch(cube.shape)
     ratio = cube / np.maximum(light, 1e-3)[:, None, None]
     coarse = 1.0 - OMEGA * dark_channel(ratio, patch)
     t = np.clip(guided_filter(cube.mean(axis=0), coarse, radius=2 * patch), T_MIN, 1.0)
     # each band's own dark channel gives its optical depth relative to the joint one
-    from scipy.ndimage import minimum_filter
-
     own = 1.0 - OMEGA * minimum_filter(ratio, size=(1, patch, patch), mode="nearest")
     ok = (t < 0.95)[None] & (own > 0.05) & (own < 0.999)
     logs = np.log(np.clip(own, 1e-3, 1.0)) / np.log(t)[None]

@@ -222,8 +222,7 @@ class RestoreSpec:
         obs = prep.observation
         if obs is None or prep.cube01.numel() == 0:
             return ()
-        known = {"blur": bool(obs.blur_sigma), "haze": obs.haze is not None, "lowlight": obs.exposure is not None}
-        return tuple(f for f, k in known.items() if not k and f in self.tasks)
+        return tuple(f for f in obs.unknown_facts() if f in self.tasks)
 
 
 class Restorer(RestoreSpec):

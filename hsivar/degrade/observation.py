@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hsivar.degrade.record import DegradationRecord
+from hsivar.exposure import brightness
 
 SR_SCALES: tuple[int, ...] = (8, 4, 2)
 """Replication factors :meth:`Observation.detect` looks for, largest first."""
@@ -43,6 +44,10 @@ SCATTERED_FRACTION = 0.05
 IID_NOISE_CV, NON_IID_NOISE_CV = 0.12, 0.25
 """Coefficients of variation of the per-band noise σ below which noise reads as i.i.d. (gaussian) and above which
 as band-dependent (complex); between both, either."""
+
+UNSEEN_FAMILIES: tuple[str, ...] = ("blur", "haze", "lowlight")
+"""Families whose facts (a blur's width, haze, the exposure) the cube's rules cannot show: when nothing else shows,
+``task="auto"`` weighs them, and the model's classifier decides (:meth:`Observation.unknown_facts`)."""
 
 DARK_LEVEL = 0.35
 """A noisy cube whose 99.5th percentile ([0, 1] units) is below this may be a short exposure (low light)."""
@@ -66,6 +71,12 @@ class Observation:
     plausible: tuple[str, ...] | None = None
     haze: bool | None = None
     exposure: float | None = None
+
+    def unknown_facts(self) -> tuple[str, ...]:
+        """The families of :data:`UNSEEN_FAMILIES` whose fact this observation does not know yet: blur (its width),
+        haze (whether there is any), low light (its exposure)."""
+        known = {"blur": bool(self.blur_sigma), "haze": self.haze is not None, "lowlight": self.exposure is not None}
+        return tuple(f for f in UNSEEN_FAMILIES if not known[f])
 
     @property
     def underexposed(self) -> bool:
@@ -212,7 +223,7 @@ class Observation:
             shown = obs if known is None or obs.missing is None else obs.replaced(missing=obs.missing & ~known)
             obs.plausible = shown.plausible_tasks()
             if obs.plausible and obs.plausible[0] in ("gaussian", "complex") and rest.any() \
-                    and float(np.quantile(x[rest], 0.995)) < DARK_LEVEL:
+                    and brightness(x[rest]) < DARK_LEVEL:
                 obs.plausible = (*obs.plausible, "lowlight")  # noise on a dark cube: a short exposure, perhaps
         return obs
 
@@ -248,7 +259,7 @@ class Observation:
             if self.stripes or cv > NON_IID_NOISE_CV:
                 return ("complex",)
             return ("gaussian",) if cv < IID_NOISE_CV else ("gaussian", "complex")
-        return ("blur", "haze", "lowlight")
+        return UNSEEN_FAMILIES
 
     def replaced(self, **changes: Any) -> Observation:
         """A copy with some fields replaced (e.g. ``blur_sigma`` estimated by the model)."""
