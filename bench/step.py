@@ -25,7 +25,7 @@ from _common import bench_parser, check_device, json_line, median_time
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 from hsivar.tasks import DEFAULT_TASKS
-from hsivar.training import STAGES, Batch, prepare_stage, stage_loss
+from hsivar.training import Batch, prepare_stage, stage_loss
 
 
 def synthetic_batch(n: int, bands: int, size: int, device: torch.device) -> Batch:
@@ -89,7 +89,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = HSIVAR(cfg).to(device)
             batch = synthetic_batch(bs, args.bands, S, device)
-            for stage in STAGES:
+            for stage in cfg.stages:
                 key = f"{label}/batch_{bs}/{stage}"
                 try:
                     r = time_stage(model, stage, batch, args.steps, bf16, device)

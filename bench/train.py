@@ -34,7 +34,7 @@ from _common import bench_parser, check_device, init_ray, json_line, machine_inf
 from hsivar_platform.pipeline_config import PipelineConfig, load_config
 from hsivar_platform.train import train_pipeline
 
-from hsivar.training import STAGES
+from hsivar.config import FAMILY_STAGES, STAGES
 
 
 def worker_threads(option: str | None, workers: int, device: str) -> int | None:
@@ -120,7 +120,8 @@ def main() -> None:
     ap = bench_parser(__doc__)
     ap.add_argument("--config", help="pipeline YAML to start from (default: the built-in defaults)")
     ap.add_argument("--workers", default="1,2", help="comma list of Ray Train worker counts")
-    ap.add_argument("--stages", default=",".join(STAGES), help="comma list of stages, in pipeline order")
+    ap.add_argument("--stages", default=",".join(FAMILY_STAGES["hsivar"]),
+                    help="comma list of stages, in pipeline order")
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per stage (the first is not timed)")
     ap.add_argument("--batch-size", type=int, default=None, help="examples per step and worker "
                     "(default: the config's data.batch_size)")

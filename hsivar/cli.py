@@ -1,6 +1,6 @@
 """The model library's commands of the ``hsivar`` command line (Typer).
 
-``hsivar info``            parameters, tokens and counted FLOPs of a preset
+``hsivar info``            parameters, tokens and counted FLOPs of a preset, per model family
 ``hsivar convert-var``     start a model from the released VAR checkpoints (local files)
 ``hsivar data make-demo``  the embedded demo dataset
 
@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from hsivar.config import FAMILIES
 from hsivar.io import format_aliases
 from hsivar.presets import PRESETS, preset
 from hsivar.synth import SENSORS
@@ -33,23 +34,33 @@ def info(
         str, typer.Option("--preset", callback=_check_preset, help="tiny, small or paper")
     ] = "paper",
     bands: Annotated[int, typer.Option(min=1, help="spectral bands C")] = 31,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    family: Annotated[list[str] | None, typer.Option(
+        help=f"model family: {', '.join(FAMILIES)} or all (repeatable; default hsivar)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (several families: "
+                                          "{\"families\": {name: object}})")] = False,
 ) -> None:
-    """Parameter counts per component, tokens per scale and counted forward TFLOPs per cube."""
+    """Parameter counts per component, tokens per scale and counted forward TFLOPs per cube, per model family."""
     from hsivar.info import model_info
 
-    data = model_info(preset(preset_name, bands=bands))
+    names = list(FAMILIES) if "all" in (family or []) else list(dict.fromkeys(family or ["hsivar"]))
+    bad = [f for f in names if f not in FAMILIES]
+    if bad:
+        raise typer.BadParameter(f"unknown family {', '.join(bad)}; expected {', '.join(FAMILIES)} or all",
+                                 param_hint="--family")
+    infos = {f: model_info(preset(preset_name, bands=bands, family=f)) for f in names}
     if as_json:
-        typer.echo(json.dumps(data))
+        typer.echo(json.dumps(infos[names[0]] if len(names) == 1 else {"families": infos}))
         return
-    typer.echo(f"preset {data['preset']}: cube {data['cube_shape']} (C, H, W); task families {' '.join(data['tasks'])}")
-    for name, n in data["params"].items():
-        typer.echo(f"  {name:<18} {n / 1e6:10.3f} M")
-    typer.echo(f"tokens per scale {data['tokens_per_scale']} = {data['tokens']} "
-               f"(+{data['condition_tokens']} condition tokens)")
-    typer.echo(f"forward TFLOPs per cube (greedy restoration): {data['tflops_per_cube']:.4f}")
-    for name, t in data["tflops_by_part"].items():
-        typer.echo(f"  {name:<18} {t:10.4f}")
+    for data in infos.values():
+        typer.echo(f"preset {data['preset']}, family {data['family']}: cube {data['cube_shape']} (C, H, W); "
+                   f"task families {' '.join(data['tasks'])}")
+        for name, n in data["params"].items():
+            typer.echo(f"  {name:<18} {n / 1e6:10.3f} M")
+        typer.echo(f"tokens per scale {data['tokens_per_scale']} = {data['tokens']} "
+                   f"(+{data['condition_tokens']} condition tokens)")
+        typer.echo(f"forward TFLOPs per cube (greedy restoration): {data['tflops_per_cube']:.4f}")
+        for name, t in data["tflops_by_part"].items():
+            typer.echo(f"  {name:<18} {t:10.4f}")
 
 
 def convert_var(

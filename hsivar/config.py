@@ -16,12 +16,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hsivar.tasks import DEFAULT_TASKS, TASKS
 from hsivar.uncertainty import FEATURES
 
-Stage = Literal["vqvae", "var", "decoder"]
-"""A training stage: ``vqvae`` (stage 1, the tokenizer), ``var`` (stage 2, the transformer and refiner),
-``decoder`` (stage 3, decoder, SSA and fusion head on restored latents); see :mod:`hsivar.training`."""
+Stage = Literal["vqvae", "var", "refiner", "decoder"]
+"""A training stage: ``vqvae`` (the tokenizer), ``var`` (the transformer; HSI-VAR's also trains its refiner),
+``refiner`` (RestoreVAR's latent refiner transformer on autoregressive outputs), ``decoder`` (decoder, SSA and
+fusion head on restored latents); see :mod:`hsivar.training`. A model family runs its own list
+(:attr:`ModelConfig.stages`)."""
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
-"""The training stages in pipeline order."""
+"""Every training stage, in pipeline order."""
+
+Family = Literal["hsivar", "restorevar"]
+"""A model family: ``hsivar`` (prefix condition, DAG, NAFNet latent refiner; :mod:`hsivar.models.hsivar`) or
+``restorevar`` (cross-attention to the degraded latent, latent refiner transformer, decoder fine-tuned on
+continuous latents; :mod:`hsivar.models.restorevar`)."""
+
+FAMILIES: tuple[Family, ...] = get_args(Family)
+"""The model families."""
+
+FAMILY_STAGES: dict[Family, tuple[Stage, ...]] = {
+    "hsivar": ("vqvae", "var", "decoder"),
+    "restorevar": ("vqvae", "var", "refiner", "decoder"),
+}
+"""The training stages each family runs, in pipeline order."""
 
 
 class _Frozen(BaseModel):
@@ -125,6 +141,23 @@ class RefinerConfig(_Frozen):
     blocks: int = Field(4, ge=1)
 
 
+class LRTConfig(_Frozen):
+    """RestoreVAR's latent refiner transformer: the greedy latent f̂_K (its tokens) cross-attending to the
+    transformer's last-block hidden states of every scale, regressing the clean continuous latent (family
+    ``restorevar``; RestoreVAR's released code: width 384, depth 12, 6 heads, MLP 768)."""
+
+    width: int = Field(384, ge=8)
+    depth: int = Field(12, ge=1)
+    heads: int = Field(6, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LRTConfig:
+        if self.width % self.heads:
+            raise ValueError(f"lrt.width {self.width} not divisible by lrt.heads {self.heads}")
+        return self
+
+
 class FusionConfig(_Frozen):
     """Output fusion head on the image grid: (degraded tile, decoded tile, task weights) → correction."""
 
@@ -212,12 +245,15 @@ class UncertaintyConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """The whole HSI-VAR model."""
+    """The whole model of one family (HSI-VAR or RestoreVAR)."""
 
     name: str = "custom"
+    family: Family = Field("hsivar", description="the model family (hsivar.config.Family); the parts a family "
+                           "does not use are ignored (refiner: hsivar; lrt: restorevar)")
     vqvae: VQVAEConfig = VQVAEConfig()
     transformer: TransformerConfig = TransformerConfig()
     refiner: RefinerConfig = RefinerConfig()
+    lrt: LRTConfig = LRTConfig()
     fusion: FusionConfig = FusionConfig()
     dag: DAGConfig = DAGConfig()
     loss: LossConfig = LossConfig()
@@ -245,6 +281,11 @@ class ModelConfig(_Frozen):
             raise ValueError(f"uncertainty.coefficients has {len(self.uncertainty.coefficients)} rows for "
                              f"{len(self.dag.tasks)} tasks")
         return self
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The training stages of this model's family, in pipeline order."""
+        return FAMILY_STAGES[self.family]
 
     @property
     def bands(self) -> int:

@@ -3,8 +3,9 @@
 The model is built on the ``meta`` device (no memory, no compute), so even the paper preset is
 described in about a second. FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 (2 FLOPs per multiply-add; matmuls, convolutions and attention) over one greedy restoration of
-one S×S×C tile: E_con, task classifier, K autoregressive steps with the KV cache, refiner, decoder,
-fusion head.
+one S×S×C tile: the condition encoder (HSI-VAR's E_con; RestoreVAR's frozen VQ-VAE encoder), task classifier,
+K autoregressive steps with the KV cache, refiner (HSI-VAR's NAFNet; RestoreVAR's latent refiner transformer),
+decoder, fusion head. Every model family is described the same way (``family`` in the result).
 """
 
 from __future__ import annotations
@@ -15,26 +16,36 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hsivar.config import ModelConfig
+from hsivar.models.base import RestorationModel
+from hsivar.models.build import build_model
 from hsivar.models.hsivar import HSIVAR
+from hsivar.models.restorevar import RestoreVAR
 
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def parameter_counts(model: HSIVAR) -> dict[str, int]:
-    """Parameters per component and ``params_total``."""
+def parameter_counts(model: RestorationModel) -> dict[str, int]:
+    """Parameters per component and ``params_total`` (``condition_encoder``: HSI-VAR's E_con + P, RestoreVAR's
+    condition projections and start token; ``refiner``: HSI-VAR's NAFNet, RestoreVAR's LRT)."""
     vq = model.vqvae
     ssa = _count(vq.decoder.ssa) if vq.decoder.ssa is not None else 0
+    if isinstance(model, HSIVAR):
+        condition, refiner = _count(model.cond), _count(model.refiner)
+    elif isinstance(model, RestoreVAR):
+        condition, refiner = sum(p.numel() for p in model.condition_parameters()), _count(model.lrt)
+    else:
+        raise TypeError(f"no parameter parts for {type(model).__name__}")
     counts = {
         "vqvae_encoder": _count(vq.encoder),
         "vqvae_decoder": _count(vq.decoder) - ssa,
         "ssa": ssa,
         "quantizer": _count(vq.quantize) + _count(vq.quant_conv) + _count(vq.post_quant_conv),
-        "condition_encoder": _count(model.cond),
+        "condition_encoder": condition,
         "dag": _count(model.dag),
         "transformer": _count(model.var),
-        "refiner": _count(model.refiner),
+        "refiner": refiner,
         "fusion": _count(model.fusion) if model.fusion is not None else 0,
     }
     counts["params_total"] = _count(model)
@@ -43,11 +54,12 @@ def parameter_counts(model: HSIVAR) -> dict[str, int]:
 
 # FlopCounterMode names modules by class path relative to the modules entered; group them by part.
 _FLOP_PARTS = {"condition_encoder": ("Encoder",), "transformer": ("Block", "Linear"),
-               "quantizer": ("PhiSelector",), "refiner": ("Refiner",), "decoder": ("Decoder",),
+               "quantizer": ("PhiSelector",), "refiner": ("Refiner", "LatentRefinerTransformer"),
+               "decoder": ("Decoder",),
                "fusion": ("OutputFusion",)}
 
 
-def count_restore_flops(model: HSIVAR, batch: int = 1) -> dict[str, int]:
+def count_restore_flops(model: RestorationModel, batch: int = 1) -> dict[str, int]:
     """Forward FLOPs of one greedy restoration of ``batch`` tiles: ``total`` and per part (``other``: the rest)."""
     C, S = model.cfg.vqvae.bands, model.cfg.vqvae.image_size
     device = next(model.parameters()).device
@@ -66,11 +78,12 @@ def count_restore_flops(model: HSIVAR, batch: int = 1) -> dict[str, int]:
 def model_info(cfg: ModelConfig) -> dict[str, Any]:
     """Everything ``hsivar info`` prints, as one JSON-able dict."""
     with torch.device("meta"):
-        model = HSIVAR(cfg).eval()
+        model = build_model(cfg).eval()
     flops = count_restore_flops(model)
     vq = cfg.vqvae
     info: dict[str, Any] = {
         "preset": cfg.name,
+        "family": cfg.family,
         "cube_shape": list(cfg.cube_shape),
         "patch_nums": list(vq.patch_nums),
         "tokens_per_scale": list(vq.tokens_per_scale),

@@ -6,14 +6,28 @@
 * ``paper`` — the shapes of the HSI-VAR paper: VQ-VAE ch 160, ch_mult (1,1,2,2,4), V 4096, Cvae 32,
   patch_nums (1,2,3,4,5,6,8,10,13,16) for 256×256×31; transformer depth 16, width 1024.
 
-``hsivar info --preset NAME --json`` prints a preset's parameter counts and FLOPs per cube.
+Each preset exists for every model family (``family``, :data:`hsivar.config.FAMILIES`): the same VQ-VAE,
+transformer width and depth, task classifier and fusion head, so that families compare at one budget. RestoreVAR
+adds its latent refiner transformer (tiny: width 64, depth 2; small: 256, 4; paper: RestoreVAR's 384, 12) and
+conditions by cross-attention alone (no aligned condition).
+
+``hsivar info --preset NAME [--family F] --json`` prints a preset's parameter counts and FLOPs per cube.
 """
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
-from hsivar.config import DAGConfig, FusionConfig, ModelConfig, RefinerConfig, TransformerConfig, VQVAEConfig
+from hsivar.config import (
+    FAMILIES,
+    DAGConfig,
+    FusionConfig,
+    LRTConfig,
+    ModelConfig,
+    RefinerConfig,
+    TransformerConfig,
+    VQVAEConfig,
+)
 
 __all__ = ["PRESETS", "PresetName", "default_wavelengths", "preset"]
 
@@ -35,12 +49,28 @@ def default_wavelengths(bands: int, start_nm: float = 400.0, stop_nm: float = 70
     return tuple(round(start_nm + i * step, 6) for i in range(bands))
 
 
-def preset(name: str, bands: int = 31) -> ModelConfig:
-    """Return the model config of preset ``name`` (``tiny``, ``small``, ``paper``) for ``bands`` bands.
+_LRT = {"tiny": LRTConfig(width=64, depth=2, heads=2), "small": LRTConfig(width=256, depth=4, heads=4),
+        "paper": LRTConfig()}
+
+
+def preset(name: str, bands: int = 31, family: str = "hsivar") -> ModelConfig:
+    """Return the model config of preset ``name`` (``tiny``, ``small``, ``paper``) for ``bands`` bands, of model
+    ``family`` (``hsivar`` or ``restorevar``; see the module docstring).
 
     Raises:
-        ValueError: unknown preset name.
+        ValueError: unknown preset name or family.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    cfg = _hsivar_preset(name, bands)
+    if family == "restorevar":
+        transformer = cfg.transformer.model_copy(update={"aligned_condition": False})
+        cfg = cfg.model_copy(update={"family": family, "lrt": _LRT[name], "transformer": transformer})
+    return cfg
+
+
+def _hsivar_preset(name: str, bands: int) -> ModelConfig:
+    """The HSI-VAR config of preset ``name`` for ``bands`` bands (see :func:`preset`)."""
     wl = default_wavelengths(bands) if bands > 1 else None
     if name == "tiny":
         # 32×32×C tiles, a 16×16 latent (one downsampling), 8 scales (507 tokens), a 2-block transformer.

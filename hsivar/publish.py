@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from hsivar.config import ModelConfig
 from hsivar.io.location import resolve_location, staged, write_bytes_atomic
-from hsivar.models.hsivar import HSIVAR
+from hsivar.models.base import RestorationModel
+from hsivar.models.build import build_model
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -28,7 +29,7 @@ class ModelFileError(ValueError):
     """A published model directory is missing, incomplete or inconsistent (the message says which)."""
 
 
-def save_published(model: HSIVAR, directory: str | os.PathLike, *, stage: str = "decoder",
+def save_published(model: RestorationModel, directory: str | os.PathLike, *, stage: str = "decoder",
                    metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as safetensors + JSON config into ``directory`` (created); → the directory.
 
@@ -89,7 +90,8 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
     return cfg, doc
 
 
-def load_published(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[HSIVAR, dict[str, Any]]:
+def load_published(directory: str | os.PathLike,
+                   device: str | torch.device = "cpu") -> tuple[RestorationModel, dict[str, Any]]:
     """Build the model from ``config.json`` and load ``model.safetensors`` strictly; → (model in eval mode, doc).
 
     Raises:
@@ -103,7 +105,7 @@ def load_published(directory: str | os.PathLike, device: str | torch.device = "c
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own error types on truncated/corrupt files
         raise ModelFileError(f"{weights}: unreadable safetensors file ({e})") from e
-    model = HSIVAR(cfg)
+    model = build_model(cfg)
     state = {k: v for k, v in state.items() if not k.startswith(RETIRED_WEIGHTS)}
     try:
         model.load_state_dict(state, strict=True)

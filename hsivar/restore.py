@@ -47,8 +47,8 @@ from hsivar.config import ModelConfig
 from hsivar.deblur import blur_width_of
 from hsivar.degrade.observation import Observation
 from hsivar.exposure import estimate_exposure
+from hsivar.models.base import Guidance, RestorationModel
 from hsivar.models.dag import AutoAmong, TaskSpec
-from hsivar.models.hsivar import HSIVAR, Guidance
 from hsivar.models.var import GREEDY, Sampling
 from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, calibrated_std, finish, prepare_cube
 from hsivar.publish import load_published
@@ -228,7 +228,7 @@ class RestoreSpec:
 class Restorer(RestoreSpec):
     """Restore whole cubes with a published HSI-VAR model (see the module docstring)."""
 
-    def __init__(self, model: HSIVAR, device: str | torch.device = "cpu", bf16: bool | None = None,
+    def __init__(self, model: RestorationModel, device: str | torch.device = "cpu", bf16: bool | None = None,
                  compiled: bool = False, compiled_batch_sizes: int = 16) -> None:
         """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU. ``compiled``:
         decode through ``torch.compile``'d steps (:meth:`~hsivar.models.var.NextScaleTransformer.compile_steps`:
@@ -275,7 +275,7 @@ class Restorer(RestoreSpec):
             task: ``"auto"``, a task name, a {task: weight} mixture or weights (b, N).
             sampling, generator: the decoding and its random source (seeded sampling).
             estimate01: (b, C, S, S) the tiles' classical first estimate (models with ``first_estimate``).
-            guidance, cfg_scale, refine: as :meth:`hsivar.models.hsivar.HSIVAR.restore`.
+            guidance, cfg_scale, refine: as :meth:`hsivar.models.base.RestorationModel.restore`.
         Returns:
             (restored tiles (b, C, S, S) float32 on the CPU in [0, 1], task weights used (b, N) float32 on the CPU).
         """

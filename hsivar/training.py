@@ -1,4 +1,6 @@
-"""The three training stages of HSI-VAR as plain PyTorch: what each trains and its loss.
+"""The training stages of the model families as plain PyTorch: what each trains and its loss.
+
+HSI-VAR (family ``hsivar``) runs three:
 
 * Stage 1 ``vqvae``: E, quantiser, D (not SSA) — L1 + w·(1 − SSIM) reconstruction + VQ loss.
 * Stage 2 ``var``: E_con (initialised from E), P, DAG, transformer, refiner — with the VQ-VAE
@@ -13,8 +15,15 @@
   Neural Networks", ICLR 2016), so here it learns to correct those latents — RestoreVAR ("RestoreVAR:
   Visual Autoregressive Generation for All-in-One Image Restoration", arXiv:2505.18047) trains its
   latent refiner on AR outputs likewise.
-* The task classifier (``dag``'s CNN on the degraded tile) trains in every stage of
-  ``dag.classifier_stages`` (default all three), with its own ``w·CE`` added to that stage's loss.
+
+RestoreVAR (family ``restorevar``) runs four: ``vqvae`` as above; ``var``: the transformer with its cross-attention
+and the condition projections, the encoder frozen — plain token CE, no alignment loss, no task
+(:func:`restorevar_stage2_loss`); ``refiner``: the latent refiner transformer alone, L1 to the clean continuous
+latent quant_conv(E(hq)) on the transformer's own greedy outputs (:func:`refiner_stage_loss`); ``decoder``: the
+decoder (and fusion head) fine-tuned on the refined continuous latents, as stage 3 above with the LRT frozen.
+
+The task classifier (``dag``'s CNN on the degraded tile) trains in every stage of ``dag.classifier_stages``
+(default all), with its own ``w·CE`` added to that stage's loss.
 
 The Ray layer (``hsivar_platform.train``) calls :func:`stage_loss` inside its workers;
 :func:`fit` is the same loop on one process (tests, the tiny demo).
@@ -29,15 +38,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hsivar.config import STAGES, ModelConfig, Stage
+from hsivar.config import ModelConfig, Stage, VQVAEConfig
 from hsivar.consistency import exact_entries
 from hsivar.degrade.observation import Observation
 from hsivar.degrade.record import DegradationRecord
 from hsivar.estimate import first_estimate
 from hsivar.losses import l1_ssim_loss
 from hsivar.metrics import psnr_from_mse
+from hsivar.models.base import RestorationModel, RestoreOutput, to_model_range
 from hsivar.models.condition import alignment_loss
-from hsivar.models.hsivar import HSIVAR, to_model_range
+from hsivar.models.hsivar import HSIVAR
+from hsivar.models.restorevar import RestoreVAR
 
 
 @dataclass
@@ -60,7 +71,7 @@ class StepResult:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-ESTIMATE_STAGES: tuple[Stage, ...] = ("var", "decoder")
+ESTIMATE_STAGES: tuple[Stage, ...] = ("var", "refiner", "decoder")
 """The stages whose loss reads the first estimate (the condition encoder's input, the fusion head's start);
 stage 1 trains on the clean tiles, and its task classifier on the degraded ones."""
 
@@ -101,22 +112,33 @@ def _psnr_log(pred01: torch.Tensor, target01: torch.Tensor) -> float:
     return float(psnr_from_mse(mse).mean())
 
 
-def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
+def trainable_parameters(model: RestorationModel, stage: Stage) -> list[torch.nn.Parameter]:
     """The parameters a stage optimises; everything else stays frozen (requires_grad off).
 
     Besides the stage's own modules, the task classifier in the stages of ``dag.classifier_stages``.
+
+    Raises:
+        ValueError: a stage the model's family does not run.
     """
+    _check_stage(model, stage)
     if stage == "vqvae":  # the decoder's stage-3 additions (SSA, skips) stay at their zero init
         dec = model.vqvae.decoder
         later = {id(p) for m in (dec.ssa, dec.skips) if m is not None for p in m.parameters()}
         params = [p for p in model.vqvae.parameters() if id(p) not in later]
-    elif stage == "var":
-        params = [p for m in (model.cond, model.dag, model.var, model.refiner) for p in m.parameters()]
-    elif stage == "decoder":
-        parts = (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner, model.fusion)
+    elif isinstance(model, HSIVAR):
+        parts = ((model.cond, model.dag, model.var, model.refiner) if stage == "var" else
+                 (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner, model.fusion))
         params = [p for m in parts if m is not None for p in m.parameters()]
+    elif isinstance(model, RestoreVAR):
+        if stage == "var":
+            params = list(model.var.parameters()) + model.condition_parameters()
+        elif stage == "refiner":
+            params = list(model.lrt.parameters())
+        else:  # decoder: RestoreVAR's decoder fine-tuned on continuous latents (the LRT stays as stage refiner left it)
+            parts = (model.vqvae.decoder, model.vqvae.post_quant_conv, model.fusion)
+            params = [p for m in parts if m is not None for p in m.parameters()]
     else:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        raise TypeError(f"no training stages for {type(model).__name__}")
     if stage in model.cfg.dag.classifier_stages:
         known = set(map(id, params))
         params += [p for p in model.dag.classifier_parameters() if id(p) not in known]
@@ -126,7 +148,7 @@ def trainable_parameters(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter
     return params
 
 
-def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
+def param_groups(model: RestorationModel, params: list[torch.nn.Parameter], lr: float,
                  head_lr: float | None = None) -> list[dict]:
     """AdamW parameter groups of a stage's ``params``: the fusion head at ``head_lr`` (when given; its
     per-task input gate and unsharp amounts at ``cfg.fusion.gate_lr_scale`` times that), the rest at ``lr``.
@@ -145,7 +167,7 @@ def param_groups(model: HSIVAR, params: list[torch.nn.Parameter], lr: float,
     return [g for g in groups if g["params"]]
 
 
-def task_loss(model: HSIVAR, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def task_loss(model: RestorationModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The task classifier on the degraded tiles: → (``loss.task`` · CE against the true weights, logits (B, N),
     logs)."""
     logits = model.dag.classify(batch.lq)
@@ -154,7 +176,7 @@ def task_loss(model: HSIVAR, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, 
     return model.cfg.loss.task * ce, logits, {"task_ce": float(ce.detach()), "task_acc": float(acc)}
 
 
-def _task_term(model: HSIVAR, stage: Stage, batch: Batch,
+def _task_term(model: RestorationModel, stage: Stage, batch: Batch,
                logs: dict[str, float]) -> tuple[torch.Tensor | float, torch.Tensor | None]:
     """The task classifier's loss (:func:`task_loss`) when ``stage`` trains it (``dag.classifier_stages``), its
     logs added to ``logs``; → (the term to add to the stage's loss, 0.0 otherwise; the logits (B, N) or None)."""
@@ -165,7 +187,14 @@ def _task_term(model: HSIVAR, stage: Stage, batch: Batch,
     return term, logits
 
 
-def stage1_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+def _check_stage(model: RestorationModel, stage: str) -> None:
+    """Raise ValueError unless ``stage`` is one the model's family runs (``ModelConfig.stages``)."""
+    if stage not in model.cfg.stages:
+        raise ValueError(f"unknown stage {stage!r} for a {model.cfg.family} model; expected one of "
+                         f"{', '.join(model.cfg.stages)}")
+
+
+def stage1_loss(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
     """VQ-VAE reconstruction of the clean cubes: L1 + w·(1 − SSIM) + w_vq·VQ loss (+ w·task CE)."""
     out = model.vqvae(to_model_range(batch.hq))
     rec01 = (out.reconstruction.float() + 1) / 2
@@ -177,8 +206,12 @@ def stage1_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     return StepResult(loss + _task_term(model, "vqvae", batch, logs)[0], logs)
 
 
-def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
-    """Teacher-forced next-scale CE + β1·refiner L1 + β2·alignment + w·task-classifier CE."""
+def stage2_loss(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """Teacher-forced next-scale CE + β1·refiner L1 + β2·alignment + w·task-classifier CE (HSI-VAR; RestoreVAR:
+    :func:`restorevar_stage2_loss`)."""
+    if isinstance(model, RestoreVAR):
+        return restorevar_stage2_loss(model, batch, generator)
+    assert isinstance(model, HSIVAR)
     lc, vq = model.cfg.loss, model.vqvae
     with torch.no_grad():
         f = vq.encode(to_model_range(batch.hq)).float()
@@ -197,17 +230,63 @@ def stage2_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     refined = model.refine(hidden[:, -n_last:], idx[-1])
     ref = F.l1_loss(refined, residual)
     loss = ce + lc.refiner * ref + lc.align * align
-    with torch.no_grad():
-        hit = (logits.argmax(-1) == target).float()
-        logs = {"ce": float(ce), "refiner_l1": float(ref), "align": float(align), "acc": float(hit.mean())}
-        start = 0
-        for k, p in enumerate(vq.cfg.patch_nums):
-            logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
-            start += p * p
+    logs = {"ce": float(ce.detach()), "refiner_l1": float(ref.detach()), "align": float(align.detach())} \
+        | _accuracy_logs(logits, target, vq.cfg)
     return StepResult(loss + _task_term(model, "var", batch, logs)[0], logs)
 
 
-def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None,
+def _accuracy_logs(logits: torch.Tensor, target: torch.Tensor, vq_cfg: VQVAEConfig) -> dict[str, float]:
+    """Teacher-forced token accuracy, overall (``acc``) and per scale (``acc_s{k}``); logits (B, L, V), target
+    (B, L)."""
+    with torch.no_grad():
+        hit = (logits.argmax(-1) == target).float()
+        logs, start = {"acc": float(hit.mean())}, 0
+        for k, p in enumerate(vq_cfg.patch_nums):
+            logs[f"acc_s{k}"] = float(hit[:, start:start + p * p].mean())
+            start += p * p
+    return logs
+
+
+def restorevar_stage2_loss(model: RestoreVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """RestoreVAR's stage var: teacher-forced next-scale CE with the transformer cross-attending to the degraded
+    cube's latent (the first estimate's with ``first_estimate``), + w·task-classifier CE."""
+    vq = model.vqvae
+    with torch.no_grad():
+        idx, _ = vq.quantize.f_to_idx(vq.encode(to_model_range(batch.hq)).float())
+        x_in = vq.quantize.idx_to_var_input(idx)
+    memory, sos, _ = model.condition(model.condition_input(batch.lq, batch.x0))
+    logits, _ = model.var(memory, sos, x_in)
+    target = torch.cat(idx, dim=1)
+    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    logs = {"ce": float(ce.detach()), "global_gain": float(model.global_gain.detach())} \
+        | _accuracy_logs(logits, target, vq.cfg)
+    return StepResult(ce + _task_term(model, "var", batch, logs)[0], logs)
+
+
+def _greedy(model: RestorationModel, batch: Batch, weights: torch.Tensor | None = None) -> RestoreOutput:
+    """The model's greedy tokens for the batch's degraded tiles, in eval mode (no dropout or drop-path), no grad;
+    ``weights``: the task weights (B, N) to restore with (default: the true ones)."""
+    was_training = model.training
+    model.eval()
+    out = model.autoregress(batch.lq, task=batch.task_weights if weights is None else weights, estimate01=batch.x0)
+    model.train(was_training)
+    return out
+
+
+def refiner_stage_loss(model: RestoreVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """RestoreVAR's stage refiner: L1 between LRT(greedy f̂_K, hidden states) and the clean continuous latent
+    quant_conv(E(hq)) (+ w·task-classifier CE). Logs ``l1_greedy``, the greedy latent's own L1, for comparison."""
+    logs: dict[str, float] = {}
+    task_term, _ = _task_term(model, "refiner", batch, logs)
+    out = _greedy(model, batch)
+    with torch.no_grad():
+        f = model.vqvae.encode(to_model_range(batch.hq)).float()
+    l1 = F.l1_loss(model.continuous_latent(out), f)
+    logs.update(l1=float(l1.detach()), l1_greedy=float(F.l1_loss(out.latent, f)))
+    return StepResult(l1 + task_term, logs)
+
+
+def stage3_task_weights(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None,
                         logits: torch.Tensor | None = None) -> torch.Tensor:
     """The task weights (B, N) stage 3 restores with: per tile, with probability ``loss.stage3_auto`` the
     classifier's softmax (what ``task="auto"`` uses; from ``logits`` (B, N) when given), otherwise the
@@ -221,7 +300,7 @@ def stage3_task_weights(model: HSIVAR, batch: Batch, generator: torch.Generator 
     return torch.where(pick[:, None], auto, batch.task_weights.to(auto.dtype))
 
 
-def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+def stage3_loss(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
     """Decoder + SSA + refiner + fusion head on restored latents (greedy AR with
     :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE).
 
@@ -231,11 +310,8 @@ def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     logs: dict[str, float] = {}
     task_term, logits = _task_term(model, "decoder", batch, logs)
     weights = stage3_task_weights(model, batch, generator, logits)
-    was_training = model.training
-    model.eval()  # decoding must not see dropout / drop-path
-    out = model.autoregress(batch.lq, task=weights, estimate01=batch.x0)  # no_grad; tokens only, nothing decoded
-    model.train(was_training)
-    latent = out.latent + model.refine(out.hidden_last, out.idx[-1])  # f̂_K (AR) + Q(z, W(e[r_K]))
+    out = _greedy(model, batch, weights)  # tokens only, nothing decoded
+    latent = model.continuous_latent(out)  # HSI-VAR: f̂_K (AR) + Q(z, W(e[r_K])); RestoreVAR: LRT(f̂_K, hidden)
     rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights, batch.x0)
     if batch.kept is not None:
         rec01 = torch.where(batch.kept, batch.lq.to(rec01.dtype), rec01)
@@ -244,25 +320,28 @@ def stage3_loss(model: HSIVAR, batch: Batch, generator: torch.Generator | None =
     return StepResult(loss + task_term, logs)
 
 
-def stage_loss(model: HSIVAR, stage: Stage, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
-    """Dispatch to the loss of ``stage``."""
+def stage_loss(model: RestorationModel, stage: Stage, batch: Batch,
+               generator: torch.Generator | None = None) -> StepResult:
+    """Dispatch to the loss of ``stage``; ValueError for a stage the model's family does not run."""
+    _check_stage(model, stage)
     if stage == "vqvae":
         return stage1_loss(model, batch, generator)
     if stage == "var":
         return stage2_loss(model, batch, generator)
-    if stage == "decoder":
-        return stage3_loss(model, batch, generator)
-    raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage == "refiner":
+        assert isinstance(model, RestoreVAR)
+        return refiner_stage_loss(model, batch, generator)
+    return stage3_loss(model, batch, generator)
 
 
-def prepare_stage(model: HSIVAR, stage: Stage) -> list[torch.nn.Parameter]:
-    """Set up a stage: freeze the rest, copy E into E_con at the start of stage 2; → trainable params."""
-    if stage == "var":
+def prepare_stage(model: RestorationModel, stage: Stage) -> list[torch.nn.Parameter]:
+    """Set up a stage: freeze the rest, copy E into E_con at the start of HSI-VAR's stage 2; → trainable params."""
+    if stage == "var" and isinstance(model, HSIVAR):
         model.init_condition_encoder()
     return trainable_parameters(model, stage)
 
 
-def fit(model: HSIVAR, stage: Stage, batches: Iterable[Batch], steps: int, lr: float = 1e-3,
+def fit(model: RestorationModel, stage: Stage, batches: Iterable[Batch], steps: int, lr: float = 1e-3,
         grad_clip: float = 2.0, weight_decay: float = 0.0, seed: int = 0,
         init_stage: bool = True, head_lr: float | None = None) -> Iterator[StepResult]:
     """Train ``stage`` for ``steps`` steps on one process with AdamW; yields each step's result.

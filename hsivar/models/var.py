@@ -15,6 +15,11 @@ k − 1; a query sees every key of a level ≤ its own. Logits are read at the l
 Inference runs one scale per step with a KV cache (keys cached already rotated); it equals the
 masked full-sequence forward.
 
+Cross-attention conditioning (``cross=True``, the RestoreVAR family): the condition tokens are not in the
+sequence (N_c = 0 above); every block ends with a zero-gain cross-attention to them (RestoreVAR's block order:
+self-attention → FFN → cross-attention), queries rotated at their own positions and keys at the condition
+grid's (:mod:`hsivar.models.cross_attention`). The SOS token d is then the caller's start embedding.
+
 Aligned conditioning (``TransformerConfig.aligned_condition``, on in the tiny and small presets):
 the prefix grid P(c) (p_K × p_K tokens) is also area-pooled to p_k × p_k and added to the tokens
 that predict scale k (the SOS gets its mean). Attention alone lets a small, briefly trained
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsivar.config import TransformerConfig, VQVAEConfig
+from hsivar.models.cross_attention import CrossAttention
 from hsivar.models.quant import MultiScaleQuantizer
 from hsivar.models.rope import apply_rope, grid_positions, rope_angles
 
@@ -104,21 +110,34 @@ class FFN(nn.Module):
         return self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block: x += attn(ln1(x)); x += ffn(ln2(x)) (no AdaLN)."""
+Memory = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""What cross-attention reads: condition tokens (B, M, C) and their RoPE cos / sin (M, d/2)."""
 
-    def __init__(self, cfg: TransformerConfig, drop_path_rate: float) -> None:
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x += attn(ln1(x)); x += ffn(ln2(x)) (no AdaLN); with ``cross``, then
+    x += gain·cross(x, memory) (RestoreVAR's order; the gain starts at 0)."""
+
+    def __init__(self, cfg: TransformerConfig, drop_path_rate: float, cross: bool = False) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.width, eps=1e-6)
         self.attn = SelfAttention(cfg.width, cfg.heads, cfg.attn_drop_rate, cfg.drop_rate)
         self.ln2 = nn.LayerNorm(cfg.width, eps=1e-6)
         self.ffn = FFN(cfg.width, cfg.mlp_ratio, cfg.drop_rate)
+        self.cross = CrossAttention(cfg.width, cfg.heads) if cross else None
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, memory: Memory | None = None) -> torch.Tensor:
+        """x (B, N, C); cos/sin (N, d/2); mask (N, N_keys) or None; memory: the cross-attention's (with ``cross``)."""
         x = x + drop_path(self.attn(self.ln1(x), cos, sin, mask), self.drop_path_rate, self.training)
-        return x + drop_path(self.ffn(self.ln2(x)), self.drop_path_rate, self.training)
+        x = x + drop_path(self.ffn(self.ln2(x)), self.drop_path_rate, self.training)
+        if self.cross is not None:
+            if memory is None:
+                raise ValueError("a cross-attention block needs the condition tokens (memory)")
+            m, m_cos, m_sin = memory
+            x = x + drop_path(self.cross(x, m, (cos, sin), (m_cos, m_sin)), self.drop_path_rate, self.training)
+        return x
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,7 @@ class Generation:
     idx: list[torch.Tensor]  # K tensors (B, p_k²) int64
     f_hat: torch.Tensor  # (B, Cvae, h, w) accumulated latent f̂_K
     hidden_last: torch.Tensor  # (B, p_K², C) normed hidden states at the last scale
+    hidden: torch.Tensor | None = None  # (B, L, C) normed hidden states of every scale (keep_hidden), else None
 
 
 def _graph_limits(graphs: int) -> AbstractContextManager:
@@ -179,28 +199,32 @@ def _graph_limits(graphs: int) -> AbstractContextManager:
 class NextScaleTransformer(nn.Module):
     """Block-causal next-scale transformer; see the module docstring for the sequence layout."""
 
-    def __init__(self, cfg: TransformerConfig, vq: VQVAEConfig) -> None:
+    def __init__(self, cfg: TransformerConfig, vq: VQVAEConfig, cross: bool = False) -> None:
+        """The transformer for ``vq``'s scales; ``cross``: condition by cross-attention instead of a prefix."""
         super().__init__()
-        self.cfg, self.patch_nums = cfg, tuple(vq.patch_nums)
+        self.cfg, self.patch_nums, self.cross = cfg, tuple(vq.patch_nums), cross
         K, C = len(self.patch_nums), cfg.width
-        self.num_prefix = vq.latent_size**2
+        self.num_prefix = 0 if cross else vq.latent_size**2
         self.L = sum(p * p for p in self.patch_nums)
         self.vocab_size = vq.vocab_size
         self.word_embed = nn.Linear(vq.z_channels, C)
         self.lvl_embed = nn.Embedding(K + 1, C)  # levels 0…K−1: scales; K: the condition prefix
         dpr = [cfg.resolved_drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList([Block(cfg, r) for r in dpr])
+        self.blocks = nn.ModuleList([Block(cfg, r, cross) for r in dpr])
         self.head_nm = nn.LayerNorm(C, eps=1e-6)
         self.head = nn.Linear(C, vq.vocab_size)
 
         # Geometry of the whole sequence (buffers, not weights: derived from the config).
         G = self.patch_nums[-1]
-        pos = [grid_positions(G, G)] + [grid_positions(p, G) for p in self.patch_nums]
+        pos = ([] if cross else [grid_positions(G, G)]) + [grid_positions(p, G) for p in self.patch_nums]
         angles = rope_angles(torch.cat(pos), cfg.head_dim, cfg.rope_theta)  # (N_c + L, d/2)
         levels = torch.cat([torch.full((self.num_prefix,), -1)]
                            + [torch.full((p * p,), k) for k, p in enumerate(self.patch_nums)])
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        mem_angles = rope_angles(grid_positions(G, G), cfg.head_dim, cfg.rope_theta)  # (G², d/2): the condition grid
+        self.register_buffer("rope_mem_cos", mem_angles.cos(), persistent=False)
+        self.register_buffer("rope_mem_sin", mem_angles.sin(), persistent=False)
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("mask", levels[:, None] >= levels[None, :], persistent=False)
         self.init_weights()
@@ -249,6 +273,13 @@ class NextScaleTransformer(nn.Module):
     def _lvl(self, level: int) -> torch.Tensor:
         return self.lvl_embed.weight[level]
 
+    def memory(self, prefix_BNC: torch.Tensor | None) -> Memory | None:
+        """The cross-attention's input: the condition tokens (B, N_c, C) plus the condition level, with their RoPE
+        tables; None without ``cross``."""
+        if not self.cross or prefix_BNC is None:
+            return None
+        return prefix_BNC + self._lvl(len(self.patch_nums)), self.rope_mem_cos, self.rope_mem_sin
+
     def scale_condition(self, prefix_BNC: torch.Tensor, k: int) -> torch.Tensor | float:
         """The prefix grid area-pooled to scale k, (B, N_c, C) → (B, p_k², C), added to the tokens
         that predict scale k; 0 when ``aligned_condition`` is off."""
@@ -272,7 +303,7 @@ class NextScaleTransformer(nn.Module):
         """
         K = len(self.patch_nums)
         sos = (d_BC + self._lvl(0)).unsqueeze(1) + self.scale_condition(prefix_BNC, 0)
-        parts = [prefix_BNC + self._lvl(K), sos]
+        parts = [sos] if self.cross else [prefix_BNC + self._lvl(K), sos]
         if x_BLCv is not None:
             start = 0
             for k, p in enumerate(self.patch_nums[1:], start=1):
@@ -285,15 +316,15 @@ class NextScaleTransformer(nn.Module):
         """Teacher-forced forward over the whole sequence.
 
         Args:
-            prefix_BNC: (B, N_c, C) condition tokens.
+            prefix_BNC: (B, N_c, C) condition tokens (the prefix, or the cross-attention's memory).
             d_BC: (B, C) degradation embedding (the SOS token).
             x_BLCv: (B, L − 1, Cvae) teacher-forcing inputs of scales 2…K.
         Returns:
             logits (B, L, V) float32 and normed hidden states (B, L, C).
         """
-        h = self.embed_sequence(prefix_BNC, d_BC, x_BLCv)
+        h, memory = self.embed_sequence(prefix_BNC, d_BC, x_BLCv), self.memory(prefix_BNC)
         for b in self.blocks:
-            h = b(h, self.rope_cos, self.rope_sin, self.mask)
+            h = b(h, self.rope_cos, self.rope_sin, self.mask, memory)
         h = self.head_nm(h[:, self.num_prefix:])
         return self.head(h).float(), h
 
@@ -302,12 +333,13 @@ class NextScaleTransformer(nn.Module):
         for b in self.blocks:
             b.attn.kv_caching(enable)
 
-    def step(self, tokens_BnC: torch.Tensor, start: int) -> torch.Tensor:
+    def step(self, tokens_BnC: torch.Tensor, start: int, prefix_BNC: torch.Tensor | None = None) -> torch.Tensor:
         """Run one chunk of the sequence through the cached blocks.
 
         Args:
             tokens_BnC: (B, n, C) embedded tokens at sequence positions [start, start + n).
             start: position of the first token (0 for the prefix chunk).
+            prefix_BNC: (B, N_c, C) the condition tokens, with ``cross`` (cross-attention reads them every step).
         Returns:
             normed hidden states (B, n, C).
         """
@@ -315,24 +347,25 @@ class NextScaleTransformer(nn.Module):
         cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         # Only the first chunk needs a mask (the prefix must not see d); later chunks see everything cached.
         mask = self.mask[start:end, :end] if start == 0 else None
-        h = tokens_BnC
+        h, memory = tokens_BnC, self.memory(prefix_BNC)
         for b in self.blocks:
-            h = b(h, cos, sin, mask)
+            h = b(h, cos, sin, mask, memory)
         return self.head_nm(h)
 
-    def recompute(self, tokens_BnC: torch.Tensor) -> torch.Tensor:
-        """The whole sequence so far through the masked blocks, no cache; (B, n, C) → normed hidden (B, n, C)."""
+    def recompute(self, tokens_BnC: torch.Tensor, prefix_BNC: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole sequence so far through the masked blocks, no cache; (B, n, C) → normed hidden (B, n, C).
+        ``prefix_BNC``: as in :meth:`step`."""
         n = tokens_BnC.shape[1]
-        h = tokens_BnC
+        h, memory = tokens_BnC, self.memory(prefix_BNC)
         for b in self.blocks:
-            h = b(h, self.rope_cos[:n], self.rope_sin[:n], self.mask[:n, :n])
+            h = b(h, self.rope_cos[:n], self.rope_sin[:n], self.mask[:n, :n], memory)
         return self.head_nm(h)
 
     @torch.no_grad()
     def generate(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor, quantizer: MultiScaleQuantizer,
                  sampling: Sampling = GREEDY, generator: torch.Generator | None = None,
                  d_uncond_BC: torch.Tensor | None = None, cfg_scale: float = 0.0,
-                 kv_cache: bool = True) -> Generation:
+                 kv_cache: bool = True, keep_hidden: bool = False) -> Generation:
         """Autoregressive next-scale decoding, one scale per step.
 
         Args:
@@ -342,6 +375,7 @@ class NextScaleTransformer(nn.Module):
                 pass with this embedding, logits (1 + t)·cond − t·uncond, t = cfg_scale·k/(K−1).
             kv_cache: feed only the new scale's tokens and attend to cached keys/values (default);
                 False recomputes the whole sequence at every scale (same result, for benchmarks).
+            keep_hidden: also return every scale's hidden states (``Generation.hidden``, RestoreVAR's refiner).
         """
         B, K = prefix_BNC.shape[0], len(self.patch_nums)
         guided = d_uncond_BC is not None and cfg_scale > 0
@@ -351,7 +385,8 @@ class NextScaleTransformer(nn.Module):
         G = self.patch_nums[-1]
         f_hat = prefix_BNC.new_zeros(B, quantizer.Cvae, G, G, dtype=torch.float32)
         tokens = self.embed_sequence(prefix_BNC, d_BC, None)
-        seq, pos, idx_all = tokens, 0, []
+        seq, pos, idx_all, hidden = tokens, 0, [], []
+        memory = prefix_BNC if self.cross else None
         step = self._compiled_step if kv_cache and self._compiled_step is not None else self.step
         # one compiled graph per scale and batch size: dynamo may keep them all, during this call only
         graphs = _graph_limits(len(self.patch_nums) * self._compiled_batch_sizes) \
@@ -361,11 +396,13 @@ class NextScaleTransformer(nn.Module):
             with graphs:
                 for si, pn in enumerate(self.patch_nums):
                     if kv_cache:
-                        h = step(tokens, pos)
+                        h = step(tokens, pos, memory)
                         pos += tokens.shape[1]
                     else:
-                        h = self.recompute(seq)
+                        h = self.recompute(seq, memory)
                     h = h[:, -pn * pn:]
+                    if keep_hidden:
+                        hidden.append(h[:B])
                     logits = self.head(h).float()
                     if guided:
                         t = cfg_scale * si / max(K - 1, 1)
@@ -374,7 +411,7 @@ class NextScaleTransformer(nn.Module):
                     idx_all.append(idx)
                     f_hat, nxt = quantizer.next_input(si, f_hat, idx)
                     if nxt is None:
-                        return Generation(idx_all, f_hat, h[:B])
+                        return Generation(idx_all, f_hat, h[:B], torch.cat(hidden, dim=1) if keep_hidden else None)
                     if guided:
                         nxt = torch.cat([nxt, nxt])
                     tokens = self.next_scale_tokens(prefix_BNC, nxt, si + 1)

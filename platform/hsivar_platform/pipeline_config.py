@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hsivar.config import STAGES, ModelConfig, Stage
+from hsivar.config import STAGES, Family, ModelConfig, Stage
 from hsivar.presets import PRESETS, preset
 from hsivar_platform.locations import check_outlives_job, default_work_dir
 
@@ -61,6 +61,7 @@ class ModelSpec(_Strict):
     """Which model to train: a preset, its band count, and field overrides of the preset."""
 
     preset: str = Field("tiny", description="tiny, small or paper (hsivar.presets.preset)")
+    family: Family = Field("hsivar", description="the model family: hsivar or restorevar (hsivar.config.Family)")
     bands: int = Field(31, ge=1, description="spectral bands C of the training cubes")
     override: dict[str, Any] = Field(
         default_factory=dict,
@@ -85,7 +86,7 @@ class ModelSpec(_Strict):
 
     def build(self) -> ModelConfig:
         """The :class:`~hsivar.config.ModelConfig`: the preset with ``override`` merged in (validated)."""
-        base = preset(self.preset, bands=self.bands).model_dump()
+        base = preset(self.preset, bands=self.bands, family=self.family).model_dump()
         return ModelConfig.model_validate(deep_merge(base, self.override))
 
 
@@ -153,15 +154,19 @@ class StageSpec(_Strict):
 def _default_stage(stage: str) -> StageSpec:
     return {"vqvae": StageSpec(steps=400, lr=2e-3, warmup_steps=20),
             "var": StageSpec(steps=400, lr=1e-3, warmup_steps=20),
+            "refiner": StageSpec(steps=200, lr=1e-3, warmup_steps=10),
             "decoder": StageSpec(steps=40, lr=2e-4)}[stage]
 
 
 class TrainSpec(_Strict):
     """The stages to run, their optimisation, checkpoints and logging cadence."""
 
-    stages: tuple[Stage, ...] = STAGES  # type: ignore[assignment]
+    stages: tuple[Stage, ...] | None = Field(None, description="the stages to run, in pipeline order; default "
+                                             "every stage of the model's family (model.family)")
     vqvae: StageSpec = Field(default_factory=lambda: _default_stage("vqvae"))
     var: StageSpec = Field(default_factory=lambda: _default_stage("var"))
+    refiner: StageSpec = Field(default_factory=lambda: _default_stage("refiner"),
+                               description="RestoreVAR's latent refiner transformer (family restorevar)")
     decoder: StageSpec = Field(default_factory=lambda: _default_stage("decoder"))
     init_uri: str | None = Field(
         None, description="published weights the first stage run starts from; default: for var/decoder the "
@@ -177,7 +182,9 @@ class TrainSpec(_Strict):
 
     @field_validator("stages")
     @classmethod
-    def _ordered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _ordered(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
         if not v:
             raise ValueError("at least one stage")
         if len(set(v)) != len(v) or list(v) != sorted(v, key=STAGES.index):
@@ -267,7 +274,19 @@ class PipelineConfig(_Strict):
     val: ValSpec = Field(default_factory=ValSpec, description="rank-0 validation")
     ray: RaySpec = Field(default_factory=RaySpec, description="how the driver reaches Ray")
 
+    @model_validator(mode="after")
+    def _family_stages(self) -> PipelineConfig:
+        extra = [s for s in self.train.stages or () if s not in self.model_cfg().stages]
+        if extra:
+            raise ValueError(f"train.stages: {', '.join(extra)} not a stage of the {self.model.family} family "
+                             f"({', '.join(self.model_cfg().stages)})")
+        return self
+
     # ------------------------------------------------------------------ derived values
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages this pipeline runs: ``train.stages``, else every stage of the model's family."""
+        return self.train.stages or self.model_cfg().stages
+
     def model_cfg(self) -> ModelConfig:
         """The resolved :class:`~hsivar.config.ModelConfig` (preset + overrides)."""
         return self.model.build()
@@ -424,8 +443,9 @@ def split_dotted_args(args: Sequence[str]) -> list[str]:
     return out
 
 
-def check_stages(stages: Iterable[str] | None) -> list[str] | None:
-    """Validate stage names (``--stage``); → them in pipeline order, or None when none are given.
+def check_stages(stages: Iterable[str] | None, known: Sequence[str] = STAGES) -> list[str] | None:
+    """Validate stage names (``--stage``) against ``known`` (a family's stages, in pipeline order); → them in
+    pipeline order, or None when none are given.
 
     Raises:
         ConfigError: an unknown stage name.
@@ -433,10 +453,10 @@ def check_stages(stages: Iterable[str] | None) -> list[str] | None:
     names = list(stages or [])
     if not names:
         return None
-    bad = [s for s in names if s not in STAGES]
+    bad = [s for s in names if s not in known]
     if bad:
-        raise ConfigError(f"unknown stage(s) {', '.join(bad)}; expected {', '.join(STAGES)}")
-    return sorted(set(names), key=STAGES.index)
+        raise ConfigError(f"unknown stage(s) {', '.join(bad)}; expected {', '.join(known)}")
+    return sorted(set(names), key=list(known).index)
 
 
 def _format_error(source: str, err: ValidationError) -> str:

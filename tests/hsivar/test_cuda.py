@@ -19,7 +19,7 @@ from hsivar.models.var import Sampling
 from hsivar.presets import preset
 from hsivar.publish import save_published
 from hsivar.restore import Restorer
-from hsivar.training import STAGES, Batch, prepare_stage, stage_loss
+from hsivar.training import Batch, prepare_stage, stage_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -56,7 +56,7 @@ def test_the_three_stages_train_in_sequence_under_bf16_autocast(smooth_cubes: Ca
     torch.manual_seed(0)
     model = HSIVAR(preset("tiny", bands=BANDS)).cuda()
     batch = _to(noisy_batch(smooth_cubes(8, BANDS, 32, seed=1), 30, seed=2), "cuda")
-    for stage, steps in zip(STAGES, (100, 60, 30)):
+    for stage, steps in zip(model.cfg.stages, (100, 60, 30)):
         losses = _train(model, stage, batch, steps, bf16=True)
         assert np.isfinite(losses).all()
         assert np.mean(losses[-5:]) < losses[0], f"{stage}: loss {losses[0]:.4f} → {np.mean(losses[-5:]):.4f}"

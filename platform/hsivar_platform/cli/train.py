@@ -21,14 +21,16 @@ from hsivar_platform.locations import WORK_DIR_ENV, check_outlives_job, default_
 def train(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="pipeline YAML, e.g. configs/tiny.yaml")] = None,
-    stage: Annotated[list[str] | None, typer.Option(help="run only this stage: vqvae, var or decoder "
-                                                    "(repeatable)")] = None,
+    stage: Annotated[list[str] | None, typer.Option(help="run only this stage: vqvae, var, refiner (restorevar) or "
+                                                    "decoder (repeatable)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override, e.g. "
                                                    "train.vqvae.steps=5 (repeatable)")] = None,
     print_config: Annotated[bool, typer.Option(help="print the resolved config and exit")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
-    """Train HSI-VAR on Ray: VQ-VAE → transformer + condition + DAG + refiner → decoder + SSA + fusion head.
+    """Train a model on Ray, stage by stage (HSI-VAR: VQ-VAE → transformer + condition + DAG + refiner → decoder +
+    SSA + fusion head; with --set model.family=restorevar, RestoreVAR: VQ-VAE → transformer → latent refiner
+    transformer → decoder).
 
     Any other --dotted.key VALUE sets that config field (e.g. --scaling.num_workers 2). A rerun with the
     same run.name resumes every stage from its last checkpoint.
@@ -37,7 +39,7 @@ def train(
 
     try:
         cfg = load_config(config, [*(set_ or []), *split_dotted_args(list(ctx.args))])
-        stages = check_stages(stage)
+        stages = check_stages(stage, cfg.model_cfg().stages)
         resolved = cfg.resolved()  # also refuses outputs inside a Ray job's temporary working-directory copy
     except ConfigError as e:
         typer.echo(f"config error:\n{e}", err=True)

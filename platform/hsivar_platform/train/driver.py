@@ -1,6 +1,7 @@
-"""Ray Train: the three HSI-VAR stages, one ``TorchTrainer`` each, resumable, tracked in MLflow.
+"""Ray Train: the model family's stages, one ``TorchTrainer`` each, resumable, tracked in MLflow.
 
-``train_pipeline(cfg)`` runs ``cfg.train.stages`` in order (vqvae → var → decoder). Each stage:
+``train_pipeline(cfg)`` runs ``cfg.stages()`` in order (HSI-VAR: vqvae → var → decoder; RestoreVAR: vqvae → var
+→ refiner → decoder). Each stage:
 
 * streams training examples from :func:`hsivar_platform.data.training_dataset` into every worker
   (``get_dataset_shard("train").iter_torch_batches``) and the seeded validation protocol into rank 0;
@@ -34,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsivar.config import STAGES
 from hsivar.publish import CONFIG_FILE
 from hsivar_platform import ray_runtime, storage
 from hsivar_platform.console import StageProgress
@@ -83,7 +83,8 @@ def stage_init_uri(cfg: PipelineConfig, stage: str, first_stage_of_job: bool) ->
         return cfg.train.init_uri
     if stage == "vqvae":
         return None
-    prev = STAGES[STAGES.index(stage) - 1]
+    order = cfg.model_cfg().stages
+    prev = order[order.index(stage) - 1]
     return cfg.published_uri(prev)
 
 
@@ -113,11 +114,11 @@ def publish_dir(local_dir: str | os.PathLike, uri: str) -> str:
 
 def train_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None,
                    echo: Callable[[str], None] = print) -> PipelineResult:
-    """Run the training pipeline (every stage of ``cfg.train.stages``, or ``stages``).
+    """Run the training pipeline (every stage of ``cfg.stages()``, or ``stages``).
 
     Args:
         cfg: the pipeline config (resolved here: storage paths, tracking URI, demo data).
-        stages: a subset of the configured stages (e.g. ``["var"]`` for ``--stage var``).
+        stages: a subset of the family's stages (e.g. ``["var"]`` for ``--stage var``).
         echo: where progress lines go (the driver's stdout).
     Returns:
         :class:`PipelineResult`: per stage, its published URI and final metrics; the registered model.
@@ -127,7 +128,7 @@ def train_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None,
     from hsivar_platform.data import resolve_splits
 
     cfg = cfg.resolved()
-    run_stages = check_stages(stages) or list(cfg.train.stages)
+    run_stages = check_stages(stages, cfg.model_cfg().stages) or list(cfg.stages())
     config_uri = storage.join(cfg.run_uri(), "pipeline.yaml")
     storage.write_bytes(config_uri, cfg.to_yaml().encode())
     echo(f"[hsivar] run {cfg.run.name}: resolved config in {config_uri}")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from hsivar.models.hsivar import HSIVAR
+from hsivar.models.base import RestorationModel
 from hsivar.publish import load_published
 from hsivar_platform import storage
 
@@ -80,7 +80,7 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def load_init_weights(model: HSIVAR, uri: str) -> dict[str, Any]:
+def load_init_weights(model: RestorationModel, uri: str) -> dict[str, Any]:
     """Load published weights (local, file://, s3:// directory) into ``model``; → the published doc.
 
     Raises:
@@ -111,7 +111,7 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, *, rank: int, model: HSIVAR, opt: torch.optim.Optimizer,
+def save_checkpoint(directory: Path, *, rank: int, model: RestorationModel, opt: torch.optim.Optimizer,
                     sched: Any, ema: EMA | None, step: int, data_pos: dict[str, int], gen: torch.Generator,
                     pipeline: dict[str, Any]) -> None:
     """Write this rank's part of a checkpoint into ``directory`` (Ray merges the ranks' files).
@@ -131,7 +131,7 @@ def save_checkpoint(directory: Path, *, rank: int, model: HSIVAR, opt: torch.opt
     (directory / CKPT_CONFIG).write_text(json.dumps(pipeline, indent=1))
 
 
-def load_checkpoint(directory: Path, *, rank: int, model: HSIVAR, opt: torch.optim.Optimizer, sched: Any,
+def load_checkpoint(directory: Path, *, rank: int, model: RestorationModel, opt: torch.optim.Optimizer, sched: Any,
                     ema: EMA | None, gen: torch.Generator) -> tuple[int, dict[str, int]]:
     """Restore a checkpoint written by :func:`save_checkpoint` (nothing is unpickled beyond tensors and
     primitives: ``torch.load(weights_only=True)``); → (step, data position)."""

@@ -11,7 +11,7 @@ import torch
 from hsivar.calibrate import CalibrationExample
 from hsivar.degrade import observation_of_level
 from hsivar.metrics import evaluate
-from hsivar.models.hsivar import HSIVAR, to_model_range
+from hsivar.models.base import RestorationModel, to_model_range
 from hsivar.render import false_colour
 from hsivar.restore import Restorer
 from hsivar.tasks import TASKS
@@ -55,8 +55,9 @@ def _restore(restorer: Restorer, b: dict[str, np.ndarray], i: int, task_mode: st
 
 
 @torch.no_grad()
-def validate(model: HSIVAR, stage: str, examples: list[dict[str, np.ndarray]], *, task_mode: str, device: torch.device,
-             bf16: bool, restored: Sequence[np.ndarray] | None = None) -> tuple[dict[str, float], np.ndarray | None]:
+def validate(model: RestorationModel, stage: str, examples: list[dict[str, np.ndarray]], *, task_mode: str,
+             device: torch.device, bf16: bool,
+             restored: Sequence[np.ndarray] | None = None) -> tuple[dict[str, float], np.ndarray | None]:
     """Validation on the seeded protocol examples (rank 0).
 
     Stage ``vqvae``: reconstruction of the clean crops' centre tiles (``val/recon/{psnr,ssim,sam}``). Later stages:

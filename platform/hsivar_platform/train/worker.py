@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from hsivar.calibrate import CalibrationFit, calibrate
-from hsivar.models.hsivar import HSIVAR
+from hsivar.models.base import RestorationModel
+from hsivar.models.build import build_model
 from hsivar.publish import save_published
 from hsivar.restore import Restorer
 from hsivar.training import Batch, param_groups, prepare_stage, stage_loss
@@ -38,7 +39,7 @@ class StageStep(torch.nn.Module):
     models with ``first_estimate`` the first estimate and the kept entries (or None) → (loss, logs dict).
     """
 
-    def __init__(self, model: HSIVAR, stage: str, generator: torch.Generator) -> None:
+    def __init__(self, model: RestorationModel, stage: str, generator: torch.Generator) -> None:
         """Wrap ``model`` for stage ``stage``; ``generator`` drives the stage's random choices."""
         super().__init__()
         self.model, self.stage, self.generator = model, stage, generator
@@ -72,7 +73,7 @@ class _StageRun:
         self.progress = ProgressReporter(config.get("progress"), self.stage, self.rank)
 
         torch.manual_seed(self.cfg.train.seed)  # identical initial weights on every rank
-        self.model = HSIVAR(self.cfg.model_cfg())
+        self.model = build_model(self.cfg.model_cfg())
         if config.get("init_uri"):
             load_init_weights(self.model, config["init_uri"])
         self.params = prepare_stage(self.model, self.stage)  # type: ignore[arg-type]

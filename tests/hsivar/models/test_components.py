@@ -13,7 +13,7 @@ from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.models.vqvae import VQVAE
 from hsivar.presets import preset
 from hsivar.tasks import DEFAULT_TASKS
-from hsivar.training import STAGES, param_groups, trainable_parameters
+from hsivar.training import param_groups, trainable_parameters
 
 
 def test_condition_encoder_starts_as_a_copy_of_the_encoder(tiny_model: HSIVAR) -> None:
@@ -144,7 +144,7 @@ def test_output_fusion_starts_as_the_decoder_and_sees_the_degraded_tile() -> Non
         assert not torch.allclose(y, model.output(lq, decoded, w.flip(0)))  # and so does the task
         assert torch.equal(plain.output(lq, decoded, w), (decoded + 1) / 2)
     fusion = set(map(id, model.fusion.parameters()))
-    ids = {s: set(map(id, trainable_parameters(model, s))) for s in STAGES}
+    ids = {s: set(map(id, trainable_parameters(model, s))) for s in model.cfg.stages}
     assert fusion <= ids["decoder"] and fusion.isdisjoint(ids["vqvae"] | ids["var"])
     groups = param_groups(model, trainable_parameters(model, "decoder"), lr=1e-3, head_lr=1e-2)
     assert [g["lr"] for g in groups] == [1e-3, 1e-2, 1e-2 * cfg.fusion.gate_lr_scale]
