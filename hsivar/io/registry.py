@@ -146,11 +146,13 @@ FORMAT_TABLE: dict[str, Format] = {
         ),
         Format(
             "png", (".png",), ".png", image.open_image, image.write_png, dtypes=image.PNG_DTYPES,
-            band_counts=image.IMAGE_BANDS, meta_problem=image.png_meta_problem, errors=image.IMAGE_ERRORS,
+            media_types=("image/png",), band_counts=image.IMAGE_BANDS, meta_problem=image.png_meta_problem,
+            errors=image.IMAGE_ERRORS,
         ),
         Format(
             "jpeg", (".jpg", ".jpeg"), ".jpg", image.open_image, image.write_jpeg, aliases=("jpg",),
-            dtypes=image.JPEG_DTYPES, band_counts=image.IMAGE_BANDS, lossy=True,
+            media_types=("image/jpeg", "image/jpg"), dtypes=image.JPEG_DTYPES, band_counts=image.IMAGE_BANDS,
+            lossy=True,
             meta_problem=image.jpeg_meta_problem, errors=image.IMAGE_ERRORS,
         ),
         Format(

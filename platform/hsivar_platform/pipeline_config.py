@@ -226,7 +226,8 @@ class TrackingSpec(_Strict):
     enabled: bool = True
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow.db")
     experiment: str = "hsivar"
-    register_as: str | None = Field("hsivar-{preset}", description="registered model name ({preset} expands); null: no")
+    register_as: str | None = Field("{family}-{preset}", description="registered model name ({family} and {preset} "
+                                    "expand, so families never share a registry entry); null: no")
     artifact_location: str | None = Field(None, description="new experiments' artifact root; default "
                                           "<work_dir>/mlartifacts for a local store")
 
@@ -326,7 +327,7 @@ class PipelineConfig(_Strict):
     def registered_model_name(self) -> str | None:
         """The registry name the decoder stage's model is registered as (None: no registration)."""
         r = self.tracking.register_as
-        return r.format(preset=self.model.preset) if r else None
+        return r.format(preset=self.model.preset, family=self.model.family) if r else None
 
     def resolved(self) -> PipelineConfig:
         """A copy with the derived locations filled in (storage path, tracking URI, artifact root, an absolute

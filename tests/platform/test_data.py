@@ -44,7 +44,23 @@ def test_shipped_configs_validate_and_build_their_preset(name: str) -> None:
     assert cfg.model.preset == name
     mcfg = cfg.model_cfg()
     assert mcfg.name == name and mcfg.bands == cfg.model.bands
-    assert cfg.train.stages == ("vqvae", "var", "decoder")
+    assert cfg.stages() == ("vqvae", "var", "decoder")
+
+
+def test_the_model_family_sets_the_stages() -> None:
+    """model.family picks the family's stage list (RestoreVAR adds refiner); a stage of another family is refused."""
+    rv = load_config(REPO / "configs" / "tiny.yaml", ["model.family=restorevar"])
+    assert rv.stages() == ("vqvae", "var", "refiner", "decoder")
+    assert rv.model_cfg().family == "restorevar" and not rv.model_cfg().transformer.aligned_condition
+    assert rv.registered_model_name() == "restorevar-tiny"  # never a new version of hsivar-tiny
+    assert load_config(REPO / "configs" / "tiny.yaml").registered_model_name() == "hsivar-tiny"
+    assert check_stages(["decoder", "refiner"], rv.model_cfg().stages) == ["refiner", "decoder"]
+    with pytest.raises(ConfigError, match=r"train.stages: refiner not a stage of the hsivar family"):
+        load_config(REPO / "configs" / "tiny.yaml", ["train.stages=[vqvae, refiner]"])
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) refiner; expected vqvae, var, decoder"):
+        check_stages(["refiner"], load_config(REPO / "configs" / "tiny.yaml").model_cfg().stages)
+    with pytest.raises(ConfigError, match=r"model.family"):
+        load_config(REPO / "configs" / "tiny.yaml", ["model.family=varformer"])
 
 
 def test_overrides_dotted_options_and_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

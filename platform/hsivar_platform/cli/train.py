@@ -57,7 +57,9 @@ def train(
 
 
 def evaluate(
-    model: Annotated[str, typer.Option(help="published model: dir, file://, s3://, models:/NAME/VERSION")],
+    model: Annotated[list[str], typer.Option(
+        help="published model: dir, file://, s3://, models:/NAME/VERSION; repeat to compare models in one run "
+             "(LABEL=URI names a model's rows; default its family)")],
     data: Annotated[str, typer.Option(help="prefix of clean test cubes (or one holding test/), or 'demo'")],
     out: Annotated[Path, typer.Option(help="output folder for metrics.csv / metrics.md")],
     levels: Annotated[str, typer.Option(help="all (every level of the model's families; 19 cases for the "
@@ -79,7 +81,8 @@ def evaluate(
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS)] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
-    """Seeded all-in-one test protocol with Ray Data → OUT/metrics.csv + OUT/metrics.md (+ MLflow)."""
+    """Seeded all-in-one test protocol with Ray Data → OUT/metrics.csv + OUT/metrics.md (+ MLflow), for one model or
+    several side by side (the same degraded cubes, baselines scored once)."""
     if levels not in ("all", "middle"):
         raise typer.BadParameter("expected all or middle", param_hint="--levels")
     if task not in ("auto", "oracle"):
@@ -90,7 +93,8 @@ def evaluate(
 
     try:
         _check_evaluation_outlives_job(out, work_dir, tracking_uri, mlflow)
-        run_evaluation(model, data, out, levels=levels, max_cubes=max_cubes or None, crop=crop or None,
+        run_evaluation(model[0] if len(model) == 1 else model, data, out, levels=levels,
+                       max_cubes=max_cubes or None, crop=crop or None,
                        baselines=baselines, extra_baselines=tuple(extra_baseline or ()),
                        task=task, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
                        work_dir=work_dir, tracking_uri=tracking_uri, experiment=experiment, log_mlflow=mlflow,

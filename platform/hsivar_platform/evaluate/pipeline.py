@@ -17,7 +17,9 @@ and logs them to an MLflow run (metrics ``eval/<task>/<method>/<metric>`` averag
 Methods: ``hsivar`` (the model, ``task="auto"`` by default, restored through the one restoration
 path of :class:`~hsivar.restore.Restorer`), ``degraded`` (the input itself), and each family's
 classical baseline from the family table (:func:`hsivar.degrade.family`, :mod:`hsivar.classical`).
-The tables are built by :mod:`hsivar_platform.evaluate.tables`.
+Several models are compared in one run by giving a list of ``LABEL=URI`` (or URIs, labelled by their model
+family): each restores the same degraded cubes in its own actor pool, its rows carry its label as the method,
+and the summary has a section per model. The tables are built by :mod:`hsivar_platform.evaluate.tables`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,19 +97,20 @@ def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool, extra: tuple[
 
 
 class ModelScorer:
-    """Actor op: restore each degraded cube with the published model and score it."""
+    """Actor op: restore each degraded cube with one published model and add its score (method ``label``) to the
+    row's ``scored`` JSON list."""
 
-    def __init__(self, model_dir: str, device: str, task: str, batch_size: int) -> None:
+    def __init__(self, model_dir: str, device: str, task: str, batch_size: int, label: str = METHOD_MODEL) -> None:
         from hsivar.restore import Restorer
 
         self.restorer = Restorer.from_published(model_dir, device=device)
-        self.task, self.batch_size = task, batch_size
+        self.task, self.batch_size, self.label = task, batch_size, label
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        rows: list[dict[str, Any]] = []
+        out, scored = dict(batch), []
         for i in range(len(batch["uri"])):
             row = {k: v[i] for k, v in batch.items()}
-            rows.extend(json.loads(str(row["scored"])))
+            rows = json.loads(str(row["scored"]))
             degraded = np.asarray(row["degraded"], np.float32)
             if self.task == "auto":  # the model reads the task and the observation off the cube
                 res = self.restorer.restore(degraded, task="auto", value_range=(0.0, 1.0), batch_size=self.batch_size)
@@ -115,9 +118,42 @@ class ModelScorer:
                 obs = observation_of_level(str(row["task"]), float(row["level"]), degraded.shape)
                 res = self.restorer.restore(degraded, task=str(row["task"]), value_range=(0.0, 1.0),
                                             batch_size=self.batch_size, observation=obs)
-            rows.append(_metric_row(row, METHOD_MODEL, res.cube, res.seconds,
+            rows.append(_metric_row(row, self.label, res.cube, res.seconds,
                                     _uncertainty_row(res, np.asarray(row["clean"], np.float32))))
-        return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
+            scored.append(json.dumps(rows))
+        out["scored"] = np.array(scored)
+        return out
+
+
+def model_specs(model_uris: str | Sequence[str]) -> list[tuple[str | None, str]]:
+    """(label or None, URI) of each model to evaluate: ``LABEL=URI`` names a model's rows (a label holds no ``/``
+    or ``:``, so URIs pass unchanged).
+
+    Raises:
+        ValueError: no model.
+    """
+    specs = []
+    for spec in [model_uris] if isinstance(model_uris, str) else list(model_uris):
+        head, sep, rest = spec.partition("=")
+        specs.append((head, rest) if sep and head and rest and not any(c in head for c in "/:") else (None, spec))
+    if not specs:
+        raise ValueError("no model to evaluate")
+    return specs
+
+
+def model_labels(specs: Sequence[tuple[str | None, str]], families: Sequence[str]) -> list[str]:
+    """The method name of each model's rows: one unlabelled model is ``hsivar`` (:data:`METHOD_MODEL`, the tables'
+    and the demo report's model); otherwise its label, else its family (``families``, in order).
+
+    Raises:
+        ValueError: labels that repeat (label the models: LABEL=URI) or name the degraded input.
+    """
+    if len(specs) == 1 and specs[0][0] is None:
+        return [METHOD_MODEL]
+    labels = [label or family for (label, _), family in zip(specs, families)]
+    if len(set(labels)) != len(labels) or METHOD_DEGRADED in labels:
+        raise ValueError(f"models need distinct labels other than {METHOD_DEGRADED!r} (LABEL=URI); got {labels}")
+    return labels
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -146,7 +182,7 @@ def resolve_test_prefix(data_uri: str, bands: int, work_dir: str | os.PathLike =
     return test if list_cubes(test, required=False) else data_uri
 
 
-def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, levels: str = "all",
+def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.PathLike, *, levels: str = "all",
              max_cubes: int | None = None, crop: int | None = 256, baselines: bool = True,
              extra_baselines: tuple[str, ...] = (), task: str = "auto",
              batch_size: int = 16, concurrency: int = 1, use_gpu: bool = False, work_dir: str = "work",
@@ -155,7 +191,9 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
     """Run the seeded test protocol and write ``metrics.csv``, ``cases.csv`` and ``metrics.md``.
 
     Args:
-        model_uri: published model (local, file://, s3://, ``models:/NAME/VERSION``).
+        model_uri: published model (local, file://, s3://, ``models:/NAME/VERSION``), or several to compare in one
+            run (``LABEL=URI`` or URIs labelled by their family; see :func:`model_labels`). They must restore the
+            same bands and task families.
         data_uri: prefix of clean test cubes, or ``demo``.
         out_dir: local output folder (created).
         levels: ``all`` (every level of the model's families: 19 cases for MP-HSIR's six), or ``middle`` (one level
@@ -173,6 +211,7 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
         :class:`EvalResult`.
     Raises:
         FileNotFoundError: no model or no cubes at the URIs (the message names them).
+        ValueError: models that differ in bands or task families, or whose labels clash.
     """
     import pandas as pd
     import ray.data
@@ -187,46 +226,59 @@ def evaluate(model_uri: str, data_uri: str, out_dir: str | os.PathLike, *, level
         raise ValueError(f"unknown extra baseline(s) {', '.join(unknown)}; known: {', '.join(OPTIONAL_BASELINES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = resolve_model(model_uri, out / "model")
-    mcfg, doc = read_config(model_dir)
+    specs = model_specs(model_uri)
+    dirs = [resolve_model(uri, out / ("model" if len(specs) == 1 else f"model{i + 1}"))
+            for i, (_, uri) in enumerate(specs)]
+    configs = [read_config(d) for d in dirs]
+    mcfg, doc = configs[0]
+    labels = model_labels(specs, [c.family for c, _ in configs])
+    for label, (c, _) in zip(labels, configs):
+        if (c.bands, tuple(c.dag.tasks)) != (mcfg.bands, tuple(mcfg.dag.tasks)):
+            raise ValueError(f"model {label} restores {c.bands} bands of {', '.join(c.dag.tasks)}; "
+                             f"{labels[0]} restores {mcfg.bands} of {', '.join(mcfg.dag.tasks)}: one protocol "
+                             "cannot judge both")
     prefix = resolve_test_prefix(data_uri, mcfg.bands, work_dir)
     files = list_cubes(prefix)[: max_cubes or None]
     cases = protocol_cases(levels, mcfg.dag.tasks)  # the families the model was trained on
-    echo(f"[evaluate] model {model_uri} ({mcfg.name}, {mcfg.bands} bands); {len(files)} cubes under {prefix}; "
-         f"{len(cases)} cases; task={task}")
+    for label, (_, uri), (c, _) in zip(labels, specs, configs):
+        echo(f"[evaluate] model {label}: {uri} ({c.family}, {c.name}, {c.bands} bands)")
+    echo(f"[evaluate] {len(files)} cubes under {prefix}; {len(cases)} cases; task={task}")
 
     ds = protocol_dataset(files, cases, bands=mcfg.bands, crop=crop)
     ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines, "extra": extra_baselines})
-    ds = ds.map_batches(ModelScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                        num_gpus=1 if use_gpu else None,
-                        fn_constructor_kwargs={"model_dir": str(model_dir), "device": "cuda" if use_gpu else "cpu",
-                                               "task": "auto" if task == "auto" else "oracle",
-                                               "batch_size": batch_size})
+    for label, model_dir in zip(labels, dirs):
+        ds = ds.map_batches(ModelScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            num_gpus=1 if use_gpu else None,
+                            fn_constructor_kwargs={"model_dir": str(model_dir),
+                                                   "device": "cuda" if use_gpu else "cpu",
+                                                   "task": "auto" if task == "auto" else "oracle",
+                                                   "batch_size": batch_size, "label": label})
     t0 = time.perf_counter()
-    rows = ds.take_all()
+    rows = [r for item in ds.select_columns(["scored"]).take_all() for r in json.loads(str(item["scored"]))]
     if not rows:
         raise RuntimeError(f"{prefix}: no cube could be evaluated (the workers' '{WORKER_TAG} skipping …' lines above "
                            "say why)")
     cases_df = pd.DataFrame(rows)
-    table = aggregate(cases_df)
-    summary = family_summary(table)
+    table = aggregate(cases_df, labels)
+    summaries = {label: family_summary(table, label, labels) for label in labels}
     cases_df.to_csv(out / "cases.csv", index=False)
     table.to_csv(out / "metrics.csv", index=False)
-    md = to_markdown(table, summary, f"Evaluation of {model_uri} on {prefix}")
+    names = ", ".join(f"{label} ({uri})" if len(labels) > 1 else uri for label, (_, uri) in zip(labels, specs))
+    md = to_markdown(table, summaries, f"Evaluation of {names} on {prefix}")
     (out / "metrics.md").write_text(md)
     echo(md)
     echo(f"[evaluate] {len(cases_df)} rows in {time.perf_counter() - t0:.0f} s → {out / 'metrics.csv'}")
 
     run_id = None
     if log_mlflow:
-        run_id = _log_eval(table, summary, out, model_uri, prefix, levels, task, crop, doc,
+        run_id = _log_eval(table, summaries, out, names, prefix, levels, task, crop, doc,
                            tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                            or f"sqlite:///{Path(work_dir).absolute() / 'mlflow.db'}", experiment, work_dir)
         echo(f"[evaluate] logged to MLflow run {run_id} (experiment {experiment!r})")
     return EvalResult(out, table, cases_df, run_id)
 
 
-def _log_eval(table: Any, summary: Any, out: Path, model_uri: str, prefix: str, levels: str, task: str,
+def _log_eval(table: Any, summaries: dict[str, Any], out: Path, model_uri: str, prefix: str, levels: str, task: str,
               crop: int | None, doc: dict[str, Any], tracking_uri: str, experiment: str, work_dir: str) -> str:
     from hsivar_platform.tracking import RunLogger, experiment_id
 
@@ -244,8 +296,10 @@ def _log_eval(table: Any, summary: Any, out: Path, model_uri: str, prefix: str, 
     for (t, m), g in table.groupby(["task", "method"]):
         for k in ("psnr", "ssim", "sam", "ergas", "seconds_per_cube"):
             metrics[f"eval/{t}/{m}/{k}"] = float(g[k].mean())
-    for r in summary.itertuples(index=False):
-        metrics[f"eval/{r.task}/gain_psnr"] = float(r.model_psnr - r.degraded_psnr)
+    for label, summary in summaries.items():
+        tag = "" if label == METHOD_MODEL else f"{label}/"
+        for r in summary.itertuples(index=False):
+            metrics[f"eval/{r.task}/{tag}gain_psnr"] = float(r.model_psnr - r.degraded_psnr)
     lg.metrics(metrics, step=0)
     for name in ("metrics.csv", "metrics.md", "cases.csv"):
         lg.artifact(out / name, "evaluation")

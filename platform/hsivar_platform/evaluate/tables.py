@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hsivar.tasks import TASKS
 
 METHOD_MODEL = "hsivar"
-"""Method name of the model's rows."""
+"""Method name of the model's rows (of one unlabelled model; several models compared in one run carry their labels,
+see :func:`hsivar_platform.evaluate.pipeline.model_labels`)."""
 METHOD_DEGRADED = "degraded"
 """Method name of the rows scoring the degraded input itself."""
 UNCERTAINTY_COLUMNS = ("cover_1sigma", "cover_2sigma", "std_error_corr")
@@ -18,9 +20,10 @@ COLUMNS = ("task", "level", "case", "method", "psnr", "ssim", "sam", "ergas", "s
 """Columns of ``metrics.csv``."""
 
 
-def aggregate(cases: Any) -> Any:
+def aggregate(cases: Any, models: Sequence[str] = (METHOD_MODEL,)) -> Any:
     """Per (task, level, case, method): mean psnr/ssim/sam/ergas, mean seconds per cube, cube count, mean coverage
-    and correlation of the error bar (NaN where there is none)."""
+    and correlation of the error bar (NaN where there is none); within a case the degraded input first, then the
+    baselines, then the ``models`` in their order."""
     order = {t: i for i, t in enumerate(TASKS)}
     for col in UNCERTAINTY_COLUMNS:  # cases.csv of an evaluation without them
         if col not in cases:
@@ -30,31 +33,34 @@ def aggregate(cases: Any) -> Any:
         seconds_per_cube=("seconds", "mean"), n_cubes=("uri", "nunique"),
         **{col: (col, "mean") for col in UNCERTAINTY_COLUMNS})
     g["_t"] = g["task"].map(order)
-    g["_m"] = g["method"].map(lambda m: 0 if m == METHOD_DEGRADED else (2 if m == METHOD_MODEL else 1))
+    rank = {METHOD_DEGRADED: 0} | {m: 2 + i for i, m in enumerate(models)}
+    g["_m"] = g["method"].map(lambda m: rank.get(m, 1))
     return g.sort_values(["_t", "level", "_m"]).drop(columns=["_t", "_m"]).reset_index(drop=True)[list(COLUMNS)]
 
 
-def family_summary(table: Any) -> Any:
+def family_summary(table: Any, model: str = METHOD_MODEL, models: Sequence[str] | None = None) -> Any:
     """Per task family: mean PSNR / SSIM / SAM over levels of the degraded input, the best classical baseline
-    (the one with the highest mean PSNR) and the model, and the seconds per cube of both; whether the model
-    beats the input (PSNR) and is at least as good as the best baseline (PSNR ≥ and SAM ≤, at 0.01)."""
+    (the one with the highest mean PSNR) and the model (method ``model``), and the seconds per cube of both;
+    whether the model beats the input (PSNR) and is at least as good as the best baseline (PSNR ≥ and SAM ≤, at
+    0.01). ``models``: every model method in the table (none of them is a baseline; default ``[model]``)."""
     import pandas as pd
 
+    not_classical = {METHOD_DEGRADED, model, *(models or ())}
     rows = []
     for task in [t for t in TASKS if t in set(table["task"])]:
         t = table[table["task"] == task]
         means = t.groupby("method")[["psnr", "ssim", "sam", "seconds_per_cube"]].mean()
-        classical = [m for m in means.index if m not in (METHOD_DEGRADED, METHOD_MODEL)]
+        classical = [m for m in means.index if m not in not_classical]
         best = max(classical, key=lambda m: means.loc[m, "psnr"]) if classical else None
         r: dict[str, Any] = {"task": task, "baseline": best or ""}
-        for label, method in (("degraded", METHOD_DEGRADED), ("baseline", best), ("model", METHOD_MODEL)):
+        for label, method in (("degraded", METHOD_DEGRADED), ("baseline", best), ("model", model)):
             for k in ("psnr", "ssim", "sam"):
                 r[f"{label}_{k}"] = float(means.loc[method, k]) if method in means.index else float("nan")
-        for label, method in (("baseline", best), ("model", METHOD_MODEL)):
+        for label, method in (("baseline", best), ("model", model)):
             r[f"{label}_seconds"] = float(means.loc[method, "seconds_per_cube"]) if method in means.index else \
                 float("nan")
         for col in UNCERTAINTY_COLUMNS:
-            r[f"model_{col}"] = float(t[t["method"] == METHOD_MODEL][col].mean()) if col in t else float("nan")
+            r[f"model_{col}"] = float(t[t["method"] == model][col].mean()) if col in t else float("nan")
         r["model_beats_degraded"] = bool(r["model_psnr"] > r["degraded_psnr"])
         # compared at the table's precision (0.01 dB, 0.01°): a model that returns the baseline's own estimate
         # ties it rather than losing by rounding noise
@@ -64,17 +70,27 @@ def family_summary(table: Any) -> Any:
     return pd.DataFrame(rows)
 
 
-def to_markdown(table: Any, summary: Any, title: str) -> str:
-    """The metrics table and the per-family summary as Markdown."""
+def to_markdown(table: Any, summaries: Any, title: str) -> str:
+    """The metrics table and the per-family summary as Markdown; ``summaries``: one :func:`family_summary`, or
+    {model label: summary} for several models (a section each)."""
     lines = [f"# {title}", "", "| task | level | method | PSNR (dB) | SSIM | SAM (°) | ERGAS | s/cube |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in table.itertuples(index=False):
         lines.append(f"| {r.task} | {r.level:g} | {r.method} | {r.psnr:.2f} | {r.ssim:.4f} | {r.sam:.2f} | "
                      f"{r.ergas:.2f} | {r.seconds_per_cube:.3f} |")
-    lines += ["", "Per family (mean over levels; the best classical baseline by PSNR):", "",
-              "| task | degraded PSNR / SSIM / SAM | best baseline | baseline PSNR / SSIM / SAM "
-              "| HSI-VAR PSNR / SSIM / SAM | s/cube baseline / HSI-VAR | beats degraded | ≥ best baseline |",
-              "|---|---:|---|---:|---:|---:|:---:|:---:|"]
+    named = summaries if isinstance(summaries, dict) else {METHOD_MODEL: summaries}
+    for label, summary in named.items():
+        lines += _summary_lines(summary, "HSI-VAR" if label == METHOD_MODEL else label, len(named) > 1)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(summary: Any, name: str, several: bool) -> list[str]:
+    """The per-family summary of one model (called ``name``) as Markdown lines."""
+    lines = ["", f"Per family{f' — {name}' if several else ''} (mean over levels; the best classical baseline by "
+             "PSNR):", "",
+             "| task | degraded PSNR / SSIM / SAM | best baseline | baseline PSNR / SSIM / SAM "
+             f"| {name} PSNR / SSIM / SAM | s/cube baseline / {name} | beats degraded | ≥ best baseline |",
+             "|---|---:|---|---:|---:|---:|:---:|:---:|"]
     for r in summary.itertuples(index=False):
         lines.append(f"| {r.task} | {r.degraded_psnr:.2f} / {r.degraded_ssim:.4f} / {r.degraded_sam:.2f} | "
                      f"{r.baseline} | {r.baseline_psnr:.2f} / {r.baseline_ssim:.4f} / {r.baseline_sam:.2f} | "
@@ -87,4 +103,4 @@ def to_markdown(table: Any, summary: Any, title: str) -> str:
         for r in summary.itertuples(index=False):
             lines.append(f"| {r.task} | {r.model_cover_1sigma:.3f} | {r.model_cover_2sigma:.3f} | "
                          f"{r.model_std_error_corr:.2f} |")
-    return "\n".join(lines) + "\n"
+    return lines

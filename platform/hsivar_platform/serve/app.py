@@ -1,14 +1,17 @@
-"""The Ray Serve HTTP app: restore cubes sent as ``.npy``, GeoTIFF or HDF5 bytes.
+"""The Ray Serve HTTP app: restore cubes sent as ``.npy``, GeoTIFF or HDF5 bytes (and PNG / JPEG images to a model
+of 1 or 3 bands).
 
 Two deployments in one application: :class:`HSIVARService` (the HTTP gateway: FastAPI ingress, auth,
 limits, decoding, encoding; no weights) and :class:`HSIVARModel` (the model, its one
 model thread and the tile batcher), which the gateway calls through a ``DeploymentHandle``. They live in
 different processes so that a lost model replica is answered for: routes::
 
-    POST /v1/restore   body: the cube (Content-Type application/x-npy, image/tiff or application/x-hdf5)
+    POST /v1/restore   body: the cube (Content-Type application/x-npy, image/tiff, application/x-hdf5, image/png or
+                              image/jpeg)
                        query: task (auto | family | gaussian:0.7,blur:0.3), tile, overlap, samples, seed,
-                              value_range (LO,HI input units mapped to [0, 1]; default the cube's min–max),
-                              format (npy | tiff | h5; default: the request's), dtype (source | float32),
+                              value_range (LO,HI input units mapped to [0, 1]; default the cube's min–max, an
+                              image's full dtype range), format (npy | tiff | h5 | png | jpg; default: the
+                              request's; an image holds 1 or 3 bands of its dtype), dtype (source | float32),
                               uncertainty (true: add dataset "std", HDF5 only: the calibrated error bar of a
                               calibrated model, else the std over samples ≥ 2), dataset (HDF5 input),
                               bad_bands (0-based indices, e.g. 3,7: bands not observed, synthesised)
@@ -18,7 +21,7 @@ different processes so that a lost model replica is answered for: routes::
                          X-HSIVAR-Observation (JSON: missing_fraction, missing_bands, ...), X-HSIVAR-Uncertainty
                          (with uncertainty=true: calibrated | sample-spread); HDF5 answers add
                          dataset "kept" (uint8, 1 = kept as observed, 0 = synthesised or restored)
-    GET  /v1/model     bands, wavelengths, tasks, tile, preset, version, limits
+    GET  /v1/model     bands, wavelengths, tasks, tile, preset, model family, version, limits
     GET  /healthz      {"status": "ok"} (no auth, for probes)
 
 Entries a request marks as not observed — ``bad_bands``, a GeoTIFF body's internal mask, an HDF5 body's
@@ -28,7 +31,8 @@ the other exactly observed entries come back bit for bit.
 Errors are JSON ``{"error": message, "status": code}``: 400 not a cube / corrupt body / a body's mask of
 the wrong shape, 401 missing or wrong bearer token, 413 body or cube over the configured size, 415
 unsupported media type, 422 wrong band count, shape, NaN/Inf values, options (``bad_bands`` not integers
-or out of range) or a mask that leaves nothing observed, 503 with ``Retry-After`` (seconds) when the model
+or out of range; a response format that cannot hold the answer, e.g. dtype=float32 as PNG) or a mask that
+leaves nothing observed, 503 with ``Retry-After`` (seconds) when the model
 replica serving the request was lost (its process died; Serve restarts it and queues new calls until it is back).
 An unexpected fault answers 503 (and is logged); it never takes the replica down.
 
@@ -90,6 +94,7 @@ from hsivar_platform.serve.model import (
 from hsivar_platform.serve.payload import (
     RESPONSE_TYPES,
     PayloadError,
+    check_output,
     decode_cube,
     encode_cube,
     media_format,
@@ -218,7 +223,8 @@ class HSIVARService:
         env = self.settings.auth_token_env
         self._token = (os.environ.get(env) or None) if env else None
         self.info = {
-            "model": self.settings.model, "version": self.version, "preset": cfg.name, "stage": doc.get("stage"),
+            "model": self.settings.model, "version": self.version, "preset": cfg.name, "family": cfg.family,
+            "stage": doc.get("stage"),
             "format_version": doc.get("format_version"), "metadata": doc.get("metadata", {}),
             "bands": cfg.vqvae.bands, "wavelengths": list(cfg.wavelengths) if cfg.wavelengths else None,
             "tasks": list(self.spec.tasks), "tile": self.spec.tile,
@@ -243,7 +249,7 @@ class HSIVARService:
 
     @api.get("/v1/model")
     async def model_info(self, request: Request) -> JSONResponse:
-        """What this endpoint restores: bands, wavelengths, tasks, tile, preset, version, limits, counters (the
+        """What this endpoint restores: bands, wavelengths, tasks, tile, preset, family, version, limits, counters (the
         gateway's, merged with the answering model replica's when it answers within a short timeout)."""
         try:
             self._authorize(request)
@@ -373,6 +379,10 @@ class HSIVARService:
             dataset=q.get("dataset") or None)
         del body
         missing = request_missing(meta, bad_bands, cube.shape)
+        dtype = meta.dtype if dtype_opt == "source" else "float32"
+        check_output(fmt_out, dtype, cube.shape[0])
+        # an image is normalised by its dtype's full range, as the batch job does (a dark photo is not stretched)
+        value_range = value_range or meta.extras.get("full_range")
         timing.mark("decode")
         req = RestoreRequest(cube, task, overlap, samples=samples, seed=seed, value_range=value_range,
                              nodata=meta.nodata, missing=missing, wavelengths=meta.wavelengths,
@@ -382,7 +392,6 @@ class HSIVARService:
         del req
         timing.mark("model", inner={f"model.{k}": v for k, v in answer.seconds.items()})
 
-        dtype = meta.dtype if dtype_opt == "source" else "float32"
         data = await asyncio.to_thread(encode_cube, answer.mean, meta, fmt_out, dtype=dtype, std=answer.std,
                                        kept=answer.kept)
         timing.mark("encode")

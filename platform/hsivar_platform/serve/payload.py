@@ -1,7 +1,8 @@
-"""Request and response bodies of the Serve API: cubes as ``.npy``, GeoTIFF or HDF5 bytes.
+"""Request and response bodies of the Serve API: cubes as ``.npy``, GeoTIFF or HDF5 bytes, and images (PNG, JPEG) for
+models of 1 or 3 bands.
 
 Nothing is unpickled: ``.npy`` bodies are read with ``allow_pickle=False`` (object arrays are refused),
-GeoTIFF through rasterio and HDF5 through h5py, all via :func:`hsivar.io.read_cube` on a private
+GeoTIFF and images through rasterio (GDAL) and HDF5 through h5py, all via :func:`hsivar.io.read_cube` on a private
 temporary file, so a request is parsed exactly like a file of the batch path (layout rules, CRS,
 transform, nodata, band names, wavelengths, and the entries the file marks as not observed: a GeoTIFF
 internal mask, an HDF5 ``mask`` dataset, a bad band list ``bbl``, :mod:`hsivar.io.masks`). The ``bad_bands``
@@ -74,6 +75,22 @@ def output_format(name: str | None, default: str) -> str:
     return fmt
 
 
+def check_output(fmt: str, dtype: str, bands: int) -> None:
+    """Refuse (422) a response format that cannot hold the answer: a ``dtype`` or a band count it does not store
+    (an image holds 1 or 3 bands of uint8 / uint16; JPEG uint8), before any work is done.
+
+    Raises:
+        PayloadError(422): naming the format, what it stores, and what to ask for instead.
+    """
+    row = FORMAT_TABLE[fmt]
+    if row.dtypes is not None and dtype not in row.dtypes:
+        raise PayloadError(422, f"format {fmt} stores {', '.join(sorted(row.dtypes))}, not {dtype}: ask dtype=source "
+                                "with an image of that type, or format=tiff / npy / h5 for float32")
+    if row.band_counts is not None and bands not in row.band_counts:
+        raise PayloadError(422, f"format {fmt} stores {' or '.join(map(str, row.band_counts))} bands, not {bands}: "
+                                "ask format=tiff, npy or h5")
+
+
 def parse_bad_bands(text: str | None, bands: int) -> list[int]:
     """The ``bad_bands`` query value, 0-based band indices separated by commas (``"3,7"``), checked against the
     model's ``bands``; ``None`` or ``""`` → ``[]``.
@@ -112,7 +129,7 @@ def decode_cube(body: bytes, fmt: str, *, bands: int | None = None, max_values: 
     """Parse a request body into a cube (C, H, W) float32 in its own units, plus its metadata.
 
     Args:
-        fmt: ``npy``, ``geotiff`` or ``hdf5`` (from :func:`media_format`).
+        fmt: a served format (``npy``, ``geotiff``, ``hdf5``, ``png``, ``jpeg``; from :func:`media_format`).
         bands: when given, a cube with another band count is refused (422) before its values are read.
         max_values: when given, a cube with more than this many values C·H·W is refused (413) before
             its values are read (compressed GeoTIFF / HDF5 bodies can expand a lot).

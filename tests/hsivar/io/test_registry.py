@@ -109,12 +109,13 @@ def test_servable_formats_and_media_types() -> None:
     assert media_types() == {
         "application/x-npy": "npy", "application/npy": "npy", "image/tiff": "geotiff", "image/tif": "geotiff",
         "image/geotiff": "geotiff", "application/x-hdf5": "hdf5", "application/x-hdf": "hdf5",
-        "application/hdf5": "hdf5",
+        "application/hdf5": "hdf5", "image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
     }  # fmt: skip
-    assert response_types() == {"npy": "application/x-npy", "geotiff": "image/tiff", "hdf5": "application/x-hdf5"}
+    assert response_types() == {"npy": "application/x-npy", "geotiff": "image/tiff", "hdf5": "application/x-hdf5",
+                                "png": "image/png", "jpeg": "image/jpeg"}
     assert format_aliases(servable_only=True) == {
         "npy": "npy", "tif": "geotiff", "tiff": "geotiff", "cog": "geotiff", "geotiff": "geotiff", "h5": "hdf5",
-        "hdf5": "hdf5",
+        "hdf5": "hdf5", "png": "png", "jpg": "jpeg", "jpeg": "jpeg",
     }  # fmt: skip
 
 

@@ -99,3 +99,45 @@ def test_evaluate_command_on_the_cli(ray_cluster, published_tiny: Path, test_cub
     bad = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--data", test_cubes,
                                    "--out", str(out), "--no-mlflow"])
     assert bad.exit_code == 2 and "not a published model directory" in bad.output
+
+
+def test_several_models_are_compared_in_one_run(ray_cluster, published_tiny: Path, test_cubes: str,
+                                                tmp_path: Path) -> None:
+    """``--model`` repeated: each model restores the same degraded cubes (its rows equal its own single-model
+    evaluation), its rows carry its label (LABEL=URI, else its family), and metrics.md has a summary per model."""
+    import torch
+    from hsivar_platform.cli import build_app
+    from typer.testing import CliRunner
+
+    from hsivar.models.build import build_model
+    from hsivar.presets import preset
+    from hsivar.publish import save_published
+
+    torch.manual_seed(1)
+    rv = save_published(build_model(preset("tiny", bands=BANDS, family="restorevar")).eval(), tmp_path / "rv",
+                        stage="decoder")
+    out = tmp_path / "both"
+    app = build_app()
+    common = ["--data", test_cubes, "--levels", "middle", "--max-cubes", "1", "--crop", "32", "--no-mlflow",
+              "--work-dir", str(tmp_path)]
+    r = CliRunner().invoke(app, ["evaluate", "--model", f"ours={published_tiny}", "--model", str(rv),
+                                 "--out", str(out), *common])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "metrics.csv")
+    assert {"degraded", "ours", "restorevar"} <= set(table["method"]) and "hsivar" not in set(table["method"])
+    md = (out / "metrics.md").read_text()
+    assert "Per family — ours" in md and "Per family — restorevar" in md and "| restorevar PSNR / SSIM / SAM |" in md
+    # the restorevar rows are what evaluating it alone gives
+    alone = evaluate(str(rv), test_cubes, tmp_path / "alone", levels="middle", max_cubes=1, crop=32,
+                     baselines=False, log_mlflow=False, work_dir=str(tmp_path), echo=lambda s: None).table
+    got = table[table["method"] == "restorevar"].set_index("case")["psnr"]
+    want = alone[alone["method"] == "hsivar"].set_index("case")["psnr"]
+    assert np.allclose(got.sort_index(), want.sort_index(), atol=1e-4)
+
+    clash = CliRunner().invoke(app, ["evaluate", "--model", str(published_tiny), "--model", f"degraded={rv}",
+                                     "--out", str(tmp_path / "clash"), *common])
+    assert clash.exit_code == 2 and "distinct labels" in clash.output
+    rgb = save_published(build_model(preset("tiny", bands=3)).eval(), tmp_path / "rgb", stage="decoder")
+    mixed = CliRunner().invoke(app, ["evaluate", "--model", str(published_tiny), "--model", str(rgb),
+                                     "--out", str(tmp_path / "mixed"), *common])
+    assert mixed.exit_code == 2 and "one protocol cannot judge both" in mixed.output
