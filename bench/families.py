@@ -1,11 +1,11 @@
 """The model families side by side at one preset: parameters, counted TFLOPs and measured time per tile.
 
-For each family (HSI-VAR, RestoreVAR; ``--families``) it builds the preset (seed 0, or a published model per
-family with ``--model FAMILY=DIR``), counts the forward FLOPs of one greedy restoration of one S×S×C tile
-(:func:`hsivar.info.model_info`: condition, classifier, autoregressive loop with the KV cache, the
-family's continuous refiner, decoder, fusion head) and measures milliseconds per tile of ``model.restore`` at
-each batch size (median of ``--repeats`` after two warm-ups). Greedy decoding, as the Restorer restores. The last
-line printed is one JSON object with every figure.
+For each family (HSI-VAR, RestoreVAR, VarFormer; ``--families``) it builds the preset (seed 0, or a published
+model per family with ``--model FAMILY=DIR``), counts the forward FLOPs of one greedy restoration of one S×S×C
+tile (:func:`hsivar.info.model_info`: condition, classifier, autoregressive loop with the KV cache, the family's
+continuous refiner, decoder or VarFormer's U-Net, fusion head) and measures milliseconds per tile of
+``model.restore`` at each batch size (median of ``--repeats`` after two warm-ups). Greedy decoding, as the
+Restorer restores. The last line printed is one JSON object with every figure.
 
     python bench/families.py --preset tiny --bands 31
     python bench/families.py --preset paper --device cuda --batch-sizes 1,8

@@ -18,17 +18,19 @@ from hsivar.uncertainty import FEATURES
 
 Stage = Literal["vqvae", "var", "refiner", "decoder"]
 """A training stage: ``vqvae`` (the tokenizer), ``var`` (the transformer; HSI-VAR's also trains its refiner),
-``refiner`` (RestoreVAR's latent refiner transformer on autoregressive outputs), ``decoder`` (decoder, SSA and
-fusion head on restored latents); see :mod:`hsivar.training`. A model family runs its own list
+``refiner`` (RestoreVAR's latent refiner transformer on autoregressive outputs), ``decoder`` (what turns restored
+tokens into the image, with the fusion head: the VQ-VAE decoder and SSA, or VarFormer's U-Net restorer); see
+:mod:`hsivar.training`. A model family runs its own list
 (:attr:`ModelConfig.stages`)."""
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
 """Every training stage, in pipeline order."""
 
-Family = Literal["hsivar", "restorevar"]
-"""A model family: ``hsivar`` (prefix condition, DAG, NAFNet latent refiner; :mod:`hsivar.models.hsivar`) or
+Family = Literal["hsivar", "restorevar", "varformer"]
+"""A model family: ``hsivar`` (prefix condition, DAG, NAFNet latent refiner; :mod:`hsivar.models.hsivar`),
 ``restorevar`` (cross-attention to the degraded latent, latent refiner transformer, decoder fine-tuned on
-continuous latents; :mod:`hsivar.models.restorevar`)."""
+continuous latents; :mod:`hsivar.models.restorevar`) or ``varformer`` (the frozen VQ-VAE and transformer as a
+multi-scale prior for a U-Net restorer; :mod:`hsivar.models.varformer`)."""
 
 FAMILIES: tuple[Family, ...] = get_args(Family)
 """The model families."""
@@ -36,6 +38,7 @@ FAMILIES: tuple[Family, ...] = get_args(Family)
 FAMILY_STAGES: dict[Family, tuple[Stage, ...]] = {
     "hsivar": ("vqvae", "var", "decoder"),
     "restorevar": ("vqvae", "var", "refiner", "decoder"),
+    "varformer": ("vqvae", "var", "decoder"),
 }
 """The training stages each family runs, in pipeline order."""
 
@@ -158,6 +161,16 @@ class LRTConfig(_Frozen):
         return self
 
 
+class VarFormerConfig(_Frozen):
+    """VarFormer's U-Net restorer (family ``varformer``; :mod:`hsivar.models.prior_unet`): level widths
+    ``width × vqvae.ch_mult``, one level per VQ-VAE level, the coarsest on the latent grid."""
+
+    width: int = Field(32, ge=4, description="channels of the first level")
+    blocks: int = Field(1, ge=1, description="NAF blocks per level, in the encoder and in the decoder")
+    anchor_stride: int = Field(4, ge=1, description="AFT anchors: one per s×s pixels (VarFormer: 4)")
+    groups: int = Field(8, ge=1, description="GroupNorm groups of AFT (at most the level width)")
+
+
 class FusionConfig(_Frozen):
     """Output fusion head on the image grid: (degraded tile, decoded tile, task weights) → correction."""
 
@@ -249,11 +262,12 @@ class ModelConfig(_Frozen):
 
     name: str = "custom"
     family: Family = Field("hsivar", description="the model family (hsivar.config.Family); the parts a family "
-                           "does not use are ignored (refiner: hsivar; lrt: restorevar)")
+                           "does not use are ignored (refiner: hsivar; lrt: restorevar; varformer: varformer)")
     vqvae: VQVAEConfig = VQVAEConfig()
     transformer: TransformerConfig = TransformerConfig()
     refiner: RefinerConfig = RefinerConfig()
     lrt: LRTConfig = LRTConfig()
+    varformer: VarFormerConfig = VarFormerConfig()
     fusion: FusionConfig = FusionConfig()
     dag: DAGConfig = DAGConfig()
     loss: LossConfig = LossConfig()

@@ -18,8 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from hsivar.config import ModelConfig
 from hsivar.models.base import RestorationModel
 from hsivar.models.build import build_model
+from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.hsivar import HSIVAR
 from hsivar.models.restorevar import RestoreVAR
+from hsivar.models.varformer import VarFormer
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -27,14 +29,17 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def parameter_counts(model: RestorationModel) -> dict[str, int]:
-    """Parameters per component and ``params_total`` (``condition_encoder``: HSI-VAR's E_con + P, RestoreVAR's
-    condition projections and start token; ``refiner``: HSI-VAR's NAFNet, RestoreVAR's LRT)."""
+    """Parameters per component and ``params_total`` (``condition_encoder``: HSI-VAR's E_con + P, RestoreVAR's and
+    VarFormer's condition projections and start token; ``refiner``: HSI-VAR's NAFNet, RestoreVAR's LRT;
+    ``restorer``: VarFormer's U-Net)."""
     vq = model.vqvae
     ssa = _count(vq.decoder.ssa) if vq.decoder.ssa is not None else 0
+    restorer = _count(model.restorer) if isinstance(model, VarFormer) else 0
     if isinstance(model, HSIVAR):
         condition, refiner = _count(model.cond), _count(model.refiner)
-    elif isinstance(model, RestoreVAR):
-        condition, refiner = sum(p.numel() for p in model.condition_parameters()), _count(model.lrt)
+    elif isinstance(model, CrossConditioned):
+        condition = sum(p.numel() for p in model.condition_parameters())
+        refiner = _count(model.lrt) if isinstance(model, RestoreVAR) else 0
     else:
         raise TypeError(f"no parameter parts for {type(model).__name__}")
     counts = {
@@ -46,6 +51,7 @@ def parameter_counts(model: RestorationModel) -> dict[str, int]:
         "dag": _count(model.dag),
         "transformer": _count(model.var),
         "refiner": refiner,
+        "restorer": restorer,
         "fusion": _count(model.fusion) if model.fusion is not None else 0,
     }
     counts["params_total"] = _count(model)
@@ -55,7 +61,7 @@ def parameter_counts(model: RestorationModel) -> dict[str, int]:
 # FlopCounterMode names modules by class path relative to the modules entered; group them by part.
 _FLOP_PARTS = {"condition_encoder": ("Encoder",), "transformer": ("Block", "Linear"),
                "quantizer": ("PhiSelector",), "refiner": ("Refiner", "LatentRefinerTransformer"),
-               "decoder": ("Decoder",),
+               "decoder": ("Decoder", "PriorUNet"),
                "fusion": ("OutputFusion",)}
 
 

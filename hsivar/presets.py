@@ -8,8 +8,9 @@
 
 Each preset exists for every model family (``family``, :data:`hsivar.config.FAMILIES`): the same VQ-VAE,
 transformer width and depth, task classifier and fusion head, so that families compare at one budget. RestoreVAR
-adds its latent refiner transformer (tiny: width 64, depth 2; small: 256, 4; paper: RestoreVAR's 384, 12) and
-conditions by cross-attention alone (no aligned condition).
+and VarFormer condition by cross-attention alone (no aligned condition); RestoreVAR adds its latent refiner
+transformer (tiny: width 64, depth 2; small: 256, 4; paper: RestoreVAR's 384, 12), VarFormer its U-Net restorer
+(first-level width tiny 32, small and paper 64; one / two NAF blocks per level).
 
 ``hsivar info --preset NAME [--family F] --json`` prints a preset's parameter counts and FLOPs per cube.
 """
@@ -26,6 +27,7 @@ from hsivar.config import (
     ModelConfig,
     RefinerConfig,
     TransformerConfig,
+    VarFormerConfig,
     VQVAEConfig,
 )
 
@@ -51,11 +53,13 @@ def default_wavelengths(bands: int, start_nm: float = 400.0, stop_nm: float = 70
 
 _LRT = {"tiny": LRTConfig(width=64, depth=2, heads=2), "small": LRTConfig(width=256, depth=4, heads=4),
         "paper": LRTConfig()}
+_VARFORMER = {"tiny": VarFormerConfig(width=32, blocks=1), "small": VarFormerConfig(width=64, blocks=2),
+              "paper": VarFormerConfig(width=64, blocks=2)}
 
 
 def preset(name: str, bands: int = 31, family: str = "hsivar") -> ModelConfig:
     """Return the model config of preset ``name`` (``tiny``, ``small``, ``paper``) for ``bands`` bands, of model
-    ``family`` (``hsivar`` or ``restorevar``; see the module docstring).
+    ``family`` (``hsivar``, ``restorevar`` or ``varformer``; see the module docstring).
 
     Raises:
         ValueError: unknown preset name or family.
@@ -63,9 +67,10 @@ def preset(name: str, bands: int = 31, family: str = "hsivar") -> ModelConfig:
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
     cfg = _hsivar_preset(name, bands)
-    if family == "restorevar":
+    if family in ("restorevar", "varformer"):
         transformer = cfg.transformer.model_copy(update={"aligned_condition": False})
-        cfg = cfg.model_copy(update={"family": family, "lrt": _LRT[name], "transformer": transformer})
+        cfg = cfg.model_copy(update={"family": family, "lrt": _LRT[name], "varformer": _VARFORMER[name],
+                                     "transformer": transformer})
     return cfg
 
 

@@ -18,9 +18,13 @@ HSI-VAR (family ``hsivar``) runs three:
 
 RestoreVAR (family ``restorevar``) runs four: ``vqvae`` as above; ``var``: the transformer with its cross-attention
 and the condition projections, the encoder frozen — plain token CE, no alignment loss, no task
-(:func:`restorevar_stage2_loss`); ``refiner``: the latent refiner transformer alone, L1 to the clean continuous
+(:func:`cross_stage2_loss`); ``refiner``: the latent refiner transformer alone, L1 to the clean continuous
 latent quant_conv(E(hq)) on the transformer's own greedy outputs (:func:`refiner_stage_loss`); ``decoder``: the
 decoder (and fusion head) fine-tuned on the refined continuous latents, as stage 3 above with the LRT frozen.
+
+VarFormer (family ``varformer``) runs three: ``vqvae`` and ``var`` as RestoreVAR's; ``decoder``: its U-Net restorer
+(and fusion head) on the frozen prior's greedy decodings, as stage 3 above (the U-Net replaces the VQ-VAE
+decoder).
 
 The task classifier (``dag``'s CNN on the degraded tile) trains in every stage of ``dag.classifier_stages``
 (default all), with its own ``w·CE`` added to that stage's loss.
@@ -47,8 +51,10 @@ from hsivar.losses import l1_ssim_loss
 from hsivar.metrics import psnr_from_mse
 from hsivar.models.base import RestorationModel, RestoreOutput, to_model_range
 from hsivar.models.condition import alignment_loss
+from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.hsivar import HSIVAR
 from hsivar.models.restorevar import RestoreVAR
+from hsivar.models.varformer import VarFormer
 
 
 @dataclass
@@ -129,14 +135,16 @@ def trainable_parameters(model: RestorationModel, stage: Stage) -> list[torch.nn
         parts = ((model.cond, model.dag, model.var, model.refiner) if stage == "var" else
                  (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner, model.fusion))
         params = [p for m in parts if m is not None for p in m.parameters()]
+    elif isinstance(model, CrossConditioned) and stage == "var":
+        params = list(model.var.parameters()) + model.condition_parameters()
     elif isinstance(model, RestoreVAR):
-        if stage == "var":
-            params = list(model.var.parameters()) + model.condition_parameters()
-        elif stage == "refiner":
+        if stage == "refiner":
             params = list(model.lrt.parameters())
         else:  # decoder: RestoreVAR's decoder fine-tuned on continuous latents (the LRT stays as stage refiner left it)
             parts = (model.vqvae.decoder, model.vqvae.post_quant_conv, model.fusion)
             params = [p for m in parts if m is not None for p in m.parameters()]
+    elif isinstance(model, VarFormer):  # decoder: the U-Net restorer on the frozen prior
+        params = [p for m in (model.restorer, model.fusion) if m is not None for p in m.parameters()]
     else:
         raise TypeError(f"no training stages for {type(model).__name__}")
     if stage in model.cfg.dag.classifier_stages:
@@ -207,10 +215,10 @@ def stage1_loss(model: RestorationModel, batch: Batch, generator: torch.Generato
 
 
 def stage2_loss(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
-    """Teacher-forced next-scale CE + β1·refiner L1 + β2·alignment + w·task-classifier CE (HSI-VAR; RestoreVAR:
-    :func:`restorevar_stage2_loss`)."""
-    if isinstance(model, RestoreVAR):
-        return restorevar_stage2_loss(model, batch, generator)
+    """Teacher-forced next-scale CE + β1·refiner L1 + β2·alignment + w·task-classifier CE (HSI-VAR; RestoreVAR and
+    VarFormer: :func:`cross_stage2_loss`)."""
+    if isinstance(model, CrossConditioned):
+        return cross_stage2_loss(model, batch, generator)
     assert isinstance(model, HSIVAR)
     lc, vq = model.cfg.loss, model.vqvae
     with torch.no_grad():
@@ -247,9 +255,9 @@ def _accuracy_logs(logits: torch.Tensor, target: torch.Tensor, vq_cfg: VQVAEConf
     return logs
 
 
-def restorevar_stage2_loss(model: RestoreVAR, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
-    """RestoreVAR's stage var: teacher-forced next-scale CE with the transformer cross-attending to the degraded
-    cube's latent (the first estimate's with ``first_estimate``), + w·task-classifier CE."""
+def cross_stage2_loss(model: CrossConditioned, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+    """RestoreVAR's (and VarFormer's) stage var: teacher-forced next-scale CE with the transformer cross-attending
+    to the degraded cube's latent (the first estimate's with ``first_estimate``), + w·task-classifier CE."""
     vq = model.vqvae
     with torch.no_grad():
         idx, _ = vq.quantize.f_to_idx(vq.encode(to_model_range(batch.hq)).float())
@@ -312,7 +320,7 @@ def stage3_loss(model: RestorationModel, batch: Batch, generator: torch.Generato
     weights = stage3_task_weights(model, batch, generator, logits)
     out = _greedy(model, batch, weights)  # tokens only, nothing decoded
     latent = model.continuous_latent(out)  # HSI-VAR: f̂_K (AR) + Q(z, W(e[r_K])); RestoreVAR: LRT(f̂_K, hidden)
-    rec01 = model.output(batch.lq, model.vqvae.decode(latent, out.skips), out.task_weights, batch.x0)
+    rec01 = model.output(batch.lq, model.decode(out, latent, batch.lq, batch.x0), out.task_weights, batch.x0)
     if batch.kept is not None:
         rec01 = torch.where(batch.kept, batch.lq.to(rec01.dtype), rec01)
     loss, rec_logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)

@@ -5,9 +5,10 @@ A family (:class:`hsivar.models.hsivar.HSIVAR`, :class:`hsivar.models.restorevar
 condition path, transformer and continuous refinement, and implements two methods:
 
 * :meth:`RestorationModel.autoregress`: degraded tiles → greedy (or sampled) tokens and the latent f̂_K;
-* :meth:`RestorationModel.continuous_latent`: that output → the continuous latent the decoder decodes.
+* :meth:`RestorationModel.continuous_latent`: that output → the continuous latent the decoder decodes;
 
-:meth:`RestorationModel.restore` chains them with the decoder and the fusion head. Cubes enter and leave in
+and may replace :meth:`RestorationModel.decode` (default: the VQ-VAE decoder). :meth:`RestorationModel.restore`
+chains them with the fusion head. Cubes enter and leave in
 [0, 1] (B, C, H, W) with H = W = ``cfg.vqvae.image_size``; the VQ-VAE works in [-1, 1] internally, as VAR does.
 The task classifier (``dag``) reads the degraded tile in every family: ``task="auto"``, the observation and the
 fusion head's per-task weights need it, even where a family's transformer takes no task.
@@ -42,6 +43,7 @@ class RestoreOutput:
     hidden_last: torch.Tensor  # (B, p_K², width) the transformer's normed hidden states at the last scale
     skips: list[torch.Tensor] | None  # encoder features of the condition input given to the decoder (decoder_skips)
     hidden: torch.Tensor | None = None  # (B, L, width) every scale's hidden states (families that refine on them)
+    scales: torch.Tensor | None = None  # (B, K, Cvae, h, w) each scale's residual (families that use them as a prior)
 
 
 def to_model_range(x01: torch.Tensor) -> torch.Tensor:
@@ -126,6 +128,14 @@ class RestorationModel(nn.Module):
         family's continuous path. Differentiable in that path's weights (its stage trains it)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement continuous_latent")
 
+    def decode(self, out: RestoreOutput, latent: torch.Tensor, lq01: torch.Tensor,
+               estimate01: torch.Tensor | None = None) -> torch.Tensor:
+        """The restored tiles (B, C, S, S) in [-1, 1] units (not clamped) from :meth:`autoregress`'s output and the
+        continuous ``latent`` (B, Cvae, h, w): the VQ-VAE decoder (with the condition encoder's skips when
+        ``decoder_skips``). ``lq01``, ``estimate01``: the tiles and their first estimate, for families whose
+        decoder reads them."""
+        return self.vqvae.decode(latent, out.skips)
+
     @torch.no_grad()
     def restore(self, lq01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, guidance: Guidance = "dag",
@@ -148,7 +158,8 @@ class RestorationModel(nn.Module):
             with record_function("hsivar.refiner"):
                 latent = self.continuous_latent(out)
         with record_function("hsivar.decoder"):
-            decoded = self.vqvae.decode(latent, out.skips)
+            decoded = self.decode(out, latent, lq01, estimate01)
         with record_function("hsivar.fusion"):
             cube = self.output(lq01, decoded, out.task_weights, estimate01).clamp(0, 1)
-        return RestoreOutput(cube, out.task_weights, out.idx, latent, out.hidden_last, out.skips, out.hidden)
+        return RestoreOutput(cube, out.task_weights, out.idx, latent, out.hidden_last, out.skips, out.hidden,
+                             out.scales)

@@ -182,6 +182,7 @@ class Generation:
     f_hat: torch.Tensor  # (B, Cvae, h, w) accumulated latent f̂_K
     hidden_last: torch.Tensor  # (B, p_K², C) normed hidden states at the last scale
     hidden: torch.Tensor | None = None  # (B, L, C) normed hidden states of every scale (keep_hidden), else None
+    scales: torch.Tensor | None = None  # (B, K, Cvae, h, w) each scale's contribution to f̂_K (keep_scales), else None
 
 
 def _graph_limits(graphs: int) -> AbstractContextManager:
@@ -365,7 +366,7 @@ class NextScaleTransformer(nn.Module):
     def generate(self, prefix_BNC: torch.Tensor, d_BC: torch.Tensor, quantizer: MultiScaleQuantizer,
                  sampling: Sampling = GREEDY, generator: torch.Generator | None = None,
                  d_uncond_BC: torch.Tensor | None = None, cfg_scale: float = 0.0,
-                 kv_cache: bool = True, keep_hidden: bool = False) -> Generation:
+                 kv_cache: bool = True, keep_hidden: bool = False, keep_scales: bool = False) -> Generation:
         """Autoregressive next-scale decoding, one scale per step.
 
         Args:
@@ -376,6 +377,8 @@ class NextScaleTransformer(nn.Module):
             kv_cache: feed only the new scale's tokens and attend to cached keys/values (default);
                 False recomputes the whole sequence at every scale (same result, for benchmarks).
             keep_hidden: also return every scale's hidden states (``Generation.hidden``, RestoreVAR's refiner).
+            keep_scales: also return each scale's upsampled residual, f̂_k − f̂_{k−1} (``Generation.scales``,
+                VarFormer's prior).
         """
         B, K = prefix_BNC.shape[0], len(self.patch_nums)
         guided = d_uncond_BC is not None and cfg_scale > 0
@@ -385,7 +388,7 @@ class NextScaleTransformer(nn.Module):
         G = self.patch_nums[-1]
         f_hat = prefix_BNC.new_zeros(B, quantizer.Cvae, G, G, dtype=torch.float32)
         tokens = self.embed_sequence(prefix_BNC, d_BC, None)
-        seq, pos, idx_all, hidden = tokens, 0, [], []
+        seq, pos, idx_all, hidden, scales = tokens, 0, [], [], []
         memory = prefix_BNC if self.cross else None
         step = self._compiled_step if kv_cache and self._compiled_step is not None else self.step
         # one compiled graph per scale and batch size: dynamo may keep them all, during this call only
@@ -409,9 +412,13 @@ class NextScaleTransformer(nn.Module):
                         logits = (1 + t) * logits[:B] - t * logits[B:]
                     idx = sample_tokens(logits, sampling, generator)
                     idx_all.append(idx)
+                    before = f_hat
                     f_hat, nxt = quantizer.next_input(si, f_hat, idx)
+                    if keep_scales:
+                        scales.append(f_hat - before)
                     if nxt is None:
-                        return Generation(idx_all, f_hat, h[:B], torch.cat(hidden, dim=1) if keep_hidden else None)
+                        return Generation(idx_all, f_hat, h[:B], torch.cat(hidden, dim=1) if keep_hidden else None,
+                                          torch.stack(scales, dim=1) if keep_scales else None)
                     if guided:
                         nxt = torch.cat([nxt, nxt])
                     tokens = self.next_scale_tokens(prefix_BNC, nxt, si + 1)

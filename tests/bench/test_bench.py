@@ -209,7 +209,7 @@ def test_inference_bench_times_every_variant_and_every_part_of_the_model() -> No
 
 def test_families_bench_reports_every_family_side_by_side() -> None:
     r = _run_bench("families", "--bands", "8", "--batch-sizes", "1,2", "--repeats", "1")
-    assert r["bench"] == "families" and set(r["results"]) == {"hsivar", "restorevar"}
+    assert r["bench"] == "families" and set(r["results"]) == {"hsivar", "restorevar", "varformer"}
     for fig in r["results"].values():
         assert fig["params_m"] > 0 and fig["tflops_per_tile"] > 0
         assert set(fig["timing"]) == {"batch_1", "batch_2"}
@@ -217,3 +217,4 @@ def test_families_bench_reports_every_family_side_by_side() -> None:
     # the LRT is RestoreVAR's refiner: a transformer, larger than HSI-VAR's NAFNet refiner
     parts = {f: fig["params_by_part_m"] for f, fig in r["results"].items()}
     assert parts["restorevar"]["refiner"] > parts["hsivar"]["refiner"]
+    assert parts["varformer"]["restorer"] > 0 and parts["hsivar"]["restorer"] == parts["restorevar"]["restorer"] == 0

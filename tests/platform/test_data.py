@@ -60,7 +60,7 @@ def test_the_model_family_sets_the_stages() -> None:
     with pytest.raises(ConfigError, match=r"unknown stage\(s\) refiner; expected vqvae, var, decoder"):
         check_stages(["refiner"], load_config(REPO / "configs" / "tiny.yaml").model_cfg().stages)
     with pytest.raises(ConfigError, match=r"model.family"):
-        load_config(REPO / "configs" / "tiny.yaml", ["model.family=varformer"])
+        load_config(REPO / "configs" / "tiny.yaml", ["model.family=diffusion"])
 
 
 def test_overrides_dotted_options_and_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,7 @@
-"""A model family other than HSI-VAR through every real entry point, on three-band images: RestoreVAR trained by
-``hsivar train`` on 16-bit RGB PNGs (real local Ray Train, SQLite MLflow, local storage; its four stages), then
-restoring a folder of PNGs with ``hsivar restore`` (Ray Data) and a PNG over HTTP from Serve — each equal to the
-Restorer. HSI-VAR's own smoke tests are in train/, batch/ and serve/."""
+"""The model families other than HSI-VAR through every real entry point, on three-band images: RestoreVAR and
+VarFormer each trained by ``hsivar train`` on 16-bit RGB PNGs (real local Ray Train, SQLite MLflow, local storage;
+the family's own stages), then restoring a folder of PNGs with ``hsivar restore`` (Ray Data) and a PNG over HTTP
+from Serve — each equal to the Restorer. HSI-VAR's own smoke tests are in train/, batch/ and serve/."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from hsivar.io import read_cube
 from hsivar.models.restorevar import RestoreVAR
+from hsivar.models.varformer import VarFormer
 from hsivar.publish import load_published
 from hsivar.restore import Restorer
 from hsivar.synth import make_demo_dataset
@@ -43,28 +44,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+STAGES = {"restorevar": ["vqvae", "var", "refiner", "decoder"], "varformer": ["vqvae", "var", "decoder"]}
+CLASSES = {"restorevar": RestoreVAR, "varformer": VarFormer}
+
+
 @pytest.mark.slow
-def test_restorevar_trains_restores_a_folder_and_serves(ray_cluster: None, mlflow_uri: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["restorevar", "varformer"])
+def test_family_trains_restores_a_folder_and_serves(family: str, ray_cluster: None, mlflow_uri: str,
+                                                    tmp_path: Path) -> None:
     from hsivar_platform.cli import build_app
 
     data = tmp_path / "hsi"
     make_demo_dataset(str(data), n_train=3, n_val=1, n_test=2, size=40, sensor="rgb", format="png", seed=5)
-    overrides = [f"model.bands={BANDS}", "model.family=restorevar", f"data.value_range=[{FULL[0]}, {FULL[1]}]",
+    overrides = [f"model.bands={BANDS}", f"model.family={family}", f"data.value_range=[{FULL[0]}, {FULL[1]}]",
                  f"data.source={data}", "data.window=40",
                  "data.crops_per_window=4", "data.batch_size=2", "data.shuffle_buffer=0", "val.max_cubes=1",
                  "val.levels=middle", "val.batch_size=8", "train.vqvae.steps=2", "train.var.steps=2",
-                 "train.refiner.steps=2", "train.decoder.steps=2", "run.name=rv-smoke", f"run.work_dir={tmp_path}",
-                 f"tracking.tracking_uri={mlflow_uri}", "tracking.register_as=null"]
+                 "train.refiner.steps=2", "train.decoder.steps=2", f"run.name={family}-smoke",
+                 f"run.work_dir={tmp_path}", f"tracking.tracking_uri={mlflow_uri}", "tracking.register_as=null"]
     args = ["train", "--config", str(REPO / "configs" / "tiny.yaml")]
     for o in overrides:
         args += ["--set", o]
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.split("[hsivar] result ", 1)[1].splitlines()[0])
-    assert report["completed"] and list(report["stages"]) == ["vqvae", "var", "refiner", "decoder"]
+    assert report["completed"] and list(report["stages"]) == STAGES[family]
     model_dir = Path(report["stages"]["decoder"])
     model, doc = load_published(model_dir)
-    assert isinstance(model, RestoreVAR) and doc["stage"] == "decoder"
+    assert isinstance(model, CLASSES[family]) and doc["stage"] == "decoder"
     assert model.cfg.fusion.trust is not None  # calibrated at the end of stage decoder, as HSI-VAR is
 
     # the batch job over the held-out folder of PNGs: every output (a 16-bit PNG) is the Restorer's, rounded
@@ -101,9 +108,10 @@ def test_restorevar_trains_restores_a_folder_and_serves(ray_cluster: None, mlflo
     try:
         settings = ServeSettings(model=str(model_dir), max_request_bytes=400_000, max_cube_values=100_000,
                                  batch_wait_timeout_s=0.05)
-        serve.run(build_serve_app(settings, ray_actor_options={"num_cpus": 0.5}), name="rv", route_prefix="/rv")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}/rv", timeout=120) as c:
-            assert c.get("/v1/model").json()["family"] == "restorevar"
+        serve.run(build_serve_app(settings, ray_actor_options={"num_cpus": 0.5}), name=family,
+                  route_prefix=f"/{family}")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/{family}", timeout=120) as c:
+            assert c.get("/v1/model").json()["family"] == family
             png_type = {"content-type": "image/png"}
             r = c.post("/v1/restore", content=png, headers=png_type)
             assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text

@@ -54,7 +54,7 @@ def test_the_family_builds_its_own_model_and_stages(rv_cfg: ModelConfig) -> None
     assert rv_cfg.stages == ("vqvae", "var", "refiner", "decoder")
     assert not rv_cfg.transformer.aligned_condition  # RestoreVAR conditions by cross-attention alone
     with pytest.raises(ValueError, match="unknown model family"):
-        preset("tiny", family="varformer")
+        preset("tiny", family="diffusion")
 
 
 def test_zero_gains_start_from_the_unconditioned_transformer(rv_cfg: ModelConfig) -> None:
