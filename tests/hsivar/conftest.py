@@ -90,3 +90,26 @@ def smooth_cubes() -> Callable[[int, int, int, int], torch.Tensor]:
 def noisy_batch() -> Callable[[torch.Tensor, float, int], Batch]:
     """``noisy_batch(hq, sigma255, seed)`` → a seeded gaussian-noise training :class:`~hsivar.training.Batch`."""
     return _noisy_batch
+
+
+def _train_stage(model: torch.nn.Module, stage: str, batch: Batch, steps: int = 2) -> tuple[set[int], list[dict]]:
+    """Train ``stage`` of ``model`` for ``steps`` steps on ``batch`` and check what every stage must do: a finite
+    loss, gradients reaching its parameters, every other weight unchanged; → (ids of its parameters, step logs)."""
+    from hsivar.training import fit, trainable_parameters
+
+    params = trainable_parameters(model, stage)  # type: ignore[arg-type]
+    ids = set(map(id, params))
+    frozen = [p for p in model.parameters() if id(p) not in ids]
+    before = [p.detach().clone() for p in frozen]
+    results = list(fit(model, stage, [batch], steps=steps, lr=1e-3))  # type: ignore[arg-type]
+    assert all(torch.isfinite(r.loss) for r in results)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen))
+    return ids, [r.logs for r in results]
+
+
+@pytest.fixture(scope="session")
+def train_stage() -> Callable[..., tuple[set[int], list[dict]]]:
+    """``train_stage(model, stage, batch, steps=2)`` → (ids of the stage's parameters, step logs), after checking the
+    stage trains them and nothing else (see :func:`_train_stage`)."""
+    return _train_stage

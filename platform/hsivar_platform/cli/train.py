@@ -29,8 +29,8 @@ def train(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Train a model on Ray, stage by stage (HSI-VAR: VQ-VAE → transformer + condition + DAG + refiner → decoder +
-    SSA + fusion head; with --set model.family=restorevar, RestoreVAR: VQ-VAE → transformer → latent refiner
-    transformer → decoder).
+    SSA + fusion head; --set model.family=restorevar: VQ-VAE → transformer → latent refiner transformer → decoder;
+    --set model.family=varformer: VQ-VAE → transformer → U-Net restorer on the transformer's prior).
 
     Any other --dotted.key VALUE sets that config field (e.g. --scaling.num_workers 2). A rerun with the
     same run.name resumes every stage from its last checkpoint.

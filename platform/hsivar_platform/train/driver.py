@@ -1,7 +1,7 @@
 """Ray Train: the model family's stages, one ``TorchTrainer`` each, resumable, tracked in MLflow.
 
-``train_pipeline(cfg)`` runs ``cfg.stages()`` in order (HSI-VAR: vqvae → var → decoder; RestoreVAR: vqvae → var
-→ refiner → decoder). Each stage:
+``train_pipeline(cfg)`` runs ``cfg.stages()`` in order (HSI-VAR and VarFormer: vqvae → var → decoder; RestoreVAR:
+vqvae → var → refiner → decoder). Each stage:
 
 * streams training examples from :func:`hsivar_platform.data.training_dataset` into every worker
   (``get_dataset_shard("train").iter_torch_batches``) and the seeded validation protocol into rank 0;
