@@ -29,13 +29,14 @@ BANDS = 3
 FULL = (0.0, 65535.0)  # a 16-bit image is normalised by its dtype's full range, in the batch job and in Serve
 
 
-def _read_png(data: bytes) -> np.ndarray:
-    """(C, H, W) of PNG bytes, read through the one cube reader."""
+def _read_png(data: bytes) -> tuple[np.ndarray, str]:
+    """(cube (C, H, W), stored dtype) of PNG bytes, read through the one cube reader."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "a.png").write_bytes(data)
-        return read_cube(Path(tmp) / "a.png")[0]
+        cube, meta = read_cube(Path(tmp) / "a.png")
+        return cube, meta.dtype
 
 
 def _free_port() -> int:
@@ -115,8 +116,8 @@ def test_family_trains_restores_a_folder_and_serves(family: str, ray_cluster: No
             png_type = {"content-type": "image/png"}
             r = c.post("/v1/restore", content=png, headers=png_type)
             assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
-            answer = _read_png(r.content)
-            assert answer.dtype == np.uint16
+            answer, dtype = _read_png(r.content)
+            assert dtype == "uint16"
             np.testing.assert_allclose(answer, np.clip(np.rint(reference), *FULL), rtol=0, atol=1.0)
             r = c.post("/v1/restore", params={"format": "npy", "dtype": "float32"}, content=png, headers=png_type)
             assert r.status_code == 200, r.text

@@ -138,6 +138,6 @@ def test_several_models_are_compared_in_one_run(ray_cluster, published_tiny: Pat
                                      "--out", str(tmp_path / "clash"), *common])
     assert clash.exit_code == 2 and "distinct labels" in clash.output
     rgb = save_published(build_model(preset("tiny", bands=3)).eval(), tmp_path / "rgb", stage="decoder")
-    mixed = CliRunner().invoke(app, ["evaluate", "--model", str(published_tiny), "--model", str(rgb),
+    mixed = CliRunner().invoke(app, ["evaluate", "--model", f"eight={published_tiny}", "--model", f"three={rgb}",
                                      "--out", str(tmp_path / "mixed"), *common])
     assert mixed.exit_code == 2 and "one protocol cannot judge both" in mixed.output
