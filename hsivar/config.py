@@ -258,7 +258,7 @@ class UncertaintyConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """The whole model of one family (HSI-VAR or RestoreVAR)."""
+    """The whole model of one family (HSI-VAR, RestoreVAR or VarFormer; ``family``)."""
 
     name: str = "custom"
     family: Family = Field("hsivar", description="the model family (hsivar.config.Family); the parts a family "

@@ -5,7 +5,8 @@ described in about a second. FLOPs are counted by ``torch.utils.flop_counter.Flo
 (2 FLOPs per multiply-add; matmuls, convolutions and attention) over one greedy restoration of
 one S×S×C tile: the condition encoder (HSI-VAR's E_con; RestoreVAR's frozen VQ-VAE encoder), task classifier,
 K autoregressive steps with the KV cache, refiner (HSI-VAR's NAFNet; RestoreVAR's latent refiner transformer),
-decoder, fusion head. Every model family is described the same way (``family`` in the result).
+decoder (VarFormer's U-Net restorer in its place), fusion head. Every model family is described the same way
+(``family`` in the result).
 """
 
 from __future__ import annotations

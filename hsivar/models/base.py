@@ -1,8 +1,9 @@
 """What every model family shares: the VQ-VAE, the task classifier, the output fusion head, and the restoration
 template that the Restorer, the batch job, Serve, calibration and evaluation call.
 
-A family (:class:`hsivar.models.hsivar.HSIVAR`, :class:`hsivar.models.restorevar.RestoreVAR`) builds its own
-condition path, transformer and continuous refinement, and implements two methods:
+A family (:class:`hsivar.models.hsivar.HSIVAR`, :class:`hsivar.models.restorevar.RestoreVAR`,
+:class:`hsivar.models.varformer.VarFormer`) builds its own condition path, transformer and continuous refinement,
+and implements two methods:
 
 * :meth:`RestorationModel.autoregress`: degraded tiles → greedy (or sampled) tokens and the latent f̂_K;
 * :meth:`RestorationModel.continuous_latent`: that output → the continuous latent the decoder decodes;
