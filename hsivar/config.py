@@ -218,6 +218,18 @@ class DAGConfig(_Frozen):
         return self
 
 
+class GANConfig(_Frozen):
+    """The optional PatchGAN discriminator of stage decoder (:mod:`hsivar.models.patchgan`; RestoreVAR fine-tunes
+    its decoder with one). It exists only while training: a published model holds none of it."""
+
+    weight: float = Field(0.0, ge=0, description="λ: weight of the adversarial (hinge) term added to stage "
+                          "decoder's reconstruction loss; 0 (default) trains without a discriminator")
+    width: int = Field(32, ge=4, description="channels of the discriminator's first layer (doubled per stride)")
+    layers: int = Field(2, ge=1, le=5, description="stride-2 convolutions: each patch logit sees about "
+                        "6·2^layers px of the tile")
+    lr_scale: float = Field(1.0, gt=0, description="the discriminator's learning rate as a multiple of the stage's")
+
+
 class LossConfig(_Frozen):
     """Weights of the three stages' losses (dimensionless; each stage's objective: :mod:`hsivar.training`)."""
 
@@ -231,6 +243,7 @@ class LossConfig(_Frozen):
         0.5, ge=0, le=1, description="fraction of stage-3 tiles restored with the classifier's task weights (as "
         "task='auto' does) instead of the true task, so that the decoder and the fusion head learn what auto "
         "mode gives them")
+    gan: GANConfig = Field(GANConfig(), description="an adversarial term in stage decoder (off by default)")
 
 
 def unsharp_radius(sigma: float) -> int:

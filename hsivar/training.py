@@ -26,6 +26,10 @@ VarFormer (family ``varformer``) runs three: ``vqvae`` and ``var`` as RestoreVAR
 (and fusion head) on the frozen prior's greedy decodings, as stage 3 above (the U-Net replaces the VQ-VAE
 decoder).
 
+Every family's stage decoder can add a PatchGAN adversarial term (``loss.gan.weight`` > 0, off by default; RestoreVAR
+fine-tunes its decoder with one): the discriminator of :mod:`hsivar.models.patchgan` trains in the same optimizer
+step and is never published.
+
 The task classifier (``dag``'s CNN on the degraded tile) trains in every stage of ``dag.classifier_stages``
 (default all), with its own ``w·CE`` added to that stage's loss.
 
@@ -53,6 +57,7 @@ from hsivar.models.base import RestorationModel, RestoreOutput, to_model_range
 from hsivar.models.condition import alignment_loss
 from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.hsivar import HSIVAR
+from hsivar.models.patchgan import PatchDiscriminator, adversarial_terms, build_discriminator
 from hsivar.models.restorevar import RestoreVAR
 from hsivar.models.varformer import VarFormer
 
@@ -157,22 +162,25 @@ def trainable_parameters(model: RestorationModel, stage: Stage) -> list[torch.nn
 
 
 def param_groups(model: RestorationModel, params: list[torch.nn.Parameter], lr: float,
-                 head_lr: float | None = None) -> list[dict]:
+                 head_lr: float | None = None, critic: PatchDiscriminator | None = None) -> list[dict]:
     """AdamW parameter groups of a stage's ``params``: the fusion head at ``head_lr`` (when given; its
-    per-task input gate and unsharp amounts at ``cfg.fusion.gate_lr_scale`` times that), the rest at ``lr``.
+    per-task input gate and unsharp amounts at ``cfg.fusion.gate_lr_scale`` times that), the rest at ``lr``; the
+    stage's discriminator (:func:`stage_critic`), when given, last at ``lr × loss.gan.lr_scale``.
 
     The head starts at zero on top of a decoder trained for a whole stage; at the decoder's
     fine-tuning rate it barely moves in a short stage 3, so it may learn faster (tiny: 3×).
     """
     fusion = model.fusion
+    critic_group = [] if critic is None else [{"params": list(critic.parameters()),
+                                               "lr": lr * model.cfg.loss.gan.lr_scale}]
     if fusion is None or not head_lr:
-        return [{"params": list(params), "lr": lr}]
+        return [{"params": list(params), "lr": lr}, *critic_group]
     gate = {id(fusion.gate.weight)} | ({id(fusion.unsharp.weight)} if fusion.unsharp is not None else set())
     head = {id(p) for p in fusion.parameters()} - gate
     groups = [{"params": [p for p in params if id(p) not in head | gate], "lr": lr},
               {"params": [p for p in params if id(p) in head], "lr": head_lr},
               {"params": [p for p in params if id(p) in gate], "lr": head_lr * model.cfg.fusion.gate_lr_scale}]
-    return [g for g in groups if g["params"]]
+    return [g for g in groups if g["params"]] + critic_group
 
 
 def task_loss(model: RestorationModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -308,9 +316,11 @@ def stage3_task_weights(model: RestorationModel, batch: Batch, generator: torch.
     return torch.where(pick[:, None], auto, batch.task_weights.to(auto.dtype))
 
 
-def stage3_loss(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None) -> StepResult:
+def stage3_loss(model: RestorationModel, batch: Batch, generator: torch.Generator | None = None,
+                critic: PatchDiscriminator | None = None) -> StepResult:
     """Decoder + SSA + refiner + fusion head on restored latents (greedy AR with
-    :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE).
+    :func:`stage3_task_weights`): L1 + γ·(1 − SSIM) (+ w·task CE) (+ with a ``critic``, the hinge GAN terms of
+    :func:`hsivar.models.patchgan.adversarial_terms` at weight ``loss.gan.weight``).
 
     The loss is taken on the output made consistent with the observation as restoration makes it: the entries
     observed exactly (``batch.kept``) are the input's, so the head learns only what was not observed.
@@ -325,12 +335,18 @@ def stage3_loss(model: RestorationModel, batch: Batch, generator: torch.Generato
         rec01 = torch.where(batch.kept, batch.lq.to(rec01.dtype), rec01)
     loss, rec_logs = l1_ssim_loss(rec01, batch.hq, model.cfg.loss.stage3_ssim)
     logs.update(rec_logs, psnr=_psnr_log(rec01, batch.hq))
+    if critic is not None:
+        gan, gan_logs = adversarial_terms(critic, to_model_range(rec01), to_model_range(batch.hq),
+                                          model.cfg.loss.gan.weight)
+        loss = loss + gan
+        logs.update(gan_logs)
     return StepResult(loss + task_term, logs)
 
 
-def stage_loss(model: RestorationModel, stage: Stage, batch: Batch,
-               generator: torch.Generator | None = None) -> StepResult:
-    """Dispatch to the loss of ``stage``; ValueError for a stage the model's family does not run."""
+def stage_loss(model: RestorationModel, stage: Stage, batch: Batch, generator: torch.Generator | None = None,
+               critic: PatchDiscriminator | None = None) -> StepResult:
+    """Dispatch to the loss of ``stage`` (``critic``: stage decoder's discriminator, :func:`stage_critic`);
+    ValueError for a stage the model's family does not run."""
     _check_stage(model, stage)
     if stage == "vqvae":
         return stage1_loss(model, batch, generator)
@@ -339,7 +355,15 @@ def stage_loss(model: RestorationModel, stage: Stage, batch: Batch,
     if stage == "refiner":
         assert isinstance(model, RestoreVAR)
         return refiner_stage_loss(model, batch, generator)
-    return stage3_loss(model, batch, generator)
+    return stage3_loss(model, batch, generator, critic)
+
+
+def stage_critic(model: RestorationModel, stage: Stage) -> PatchDiscriminator | None:
+    """The discriminator a stage trains beside the model: stage decoder's PatchGAN when ``loss.gan.weight`` > 0
+    (:mod:`hsivar.models.patchgan`), else None. Its parameters go into the stage's optimizer (:func:`param_groups`),
+    and into checkpoints, never into the published model."""
+    critic = build_discriminator(model.cfg) if stage == "decoder" else None
+    return None if critic is None else critic.to(next(model.parameters()).device)
 
 
 def prepare_stage(model: RestorationModel, stage: Stage) -> list[torch.nn.Parameter]:
@@ -355,16 +379,18 @@ def fit(model: RestorationModel, stage: Stage, batches: Iterable[Batch], steps: 
     """Train ``stage`` for ``steps`` steps on one process with AdamW; yields each step's result.
 
     ``batches`` is cycled if it is shorter than ``steps``. Set ``init_stage=False`` to continue a
-    stage without re-copying E into E_con. ``head_lr``: learning rate of the fusion head (stage 3).
+    stage without re-copying E into E_con. ``head_lr``: learning rate of the fusion head (stage 3). Stage decoder
+    with ``loss.gan.weight`` > 0 trains a fresh discriminator beside the model (:func:`stage_critic`).
     """
     params = prepare_stage(model, stage) if init_stage else trainable_parameters(model, stage)
-    opt = torch.optim.AdamW(param_groups(model, params, lr, head_lr), lr=lr, betas=(0.9, 0.95),
+    critic = stage_critic(model, stage)
+    opt = torch.optim.AdamW(param_groups(model, params, lr, head_lr, critic), lr=lr, betas=(0.9, 0.95),
                             weight_decay=weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     model.train()
     batch_list = list(batches)
     for step in range(steps):
-        result = stage_loss(model, stage, batch_list[step % len(batch_list)], gen)
+        result = stage_loss(model, stage, batch_list[step % len(batch_list)], gen, critic)
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)

@@ -26,6 +26,7 @@ from hsivar_platform import storage
 CKPT_WEIGHTS = "model.safetensors"
 CKPT_STATE = "train_state.pt"
 CKPT_CONFIG = "pipeline_config.json"
+CKPT_CRITIC = "critic.safetensors"
 CKPT_EMA = "ema.safetensors"
 
 
@@ -83,14 +84,17 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
 def load_init_weights(model: RestorationModel, uri: str) -> dict[str, Any]:
     """Load published weights (local, file://, s3:// directory) into ``model``; → the published doc.
 
+    The configs must agree in everything but ``loss`` (training objectives only: a stage may start from weights
+    trained with other loss weights, e.g. a decoder fine-tune with ``loss.gan``).
+
     Raises:
         ValueError: the published model's config differs from ``model.cfg`` (naming the URI).
     """
     with tempfile.TemporaryDirectory(prefix="hsivar-init-") as tmp:
         local = storage.download_dir(uri, tmp)
         src, doc = load_published(local)
-    if src.cfg.model_dump() != model.cfg.model_dump():
-        a, b = src.cfg.model_dump(), model.cfg.model_dump()
+    a, b = src.cfg.model_dump(exclude={"loss"}), model.cfg.model_dump(exclude={"loss"})
+    if a != b:
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise ValueError(f"{uri}: published model config differs from the pipeline's in {', '.join(diff)}")
     model.load_state_dict(src.state_dict(), strict=True)
@@ -113,11 +117,12 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
 
 def save_checkpoint(directory: Path, *, rank: int, model: RestorationModel, opt: torch.optim.Optimizer,
                     sched: Any, ema: EMA | None, step: int, data_pos: dict[str, int], gen: torch.Generator,
-                    pipeline: dict[str, Any]) -> None:
+                    pipeline: dict[str, Any], critic: torch.nn.Module | None = None) -> None:
     """Write this rank's part of a checkpoint into ``directory`` (Ray merges the ranks' files).
 
     Rank 0: model weights (safetensors), optimizer/scheduler/step/data position (tensors and primitives
-    only), EMA shadows, the resolved pipeline config. Every rank: its RNG state.
+    only), EMA shadows, the stage's discriminator (``critic``, safetensors) when it trains one, the resolved
+    pipeline config. Every rank: its RNG state.
     """
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(gen), directory / _rng_file(rank))
@@ -128,13 +133,27 @@ def save_checkpoint(directory: Path, *, rank: int, model: RestorationModel, opt:
                directory / CKPT_STATE)
     if ema is not None:
         save_file(ema.state_dict(), str(directory / CKPT_EMA))
+    if critic is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()},
+                  str(directory / CKPT_CRITIC))
     (directory / CKPT_CONFIG).write_text(json.dumps(pipeline, indent=1))
 
 
 def load_checkpoint(directory: Path, *, rank: int, model: RestorationModel, opt: torch.optim.Optimizer, sched: Any,
-                    ema: EMA | None, gen: torch.Generator) -> tuple[int, dict[str, int]]:
+                    ema: EMA | None, gen: torch.Generator,
+                    critic: torch.nn.Module | None = None) -> tuple[int, dict[str, int]]:
     """Restore a checkpoint written by :func:`save_checkpoint` (nothing is unpickled beyond tensors and
-    primitives: ``torch.load(weights_only=True)``); → (step, data position)."""
+    primitives: ``torch.load(weights_only=True)``); → (step, data position).
+
+    Raises:
+        ValueError: the stage trains a discriminator (``critic``) and the checkpoint holds none (it was written
+            with ``loss.gan.weight`` 0; its optimizer state could not match).
+    """
+    if critic is not None:
+        if not (directory / CKPT_CRITIC).is_file():
+            raise ValueError(f"{directory}: the checkpoint holds no discriminator, but this run trains one "
+                             "(loss.gan.weight > 0): resume with the config it was written with, or start a new run")
+        critic.load_state_dict(load_file(str(directory / CKPT_CRITIC)), strict=True)
     model.load_state_dict(load_file(str(directory / CKPT_WEIGHTS)), strict=True)
     state = torch.load(directory / CKPT_STATE, map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])

@@ -23,9 +23,10 @@ import torch
 from hsivar.calibrate import CalibrationFit, calibrate
 from hsivar.models.base import RestorationModel
 from hsivar.models.build import build_model
+from hsivar.models.patchgan import PatchDiscriminator
 from hsivar.publish import save_published
 from hsivar.restore import Restorer
-from hsivar.training import Batch, param_groups, prepare_stage, stage_loss
+from hsivar.training import Batch, param_groups, prepare_stage, stage_critic, stage_loss
 from hsivar_platform.pipeline_config import PipelineConfig
 from hsivar_platform.train.progress import ProgressReporter
 from hsivar_platform.train.state import EMA, load_checkpoint, load_init_weights, lr_factor, save_checkpoint
@@ -37,19 +38,22 @@ class StageStep(torch.nn.Module):
 
     ``forward(hq, lq, task_weights, x0, kept)`` with (B, C, S, S) cubes in [0, 1], (B, N) weights, and for
     models with ``first_estimate`` the first estimate and the kept entries (or None) → (loss, logs dict).
+    ``critic``: the stage's discriminator (:func:`hsivar.training.stage_critic`), a submodule so that DDP
+    synchronises its gradients too.
     """
 
-    def __init__(self, model: RestorationModel, stage: str, generator: torch.Generator) -> None:
+    def __init__(self, model: RestorationModel, stage: str, generator: torch.Generator,
+                 critic: PatchDiscriminator | None = None) -> None:
         """Wrap ``model`` for stage ``stage``; ``generator`` drives the stage's random choices."""
         super().__init__()
-        self.model, self.stage, self.generator = model, stage, generator
+        self.model, self.stage, self.generator, self.critic = model, stage, generator, critic
 
     def forward(self, hq: torch.Tensor, lq: torch.Tensor, task_weights: torch.Tensor,
                 x0: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The stage's loss on one batch: hq, lq, x0 (B, C, S, S) in [0, 1], task weights (B, N), kept (B, C, S, S)
         bool → (loss, logs)."""
         batch = Batch(hq, lq, task_weights, x0, kept)
-        res = stage_loss(self.model, self.stage, batch, self.generator)  # type: ignore[arg-type]
+        res = stage_loss(self.model, self.stage, batch, self.generator, self.critic)  # type: ignore[arg-type]
         return res.loss, res.logs
 
 
@@ -78,9 +82,10 @@ class _StageRun:
             load_init_weights(self.model, config["init_uri"])
         self.params = prepare_stage(self.model, self.stage)  # type: ignore[arg-type]
         self.model.to(self.device)
+        self.critic = stage_critic(self.model, self.stage)  # type: ignore[arg-type]
         spec = self.spec
-        self.opt = torch.optim.AdamW(param_groups(self.model, self.params, spec.lr, spec.head_lr), lr=spec.lr,
-                                     betas=spec.betas, weight_decay=spec.weight_decay)
+        self.opt = torch.optim.AdamW(param_groups(self.model, self.params, spec.lr, spec.head_lr, self.critic),
+                                     lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, spec.steps, spec.warmup_steps, spec.min_lr_ratio))
         self.ema = EMA(self.params, spec.ema_decay) if spec.ema_decay else None
@@ -91,12 +96,13 @@ class _StageRun:
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 self.step, self.data_pos = load_checkpoint(Path(d), rank=self.rank, model=self.model, opt=self.opt,
-                                                           sched=self.sched, ema=self.ema, gen=self.gen)
+                                                           sched=self.sched, ema=self.ema, gen=self.gen,
+                                                           critic=self.critic)
             self.progress.message(f"resumed from the checkpoint at step {self.step}")
         self.start_step = self.step
         stop_after = self.cfg.train.stop_after
         self.target = spec.steps if stop_after is None else min(spec.steps, self.start_step + stop_after)
-        self.net = rtt.prepare_model(StageStep(self.model, self.stage, self.gen), move_to_device=False,
+        self.net = rtt.prepare_model(StageStep(self.model, self.stage, self.gen, self.critic), move_to_device=False,
                                      parallel_strategy="ddp" if self.world > 1 else None,
                                      parallel_strategy_kwargs={"find_unused_parameters": True})
         self.logger = None
@@ -171,7 +177,8 @@ class _StageRun:
 
         with tempfile.TemporaryDirectory(prefix="hsivar-ckpt-") as d:
             save_checkpoint(Path(d), rank=self.rank, model=self.model, opt=self.opt, sched=self.sched, ema=self.ema,
-                            step=self.step, data_pos=self.data_pos, gen=self.gen, pipeline=self.config["pipeline"])
+                            step=self.step, data_pos=self.data_pos, gen=self.gen, pipeline=self.config["pipeline"],
+                            critic=self.critic)
             ray.train.report({**metrics, "step": self.step, "complete": complete},
                              checkpoint=ray.train.Checkpoint.from_directory(d),
                              checkpoint_dir_name=f"checkpoint_step{self.step:07d}")

@@ -24,7 +24,7 @@ from hsivar_platform.model_uri import PUBLISHED_ARTIFACT_PATH, load_restorer, re
 from hsivar_platform.pipeline_config import load_config
 from hsivar_platform.tracking import RunLogger, experiment_id, register_published
 from hsivar_platform.train import train_pipeline
-from hsivar_platform.train.state import CKPT_EMA, CKPT_STATE, lr_factor
+from hsivar_platform.train.state import CKPT_CRITIC, CKPT_EMA, CKPT_STATE, load_checkpoint, lr_factor, save_checkpoint
 
 from hsivar.publish import CONFIG_FILE, WEIGHTS_FILE, load_published
 from hsivar.synth import make_demo_dataset
@@ -55,6 +55,41 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     f = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_a_checkpoint_keeps_the_stage_discriminator(tmp_path: Path) -> None:
+    """A stage that trains a discriminator (loss.gan.weight > 0) checkpoints it beside the model and resumes it; a
+    checkpoint written without one is refused by name."""
+    from hsivar.config import GANConfig
+    from hsivar.models.build import build_model
+    from hsivar.presets import preset
+    from hsivar.training import param_groups, prepare_stage, stage_critic
+
+    def run(gan: float, seed: int):
+        cfg = preset("tiny", bands=BANDS, family="restorevar")
+        cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"gan": GANConfig(weight=gan)})})
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+        critic = stage_critic(model, "decoder")
+        opt = torch.optim.AdamW(param_groups(model, prepare_stage(model, "decoder"), 1e-3, None, critic))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        return model, critic, opt, sched, torch.Generator().manual_seed(seed)
+
+    model, critic, opt, sched, gen = run(0.1, seed=0)
+    save_checkpoint(tmp_path / "gan", rank=0, model=model, opt=opt, sched=sched, ema=None, step=5,
+                    data_pos={"epoch": 1}, gen=gen, pipeline={}, critic=critic)
+    model2, critic2, opt2, sched2, gen2 = run(0.1, seed=1)
+    assert not torch.equal(critic.net[0].weight, critic2.net[0].weight)
+    step, _ = load_checkpoint(tmp_path / "gan", rank=0, model=model2, opt=opt2, sched=sched2, ema=None, gen=gen2,
+                              critic=critic2)
+    assert step == 5 and all(torch.equal(a, b) for a, b in zip(critic.state_dict().values(),
+                                                                critic2.state_dict().values()))
+    model0, _, opt0, sched0, gen0 = run(0.0, seed=0)
+    save_checkpoint(tmp_path / "plain", rank=0, model=model0, opt=opt0, sched=sched0, ema=None, step=5,
+                    data_pos={}, gen=gen0, pipeline={})
+    with pytest.raises(ValueError, match="holds no discriminator"):
+        load_checkpoint(tmp_path / "plain", rank=0, model=model2, opt=opt2, sched=sched2, ema=None, gen=gen2,
+                        critic=critic2)
 
 
 def test_registry_contract_models_uri_resolves_to_published_files(published_tiny: Path, mlflow_uri: str,
@@ -132,7 +167,8 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
         *TINY, f"data.source={data}", f"run.storage_path={storage_uri}", f"run.work_dir={tmp_path}",
         "run.name=e2e", f"tracking.tracking_uri={mlflow_uri}", "tracking.register_as=hsivar-e2e",
         "scaling.num_workers=2", "scaling.torch_threads=1", "train.vqvae.steps=3", "train.var.steps=3",
-        "train.decoder.steps=2", "train.checkpoint_every=2"])
+        "train.decoder.steps=2", "train.checkpoint_every=2",
+        "model.override.loss.gan.weight=0.1"])  # stage decoder trains a discriminator beside the model (DDP)
     lines: list[str] = []
     result = train_pipeline(cfg, echo=lines.append)
 
@@ -154,6 +190,8 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
     assert {"checkpoint_step0000002/model.safetensors", "checkpoint_step0000002/train_state.pt",
             "checkpoint_step0000002/rng_rank0.pt", "checkpoint_step0000002/rng_rank1.pt",
             "checkpoint_step0000003/pipeline_config.json"} <= names
+    ckpts = storage.list_files(storage.join(storage_uri, "e2e", "train", "decoder"))
+    assert any(p.endswith(f"checkpoint_step0000002/{CKPT_CRITIC}") for p in ckpts), ckpts  # the discriminator
 
     # stage decoder fitted the per-family trust on the validation examples: the published config records it
     trust = json.loads(storage.read_bytes(storage.join(result.stages[2].published_uri, CONFIG_FILE)))["model"][
@@ -185,6 +223,7 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
     assert {"loss", "lr", "psnr", "val/recon/psnr"} | {f"codebook_usage_s{k}" for k in range(6)} <= m["vqvae"]
     assert {"ce", "acc"} | {f"acc_s{k}" for k in range(6)} <= m["var"]
     assert {f"trust/{t}" for t in ("gaussian", "bandmiss")} <= m["decoder"]
+    assert {"gan_d", "gan_g", "d_real", "d_fake"} <= m["decoder"]
     for stage in ("var", "decoder"):
         assert {f"val/{t}/{k}" for t in ("gaussian", "complex", "blur", "sr", "inpaint", "bandmiss")
                 for k in ("psnr", "ssim", "sam")} <= m[stage]
