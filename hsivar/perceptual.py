@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLASSICAL_IQA_METRICS",
+    "IQA_METRICS",
     "PERCEPTUAL_METRICS",
     "PerceptualResult",
+    "lower_is_better",
     "perceptual_metrics",
     "required_weight_files",
 ]
@@ -42,10 +44,16 @@ __all__ = [
 PERCEPTUAL_METRICS: tuple[str, ...] = ("lpips", "dists", "clipiqa", "musiq", "maniqa")
 """pyiqa metric names computed by default by :func:`perceptual_metrics` (pyiqa's default variants)."""
 
-CLASSICAL_IQA_METRICS: tuple[str, ...] = ("psnr", "ssim", "ms_ssim")
-"""pyiqa metrics that need no weight file (also accepted by :func:`perceptual_metrics`)."""
+CLASSICAL_IQA_METRICS: tuple[str, ...] = ("psnr", "ssim", "ms_ssim", "gmsd", "nlpd", "fsim")
+"""pyiqa metrics that need no weight file (also accepted by :func:`perceptual_metrics`). Of them, three model
+perception with fixed, published parameters: GMSD (gradient magnitude similarity deviation, Xue et al., IEEE TIP
+2014), NLPD (normalised Laplacian pyramid distance, Laparra et al., 2016) and FSIM (feature similarity, Zhang et
+al., IEEE TIP 2011) — the perceptual scores an offline machine can always give (``hsivar evaluate --perceptual``)."""
 
-_FULL_REFERENCE = {"lpips", "dists", "psnr", "ssim", "ms_ssim"}
+IQA_METRICS: tuple[str, ...] = (*PERCEPTUAL_METRICS, *CLASSICAL_IQA_METRICS)
+"""Every metric name :func:`perceptual_metrics` accepts."""
+
+_FULL_REFERENCE = {"lpips", "dists", "psnr", "ssim", "ms_ssim", "gmsd", "nlpd", "fsim"}
 
 # Files each pyiqa metric loads, relative to the torch hub directory (pyiqa's own cache is
 # <hub>/pyiqa, torchvision's is <hub>/checkpoints, CLIP's is <hub>/clip), read from pyiqa 0.1.16's
@@ -59,6 +67,9 @@ _HUB_FILES: dict[str, tuple[str, ...]] = {
     "psnr": (),
     "ssim": (),
     "ms_ssim": (),
+    "gmsd": (),
+    "nlpd": (),
+    "fsim": (),
 }
 # MANIQA also builds timm's ViT-B/8 with pretrained=True, which timm loads from the Hugging Face cache.
 _HF_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -70,10 +81,18 @@ _LOWER_BETTER = {
     "psnr": False,
     "ssim": False,
     "ms_ssim": False,
+    "gmsd": True,
+    "nlpd": True,
+    "fsim": False,
     "clipiqa": False,
     "musiq": False,
     "maniqa": False,
 }
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a lower score of metric ``name`` (from :data:`IQA_METRICS`) means a better image."""
+    return _LOWER_BETTER.get(name, False)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ def evaluate(
     baselines: Annotated[bool, typer.Option(help="score the classical baselines of each family")] = True,
     extra_baseline: Annotated[list[str] | None, typer.Option(
         help="an opt-in baseline too (repeatable): bm4d (needs pip install 'hsivar\\[bm4d]', non-commercial)")] = None,
+    perceptual: Annotated[list[str] | None, typer.Option(
+        help="a perceptual metric per row too (repeatable), on false-colour renderings: gmsd, nlpd, fsim need no "
+             "weights; lpips, dists, … read theirs from the torch hub dir (hsivar.perceptual)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 16,
     concurrency: Annotated[int, typer.Option(min=1, help="model actors")] = 1,
     use_gpu: Annotated[bool, typer.Option(help="one GPU per model actor")] = False,
@@ -96,7 +99,8 @@ def evaluate(
         run_evaluation(model[0] if len(model) == 1 else model, data, out, levels=levels,
                        max_cubes=max_cubes or None, crop=crop or None,
                        baselines=baselines, extra_baselines=tuple(extra_baseline or ()),
-                       task=task, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
+                       perceptual=tuple(perceptual or ()), task=task, batch_size=batch_size,
+                       concurrency=concurrency, use_gpu=use_gpu,
                        work_dir=work_dir, tracking_uri=tracking_uri, experiment=experiment, log_mlflow=mlflow,
                        ray_address=ray_address, echo=typer.echo)
     except (FileNotFoundError, ValueError) as exc:

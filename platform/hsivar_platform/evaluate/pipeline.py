@@ -10,7 +10,9 @@ autoregressive decoding, and writes:
   ergas, seconds_per_cube, n_cubes, and for the model with an error bar (a calibrated model, or samples > 1)
   the share of synthesised entries within 1σ and 2σ and the correlation of σ with |error|;
 * ``DIR/cases.csv`` — every (cube, case, method) row;
-* ``DIR/metrics.md`` — the table plus a per-family summary (model vs degraded vs baseline);
+* ``DIR/metrics.md`` — the table plus a per-family summary (model vs degraded vs baseline), and with
+  ``perceptual`` metrics (e.g. the weight-free GMSD and NLPD of :mod:`hsivar.perceptual`) their means per family
+  and method;
 
 and logs them to an MLflow run (metrics ``eval/<task>/<method>/<metric>`` averaged over levels).
 
@@ -38,6 +40,7 @@ import numpy as np
 from hsivar.classical import OPTIONAL_BASELINES
 from hsivar.degrade import family, observation_of_level, protocol_cases
 from hsivar.metrics import evaluate as score
+from hsivar.perceptual import IQA_METRICS, perceptual_metrics
 from hsivar.uncertainty import coverage_stats
 from hsivar_platform import ray_runtime
 from hsivar_platform.console import WORKER_TAG
@@ -47,6 +50,7 @@ from hsivar_platform.evaluate.tables import (
     UNCERTAINTY_COLUMNS,
     aggregate,
     family_summary,
+    perceptual_columns,
     to_markdown,
 )
 
@@ -56,9 +60,31 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ Ray Data ops
 
 
+@dataclass(frozen=True)
+class Perceptual:
+    """The perceptual metrics to add to every row (``names`` from :data:`hsivar.perceptual.IQA_METRICS`) and the
+    band centres in nm their false-colour renderings pick bands by (None: the index rule)."""
+
+    names: tuple[str, ...] = ()
+    wavelengths: tuple[float, ...] | None = None
+
+    def scores(self, restored: np.ndarray, clean: np.ndarray, what: str) -> dict[str, float]:
+        """{name: score} of ``restored`` against ``clean`` (C, H, W) in [0, 1] (restored clipped to it); NaN, with
+        a warning naming ``what`` and the reason, for a metric that cannot be computed."""
+        if not self.names:
+            return {}
+        res = perceptual_metrics(np.clip(restored, 0, 1), clean, self.wavelengths, self.names)
+        for r in res.values():
+            if not r.available:
+                log.warning(WORKER_TAG + " %s: %s", what, r.reason)
+        return {n: r.value if r.value is not None else float("nan") for n, r in res.items()}
+
+
 def _metric_row(row: dict[str, Any], method: str, restored: np.ndarray, seconds: float,
-                uncertainty: dict[str, float] | None = None) -> dict[str, Any]:
+                uncertainty: dict[str, float] | None = None, perceptual: Perceptual = Perceptual()) -> dict[str, Any]:
     m = score(restored, row["clean"], row["band_mask"], ergas_ratio=float(row["ergas_ratio"])).as_dict()
+    m |= perceptual.scores(np.asarray(restored, np.float32), np.asarray(row["clean"], np.float32),
+                           f"{method} on {row['uri']} {row['case']}")
     return {"uri": str(row["uri"]), "index": int(row["index"]), "task": str(row["task"]),
             "level": float(row["level"]), "case": str(row["case"]), "method": method, **m, "seconds": seconds,
             **(uncertainty or dict.fromkeys(UNCERTAINTY_COLUMNS, float("nan")))}
@@ -73,14 +99,15 @@ def _uncertainty_row(res: Any, clean: np.ndarray) -> dict[str, float] | None:
     return coverage_stats((res.cube - clean)[free], res.std[free])
 
 
-def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool, extra: tuple[str, ...] = (),
+                 perceptual: Perceptual = Perceptual()) -> dict[str, Any]:
     """CPU op: metrics of the degraded input and of the family's classical baselines (its row's, plus the
     opt-in ``extra`` ones of :data:`hsivar.classical.OPTIONAL_BASELINES` that serve it), as JSON per row."""
     out = dict(batch)
     scored = []
     for i in range(len(batch["uri"])):
         row = {k: v[i] for k, v in batch.items()}
-        rows = [_metric_row(row, METHOD_DEGRADED, row["degraded"], 0.0)]
+        rows = [_metric_row(row, METHOD_DEGRADED, row["degraded"], 0.0, perceptual=perceptual)]
         task = str(row["task"])
         optional = (OPTIONAL_BASELINES[name] for name in extra)
         methods = (*family(task).baselines, *(b for b, fams in optional if task in fams)) if baselines else ()
@@ -88,7 +115,8 @@ def score_inputs(batch: dict[str, np.ndarray], *, baselines: bool, extra: tuple[
             t0 = time.perf_counter()
             try:
                 restored = baseline.fn(np.asarray(row["degraded"], np.float32), float(row["level"]))
-                rows.append(_metric_row(row, baseline.name, restored, time.perf_counter() - t0))
+                rows.append(_metric_row(row, baseline.name, restored, time.perf_counter() - t0,
+                                        perceptual=perceptual))
             except Exception as e:  # a baseline failing must not sink the evaluation
                 log.warning(WORKER_TAG + " baseline %s failed on %s %s: %s", baseline.name, row["uri"], row["case"], e)
         scored.append(json.dumps(rows))
@@ -100,11 +128,12 @@ class ModelScorer:
     """Actor op: restore each degraded cube with one published model and add its score (method ``label``) to the
     row's ``scored`` JSON list."""
 
-    def __init__(self, model_dir: str, device: str, task: str, batch_size: int, label: str = METHOD_MODEL) -> None:
+    def __init__(self, model_dir: str, device: str, task: str, batch_size: int, label: str = METHOD_MODEL,
+                 perceptual: Perceptual = Perceptual()) -> None:
         from hsivar.restore import Restorer
 
         self.restorer = Restorer.from_published(model_dir, device=device)
-        self.task, self.batch_size, self.label = task, batch_size, label
+        self.task, self.batch_size, self.label, self.perceptual = task, batch_size, label, perceptual
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out, scored = dict(batch), []
@@ -119,7 +148,7 @@ class ModelScorer:
                 res = self.restorer.restore(degraded, task=str(row["task"]), value_range=(0.0, 1.0),
                                             batch_size=self.batch_size, observation=obs)
             rows.append(_metric_row(row, self.label, res.cube, res.seconds,
-                                    _uncertainty_row(res, np.asarray(row["clean"], np.float32))))
+                                    _uncertainty_row(res, np.asarray(row["clean"], np.float32)), self.perceptual))
             scored.append(json.dumps(rows))
         out["scored"] = np.array(scored)
         return out
@@ -185,6 +214,7 @@ def resolve_test_prefix(data_uri: str, bands: int, work_dir: str | os.PathLike =
 def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.PathLike, *, levels: str = "all",
              max_cubes: int | None = None, crop: int | None = 256, baselines: bool = True,
              extra_baselines: tuple[str, ...] = (), task: str = "auto",
+             perceptual: tuple[str, ...] = (),
              batch_size: int = 16, concurrency: int = 1, use_gpu: bool = False, work_dir: str = "work",
              tracking_uri: str | None = None, experiment: str = "hsivar-eval", log_mlflow: bool = True,
              ray_address: str | None = None, echo: Callable[[str], None] = print) -> EvalResult:
@@ -203,6 +233,9 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
         baselines: score each family's classical baselines; extra_baselines: names of opt-in ones
             (:data:`hsivar.classical.OPTIONAL_BASELINES`, e.g. ``("bm4d",)``).
         task: ``auto`` (the model's task classifier) or ``oracle`` (the true task name).
+        perceptual: perceptual metrics to add per row (:data:`hsivar.perceptual.IQA_METRICS`; e.g. the weight-free
+            ``("gmsd", "nlpd")``), on false-colour renderings picked by the first model's wavelengths; a metric whose
+            weights are not on this machine scores NaN with a warning naming the file.
         concurrency: model actors; use_gpu: one GPU per actor.
         tracking_uri: MLflow (default ``$MLFLOW_TRACKING_URI``, else SQLite in ``work_dir``).
         ray_address: the Ray cluster (default ``$RAY_ADDRESS``, else a local Ray; see
@@ -224,6 +257,9 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
     unknown = sorted(set(extra_baselines) - set(OPTIONAL_BASELINES))
     if unknown:
         raise ValueError(f"unknown extra baseline(s) {', '.join(unknown)}; known: {', '.join(OPTIONAL_BASELINES)}")
+    unknown = sorted(set(perceptual) - set(IQA_METRICS))
+    if unknown:
+        raise ValueError(f"unknown perceptual metric(s) {', '.join(unknown)}; known: {', '.join(IQA_METRICS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = model_specs(model_uri)
@@ -245,14 +281,17 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
     echo(f"[evaluate] {len(files)} cubes under {prefix}; {len(cases)} cases; task={task}")
 
     ds = protocol_dataset(files, cases, bands=mcfg.bands, crop=crop)
-    ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines, "extra": extra_baselines})
+    judge = Perceptual(tuple(perceptual), mcfg.wavelengths)
+    ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines, "extra": extra_baselines,
+                                                              "perceptual": judge})
     for label, model_dir in zip(labels, dirs):
         ds = ds.map_batches(ModelScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
                             num_gpus=1 if use_gpu else None,
                             fn_constructor_kwargs={"model_dir": str(model_dir),
                                                    "device": "cuda" if use_gpu else "cpu",
                                                    "task": "auto" if task == "auto" else "oracle",
-                                                   "batch_size": batch_size, "label": label})
+                                                   "batch_size": batch_size, "label": label,
+                                                   "perceptual": judge})
     t0 = time.perf_counter()
     rows = [r for item in ds.select_columns(["scored"]).take_all() for r in json.loads(str(item["scored"]))]
     if not rows:
@@ -294,7 +333,7 @@ def _log_eval(table: Any, summaries: dict[str, Any], out: Path, model_uri: str, 
                "model_stage": doc.get("stage"), "model_run": doc.get("metadata", {}).get("run")})
     metrics: dict[str, float] = {}
     for (t, m), g in table.groupby(["task", "method"]):
-        for k in ("psnr", "ssim", "sam", "ergas", "seconds_per_cube"):
+        for k in ("psnr", "ssim", "sam", "ergas", "seconds_per_cube", *perceptual_columns(table)):
             metrics[f"eval/{t}/{m}/{k}"] = float(g[k].mean())
     for label, summary in summaries.items():
         tag = "" if label == METHOD_MODEL else f"{label}/"

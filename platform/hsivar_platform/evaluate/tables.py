@@ -20,10 +20,19 @@ COLUMNS = ("task", "level", "case", "method", "psnr", "ssim", "sam", "ergas", "s
 """Columns of ``metrics.csv``."""
 
 
+def perceptual_columns(frame: Any) -> list[str]:
+    """The perceptual metrics (:mod:`hsivar.perceptual`, e.g. ``gmsd``) a cases or metrics frame holds, in its
+    column order."""
+    from hsivar.perceptual import IQA_METRICS
+
+    return [c for c in frame.columns if c in IQA_METRICS]
+
+
 def aggregate(cases: Any, models: Sequence[str] = (METHOD_MODEL,)) -> Any:
     """Per (task, level, case, method): mean psnr/ssim/sam/ergas, mean seconds per cube, cube count, mean coverage
-    and correlation of the error bar (NaN where there is none); within a case the degraded input first, then the
-    baselines, then the ``models`` in their order."""
+    and correlation of the error bar (NaN where there is none), and the mean of every perceptual metric the rows
+    hold (:func:`perceptual_columns`); within a case the degraded input first, then the baselines, then the
+    ``models`` in their order."""
     order = {t: i for i, t in enumerate(TASKS)}
     for col in UNCERTAINTY_COLUMNS:  # cases.csv of an evaluation without them
         if col not in cases:
@@ -31,11 +40,12 @@ def aggregate(cases: Any, models: Sequence[str] = (METHOD_MODEL,)) -> Any:
     g = cases.groupby(["task", "level", "case", "method"], as_index=False).agg(
         psnr=("psnr", "mean"), ssim=("ssim", "mean"), sam=("sam", "mean"), ergas=("ergas", "mean"),
         seconds_per_cube=("seconds", "mean"), n_cubes=("uri", "nunique"),
-        **{col: (col, "mean") for col in UNCERTAINTY_COLUMNS})
+        **{col: (col, "mean") for col in (*UNCERTAINTY_COLUMNS, *perceptual_columns(cases))})
     g["_t"] = g["task"].map(order)
     rank = {METHOD_DEGRADED: 0} | {m: 2 + i for i, m in enumerate(models)}
     g["_m"] = g["method"].map(lambda m: rank.get(m, 1))
-    return g.sort_values(["_t", "level", "_m"]).drop(columns=["_t", "_m"]).reset_index(drop=True)[list(COLUMNS)]
+    g = g.sort_values(["_t", "level", "_m"]).drop(columns=["_t", "_m"]).reset_index(drop=True)
+    return g[[*COLUMNS, *perceptual_columns(cases)]]
 
 
 def family_summary(table: Any, model: str = METHOD_MODEL, models: Sequence[str] | None = None) -> Any:
@@ -81,7 +91,24 @@ def to_markdown(table: Any, summaries: Any, title: str) -> str:
     named = summaries if isinstance(summaries, dict) else {METHOD_MODEL: summaries}
     for label, summary in named.items():
         lines += _summary_lines(summary, "HSI-VAR" if label == METHOD_MODEL else label, len(named) > 1)
+    lines += _perceptual_lines(table)
     return "\n".join(lines) + "\n"
+
+
+def _perceptual_lines(table: Any) -> list[str]:
+    """Per family and method, the mean over levels of each perceptual metric in ``table`` (none: no lines)."""
+    from hsivar.perceptual import lower_is_better
+
+    names = perceptual_columns(table)
+    if not names:
+        return []
+    means = table.groupby(["task", "method"], sort=False)[names].mean()
+    heads = " | ".join(f"{n} {'↓' if lower_is_better(n) else '↑'}" for n in names)
+    lines = ["", "Perceptual metrics on the false-colour rendering of the whole cube (mean over levels):", "",
+             f"| task | method | {heads} |", "|---|---|" + "---:|" * len(names)]
+    for (task, method), r in means.iterrows():
+        lines.append(f"| {task} | {method} | " + " | ".join(f"{r[n]:.4f}" for n in names) + " |")
+    return lines
 
 
 def _summary_lines(summary: Any, name: str, several: bool) -> list[str]:

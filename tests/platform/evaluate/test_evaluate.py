@@ -92,10 +92,17 @@ def test_evaluate_command_on_the_cli(ray_cluster, published_tiny: Path, test_cub
     out = tmp_path / "cli"
     r = CliRunner().invoke(app, ["evaluate", "--model", str(published_tiny), "--data", test_cubes, "--out", str(out),
                                  "--levels", "middle", "--max-cubes", "1", "--crop", "32", "--no-baselines",
+                                 "--perceptual", "gmsd", "--perceptual", "nlpd",
                                  "--tracking-uri", mlflow_uri, "--work-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     table = pd.read_csv(out / "metrics.csv")
     assert set(table["method"]) == {"degraded", "hsivar"} and (table["n_cubes"] == 1).all()
+    # the weight-free perceptual metrics, per row and in the Markdown (lower is better for both)
+    assert table["gmsd"].between(0, 1).all() and (table["nlpd"] >= 0).all()
+    assert "| task | method | gmsd ↓ | nlpd ↓ |" in (out / "metrics.md").read_text()
+    odd = CliRunner().invoke(app, ["evaluate", "--model", str(published_tiny), "--data", test_cubes,
+                                   "--out", str(out), "--perceptual", "beauty", "--no-mlflow"])
+    assert odd.exit_code == 2 and "unknown perceptual metric(s) beauty" in odd.output
     bad = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--data", test_cubes,
                                    "--out", str(out), "--no-mlflow"])
     assert bad.exit_code == 2 and "not a published model directory" in bad.output
