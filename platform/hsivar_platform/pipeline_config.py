@@ -237,7 +237,11 @@ class ValSpec(_Strict):
 
     max_cubes: int = Field(2, ge=0, description="validation cubes used (0: no validation)")
     levels: Literal["middle", "all"] = Field("middle", description="one middle level per family, or every level "
-                                             "of the model's families (19 cases for MP-HSIR's six)")
+                                             "of the model's families (19 cases for MP-HSIR's six), in the "
+                                             "validation (and calibration) of the family's last stage")
+    levels_between: Literal["middle", "all"] = Field(
+        "middle", description="the same for the validation at the end of the stages before the last, a progress "
+        "check: 'all' restores about three times as many examples (19 cases against 6 for MP-HSIR's six)")
     task: Literal["auto", "oracle"] = Field("auto", description="task classifier ('auto') or the true task weights")
     batch_size: int = Field(16, ge=1)
     crop: int | None = Field(None, ge=1, description="centre crop side of each validation cube, pixels (default: "
@@ -287,6 +291,11 @@ class PipelineConfig(_Strict):
     def stages(self) -> tuple[Stage, ...]:
         """The stages this pipeline runs: ``train.stages``, else every stage of the model's family."""
         return self.train.stages or self.model_cfg().stages
+
+    def val_levels(self, stage: str) -> Literal["middle", "all"]:
+        """The protocol levels ``stage`` validates on: ``val.levels`` for the last stage this pipeline runs (which
+        calibrates on them), ``val.levels_between`` for the stages before it."""
+        return self.val.levels if stage == self.stages()[-1] else self.val.levels_between
 
     def model_cfg(self) -> ModelConfig:
         """The resolved :class:`~hsivar.config.ModelConfig` (preset + overrides)."""

@@ -63,6 +63,21 @@ def test_the_model_family_sets_the_stages() -> None:
         load_config(REPO / "configs" / "tiny.yaml", ["model.family=diffusion"])
 
 
+@pytest.mark.parametrize("family", ["hsivar", "restorevar"])
+def test_only_the_last_stage_validates_on_every_level(family: str) -> None:
+    """The last stage the pipeline runs validates (and calibrates) on val.levels; the stages before it check
+    progress on val.levels_between — also when train.stages stops early, and for the landsat8 config of any family."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"model.family={family}"])
+    *before, last = cfg.stages()
+    assert cfg.val_levels(last) == "all" and {cfg.val_levels(s) for s in before} == {"middle"}
+    short = load_config(REPO / "configs" / "tiny.yaml", [f"model.family={family}", "train.stages=[vqvae, var]"])
+    assert short.val_levels("var") == "all" and short.val_levels("vqvae") == "middle"
+    every = load_config(REPO / "configs" / "tiny.yaml", [f"model.family={family}", "val.levels_between=all"])
+    assert {every.val_levels(s) for s in every.stages()} == {"all"}
+    landsat = load_config(REPO / "configs" / "landsat8.yaml", [f"model.family={family}"])
+    assert landsat.stages() == landsat.model_cfg().stages and landsat.registered_model_name() == f"{family}-landsat8"
+
+
 def test_overrides_dotted_options_and_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = split_dotted_args(["--scaling.num_workers", "2", "--train.var.lr=5e-4"])
     cfg = load_config(REPO / "configs" / "tiny.yaml",

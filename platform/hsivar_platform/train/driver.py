@@ -198,8 +198,8 @@ def _datasets(cfg: PipelineConfig, splits: Any, stage: str) -> tuple[dict[str, A
                                           estimate=needs_estimate(mcfg, stage))}  # type: ignore[arg-type]
     if splits.val and cfg.val.max_cubes > 0:
         val_files = list_cubes(splits.val)[: cfg.val.max_cubes]
-        datasets["val"] = protocol_dataset(val_files, protocol_cases(cfg.val.levels, mcfg.dag.tasks), bands=mcfg.bands,
-                                           crop=cfg.val.crop or tile,
+        cases = protocol_cases(cfg.val_levels(stage), mcfg.dag.tasks)
+        datasets["val"] = protocol_dataset(val_files, cases, bands=mcfg.bands, crop=cfg.val.crop or tile,
                                            norm_window=cfg.data.window)
     return datasets, len(files)
 
