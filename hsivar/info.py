@@ -19,10 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from hsivar.config import ModelConfig
 from hsivar.models.base import RestorationModel
 from hsivar.models.build import build_model
-from hsivar.models.cross_condition import CrossConditioned
-from hsivar.models.hsivar import HSIVAR
-from hsivar.models.restorevar import RestoreVAR
-from hsivar.models.varformer import VarFormer
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -35,24 +31,17 @@ def parameter_counts(model: RestorationModel) -> dict[str, int]:
     ``restorer``: VarFormer's U-Net)."""
     vq = model.vqvae
     ssa = _count(vq.decoder.ssa) if vq.decoder.ssa is not None else 0
-    restorer = _count(model.restorer) if isinstance(model, VarFormer) else 0
-    if isinstance(model, HSIVAR):
-        condition, refiner = _count(model.cond), _count(model.refiner)
-    elif isinstance(model, CrossConditioned):
-        condition = sum(p.numel() for p in model.condition_parameters())
-        refiner = _count(model.lrt) if isinstance(model, RestoreVAR) else 0
-    else:
-        raise TypeError(f"no parameter parts for {type(model).__name__}")
+    parts = {name: sum(p.numel() for p in params) for name, params in model.part_parameters().items()}
     counts = {
         "vqvae_encoder": _count(vq.encoder),
         "vqvae_decoder": _count(vq.decoder) - ssa,
         "ssa": ssa,
         "quantizer": _count(vq.quantize) + _count(vq.quant_conv) + _count(vq.post_quant_conv),
-        "condition_encoder": condition,
+        "condition_encoder": parts["condition_encoder"],
         "dag": _count(model.dag),
         "transformer": _count(model.var),
-        "refiner": refiner,
-        "restorer": restorer,
+        "refiner": parts["refiner"],
+        "restorer": parts["restorer"],
         "fusion": _count(model.fusion) if model.fusion is not None else 0,
     }
     counts["params_total"] = _count(model)

@@ -59,7 +59,6 @@ from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.hsivar import HSIVAR
 from hsivar.models.patchgan import PatchDiscriminator, adversarial_terms, build_discriminator
 from hsivar.models.restorevar import RestoreVAR
-from hsivar.models.varformer import VarFormer
 
 
 @dataclass
@@ -132,26 +131,7 @@ def trainable_parameters(model: RestorationModel, stage: Stage) -> list[torch.nn
         ValueError: a stage the model's family does not run.
     """
     _check_stage(model, stage)
-    if stage == "vqvae":  # the decoder's stage-3 additions (SSA, skips) stay at their zero init
-        dec = model.vqvae.decoder
-        later = {id(p) for m in (dec.ssa, dec.skips) if m is not None for p in m.parameters()}
-        params = [p for p in model.vqvae.parameters() if id(p) not in later]
-    elif isinstance(model, HSIVAR):
-        parts = ((model.cond, model.dag, model.var, model.refiner) if stage == "var" else
-                 (model.vqvae.decoder, model.vqvae.post_quant_conv, model.refiner, model.fusion))
-        params = [p for m in parts if m is not None for p in m.parameters()]
-    elif isinstance(model, CrossConditioned) and stage == "var":
-        params = list(model.var.parameters()) + model.condition_parameters()
-    elif isinstance(model, RestoreVAR):
-        if stage == "refiner":
-            params = list(model.lrt.parameters())
-        else:  # decoder: RestoreVAR's decoder fine-tuned on continuous latents (the LRT stays as stage refiner left it)
-            parts = (model.vqvae.decoder, model.vqvae.post_quant_conv, model.fusion)
-            params = [p for m in parts if m is not None for p in m.parameters()]
-    elif isinstance(model, VarFormer):  # decoder: the U-Net restorer on the frozen prior
-        params = [p for m in (model.restorer, model.fusion) if m is not None for p in m.parameters()]
-    else:
-        raise TypeError(f"no training stages for {type(model).__name__}")
+    params = model.stage_parameters(stage)
     if stage in model.cfg.dag.classifier_stages:
         known = set(map(id, params))
         params += [p for p in model.dag.classifier_parameters() if id(p) not in known]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from hsivar.config import ModelConfig
+from hsivar.config import ModelConfig, Stage
 from hsivar.models.dag import DegradationGuidance, TaskSpec
 from hsivar.models.fusion import OutputFusion
 from hsivar.models.var import GREEDY, Sampling
@@ -90,6 +90,27 @@ class RestorationModel(nn.Module):
         unc = None if coefficients is None else {"coefficients": [[float(v) for v in c] for c in coefficients],
                                                  "coverage": coverage}
         self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "uncertainty": unc})
+
+    def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """The parameters stage ``stage`` trains, besides the task classifier (:func:`hsivar.training.
+        trainable_parameters` adds it). Stage vqvae, shared by every family: the VQ-VAE without the decoder's
+        stage-decoder additions (SSA, skips), which stay at their zero init. A family adds its own stages.
+
+        Raises:
+            ValueError: a stage the family does not run.
+        """
+        if stage != "vqvae":
+            raise ValueError(f"unknown stage {stage!r} for a {self.cfg.family} model; expected one of "
+                             f"{', '.join(self.cfg.stages)}")
+        dec = self.vqvae.decoder
+        later = {id(p) for m in (dec.ssa, dec.skips) if m is not None for p in m.parameters()}
+        return [p for p in self.vqvae.parameters() if id(p) not in later]
+
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The family's own parts for ``hsivar info``: ``condition_encoder`` (what reads the degraded tile for the
+        transformer), ``refiner`` (a continuous refiner of the latent), ``restorer`` (a network in place of the VQ-VAE
+        decoder) — an empty list for a part the family lacks."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its parts")
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is (B, C, S, S) with the model's band count and tile side S."""

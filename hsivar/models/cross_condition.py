@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from hsivar.config import ModelConfig
+from hsivar.config import ModelConfig, Stage
 from hsivar.models.base import Guidance, RestorationModel, RestoreOutput, to_model_range
 from hsivar.models.dag import TaskSpec
 from hsivar.models.var import GREEDY, NextScaleTransformer, Sampling
@@ -55,6 +55,17 @@ class CrossConditioned(RestorationModel):
         """The condition path's own weights (projections, start token, global embedding): trained in stage var."""
         parts = (self.cond_proj, self.cond_embed, self.global_embed)
         return [p for m in parts for p in m.parameters()] + [self.sos, self.global_gain]
+
+    def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """Stage var: the transformer and the condition path (the VQ-VAE encoder it reads stays frozen); the other
+        stages: the family's."""
+        if stage == "var":
+            return list(self.var.parameters()) + self.condition_parameters()
+        return super().stage_parameters(stage)
+
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The condition projections and start token; no refiner or restorer (a family adds its own)."""
+        return {"condition_encoder": self.condition_parameters(), "refiner": [], "restorer": []}
 
     def condition(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
         """The condition of tiles x (B, C, S, S) in [0, 1] (the degraded tile or its first estimate) → (condition

@@ -17,9 +17,10 @@ from x0; the task classifier always reads lq.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.profiler import record_function
 
-from hsivar.config import ModelConfig
+from hsivar.config import ModelConfig, Stage
 from hsivar.models.base import Guidance, RestorationModel, RestoreOutput, to_model_range
 from hsivar.models.condition import ConditionEncoder
 from hsivar.models.dag import TaskSpec
@@ -43,6 +44,22 @@ class HSIVAR(RestorationModel):
         self.var = NextScaleTransformer(cfg.transformer, vq)
         self.refiner = Refiner(cfg.refiner, width, vq.z_channels, vq.latent_size)
         self.fusion = self.build_fusion()
+
+    def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """Stage var: E_con + P, the DAG, the transformer and the refiner; stage decoder: the decoder (SSA, skips),
+        post_quant_conv, the refiner (fine-tuned on autoregressive latents) and the fusion head; vqvae: the base's."""
+        if stage == "var":
+            parts = (self.cond, self.dag, self.var, self.refiner)
+        elif stage == "decoder":
+            parts = (self.vqvae.decoder, self.vqvae.post_quant_conv, self.refiner, self.fusion)
+        else:
+            return super().stage_parameters(stage)
+        return [p for m in parts if m is not None for p in m.parameters()]
+
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """E_con + P, the NAFNet refiner; no restorer."""
+        return {"condition_encoder": list(self.cond.parameters()), "refiner": list(self.refiner.parameters()),
+                "restorer": []}
 
     def init_condition_encoder(self) -> None:
         """Start of stage 2: E_con ← copy of the trained E (and quant_conv)."""

@@ -15,8 +15,9 @@ continuous latents in stage ``decoder``) → ŷ (and the fusion head, as in HSI-
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from hsivar.config import ModelConfig
+from hsivar.config import ModelConfig, Stage
 from hsivar.models.base import RestoreOutput
 from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.lrt import LatentRefinerTransformer
@@ -31,6 +32,21 @@ class RestoreVAR(CrossConditioned):
         super().__init__(cfg)
         self.lrt = LatentRefinerTransformer(cfg.lrt, cfg.transformer, cfg.vqvae)
         self.fusion = self.build_fusion()
+
+    def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """Stage refiner: the LRT alone; stage decoder: the decoder, post_quant_conv and the fusion head, fine-tuned on
+        the LRT's continuous latents (the LRT stays as stage refiner left it); vqvae and var: as every
+        cross-conditioned family."""
+        if stage == "refiner":
+            return list(self.lrt.parameters())
+        if stage == "decoder":
+            parts = (self.vqvae.decoder, self.vqvae.post_quant_conv, self.fusion)
+            return [p for m in parts if m is not None for p in m.parameters()]
+        return super().stage_parameters(stage)
+
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The condition path and the LRT as the refiner."""
+        return super().part_parameters() | {"refiner": list(self.lrt.parameters())}
 
     def continuous_latent(self, out: RestoreOutput) -> torch.Tensor:
         """LRT(f̂_K, every scale's hidden states); → (B, Cvae, h, w)."""

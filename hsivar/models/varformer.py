@@ -18,8 +18,9 @@ replaces the hidden states in the first blocks); this family uses RestoreVAR's c
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from hsivar.config import ModelConfig
+from hsivar.config import ModelConfig, Stage
 from hsivar.models.base import RestoreOutput
 from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.prior_unet import PriorUNet
@@ -34,6 +35,17 @@ class VarFormer(CrossConditioned):
         super().__init__(cfg)
         self.restorer = PriorUNet(cfg.varformer, cfg.vqvae)
         self.fusion = self.build_fusion()
+
+    def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """Stage decoder: the U-Net restorer and the fusion head on the frozen prior; vqvae and var: as every
+        cross-conditioned family."""
+        if stage == "decoder":
+            return [p for m in (self.restorer, self.fusion) if m is not None for p in m.parameters()]
+        return super().stage_parameters(stage)
+
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The condition path and the U-Net as the restorer."""
+        return super().part_parameters() | {"restorer": list(self.restorer.parameters())}
 
     def continuous_latent(self, out: RestoreOutput) -> torch.Tensor:
         """f̂_K unchanged: VarFormer refines on the image grid (:meth:`decode`), not in the latent."""
