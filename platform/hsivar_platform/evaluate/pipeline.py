@@ -40,7 +40,7 @@ import numpy as np
 from hsivar.classical import OPTIONAL_BASELINES
 from hsivar.degrade import family, observation_of_level, protocol_cases
 from hsivar.metrics import evaluate as score
-from hsivar.perceptual import IQA_METRICS, perceptual_metrics
+from hsivar.perceptual import perceptual_metrics
 from hsivar.uncertainty import coverage_stats
 from hsivar_platform import ray_runtime
 from hsivar_platform.console import WORKER_TAG
@@ -50,6 +50,7 @@ from hsivar_platform.evaluate.tables import (
     UNCERTAINTY_COLUMNS,
     aggregate,
     family_summary,
+    perceptual_choices,
     perceptual_columns,
     to_markdown,
 )
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Perceptual:
-    """The perceptual metrics to add to every row (``names`` from :data:`hsivar.perceptual.IQA_METRICS`) and the
+    """The perceptual metrics to add to every row (``names`` from :func:`~hsivar_platform.evaluate.tables.perceptual_choices`) and the
     band centres in nm their false-colour renderings pick bands by (None: the index rule)."""
 
     names: tuple[str, ...] = ()
@@ -233,9 +234,9 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
         baselines: score each family's classical baselines; extra_baselines: names of opt-in ones
             (:data:`hsivar.classical.OPTIONAL_BASELINES`, e.g. ``("bm4d",)``).
         task: ``auto`` (the model's task classifier) or ``oracle`` (the true task name).
-        perceptual: perceptual metrics to add per row (:data:`hsivar.perceptual.IQA_METRICS`; e.g. the weight-free
-            ``("gmsd", "nlpd")``), on false-colour renderings picked by the first model's wavelengths; a metric whose
-            weights are not on this machine scores NaN with a warning naming the file.
+        perceptual: perceptual metrics to add per row (:func:`~hsivar_platform.evaluate.tables.perceptual_choices`;
+            e.g. the weight-free ``("gmsd", "nlpd")``), on false-colour renderings picked by the first model's
+            wavelengths; a metric whose weights are not on this machine scores NaN with a warning naming the file.
         concurrency: model actors; use_gpu: one GPU per actor.
         tracking_uri: MLflow (default ``$MLFLOW_TRACKING_URI``, else SQLite in ``work_dir``).
         ray_address: the Ray cluster (default ``$RAY_ADDRESS``, else a local Ray; see
@@ -257,9 +258,10 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
     unknown = sorted(set(extra_baselines) - set(OPTIONAL_BASELINES))
     if unknown:
         raise ValueError(f"unknown extra baseline(s) {', '.join(unknown)}; known: {', '.join(OPTIONAL_BASELINES)}")
-    unknown = sorted(set(perceptual) - set(IQA_METRICS))
+    unknown = sorted(set(perceptual) - set(perceptual_choices()))
     if unknown:
-        raise ValueError(f"unknown perceptual metric(s) {', '.join(unknown)}; known: {', '.join(IQA_METRICS)}")
+        raise ValueError(f"unknown perceptual metric(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(perceptual_choices())}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = model_specs(model_uri)

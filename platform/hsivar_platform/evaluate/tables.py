@@ -20,12 +20,18 @@ COLUMNS = ("task", "level", "case", "method", "psnr", "ssim", "sam", "ergas", "s
 """Columns of ``metrics.csv``."""
 
 
-def perceptual_columns(frame: Any) -> list[str]:
-    """The perceptual metrics (:mod:`hsivar.perceptual`, e.g. ``gmsd``) a cases or metrics frame holds, in its
-    column order."""
+def perceptual_choices() -> tuple[str, ...]:
+    """The metrics of :mod:`hsivar.perceptual` an evaluation can add as columns: all but those it already scores
+    on the cube itself (PSNR, SSIM)."""
     from hsivar.perceptual import IQA_METRICS
 
-    return [c for c in frame.columns if c in IQA_METRICS]
+    return tuple(n for n in IQA_METRICS if n not in COLUMNS)
+
+
+def perceptual_columns(frame: Any) -> list[str]:
+    """The perceptual metrics (:func:`perceptual_choices`, e.g. ``gmsd``) a cases or metrics frame holds, in its
+    column order."""
+    return [c for c in frame.columns if c in perceptual_choices()]
 
 
 def aggregate(cases: Any, models: Sequence[str] = (METHOD_MODEL,)) -> Any:
