@@ -57,6 +57,10 @@ def test_hsivar_info_console_script_json() -> None:
     assert {"vqvae_encoder", "vqvae_decoder", "transformer", "refiner", "condition_encoder", "dag", "ssa"} <= set(
         info["params"])
     assert 0 < info["tflops_per_cube"] < 0.01
+    # every part's FLOPs land under its name: the condition encoder (called through forward_features) too; what
+    # is left ("other": the task classifier, embeddings) is small
+    parts, total = info["tflops_by_part"], info["tflops_per_cube"]
+    assert parts["condition_encoder"] > 0.1 * total and parts["other"] < 0.05 * total
 
 
 def test_hsivar_info_paper_preset_matches_the_paper_shapes() -> None:

@@ -12,6 +12,8 @@ SSA, upsample except at level 0] → GroupNorm → SiLU → conv_out (→ C).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,12 +134,8 @@ class Encoder(nn.Module):
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
-    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x_BCHW)[0]
-
-    def forward_features(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Latent (B, Cvae, H/d, W/d) and each level's features before its downsampling:
-        level i is (B, ch·ch_mult[i], H/2^i, W/2^i) (the decoder's skip inputs)."""
+    def forward(self, x_BCHW: torch.Tensor, features: bool = False) -> Any:
+        """Latent (B, Cvae, H/d, W/d); with ``features``, (latent, features) as :meth:`forward_features`."""
         h = self.conv_in(x_BCHW)
         feats = []
         for level in self.down:
@@ -146,7 +144,14 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h))), feats
+        z = self.conv_out(F.silu(self.norm_out(h)))
+        return (z, feats) if features else z
+
+    def forward_features(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Latent (B, Cvae, H/d, W/d) and each level's features before its downsampling:
+        level i is (B, ch·ch_mult[i], H/2^i, W/2^i) (the decoder's skip inputs). A module call, so that hooks
+        (``hsivar info``'s FLOP count per part) see the encoder."""
+        return self(x_BCHW, features=True)
 
 
 class Decoder(nn.Module):

@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Perceptual:
-    """The perceptual metrics to add to every row (``names`` from :func:`~hsivar_platform.evaluate.tables.perceptual_choices`) and the
-    band centres in nm their false-colour renderings pick bands by (None: the index rule)."""
+    """The perceptual metrics to add to every row (``names``, from
+    :func:`~hsivar_platform.evaluate.tables.perceptual_choices`) and the band centres in nm their false-colour
+    renderings pick bands by (None: the index rule)."""
 
     names: tuple[str, ...] = ()
     wavelengths: tuple[float, ...] | None = None
