@@ -227,7 +227,9 @@ class GANConfig(_Frozen):
     width: int = Field(32, ge=4, description="channels of the discriminator's first layer (doubled per stride)")
     layers: int = Field(2, ge=1, le=5, description="stride-2 convolutions: each patch logit sees about "
                         "6·2^layers px of the tile")
-    lr_scale: float = Field(1.0, gt=0, description="the discriminator's learning rate as a multiple of the stage's")
+    lr_scale: float = Field(0.2, gt=0, description="the discriminator's learning rate as a multiple of the stage's "
+                            "(0.2: 2e-4 at the tiny decoder stage's 1e-3, pix2pix's rate; at 1e-3 the critic never "
+                            "told restored from clean tiles, docs/experiments.md)")
 
 
 class LossConfig(_Frozen):

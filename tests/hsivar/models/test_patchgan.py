@@ -69,7 +69,7 @@ def test_a_stage_with_the_gan_term_trains_and_publishes_the_model_alone(smooth_c
     assert all(k in logs[-1] for k in ("gan_d", "gan_g")) and logs[-1]["gan_d"] > 0
     critic = stage_critic(model, "decoder")
     groups = param_groups(model, trainable_parameters(model, "decoder"), 1e-3, None, critic)
-    assert groups[-1]["params"] == list(critic.parameters()) and groups[-1]["lr"] == pytest.approx(1e-3)
+    assert groups[-1]["params"] == list(critic.parameters()) and groups[-1]["lr"] == pytest.approx(2e-4)
     save_published(model, tmp_path, stage="decoder")
     loaded, _ = load_published(tmp_path)
     assert loaded.cfg.loss.gan.weight == pytest.approx(0.1)
