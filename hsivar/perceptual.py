@@ -238,7 +238,7 @@ def perceptual_metrics(
     results: dict[str, PerceptualResult] = {}
     todo = []
     for name in names:
-        lower = _LOWER_BETTER.get(name, False)
+        lower = lower_is_better(name)
         missing = _missing_files(name, weights_dir)  # also validates the name
         if missing:
             results[name] = PerceptualResult(
@@ -254,7 +254,7 @@ def perceptual_metrics(
     if todo and importlib.util.find_spec("pyiqa") is None:
         for name in todo:
             reason = f"{name} unavailable: pyiqa is not installed (pip install 'hsivar[iqa]')"
-            results[name] = PerceptualResult(name, None, _LOWER_BETTER.get(name, False), reason)
+            results[name] = PerceptualResult(name, None, lower_is_better(name), reason)
         return results
     if not todo:
         return results
@@ -264,7 +264,7 @@ def perceptual_metrics(
     rx = torch.from_numpy(np.stack([false_colour(c, wavelengths) for c in x4]))
     ry = torch.from_numpy(np.stack([false_colour(c, wavelengths) for c in y4]))
     for name in todo:
-        lower = _LOWER_BETTER.get(name, False)
+        lower = lower_is_better(name)
         try:
             metric = _get_metric(name, root, device)
             with torch.no_grad():

@@ -47,6 +47,11 @@ class RestoreOutput:
     scales: torch.Tensor | None = None  # (B, K, Cvae, h, w) each scale's residual (families that use them as a prior)
 
 
+def parameters_of(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """The parameters of ``modules`` in order, skipping the absent ones (None: a part the config switched off)."""
+    return [p for m in modules if m is not None for p in m.parameters()]
+
+
 def to_model_range(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] → [-1, 1] (the VQ-VAE's image range)."""
     return x01 * 2 - 1
@@ -103,7 +108,7 @@ class RestorationModel(nn.Module):
             raise ValueError(f"unknown stage {stage!r} for a {self.cfg.family} model; expected one of "
                              f"{', '.join(self.cfg.stages)}")
         dec = self.vqvae.decoder
-        later = {id(p) for m in (dec.ssa, dec.skips) if m is not None for p in m.parameters()}
+        later = set(map(id, parameters_of(dec.ssa, dec.skips)))
         return [p for p in self.vqvae.parameters() if id(p) not in later]
 
     def part_parameters(self) -> dict[str, list[nn.Parameter]]:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from hsivar.config import ModelConfig, Stage
-from hsivar.models.base import Guidance, RestorationModel, RestoreOutput, to_model_range
+from hsivar.models.base import Guidance, RestorationModel, RestoreOutput, parameters_of, to_model_range
 from hsivar.models.condition import ConditionEncoder
 from hsivar.models.dag import TaskSpec
 from hsivar.models.refiner import Refiner
@@ -49,12 +49,10 @@ class HSIVAR(RestorationModel):
         """Stage var: E_con + P, the DAG, the transformer and the refiner; stage decoder: the decoder (SSA, skips),
         post_quant_conv, the refiner (fine-tuned on autoregressive latents) and the fusion head; vqvae: the base's."""
         if stage == "var":
-            parts = (self.cond, self.dag, self.var, self.refiner)
-        elif stage == "decoder":
-            parts = (self.vqvae.decoder, self.vqvae.post_quant_conv, self.refiner, self.fusion)
-        else:
-            return super().stage_parameters(stage)
-        return [p for m in parts if m is not None for p in m.parameters()]
+            return parameters_of(self.cond, self.dag, self.var, self.refiner)
+        if stage == "decoder":
+            return parameters_of(self.vqvae.decoder, self.vqvae.post_quant_conv, self.refiner, self.fusion)
+        return super().stage_parameters(stage)
 
     def part_parameters(self) -> dict[str, list[nn.Parameter]]:
         """E_con + P, the NAFNet refiner; no restorer."""

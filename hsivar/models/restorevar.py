@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hsivar.config import ModelConfig, Stage
-from hsivar.models.base import RestoreOutput
+from hsivar.models.base import RestoreOutput, parameters_of
 from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.lrt import LatentRefinerTransformer
 
@@ -40,8 +40,7 @@ class RestoreVAR(CrossConditioned):
         if stage == "refiner":
             return list(self.lrt.parameters())
         if stage == "decoder":
-            parts = (self.vqvae.decoder, self.vqvae.post_quant_conv, self.fusion)
-            return [p for m in parts if m is not None for p in m.parameters()]
+            return parameters_of(self.vqvae.decoder, self.vqvae.post_quant_conv, self.fusion)
         return super().stage_parameters(stage)
 
     def part_parameters(self) -> dict[str, list[nn.Parameter]]:

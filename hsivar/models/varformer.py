@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hsivar.config import ModelConfig, Stage
-from hsivar.models.base import RestoreOutput
+from hsivar.models.base import RestoreOutput, parameters_of
 from hsivar.models.cross_condition import CrossConditioned
 from hsivar.models.prior_unet import PriorUNet
 
@@ -40,7 +40,7 @@ class VarFormer(CrossConditioned):
         """Stage decoder: the U-Net restorer and the fusion head on the frozen prior; vqvae and var: as every
         cross-conditioned family."""
         if stage == "decoder":
-            return [p for m in (self.restorer, self.fusion) if m is not None for p in m.parameters()]
+            return parameters_of(self.restorer, self.fusion)
         return super().stage_parameters(stage)
 
     def part_parameters(self) -> dict[str, list[nn.Parameter]]:

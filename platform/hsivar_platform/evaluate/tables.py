@@ -31,7 +31,8 @@ def perceptual_choices() -> tuple[str, ...]:
 def perceptual_columns(frame: Any) -> list[str]:
     """The perceptual metrics (:func:`perceptual_choices`, e.g. ``gmsd``) a cases or metrics frame holds, in its
     column order."""
-    return [c for c in frame.columns if c in perceptual_choices()]
+    choices = set(perceptual_choices())
+    return [c for c in frame.columns if c in choices]
 
 
 def aggregate(cases: Any, models: Sequence[str] = (METHOD_MODEL,)) -> Any:
