@@ -287,11 +287,14 @@ def own_column_profile(cols: np.ndarray) -> np.ndarray:
     out = np.array(cols, np.float64)
     if C < 3:
         return out
+    padded = np.pad(out, ((STRIPE_REACH, STRIPE_REACH), (0, 0)), constant_values=np.nan)  # no band beyond the ends
+    offsets = [d for d in range(-STRIPE_REACH, STRIPE_REACH + 1) if d != 0]
+    near = np.stack([padded[STRIPE_REACH + d:STRIPE_REACH + d + C] for d in offsets], axis=1)  # (C, 2·reach, W)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns no neighbour observed
+        refs = np.nanmedian(near, axis=1)  # (C, W): every band's neighbours at once
     for b in range(C):
-        near = [j for j in range(max(0, b - STRIPE_REACH), min(C, b + STRIPE_REACH + 1)) if j != b]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # columns no neighbour observed
-            ref = np.nanmedian(cols[near], axis=0)
+        ref = refs[b]
         ok = np.isfinite(ref) & np.isfinite(cols[b])
         if ok.sum() < 3:
             continue
