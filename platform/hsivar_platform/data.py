@@ -228,6 +228,12 @@ def degrade_batch(batch: dict[str, np.ndarray], *, tasks: Sequence[str] = DEFAUL
     return {"hq": hq, **{k: np.stack(cols[k]) for k in names}}
 
 
+TRAINING_BLOCK_BYTES = 4 * 2**20
+"""Target size of the training stream's blocks. A Ray Data map task hands on its output a block at a time, and
+under the default (128 MiB) a block is ≈256 examples with their first estimates — ≈10 s of work before a pass
+delivers anything, paid again at every pass (docs/experiments.md)."""
+
+
 def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: int,
                      tasks: Sequence[str] = DEFAULT_TASKS, estimate: bool = False) -> ray.data.Dataset:
     """The streaming training dataset of ``files`` (see the module docstring).
@@ -247,6 +253,7 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
     if not files:
         raise ValueError("training_dataset: no files")
     ds = ray.data.from_items([{"uri": u} for u in files], override_num_blocks=min(len(files), 64))
+    ds.context.target_max_block_size = TRAINING_BLOCK_BYTES
     ds = ds.flat_map(scene_windows, fn_kwargs={"window": data.window, "tile": tile, "bands": bands})
     ds = ds.map_batches(read_crops, batch_size=1, concurrency=data.read_concurrency,
                         fn_kwargs={"bands": bands, "tile": tile, "crops_per_window": data.crops_per_window,
