@@ -48,7 +48,7 @@ def kernel(sigma: float) -> np.ndarray:
 
 MATRIX_SIDE = 256
 """Largest image side blurred as two matrix products: a banded matrix costs O(side) per pixel against the correlation's
-O(taps), but runs at BLAS speed (3–7× faster on 32–128 px tiles on one core, even at 256 px, docs/benchmarks.md)."""
+O(taps), but runs at BLAS speed — faster up to about this side on one core (docs/experiments.md)."""
 
 
 def band_matrix(n: int, k1d: np.ndarray) -> np.ndarray:

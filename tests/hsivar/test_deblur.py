@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hsivar.deblur import blur, blur_width, blur_width_of, deconvolve, kernel, richardson_lucy, tikhonov
+from hsivar.deblur import (
+    MATRIX_SIDE,
+    band_matrix,
+    blur,
+    blur_width,
+    blur_width_of,
+    deconvolve,
+    kernel,
+    richardson_lucy,
+    tikhonov,
+)
 from hsivar.degrade import degrade_for_test
 from hsivar.kernels import blur_sigma
 from hsivar.metrics import psnr, sam
@@ -59,3 +69,24 @@ def test_richardson_lucy_from_an_estimate_moves_towards_the_data(clean: np.ndarr
     k = kernel(s)
     moved = richardson_lucy(blurred, s, iters=10, start=start, plain=10)
     assert np.linalg.norm(blur(moved, k) - blurred) < 0.5 * np.linalg.norm(blur(start, k) - blurred)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 40, 7), (2, MATRIX_SIDE + 9, 12)])
+@pytest.mark.parametrize("sigma", [0.8, 3.3])
+def test_the_blur_is_a_2d_gaussian_with_zero_padding_on_either_path(shape: tuple[int, int, int], sigma: float) -> None:
+    """Both ways of computing K (banded matrices up to MATRIX_SIDE px, 1-D correlations beyond) equal a direct 2-D
+    convolution with the outer-product kernel over a zero-padded image, also where the kernel is wider than a side."""
+    from scipy.signal import convolve2d
+
+    x = np.random.default_rng(3).random(shape).astype(np.float32)
+    k = kernel(sigma)
+    direct = np.stack([convolve2d(b, np.outer(k, k), mode="same", boundary="fill") for b in x.astype(np.float64)])
+    np.testing.assert_allclose(blur(x, k), direct, atol=2e-6)
+    assert blur(x, k).dtype == np.float32 and blur(x.astype(np.float64), k).dtype == np.float64
+
+
+def test_the_band_matrix_holds_the_kernel_on_its_diagonals() -> None:
+    k = kernel(1.0)  # 7 taps
+    m = band_matrix(5, k)
+    assert m.shape == (5, 5) and np.array_equal(m, m.T)
+    assert m[2, 2] == k[3] and m[0, 3] == k[6] and m[4, 0] == 0  # reach 3: |i − j| > 3 is outside

@@ -16,6 +16,7 @@ from hsivar.estimate import (
     fill_missing,
     first_estimate,
     interpolate_bands,
+    spectral_basis,
     upsample_grid,
     wiener_dct,
 )
@@ -172,3 +173,15 @@ def test_a_short_exposure_is_read_from_the_cube_and_undone() -> None:
     assert estimate_exposure(0.1 * scene) == pytest.approx(0.1, rel=0.02)
     assert estimate_exposure(2 * scene) == 1.0  # brighter than a normal scene: nothing to undo
     np.testing.assert_allclose(correct_exposure(0.1 * scene, 0.1), scene, rtol=1e-5)
+
+
+def test_the_spectral_basis_spans_the_singular_subspaces(clean: np.ndarray) -> None:
+    """Leading k columns of spectral_basis project like the SVD's leading k left singular vectors, strongest first."""
+    spectra = clean.reshape(len(clean), -1).astype(np.float64)
+    spectra = spectra - spectra.mean(1, keepdims=True)
+    u = spectral_basis(spectra)
+    ref, s, _ = np.linalg.svd(spectra, full_matrices=False)
+    np.testing.assert_allclose(u.T @ u, np.eye(len(u)), atol=1e-10)
+    for k in (1, 3, 6):
+        np.testing.assert_allclose(u[:, :k] @ u[:, :k].T, ref[:, :k] @ ref[:, :k].T, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(u.T @ spectra, axis=1)[:6], s[:6], rtol=1e-8)

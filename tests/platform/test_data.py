@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hsivar_platform import storage
 from hsivar_platform.data import (
+    TRAINING_BLOCK_BYTES,
     dihedral,
     list_cubes,
     protocol_dataset,
@@ -213,6 +214,18 @@ def test_training_stream_from_s3_skips_corrupt_and_mismatched_cubes(ray_cluster,
 
     with pytest.raises(FileNotFoundError, match="no cube files"):
         list_cubes(storage.join(s3_bucket, "empty"))
+
+
+def test_the_training_stream_hands_on_examples_in_small_blocks(ray_cluster, tmp_path: Path) -> None:
+    """A window's 48 crops with first estimates (≈20 MB) reach the trainer in blocks near TRAINING_BLOCK_BYTES, not in
+    one block per map task (Ray Data's default target, 128 MiB, made every pass wait for ≈256 examples)."""
+    write_cube(str(tmp_path / "c.npy"), _cube(5, 32, 32, bands=31), CubeMeta(bands=31))
+    ds = training_dataset(list_cubes(str(tmp_path)), DataSpec(window=32, crops_per_window=48), bands=31, tile=32,
+                          estimate=True)
+    blocks = list(ds.iter_batches(batch_size=None, batch_format="numpy"))  # one batch per block
+    sizes = [sum(v.nbytes for v in b.values()) for b in blocks]
+    assert sum(len(b["hq"]) for b in blocks) == 48 and sum(sizes) > 4 * TRAINING_BLOCK_BYTES
+    assert len(blocks) >= 3 and max(sizes) <= 2 * TRAINING_BLOCK_BYTES, sizes
 
 
 def test_protocol_dataset_is_seeded_and_scores_missing_bands(ray_cluster, tmp_path: Path) -> None:
