@@ -92,11 +92,12 @@ def needs_estimate(cfg: ModelConfig, stage: Stage) -> bool:
     return bool(cfg.first_estimate) and stage in ESTIMATE_STAGES
 
 
-def example_estimate(lq01: np.ndarray, record: DegradationRecord) -> tuple[np.ndarray, np.ndarray]:
+def example_estimate(lq01: np.ndarray, record: DegradationRecord | Observation) -> tuple[np.ndarray, np.ndarray]:
     """The first estimate a training example gets, as restoration would compute it for its degraded crop.
 
     Args:
-        lq01: (C, S, S) degraded crop in [0, 1] units; record: its degradation record.
+        lq01: (C, S, S) degraded crop in [0, 1] units; record: its degradation record, or what is known of its
+            observation (a validation example's :func:`hsivar.degrade.observation_of_level`).
     Returns:
         (x0 (C, S, S) float32, kept (C, S, S) bool): what the cube shows of its observation
         (:meth:`Observation.detect`, as ``task="auto"`` reads it) plus the record's blur width, haze and exposure
@@ -105,7 +106,8 @@ def example_estimate(lq01: np.ndarray, record: DegradationRecord) -> tuple[np.nd
         the classical first estimate from it, and the entries a consistent restoration keeps.
     """
     obs = Observation.detect(lq01)
-    told = Observation.from_record(record)  # what the cube does not show: blur width, haze, exposure
+    # what the cube does not show: blur width, haze, exposure
+    told = record if isinstance(record, Observation) else Observation.from_record(record)
     obs = obs.replaced(blur_sigma=told.blur_sigma if told.blur_sigma is not None else obs.blur_sigma,
                        haze=told.haze or None, exposure=told.exposure)
     kept = exact_entries(obs)
@@ -336,6 +338,37 @@ def stage_loss(model: RestorationModel, stage: Stage, batch: Batch, generator: t
         assert isinstance(model, RestoreVAR)
         return refiner_stage_loss(model, batch, generator)
     return stage3_loss(model, batch, generator, critic)
+
+
+@torch.no_grad()
+def held_out_logs(model: RestorationModel, stage: Stage, batch: Batch, seed: int = 0) -> dict[str, float]:
+    """The loss of ``stage`` and its logs (token CE and accuracy per scale, the refiner's L1, the task classifier's
+    accuracy, ...) on a held-out ``batch``: eval mode (no dropout), no gradient, the stage's random choices drawn
+    from a generator seeded with ``seed`` (the same draws at every validation). → logs with ``loss``."""
+    was = model.training
+    model.eval()
+    try:
+        res = stage_loss(model, stage, batch, torch.Generator().manual_seed(seed))
+    finally:
+        model.train(was)
+    return {**res.logs, "loss": float(res.loss)}
+
+
+@torch.no_grad()
+def token_path_image(model: RestorationModel, batch: Batch) -> torch.Tensor:
+    """What the token path alone reconstructs from ``batch``'s degraded tiles: the greedy tokens with the true task
+    weights, the family's continuous latent, the stage-1 VQ-VAE decoder (no fusion with the first estimate, no
+    consistency) → (B, C, S, S) in [0, 1]. Before stage decoder the restoration's output is the first estimate (the
+    fusion head starts at zero, and VarFormer's U-Net is not trained yet): this is the progress the stages before it
+    make."""
+    out = _greedy(model, batch)
+    was = model.training
+    model.eval()
+    try:
+        rec = model.vqvae.decode(model.continuous_latent(out), out.skips)
+    finally:
+        model.train(was)
+    return ((rec.float().clamp(-1, 1) + 1) / 2)
 
 
 def stage_critic(model: RestorationModel, stage: Stage) -> PatchDiscriminator | None:

@@ -241,7 +241,8 @@ class ValSpec(_Strict):
                                              "validation (and calibration) of the family's last stage")
     levels_between: Literal["middle", "all"] = Field(
         "middle", description="the same for the validation at the end of the stages before the last, a progress "
-        "check: 'all' restores about three times as many examples (19 cases against 6 for MP-HSIR's six)")
+        "check (held-out loss and the token path's reconstruction; vqvae: the clean tiles' reconstruction): 'all' "
+        "checks about three times as many examples (19 cases against 6 for MP-HSIR's six)")
     task: Literal["auto", "oracle"] = Field("auto", description="task classifier ('auto') or the true task weights")
     batch_size: int = Field(16, ge=1)
     crop: int | None = Field(None, ge=1, description="centre crop side of each validation cube, pixels (default: "

@@ -13,7 +13,7 @@ from hsivar.metrics import psnr
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 from hsivar.tasks import DEFAULT_TASKS
-from hsivar.training import fit, stage3_task_weights, stage_loss, trainable_parameters
+from hsivar.training import fit, held_out_logs, stage3_task_weights, stage_loss, token_path_image, trainable_parameters
 
 STAGES = preset("tiny").stages  # HSI-VAR's three
 
@@ -139,6 +139,26 @@ def test_overfit_autoregressive_restoration_beats_the_degraded_input(overfit_run
     # the task classifier learnt the (single) training task
     auto = model.restore(batch.lq, task="auto", estimate01=batch.x0)
     assert (auto.task_weights.argmax(-1) == DEFAULT_TASKS.index("gaussian")).all()
+
+
+def test_a_held_out_check_is_the_stage_loss_in_eval_mode_and_the_token_path_image(overfit_run: dict) -> None:
+    """held_out_logs: the stage's loss and logs without dropout or gradient, the same at every call, the model's mode
+    kept; token_path_image: what the tokens alone reconstruct, (B, C, S, S) in [0, 1] — both far better after the
+    overfit stages than for an untrained model, so they measure the stages' progress."""
+    model, batch = overfit_run["model"], overfit_run["batch"]
+    torch.manual_seed(0)
+    fresh = HSIVAR(preset("tiny", bands=8))
+    model.train()
+    try:
+        logs = held_out_logs(model, "var", batch)
+        assert logs == held_out_logs(model, "var", batch) and model.training
+        assert {"loss", "ce", "acc", "acc_s0", "refiner_l1"} <= set(logs)
+        assert logs["ce"] < 0.6 * held_out_logs(fresh, "var", batch)["ce"]
+        img = token_path_image(model, batch)
+        assert model.training and img.shape == batch.hq.shape and 0 <= float(img.min()) <= float(img.max()) <= 1
+        assert psnr(img, batch.hq) > psnr(token_path_image(fresh, batch), batch.hq) + 5
+    finally:
+        model.eval()
 
 
 def test_stage1_reads_no_first_estimate(smooth_cubes: Callable, noisy_batch: Callable) -> None:

@@ -4,7 +4,8 @@
 vqvae → var → refiner → decoder). Each stage:
 
 * streams training examples from :func:`hsivar_platform.data.training_dataset` into every worker
-  (``get_dataset_shard("train").iter_torch_batches``) and the seeded validation protocol into rank 0;
+  (``get_dataset_shard("train").iter_torch_batches``) and sends the seeded validation protocol's (cube, case) rows
+  to rank 0, which reads and degrades them itself (a few hundred small examples);
 * builds the model, loads the previous stage's published weights by URI, and optimises
   :func:`hsivar.training.stage_loss` with DDP (gloo on CPU, NCCL on GPU; bf16 autocast on CUDA),
   AdamW, gradient clipping, linear warmup + cosine decay and an optional EMA;
@@ -17,8 +18,9 @@ vqvae → var → refiner → decoder). Each stage:
 * publishes safetensors + ``config.json`` at ``<storage>/<run>/<stage>/latest/`` (weights first,
   config last), which :class:`hsivar.restore.Restorer` loads and the next stage starts from.
 
-Rank 0 alone logs metrics (loss, lr, per-scale token accuracy, per-scale codebook usage, validation
-PSNR/SSIM/SAM per task family with true autoregressive decoding), PNG panels and the published weights
+Rank 0 alone logs metrics (loss, lr, per-scale token accuracy, per-scale codebook usage; validation per task
+family: the stages between vqvae and decoder their held-out loss and token-path PSNR/SSIM/SAM, stage decoder
+PSNR/SSIM/SAM of true autoregressive restoration), PNG panels and the published weights
 into the stage's nested MLflow run, and sends its progress to the driver's console
 (:mod:`hsivar_platform.train.progress`); the driver registers the decoder stage's model. The worker
 modules are :mod:`~hsivar_platform.train.worker`, :mod:`~hsivar_platform.train.state` and
@@ -183,25 +185,25 @@ def train_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None,
     return result
 
 
-def _datasets(cfg: PipelineConfig, splits: Any, stage: str) -> tuple[dict[str, Any], int]:
-    """The stage's Ray datasets: the streaming ``train`` set (with first estimates when the stage reads them,
-    :func:`hsivar.training.needs_estimate`) and the seeded ``val`` protocol; → (datasets, number of training
-    files)."""
+def _datasets(cfg: PipelineConfig, splits: Any, stage: str) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    """The stage's data: the streaming ``train`` Ray dataset (with first estimates when the stage reads them,
+    :func:`hsivar.training.needs_estimate`) and the seeded validation protocol's (cube, case) rows, which rank 0
+    reads and degrades itself (:func:`hsivar_platform.train.validate.val_examples`); → (datasets, number of
+    training files, validation rows)."""
     from hsivar.degrade import protocol_cases
     from hsivar.training import needs_estimate
-    from hsivar_platform.data import list_cubes, protocol_dataset, training_dataset
+    from hsivar_platform.data import list_cubes, protocol_rows, training_dataset
 
     mcfg = cfg.model_cfg()
     tile = mcfg.vqvae.image_size
     files = list_cubes(splits.train)
     datasets = {"train": training_dataset(files, cfg.data, bands=mcfg.bands, tile=tile, tasks=mcfg.dag.tasks,
                                           estimate=needs_estimate(mcfg, stage))}  # type: ignore[arg-type]
+    val_rows: list[dict[str, Any]] = []
     if splits.val and cfg.val.max_cubes > 0:
         val_files = list_cubes(splits.val)[: cfg.val.max_cubes]
-        cases = protocol_cases(cfg.val_levels(stage), mcfg.dag.tasks)
-        datasets["val"] = protocol_dataset(val_files, cases, bands=mcfg.bands, crop=cfg.val.crop or tile,
-                                           norm_window=cfg.data.window)
-    return datasets, len(files)
+        val_rows = protocol_rows(val_files, protocol_cases(cfg.val_levels(stage), mcfg.dag.tasks))
+    return datasets, len(files), val_rows
 
 
 def _trainer(cfg: PipelineConfig, stage: str, datasets: dict[str, Any], loop_config: dict[str, Any]) -> Any:
@@ -250,7 +252,7 @@ def run_stage(cfg: PipelineConfig, stage: str, splits: Any, *, init_uri: str | N
     if init_uri is not None and published_doc(init_uri) is None:
         raise FileNotFoundError(f"stage {stage} starts from {init_uri}, but no published model is there "
                                 f"(run the previous stage first, or set train.init_uri)")
-    datasets, n_files = _datasets(cfg, splits, stage)
+    datasets, n_files, val_rows = _datasets(cfg, splits, stage)
 
     run_id = tracker.stage_run(stage) if tracker else None
     if tracker:
@@ -268,7 +270,7 @@ def run_stage(cfg: PipelineConfig, stage: str, splits: Any, *, init_uri: str | N
         with StageProgress(stage, spec.steps, echo) as progress, pumping(progress) as queue:
             trainer = _trainer(cfg, stage, datasets, {
                 "pipeline": cfg.model_dump(mode="json"), "stage": stage, "init_uri": init_uri,
-                "published_uri": pub_uri, "mlflow_run_id": run_id, "progress": queue})
+                "published_uri": pub_uri, "mlflow_run_id": run_id, "progress": queue, "val_rows": val_rows})
             result = trainer.fit()
     except BaseException:
         if tracker and run_id:

@@ -1,8 +1,16 @@
-"""Validation of a training stage on rank 0: the seeded test protocol with true autoregressive decoding."""
+"""Validation of a training stage on rank 0: the seeded test protocol, read and degraded in the worker.
+
+Stage ``vqvae`` checks the reconstruction of the clean tiles; the family's last stage (``decoder``) restores the
+examples through the one restoration path (true autoregressive decoding, first estimate, consistency), as users
+restore. The stages between check their own progress, cheaply and on what they changed: their held-out loss (token
+cross-entropy and accuracy; the latent refiner's L1) and what the token path alone reconstructs — the whole path's
+output is the first estimate until stage decoder trains the fusion head, so restoring through it there says nothing.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -14,12 +22,34 @@ from hsivar.metrics import evaluate
 from hsivar.models.base import RestorationModel, to_model_range
 from hsivar.render import false_colour
 from hsivar.restore import Restorer
-from hsivar.tasks import TASKS
+from hsivar.tasks import TASKS, weights_in
+from hsivar.training import Batch, example_estimate, held_out_logs, token_path_image
+from hsivar_platform.data import degrade_cases
+
+HEADLINE = {"vqvae": ("psnr",), "var": ("acc", "token_path_psnr"), "refiner": ("l1", "token_path_psnr"),
+            "decoder": ("psnr",)}
+"""The validation figures per family a stage's progress line shows."""
 
 
-def val_examples(it: Any, batch_size: int) -> list[dict[str, np.ndarray]]:
-    """The validation shard's batches (rows of :func:`hsivar_platform.data.degrade_case`) as numpy dicts."""
-    return [b for b in it.iter_batches(batch_size=batch_size, batch_format="numpy") if len(b.get("uri", []))]
+def val_examples(rows: Sequence[dict[str, Any]], *, bands: int, crop: int | None, norm_window: int | None,
+                 batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The protocol rows (:func:`hsivar_platform.data.protocol_rows`) read and degraded here, ``batch_size`` rows a
+    batch (:func:`hsivar_platform.data.degrade_cases`: cubes that cannot be read are left out with a warning).
+
+    A few hundred small examples at most (``val.max_cubes`` cubes): reading them in the rank-0 worker costs under a
+    second where a Ray Data pipeline started per stage cost 2–13 s of start-up (docs/experiments.md).
+    Returns:
+        Batches of ``clean`` / ``degraded`` (n, C, H, W) float32 in [0, 1], ``task``, ``level``, ``band_mask``,
+        ``ergas_ratio`` … as numpy arrays.
+    """
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        b = degrade_cases({k: np.array([r[k] for r in chunk]) for k in chunk[0]}, bands=bands, crop=crop,
+                          norm_window=norm_window)
+        if b and len(b.get("uri", [])):
+            out.append(b)
+    return out
 
 
 def calibration_examples(examples: list[dict[str, np.ndarray]]) -> list[CalibrationExample]:
@@ -54,13 +84,65 @@ def _restore(restorer: Restorer, b: dict[str, np.ndarray], i: int, task_mode: st
     return restorer.restore(degraded, task, value_range=(0.0, 1.0), observation=obs).cube
 
 
+def _centre_tiles(model: RestorationModel, b: dict[str, np.ndarray], device: torch.device) -> Batch:
+    """A validation batch's centre tiles (one model tile each) as a training :class:`~hsivar.training.Batch`, with
+    the first estimate and kept entries as training computes them (what the cube shows plus what its true level
+    says: :func:`hsivar.training.example_estimate`)."""
+    S = model.cfg.vqvae.image_size
+    H, W = b["clean"].shape[-2:]
+    r0, c0 = max(0, (H - S) // 2), max(0, (W - S) // 2)
+    hq = np.ascontiguousarray(b["clean"][..., r0:r0 + S, c0:c0 + S], np.float32)
+    lq = np.ascontiguousarray(b["degraded"][..., r0:r0 + S, c0:c0 + S], np.float32)
+    x0 = kept = None
+    if model.cfg.first_estimate:
+        pairs = [example_estimate(lq[i], observation_of_level(str(b["task"][i]), float(b["level"][i]), lq[i].shape))
+                 for i in range(len(lq))]
+        x0 = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
+        kept = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+
+    weights = np.stack([weights_in(w, model.dag.tasks) for w in b["task_weights"]])  # TASKS → the model's order
+    return Batch(t(hq), t(lq), t(weights), x0, kept)
+
+
+def _stage_check(model: RestorationModel, stage: str, examples: list[dict[str, np.ndarray]], device: torch.device,
+                 bf16: bool) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[np.ndarray, ...]]]:
+    """The check of a stage between ``vqvae`` and ``decoder`` on the examples' centre tiles, per family: the stage's
+    held-out loss and logs (:func:`hsivar.training.held_out_logs`) and what the token path alone reconstructs
+    (:func:`hsivar.training.token_path_image`: ``token_path_{psnr,ssim,sam}``). → (per family, one dict per batch;
+    per family one panel row (degraded, token path, clean) tiles)."""
+    per: dict[str, list[dict[str, float]]] = {}
+    rows: dict[str, tuple[np.ndarray, ...]] = {}
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    for b in examples:
+        tasks = np.array([str(t) for t in b["task"]])
+        for t in dict.fromkeys(tasks):  # one batch per family: the logs are batch means
+            sel = np.flatnonzero(tasks == t)
+            batch = _centre_tiles(model, {k: v[sel] for k, v in b.items()}, device)
+            with amp:
+                logs = held_out_logs(model, stage, batch)  # type: ignore[arg-type]
+                img = token_path_image(model, batch).float().cpu().numpy()
+            hq, lq = batch.hq.cpu().numpy(), batch.lq.cpu().numpy()
+            scores = [evaluate(img[j], hq[j], b["band_mask"][i]) for j, i in enumerate(sel)]
+            for name in ("psnr", "ssim", "sam"):
+                logs[f"token_path_{name}"] = float(np.mean([getattr(m, name) for m in scores]))
+            per.setdefault(t, []).append(logs)
+            rows.setdefault(t, (lq[0], img[0], hq[0]))
+    return per, rows
+
+
 @torch.no_grad()
 def validate(model: RestorationModel, stage: str, examples: list[dict[str, np.ndarray]], *, task_mode: str,
              device: torch.device, bf16: bool,
              restored: Sequence[np.ndarray] | None = None) -> tuple[dict[str, float], np.ndarray | None]:
     """Validation on the seeded protocol examples (rank 0).
 
-    Stage ``vqvae``: reconstruction of the clean crops' centre tiles (``val/recon/{psnr,ssim,sam}``). Later stages:
+    Stage ``vqvae``: reconstruction of the clean crops' centre tiles (``val/recon/{psnr,ssim,sam}``). The stages
+    between ``vqvae`` and ``decoder``: on the crops' centre tiles, per family, the stage's held-out loss and logs
+    (``val/<task>/{loss,ce,acc,...}``) and the token path's reconstruction (``val/<task>/token_path_{psnr,ssim,sam}``;
+    :func:`_stage_check`), and the means over families ``val/mean/...``. Stage ``decoder``:
     true autoregressive restoration of the crops (one model tile each) through
     :meth:`hsivar.restore.Restorer.forward` (greedy, KV cache; ``task_mode`` "auto" = the task classifier,
     "oracle" = true weights; bf16 autocast on CUDA when ``bf16``) → ``val/<task>/{psnr,ssim,sam}``
@@ -83,6 +165,9 @@ def validate(model: RestorationModel, stage: str, examples: list[dict[str, np.nd
         raise ValueError(f"validate: {len(restored)} restorations given for {n_rows} example rows")
     given = None if restored is None else iter(restored)
     try:
+        if stage not in ("vqvae", "decoder"):
+            per, panel_rows = _stage_check(model, stage, examples, device, bf16)
+            examples = []
         for b in examples:
             clean = torch.from_numpy(np.ascontiguousarray(b["clean"])).float().to(device)
             if stage == "vqvae":
@@ -124,8 +209,8 @@ def validate(model: RestorationModel, stage: str, examples: list[dict[str, np.nd
         for k in rows[0]:
             metrics[f"val/{t}/{k}"] = float(np.mean([r[k] for r in rows]))
     fams = [t for t in per if t in TASKS]
-    if fams:
-        for k in ("psnr", "ssim", "sam", "psnr_degraded"):
+    for k in per[fams[0]][0] if fams else ():
+        if all(f"val/{t}/{k}" in metrics for t in fams):
             metrics[f"val/mean/{k}"] = float(np.mean([metrics[f"val/{t}/{k}"] for t in fams]))
     order = [t for t in TASKS if t in panel_rows] or list(panel_rows)[:4]
     panel = _panel([panel_rows[t] for t in order], model.cfg.wavelengths) if order else None

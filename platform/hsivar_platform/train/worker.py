@@ -30,7 +30,7 @@ from hsivar.training import Batch, param_groups, prepare_stage, stage_critic, st
 from hsivar_platform.pipeline_config import PipelineConfig
 from hsivar_platform.train.progress import ProgressReporter
 from hsivar_platform.train.state import EMA, load_checkpoint, load_init_weights, lr_factor, save_checkpoint
-from hsivar_platform.train.validate import calibration_examples, val_examples, validate
+from hsivar_platform.train.validate import HEADLINE, calibration_examples, val_examples, validate
 
 
 class StageStep(torch.nn.Module):
@@ -55,6 +55,11 @@ class StageStep(torch.nn.Module):
         batch = Batch(hq, lq, task_weights, x0, kept)
         res = stage_loss(self.model, self.stage, batch, self.generator, self.critic)  # type: ignore[arg-type]
         return res.loss, res.logs
+
+
+HEADLINE_TEXT = {"psnr": "PSNR (dB)", "acc": "token accuracy", "l1": "latent L1",
+                 "token_path_psnr": "token path PSNR (dB)"}
+"""How a progress line names the validation figures of :data:`~hsivar_platform.train.validate.HEADLINE`."""
 
 
 class _StageRun:
@@ -111,7 +116,8 @@ class _StageRun:
 
             self.logger = RunLogger(self.cfg.tracking_uri(), config["mlflow_run_id"])
             self.logger.metrics({"resumed_from_step": self.start_step}, step=self.start_step)
-        self.val_it = ray.train.get_dataset_shard("val") if self.rank == 0 and self.cfg.val.max_cubes > 0 else None
+        # the seeded validation protocol's (cube, case) rows, read and degraded here on first use (rank 0)
+        self.val_rows: list[dict[str, Any]] = (config.get("val_rows") or []) if self.rank == 0 else []
         self.val_cache: list[dict[str, np.ndarray]] | None = None
 
     def autocast(self) -> Any:
@@ -121,21 +127,32 @@ class _StageRun:
     def validation(self, at: int, restored: Sequence[np.ndarray] | None = None) -> dict[str, float]:
         """Validate at step ``at`` (rank 0; the EMA weights when on; ``restored``: the examples' restorations when
         already made, see :func:`~hsivar_platform.train.validate.validate`); → ``val/...`` metrics, logged."""
-        if self.val_it is None:
+        examples = self.val_examples()
+        if not examples:
             return {}
-        if self.val_cache is None:
-            self.val_cache = val_examples(self.val_it, self.cfg.val.batch_size)
         with self.ema.applied() if self.ema else nullcontext():
-            metrics, panel = validate(self.model, self.stage, self.val_cache, task_mode=self.cfg.val.task,
+            metrics, panel = validate(self.model, self.stage, examples, task_mode=self.cfg.val.task,
                                       device=self.device, bf16=self.bf16, restored=restored)
         if self.logger:
             self.logger.metrics(metrics, step=at)
             if panel is not None and self.cfg.val.panels:
                 self.logger.png(panel, f"panels/{self.stage}_step{at:06d}.png")
-        shown = {k.removeprefix("val/").removesuffix("/psnr"): round(v, 2) for k, v in metrics.items()
-                 if k.endswith("/psnr")}
-        self.progress.message(f"validation at step {at}: PSNR (dB) {shown}")
+        for name in HEADLINE.get(self.stage, ("psnr",)):
+            shown = {k.removeprefix("val/").removesuffix(f"/{name}"): round(v, 4 if name in ("acc", "l1") else 2)
+                     for k, v in metrics.items() if k.endswith(f"/{name}")}
+            if shown:
+                self.progress.message(f"validation at step {at}: {HEADLINE_TEXT.get(name, name)} {shown}")
         return metrics
+
+    def val_examples(self) -> list[dict[str, np.ndarray]]:
+        """The validation examples (rank 0; read and degraded on first use, :func:`val_examples`); [] on other ranks
+        and without validation cubes."""
+        if self.val_cache is None:
+            tile = self.model.cfg.vqvae.image_size
+            self.val_cache = val_examples(self.val_rows, bands=self.model.cfg.bands, crop=self.cfg.val.crop or tile,
+                                          norm_window=self.cfg.data.window, batch_size=self.cfg.val.batch_size) \
+                if self.val_rows else []
+        return self.val_cache
 
     def calibrate(self) -> CalibrationFit | None:
         """End of stage decoder (rank 0, ``val.calibrate``): fit the per-family trust in the learned correction (a
@@ -143,11 +160,9 @@ class _StageRun:
         (:func:`hsivar.calibrate.calibrate`, the EMA weights when on); the published config records both. → the
         fit (None when not calibrated)."""
         model = self.model
-        if self.stage != "decoder" or self.val_it is None or not self.cfg.val.calibrate:
+        if self.stage != "decoder" or not self.cfg.val.calibrate:
             return None
-        if self.val_cache is None:
-            self.val_cache = val_examples(self.val_it, self.cfg.val.batch_size)
-        examples = calibration_examples(self.val_cache)
+        examples = calibration_examples(self.val_examples())
         if not examples:
             return None
         was = model.training
