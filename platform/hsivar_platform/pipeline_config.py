@@ -149,6 +149,11 @@ class StageSpec(_Strict):
     grad_clip: float | None = Field(2.0, gt=0, description="max global grad norm; null: no clipping")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the trainable weights (published)")
     batch_size: int | None = Field(None, ge=1, description="per-worker batch; default data.batch_size")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of each worker while this stage's steps run; default "
+        "scaling.torch_threads (validation and calibration at the end, after the training stream has stopped, use "
+        "that). The stages whose examples carry a first estimate keep a CPU busy computing them beside the "
+        "trainer: with more torch threads than the cores left to it, the threads wait on one another")
 
 
 def _default_stage(stage: str) -> StageSpec:

@@ -220,18 +220,32 @@ class _StageRun:
 
     def run(self) -> None:
         """Train up to the target step, then checkpoint (and on completion validate and publish)."""
+        spec = self.spec
+        self.model.train()
+        threads = torch.get_num_threads()  # scaling.torch_threads: validation, calibration and publishing
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.progress.message(f"steps {self.start_step + 1}..{self.target} of {spec.steps}, world size {self.world}, "
+                              f"device {self.device}, {torch.get_num_threads()} torch thread(s)")
+        try:
+            logs, last_val = self._steps()
+        finally:
+            torch.set_num_threads(threads)
+        self.finish(logs, last_val)
+
+    def _steps(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The training loop: passes over the stream until the target step, with the validations of
+        ``train.val_every`` and the checkpoints of ``train.checkpoint_every`` on the way. → (the last step's logs,
+        the last validation's metrics)."""
         import ray.train
 
         cfg, spec = self.cfg, self.spec
         batch_size = spec.batch_size or cfg.data.batch_size
         tokens_per_step = batch_size * self.model.cfg.vqvae.latent_size**2 * self.world
         shard = ray.train.get_dataset_shard("train")
-        self.model.train()
         logs: dict[str, float] = {}
         last_val: dict[str, float] = {}
         t_last, steps_since = time.perf_counter(), 0
-        self.progress.message(f"steps {self.start_step + 1}..{self.target} of {spec.steps}, world size {self.world}, "
-                              f"device {self.device}")
         while self.step < self.target:
             got = 0
             for b in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, dtypes=torch.float32,
@@ -264,7 +278,7 @@ class _StageRun:
                                        "data.batch_size or raise data.crops_per_window")
                 self.data_pos["epoch"] += 1
                 self.data_pos["batches"] = 0
-        self.finish(logs, last_val)
+        return logs, last_val
 
     def finish(self, logs: dict[str, float], last_val: dict[str, float]) -> None:
         """The final validation, checkpoint and (rank 0, stage complete) publication."""

@@ -167,7 +167,7 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
         *TINY, f"data.source={data}", f"run.storage_path={storage_uri}", f"run.work_dir={tmp_path}",
         "run.name=e2e", f"tracking.tracking_uri={mlflow_uri}", "tracking.register_as=hsivar-e2e",
         "scaling.num_workers=2", "scaling.torch_threads=1", "train.vqvae.steps=3", "train.var.steps=3",
-        "train.decoder.steps=2", "train.checkpoint_every=2",
+        "train.decoder.steps=2", "train.checkpoint_every=2", "train.decoder.torch_threads=2",
         "model.override.loss.gan.weight=0.1"])  # stage decoder trains a discriminator beside the model (DDP)
     lines: list[str] = []
     result = train_pipeline(cfg, echo=lines.append)
@@ -177,6 +177,9 @@ def test_pipeline_end_to_end_on_s3_with_two_workers(ray_cluster, s3_bucket: str,
     config_uri = storage.join(storage_uri, "e2e", "pipeline.yaml")
     assert any(f"resolved config in {config_uri}" in line for line in lines)
     assert "name: e2e" in storage.read_bytes(config_uri).decode()  # the resolved config, in the run's storage
+    # the stage's own torch threads while it trains (train.<stage>.torch_threads), else scaling.torch_threads
+    assert "[train decoder] steps 1..2 of 2, world size 2, device cpu, 2 torch thread(s)" in lines, lines
+    assert "[train var] steps 1..3 of 3, world size 2, device cpu, 1 torch thread(s)" in lines, lines
     for stage in ("vqvae", "var", "decoder"):  # the rank-0 worker's progress reached the driver's console
         assert any(line.startswith(f"[train {stage}] step 1/") for line in lines), lines
         assert any(line.startswith(f"[train {stage}] published") for line in lines), lines
