@@ -10,7 +10,6 @@ output is the first estimate until stage decoder trains the fusion head, so rest
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -26,9 +25,11 @@ from hsivar.tasks import TASKS, weights_in
 from hsivar.training import Batch, example_estimate, held_out_logs, token_path_image
 from hsivar_platform.data import degrade_cases
 
-HEADLINE = {"vqvae": ("psnr",), "var": ("acc", "token_path_psnr"), "refiner": ("l1", "token_path_psnr"),
-            "decoder": ("psnr",)}
-"""The validation figures per family a stage's progress line shows."""
+_PSNR, _TOKEN_PSNR = ("psnr", "PSNR (dB)", 2), ("token_path_psnr", "token path PSNR (dB)", 2)
+HEADLINE: dict[str, tuple[tuple[str, str, int], ...]] = {
+    "vqvae": (_PSNR,), "var": (("acc", "token accuracy", 4), _TOKEN_PSNR),
+    "refiner": (("l1", "latent L1", 4), _TOKEN_PSNR), "decoder": (_PSNR,)}
+"""Per stage, the validation figures per family its progress lines show: (metric, how the line names it, decimals)."""
 
 
 def val_examples(rows: Sequence[dict[str, Any]], *, bands: int, crop: int | None, norm_window: int | None,
@@ -107,21 +108,21 @@ def _centre_tiles(model: RestorationModel, b: dict[str, np.ndarray], device: tor
     return Batch(t(hq), t(lq), t(weights), x0, kept)
 
 
-def _stage_check(model: RestorationModel, stage: str, examples: list[dict[str, np.ndarray]], device: torch.device,
-                 bf16: bool) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[np.ndarray, ...]]]:
+def _stage_check(restorer: Restorer, stage: str, examples: list[dict[str, np.ndarray]],
+                 ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[np.ndarray, ...]]]:
     """The check of a stage between ``vqvae`` and ``decoder`` on the examples' centre tiles, per family: the stage's
     held-out loss and logs (:func:`hsivar.training.held_out_logs`) and what the token path alone reconstructs
     (:func:`hsivar.training.token_path_image`: ``token_path_{psnr,ssim,sam}``). → (per family, one dict per batch;
     per family one panel row (degraded, token path, clean) tiles)."""
+    model = restorer.model
     per: dict[str, list[dict[str, float]]] = {}
     rows: dict[str, tuple[np.ndarray, ...]] = {}
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     for b in examples:
         tasks = np.array([str(t) for t in b["task"]])
         for t in dict.fromkeys(tasks):  # one batch per family: the logs are batch means
             sel = np.flatnonzero(tasks == t)
-            batch = _centre_tiles(model, {k: v[sel] for k, v in b.items()}, device)
-            with amp:
+            batch = _centre_tiles(model, {k: v[sel] for k, v in b.items()}, restorer.device)
+            with restorer.autocast():
                 logs = held_out_logs(model, stage, batch)  # type: ignore[arg-type]
                 img = token_path_image(model, batch).float().cpu().numpy()
             hq, lq = batch.hq.cpu().numpy(), batch.lq.cpu().numpy()
@@ -165,10 +166,10 @@ def validate(model: RestorationModel, stage: str, examples: list[dict[str, np.nd
         raise ValueError(f"validate: {len(restored)} restorations given for {n_rows} example rows")
     given = None if restored is None else iter(restored)
     try:
-        if stage not in ("vqvae", "decoder"):
-            per, panel_rows = _stage_check(model, stage, examples, device, bf16)
-            examples = []
-        for b in examples:
+        between = stage not in ("vqvae", "decoder")
+        if between:
+            per, panel_rows = _stage_check(restorer, stage, examples)
+        for b in () if between else examples:
             clean = torch.from_numpy(np.ascontiguousarray(b["clean"])).float().to(device)
             if stage == "vqvae":
                 keep = []

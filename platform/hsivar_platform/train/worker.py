@@ -57,11 +57,6 @@ class StageStep(torch.nn.Module):
         return res.loss, res.logs
 
 
-HEADLINE_TEXT = {"psnr": "PSNR (dB)", "acc": "token accuracy", "l1": "latent L1",
-                 "token_path_psnr": "token path PSNR (dB)"}
-"""How a progress line names the validation figures of :data:`~hsivar_platform.train.validate.HEADLINE`."""
-
-
 class _StageRun:
     """One worker's run of one stage (built from the ``train_loop_config`` the driver sends)."""
 
@@ -137,11 +132,11 @@ class _StageRun:
             self.logger.metrics(metrics, step=at)
             if panel is not None and self.cfg.val.panels:
                 self.logger.png(panel, f"panels/{self.stage}_step{at:06d}.png")
-        for name in HEADLINE.get(self.stage, ("psnr",)):
-            shown = {k.removeprefix("val/").removesuffix(f"/{name}"): round(v, 4 if name in ("acc", "l1") else 2)
+        for name, label, digits in HEADLINE[self.stage]:
+            shown = {k.removeprefix("val/").removesuffix(f"/{name}"): round(v, digits)
                      for k, v in metrics.items() if k.endswith(f"/{name}")}
             if shown:
-                self.progress.message(f"validation at step {at}: {HEADLINE_TEXT.get(name, name)} {shown}")
+                self.progress.message(f"validation at step {at}: {label} {shown}")
         return metrics
 
     def val_examples(self) -> list[dict[str, np.ndarray]]:
