@@ -24,7 +24,8 @@ synthesised (not those kept as observed). Fitting on blind restorations matters 
 harder than the true one (deblurring with an estimated width). A family without examples gets the largest
 coefficient of the fitted families for each feature (wide bars rather than none). The blind restorations are
 returned (:attr:`CalibrationFit.restored`): they are what a validation in ``auto`` mode computes, so the
-training job scores them instead of restoring again.
+training job scores them instead of restoring again. In a family whose token path reads no task, the blind pass
+decodes again only the examples whose tiles or first estimates differ from the oracle pass's (:mod:`hsivar.memo`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from hsivar.degrade import observation_of_level
+from hsivar.memo import DecodedTiles
 from hsivar.metrics import psnr, sam
 from hsivar.prepared import PreparedCube, finish, uncertainty_features
 from hsivar.restore import Restorer, resolve_overlap
@@ -84,6 +86,8 @@ class CalibrationFit:
             with |error| (:func:`hsivar.uncertainty.coverage_stats`).
         restored: per example given (in order), its blind restoration (C, H, W) float32 in [0, 1] with the
             calibrated model — what ``Restorer.restore(degraded, "auto", value_range=(0, 1)).cube`` returns.
+        reused: the examples whose blind restoration fused the oracle pass's decoded tiles instead of decoding
+            (:mod:`hsivar.memo`).
     """
 
     trust: tuple[float, ...]
@@ -92,6 +96,7 @@ class CalibrationFit:
     uncertainty: tuple[tuple[float, ...], ...] = ()
     coverage: dict[str, dict[str, float]] = field(default_factory=dict)
     restored: tuple[np.ndarray, ...] = ()
+    reused: int = 0
 
 
 @dataclass
@@ -103,26 +108,30 @@ class _Restored:
     r1: np.ndarray
 
 
-def _restore(restorer: Restorer, ex: CalibrationExample) -> _Restored:
+def _restore(restorer: Restorer, ex: CalibrationExample, memo: DecodedTiles | None = None) -> _Restored:
     """``ex`` restored with its true task and level (oracle): one model pass at τ = 1; τ = 0 is the first estimate
-    made consistent (the model's output at τ = 0 is x0 itself, clamped to [0, 1] as every output)."""
+    made consistent (the model's output at τ = 0 is x0 itself, clamped to [0, 1] as every output). ``memo`` keeps
+    the decoded tiles (:meth:`Restorer.forward`)."""
     obs = observation_of_level(ex.task, ex.level, ex.degraded.shape)
     prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0),
                             observation=obs)
     prep = restorer.observe(prep, ex.task)  # unchanged when the level gives the blur width, haze or exposure
     restorer.model.fusion.set_trust(torch.ones(len(restorer.tasks)))
-    r1 = finish(prep, restorer.restore_prepared(prep, ex.task, batch_size=TILE_BATCH).samples01)[0].astype(np.float64)
+    r1 = restorer.restore_prepared(prep, ex.task, batch_size=TILE_BATCH, memo=memo).samples01
+    r1 = finish(prep, r1)[0].astype(np.float64)
     C, H, W = prep.shape
     x0 = prep.consistent(prep.estimate01[:, :H, :W].clamp(0, 1).contiguous())  # type: ignore[index]
     return _Restored(ex, finish(prep, x0[None])[0].astype(np.float64), r1)
 
 
-def _restore_blind(restorer: Restorer, ex: CalibrationExample) -> tuple[PreparedCube, np.ndarray]:
+def _restore_blind(restorer: Restorer, ex: CalibrationExample,
+                   memo: DecodedTiles | None = None) -> tuple[PreparedCube, np.ndarray]:
     """``ex`` restored as :meth:`Restorer.restore` does with ``task="auto"`` and ``value_range=(0, 1)``: its
-    prepared cube and the restored cube (C, H, W) float32 in [0, 1]."""
+    prepared cube and the restored cube (C, H, W) float32 in [0, 1]. ``memo``: the oracle pass's decoded tiles, fused
+    again where this pass prepares the same tiles and first estimates."""
     prep = restorer.prepare(ex.degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0))
     prep = restorer.observe(prep, "auto")
-    return prep, finish(prep, restorer.restore_prepared(prep, "auto", batch_size=TILE_BATCH).samples01)[0]
+    return prep, finish(prep, restorer.restore_prepared(prep, "auto", batch_size=TILE_BATCH, memo=memo).samples01)[0]
 
 
 def _choose(pairs: list[_Restored]) -> tuple[float, dict[str, tuple[float, float]]]:
@@ -177,13 +186,14 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
         raise ValueError(f"calibrate: no example of the model's tasks {tasks}")
     trust = list(model.cfg.fusion.trust or (1.0,) * len(tasks))
     scores: dict[str, dict[str, tuple[float, float]]] = {}
+    memo = DecodedTiles()  # the oracle pass's decoded tiles, for the blind pass (a token path that reads no task)
     if with_trust:
         oracle: dict[str, list[_Restored]] = {t: [] for t in tasks}
         saved = model.fusion.trust.clone()
         try:
             for ex in examples:
                 if ex.task in oracle:
-                    oracle[ex.task].append(_restore(restorer, ex))
+                    oracle[ex.task].append(_restore(restorer, ex, memo))
         finally:
             model.fusion.set_trust(saved)
         for i, t in enumerate(tasks):
@@ -191,7 +201,12 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
         scores = {t: v for t, v in scores.items() if v}
         model.set_trust(tuple(trust))
         del oracle
-    blind = [_restore_blind(restorer, ex) for ex in examples]  # at the fitted τ, as users restore
+    blind, reused = [], 0
+    for ex in examples:  # at the fitted τ, as users restore
+        hits, misses = memo.hits, memo.misses
+        blind.append(_restore_blind(restorer, ex, memo))
+        reused += memo.hits > hits and memo.misses == misses
+    del memo
     coefficients, coverage = {}, {}
     for t in tasks:
         parts = [_entries(prep, out, ex.clean, seed + k)
@@ -205,4 +220,4 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
     rows = tuple(tuple(float(v) for v in coefficients.get(t, widest)) for t in tasks)
     model.set_uncertainty(rows, COVERAGE)
     return CalibrationFit(tuple(float(v) for v in trust), counts, scores, rows, coverage,
-                          tuple(np.asarray(out, np.float32) for _, out in blind))
+                          tuple(np.asarray(out, np.float32) for _, out in blind), reused)

@@ -47,6 +47,7 @@ from hsivar.config import ModelConfig
 from hsivar.deblur import blur_width_of
 from hsivar.degrade.observation import Observation
 from hsivar.exposure import estimate_exposure
+from hsivar.memo import DecodedTiles
 from hsivar.models.base import Guidance, RestorationModel
 from hsivar.models.dag import AutoAmong, TaskSpec
 from hsivar.models.var import GREEDY, Sampling
@@ -266,8 +267,8 @@ class Restorer(RestoreSpec):
     @torch.inference_mode()
     def forward(self, tiles01: torch.Tensor, task: TaskSpec = "auto", sampling: Sampling = GREEDY,
                 generator: torch.Generator | None = None, *, estimate01: torch.Tensor | None = None,
-                guidance: Guidance = "dag", cfg_scale: float = 1.5, refine: bool = True) -> tuple[torch.Tensor,
-                                                                                                 torch.Tensor]:
+                guidance: Guidance = "dag", cfg_scale: float = 1.5, refine: bool = True,
+                memo: DecodedTiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass over a batch of tiles.
 
         Args:
@@ -276,13 +277,26 @@ class Restorer(RestoreSpec):
             sampling, generator: the decoding and its random source (seeded sampling).
             estimate01: (b, C, S, S) the tiles' classical first estimate (models with ``first_estimate``).
             guidance, cfg_scale, refine: as :meth:`hsivar.models.base.RestorationModel.restore`.
+            memo: decoded tiles to reuse and keep (:mod:`hsivar.memo`) — used with greedy decoding by a family whose
+                token path reads no task, ignored otherwise: the batch's tiles, if all held, are only fused under
+                ``task``; else decoded and kept.
         Returns:
             (restored tiles (b, C, S, S) float32 on the CPU in [0, 1], task weights used (b, N) float32 on the CPU).
         """
         x0 = None if estimate01 is None else estimate01.to(self.device)
+        lq = tiles01.to(self.device)
+        keys = None
+        if memo is not None and sampling.greedy and not self.model.token_path_reads_task:
+            keys = memo.keys(tiles01, estimate01, f"{guidance}:{cfg_scale}:{refine}:{self.bf16}")
+            decoded = memo.get(keys)
+            if decoded is not None:
+                with self.autocast():
+                    cube, weights = self.model.fuse(lq, decoded.to(self.device), task, estimate01=x0)
+                return cube.float().cpu(), weights.float().cpu()
         with self.autocast():
-            out = self.model.restore(tiles01.to(self.device), task, sampling, generator, guidance, cfg_scale, refine,
-                                     estimate01=x0)
+            out = self.model.restore(lq, task, sampling, generator, guidance, cfg_scale, refine, estimate01=x0)
+        if keys is not None and out.decoded is not None:
+            memo.put(keys, out.decoded)  # type: ignore[union-attr]
         return out.cube.float().cpu(), out.task_weights.float().cpu()
 
     def _share(self, task: TaskSpec, family: str) -> bool | None:
@@ -341,9 +355,11 @@ class Restorer(RestoreSpec):
 
     def restore_prepared(self, prep: PreparedCube, task: TaskSpec = "auto", *, samples: int = 1, seed: int = 0,
                          batch_size: int = 8, sampling: Sampling | None = None, guidance: Guidance = "dag",
-                         cfg_scale: float = 1.5, refine: bool = True) -> RestoredSamples:
+                         cfg_scale: float = 1.5, refine: bool = True,
+                         memo: DecodedTiles | None = None) -> RestoredSamples:
         """Restore a prepared cube's tiles in batches of ``batch_size``, blend them and make the result consistent
-        with the observation (:meth:`PreparedCube.consistent`), once per sample.
+        with the observation (:meth:`PreparedCube.consistent`), once per sample. ``memo``: decoded tiles to reuse
+        and keep (:meth:`forward`).
 
         Sample i decodes the tiles in order with one generator seeded ``seed + i``. ``"auto"`` weighs only the
         families the cube's observation leaves plausible (:meth:`resolve_task`).
@@ -365,7 +381,7 @@ class Restorer(RestoreSpec):
             for i in range(0, n, batch_size):
                 out, weights = self.forward(prep.tiles(i, i + batch_size), task, sampling, gen,
                                             estimate01=prep.estimate_tiles(i, i + batch_size), guidance=guidance,
-                                            cfg_scale=cfg_scale, refine=refine)
+                                            cfg_scale=cfg_scale, refine=refine, memo=memo)
                 blender.add(prep.coords[i:i + batch_size], out)
                 weight_sum += weights.double().sum(0)
             blended.append(prep.consistent(blender.result()))

@@ -45,6 +45,7 @@ class RestoreOutput:
     skips: list[torch.Tensor] | None  # encoder features of the condition input given to the decoder (decoder_skips)
     hidden: torch.Tensor | None = None  # (B, L, width) every scale's hidden states (families that refine on them)
     scales: torch.Tensor | None = None  # (B, K, Cvae, h, w) each scale's residual (families that use them as a prior)
+    decoded: torch.Tensor | None = None  # (B, C, S, S) the decoder's output in [-1, 1], before the fusion head
 
 
 def parameters_of(*modules: nn.Module | None) -> list[nn.Parameter]:
@@ -63,6 +64,11 @@ class RestorationModel(nn.Module):
     vqvae: VQVAE
     dag: DegradationGuidance
     fusion: OutputFusion | None
+
+    token_path_reads_task: bool = True
+    """Whether the token path (condition, transformer, refinement, decoder) reads the task weights. When it does
+    not, only the fusion head does, and tiles restored under one task can be fused again under another
+    (:meth:`fuse`) without decoding again."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         """Keep ``cfg``; the family's constructor builds the parts (the shared ones with :meth:`build_dag` and
@@ -189,4 +195,24 @@ class RestorationModel(nn.Module):
         with record_function("hsivar.fusion"):
             cube = self.output(lq01, decoded, out.task_weights, estimate01).clamp(0, 1)
         return RestoreOutput(cube, out.task_weights, out.idx, latent, out.hidden_last, out.skips, out.hidden,
-                             out.scales)
+                             out.scales, decoded)
+
+    @torch.no_grad()
+    def fuse(self, lq01: torch.Tensor, decoded: torch.Tensor, task: TaskSpec = "auto",
+             estimate01: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The restored tiles from tiles already decoded (``RestoreOutput.decoded`` of :meth:`restore` on the same
+        lq and x0) under ``task``: its task weights, then the fusion head — what :meth:`restore` returns for a
+        family whose token path reads no task (:attr:`token_path_reads_task` False).
+
+        Args:
+            lq01, estimate01: (B, C, S, S) the tiles and their first estimate, in [0, 1].
+            decoded: (B, C, S, S) in [-1, 1].
+        Returns:
+            (restored tiles (B, C, S, S) in [0, 1], task weights (B, N)).
+        Raises:
+            ValueError: a family whose token path reads the task.
+        """
+        if self.token_path_reads_task:
+            raise ValueError(f"the {self.cfg.family} family's token path reads the task: decode again instead")
+        weights = self.dag.weights(task, lq01)
+        return self.output(lq01, decoded, weights, estimate01).clamp(0, 1), weights

@@ -33,6 +33,7 @@ class CrossConditioned(RestorationModel):
     """The shared parts (see the module docstring); a family adds its refinement and decoder, then the fusion head
     (``self.fusion = self.build_fusion()``)."""
 
+    token_path_reads_task = False  # the task weights reach only the fusion head
     keep_hidden = False
     """Whether :meth:`autoregress` keeps every scale's hidden states (``RestoreOutput.hidden``)."""
     keep_scales = False

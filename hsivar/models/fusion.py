@@ -43,6 +43,21 @@ from hsivar.config import FusionConfig, unsharp_radius
 from hsivar.kernels import gaussian_kernel1d
 from hsivar.models.refiner import NAFBlock
 
+MATRIX_SIDE = 64
+"""Largest tile side whose unsharp masks blur as matrix products: a single-channel 1-D convolution is slow on a
+CPU (28 against 1.7 ms for 9 tiles of 31×32×32 and three widths, docs/experiments.md); a matrix costs O(side) per
+pixel."""
+
+
+def reflect_matrix(k1d: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n, n) matrix of correlating a length-n signal with ``k1d`` (k,), k = 2r + 1, under reflect padding (the
+    mirror without repeating the edge, as ``F.pad(mode="reflect")``; needs r < n): row i holds k1d[m] at column
+    reflect(i + m − r). On ``k1d``'s device and dtype."""
+    r = k1d.numel() // 2
+    idx = (torch.arange(n, device=k1d.device)[:, None] + torch.arange(-r, r + 1, device=k1d.device)[None]).abs()
+    idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)  # (n, k) source column of each tap
+    return torch.zeros(n, n, device=k1d.device, dtype=k1d.dtype).scatter_add_(1, idx, k1d[None].expand(n, -1))
+
 
 class OutputFusion(nn.Module):
     """(lq, ŷ, task weights (B, N), base) → restored (B, C, S, S), all in [0, 1] units.
@@ -81,18 +96,24 @@ class OutputFusion(nn.Module):
     def details(self, lq_BCHW: torch.Tensor) -> torch.Tensor:
         """lq − G_σ ∗ lq for every σ of ``unsharp_sigmas`` (reflect padding); → (B, J, C, H, W) float32.
 
-        In float32 with autocast off: a detail is a difference of two close values, which bf16 loses.
+        In float32 with autocast off: a detail is a difference of two close values, which bf16 loses. Sides up to
+        :data:`MATRIX_SIDE` blur as two matrix products ``R_H · x · R_Wᵀ`` (:func:`reflect_matrix`), larger ones
+        as two 1-D convolutions: the same sums in another order.
         """
         B, C, H, W = lq_BCHW.shape
         out = []
         with torch.autocast("cuda" if lq_BCHW.is_cuda else "cpu", enabled=False):  # "meta" has none
-            x = lq_BCHW.float().reshape(B * C, 1, H, W)
+            x = lq_BCHW.float()
             for j in range(len(self.sigmas)):
-                g = getattr(self, f"gauss{j}")
-                r = g.numel() // 2
-                blurred = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
-                blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
-                out.append((x - blurred).reshape(B, C, H, W))
+                g = getattr(self, f"gauss{j}").float()
+                if max(H, W) <= MATRIX_SIDE:
+                    blurred = reflect_matrix(g, H) @ x @ reflect_matrix(g, W).T
+                else:
+                    r, x1 = g.numel() // 2, x.reshape(B * C, 1, H, W)
+                    blurred = F.conv2d(F.pad(x1, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
+                    blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
+                    blurred = blurred.reshape(B, C, H, W)
+                out.append(x - blurred)
         return torch.stack(out, dim=1)
 
     def forward(self, lq_BCHW: torch.Tensor, y_BCHW: torch.Tensor, weights_BN: torch.Tensor,

@@ -176,6 +176,9 @@ class _StageRun:
         if fit.scores:
             self.progress.message("trust in the learned correction per family (1: all of it, 0: the first "
                                   "estimate): " + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
+        if fit.reused:
+            self.progress.message(f"the blind restorations fused the oracle pass's decoded tiles for {fit.reused} of "
+                                  f"{len(examples)} examples (same tiles and first estimates)")
         self.progress.message("calibrated uncertainty on the validation entries, coverage at 2σ (corr. with "
                               "|error|): " + ", ".join(f"{t} {c['cover_2sigma']:.2f} ({c['std_error_corr']:.2f})"
                                                        for t, c in fit.coverage.items()))

@@ -9,6 +9,7 @@ from scipy.ndimage import gaussian_filter
 
 from hsivar.config import FusionConfig, ModelConfig
 from hsivar.models.condition import alignment_loss
+from hsivar.models.fusion import MATRIX_SIDE
 from hsivar.models.hsivar import HSIVAR, to_model_range
 from hsivar.models.vqvae import VQVAE
 from hsivar.presets import preset
@@ -188,6 +189,11 @@ def test_fusion_unsharp_masks_add_each_tasks_amount_of_every_band_detail() -> No
     for j, sigma in enumerate(sigmas):  # against scipy's Gaussian filter, truncated at 3σ, reflecting at the edge
         ref = lq.numpy() - gaussian_filter(lq.numpy(), (0, 0, sigma, sigma), mode="mirror", truncate=3.0)
         assert np.allclose(details[:, j].numpy(), ref, atol=1e-5)
+    wide = torch.rand(1, 2, 72, 80)  # sides above MATRIX_SIDE: two 1-D convolutions, the same sums
+    assert max(wide.shape[-2:]) > MATRIX_SIDE >= 32
+    for j, sigma in enumerate(sigmas):
+        ref = wide.numpy() - gaussian_filter(wide.numpy(), (0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+        assert np.allclose(fusion.details(wide)[:, j].numpy(), ref, atol=1e-5)
     flat = torch.full((1, 8, 32, 32), 0.3)
     assert fusion.details(flat).abs().max() < 1e-6  # a flat tile has no detail
     w = torch.zeros(2, len(DEFAULT_TASKS))
