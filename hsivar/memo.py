@@ -22,6 +22,9 @@ DEFAULT_MAX_BYTES = 512 * 2**20
 class DecodedTiles:
     """Decoded tiles (C, S, S) float32 on the CPU in [-1, 1] by a digest of (tile, first estimate, options).
 
+    The key does not cover the weights: a memo serves one model while its token path's weights stay as they were
+    (the calibration changes only the fusion head's trust between its passes).
+
     Attributes:
         hits, misses: batches served from the memo / decoded (and kept while room is left).
     """
