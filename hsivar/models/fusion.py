@@ -107,7 +107,8 @@ class OutputFusion(nn.Module):
             for j in range(len(self.sigmas)):
                 g = getattr(self, f"gauss{j}").float()
                 if max(H, W) <= MATRIX_SIDE:
-                    blurred = reflect_matrix(g, H) @ x @ reflect_matrix(g, W).T
+                    r_h = reflect_matrix(g, H)
+                    blurred = r_h @ x @ (r_h if W == H else reflect_matrix(g, W)).T
                 else:
                     r, x1 = g.numel() // 2, x.reshape(B * C, 1, H, W)
                     blurred = F.conv2d(F.pad(x1, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
