@@ -24,8 +24,9 @@ synthesised (not those kept as observed). Fitting on blind restorations matters 
 harder than the true one (deblurring with an estimated width). A family without examples gets the largest
 coefficient of the fitted families for each feature (wide bars rather than none). The blind restorations are
 returned (:attr:`CalibrationFit.restored`): they are what a validation in ``auto`` mode computes, so the
-training job scores them instead of restoring again. In a family whose token path reads no task, the blind pass
-decodes again only the examples whose tiles or first estimates differ from the oracle pass's (:mod:`hsivar.memo`).
+training job scores them instead of restoring again. The blind pass decodes again only the examples whose tiles or
+first estimates differ from the oracle pass's — or, where the token path reads the task (HSI-VAR), whose task weights
+differ (:mod:`hsivar.memo`).
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
         raise ValueError(f"calibrate: no example of the model's tasks {tasks}")
     trust = list(model.cfg.fusion.trust or (1.0,) * len(tasks))
     scores: dict[str, dict[str, tuple[float, float]]] = {}
-    memo = DecodedTiles()  # the oracle pass's decoded tiles, for the blind pass (a token path that reads no task)
+    memo = DecodedTiles()  # the oracle pass's decoded tiles, for the blind pass
     if with_trust:
         oracle: dict[str, list[_Restored]] = {t: [] for t in tasks}
         saved = model.fusion.trust.clone()

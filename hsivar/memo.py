@@ -1,12 +1,15 @@
-"""Decoded tiles kept by what they were decoded from, so that a second restoration of the same tiles under another
-task skips the token path.
+"""Decoded tiles kept by what they were decoded from, so that a second restoration of the same tiles skips the token
+path and only runs the fusion head again (under another task, or another trust).
 
-In the families whose token path reads no task (``RestorationModel.token_path_reads_task`` False: RestoreVAR,
-VarFormer), greedy decoding of a tile is a function of the tile, its first estimate and the decoding options
-alone; the task weights reach only the fusion head (:meth:`~hsivar.models.base.RestorationModel.fuse`). The
-calibration (:mod:`hsivar.calibrate`) restores every validation example twice, with its true task and blind: where
-both passes prepare the same tiles and first estimates (every family but blur on the demo protocol: the blind
-observation differs only where a blur width is estimated), the second pass fuses the first pass's decoded tiles.
+Greedy decoding of a tile is a function of the tile, its first estimate, the decoding options and — in a family
+whose token path reads the task (``RestorationModel.token_path_reads_task``: HSI-VAR's transformer takes the task
+embedding) — the task weights; in RestoreVAR and VarFormer the weights reach only the fusion head
+(:meth:`~hsivar.models.base.RestorationModel.fuse`). The key covers exactly that. The calibration
+(:mod:`hsivar.calibrate`) restores every validation example twice, with its true task and blind: where both passes
+prepare the same tiles and first estimates (every family but blur on the demo protocol: the blind observation
+differs only where a blur width is estimated) — and, for HSI-VAR, weigh the tasks alike (blind ``auto`` among the
+one family the observation leaves plausible weighs it 1, as the true task does) — the second pass fuses the first
+pass's decoded tiles.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ DEFAULT_MAX_BYTES = 512 * 2**20
 
 
 class DecodedTiles:
-    """Decoded tiles (C, S, S) float32 on the CPU in [-1, 1] by a digest of (tile, first estimate, options).
+    """Decoded tiles (C, S, S) float32 on the CPU in [-1, 1] by a digest of (tile, first estimate, options, task
+    weights where the token path reads them).
 
     The key does not cover the weights: a memo serves one model while its token path's weights stay as they were
     (the calibration changes only the fusion head's trust between its passes).
@@ -37,14 +41,17 @@ class DecodedTiles:
         self.hits = self.misses = 0
 
     @staticmethod
-    def keys(tiles01: torch.Tensor, estimate01: torch.Tensor | None, options: str) -> list[bytes]:
-        """One key per tile of (b, C, S, S) ``tiles01`` and ``estimate01`` (exact bytes, dtype and shape) under
-        ``options`` (the decoding, guidance and refinement as text)."""
+    def keys(tiles01: torch.Tensor, estimate01: torch.Tensor | None, options: str,
+             weights: torch.Tensor | None = None) -> list[bytes]:
+        """One key per tile of (b, C, S, S) ``tiles01``, ``estimate01`` and the task ``weights`` (b, N) the token path
+        reads (None: it reads none) — exact bytes, dtype and shape — under ``options`` (the decoding, guidance and
+        refinement as text)."""
         keys = []
         for i in range(tiles01.shape[0]):
             h = hashlib.blake2b(digest_size=20)
             h.update(options.encode())
-            for t in (tiles01[i], None if estimate01 is None else estimate01[i]):
+            parts = (tiles01, estimate01, weights)
+            for t in (None if p is None else p[i] for p in parts):
                 if t is None:
                     h.update(b"none")
                     continue

@@ -277,17 +277,22 @@ class Restorer(RestoreSpec):
             sampling, generator: the decoding and its random source (seeded sampling).
             estimate01: (b, C, S, S) the tiles' classical first estimate (models with ``first_estimate``).
             guidance, cfg_scale, refine: as :meth:`hsivar.models.base.RestorationModel.restore`.
-            memo: decoded tiles to reuse and keep (:mod:`hsivar.memo`) — used with greedy decoding by a family whose
-                token path reads no task, ignored otherwise: the batch's tiles, if all held, are only fused under
-                ``task``; else decoded and kept.
+            memo: decoded tiles to reuse and keep (:mod:`hsivar.memo`) — used with greedy decoding, ignored
+                otherwise: the batch's tiles, if all held, are only fused under ``task``; else decoded and kept. In
+                a family whose token path reads the task, the weights are resolved first (the classifier for
+                ``"auto"``), keyed, and the tiles decoded under exactly those.
         Returns:
             (restored tiles (b, C, S, S) float32 on the CPU in [0, 1], task weights used (b, N) float32 on the CPU).
         """
         x0 = None if estimate01 is None else estimate01.to(self.device)
         lq = tiles01.to(self.device)
         keys = None
-        if memo is not None and sampling.greedy and not self.model.token_path_reads_task:
-            keys = memo.keys(tiles01, estimate01, f"{guidance}:{cfg_scale}:{refine}:{self.bf16}")
+        if memo is not None and sampling.greedy:
+            read = None  # the task weights (b, N) the token path reads, if it reads any
+            if self.model.token_path_reads_task:
+                with self.autocast():
+                    read = task = self.model.dag.weights(task, lq).float()
+            keys = memo.keys(tiles01, estimate01, f"{guidance}:{cfg_scale}:{refine}:{self.bf16}", read)
             decoded = memo.get(keys)
             if decoded is not None:
                 with self.autocast():

@@ -68,7 +68,7 @@ class RestorationModel(nn.Module):
     token_path_reads_task: bool = True
     """Whether the token path (condition, transformer, refinement, decoder) reads the task weights. When it does
     not, only the fusion head does, and tiles restored under one task can be fused again under another
-    (:meth:`fuse`) without decoding again."""
+    (:meth:`fuse`) without decoding again; when it does, only under the same weights (:mod:`hsivar.memo`)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         """Keep ``cfg``; the family's constructor builds the parts (the shared ones with :meth:`build_dag` and
@@ -201,8 +201,9 @@ class RestorationModel(nn.Module):
     def fuse(self, lq01: torch.Tensor, decoded: torch.Tensor, task: TaskSpec = "auto",
              estimate01: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The restored tiles from tiles already decoded (``RestoreOutput.decoded`` of :meth:`restore` on the same
-        lq and x0) under ``task``: its task weights, then the fusion head — what :meth:`restore` returns for a
-        family whose token path reads no task (:attr:`token_path_reads_task` False).
+        lq and x0) under ``task``: its task weights, then the fusion head — what :meth:`restore` returns. In a family
+        whose token path reads the task (:attr:`token_path_reads_task`), ``task`` must be the weights (B, N) the
+        tiles were decoded under; otherwise any task spec.
 
         Args:
             lq01, estimate01: (B, C, S, S) the tiles and their first estimate, in [0, 1].
@@ -210,9 +211,10 @@ class RestorationModel(nn.Module):
         Returns:
             (restored tiles (B, C, S, S) in [0, 1], task weights (B, N)).
         Raises:
-            ValueError: a family whose token path reads the task.
+            ValueError: a family whose token path reads the task, given a task spec other than weights.
         """
-        if self.token_path_reads_task:
-            raise ValueError(f"the {self.cfg.family} family's token path reads the task: decode again instead")
+        if self.token_path_reads_task and not isinstance(task, torch.Tensor):
+            raise ValueError(f"the {self.cfg.family} family's token path reads the task: fuse tiles with the weights "
+                             f"(B, N) they were decoded under, not {task!r}")
         weights = self.dag.weights(task, lq01)
         return self.output(lq01, decoded, weights, estimate01).clamp(0, 1), weights

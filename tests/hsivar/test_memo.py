@@ -45,15 +45,24 @@ def test_a_second_task_fuses_the_decoded_tiles_and_equals_decoding_again(family:
     assert (memo.hits, memo.misses) == (1, 3)
 
 
-def test_a_family_whose_token_path_reads_the_task_decodes_every_time() -> None:
+def test_a_family_whose_token_path_reads_the_task_reuses_tiles_only_under_the_same_weights() -> None:
+    """HSI-VAR's transformer reads the task embedding: blind ``auto`` on an inpainted cube weighs inpaint alone (the
+    one family its observation leaves plausible) and fuses the tiles decoded under the named task; another task
+    decodes again."""
     restorer = _restorer("hsivar")
-    degraded = degrade_for_test(make_cube(seed=4, size=32, bands=8)[0], "gaussian", 30)[0]
+    degraded = degrade_for_test(make_cube(seed=4, size=32, bands=8)[0], "inpaint", 0.5)[0]
     prep = restorer.prepare(degraded, resolve_overlap(restorer.tile, None, None), value_range=(0.0, 1.0))
     memo = DecodedTiles()
-    for task in ("gaussian", "auto"):
-        restorer.restore_prepared(prep, task, memo=memo)
-    assert (memo.hits, memo.misses) == (0, 0)
-    with pytest.raises(ValueError, match="reads the task"):
+    restorer.restore_prepared(prep, "inpaint", memo=memo)
+    restorer.model.fusion.set_trust(torch.full((len(restorer.tasks),), 0.5))  # only the fusion head changes
+    blind = restorer.restore_prepared(prep, "auto", memo=memo).samples01
+    assert (memo.hits, memo.misses) == (1, 1)
+    assert torch.equal(blind, restorer.restore_prepared(prep, "auto").samples01)  # bit for bit decoding again
+    gaussian = restorer.restore_prepared(prep, "gaussian", memo=memo).samples01
+    assert (memo.hits, memo.misses) == (1, 2)
+    assert torch.equal(gaussian, restorer.restore_prepared(prep, "gaussian").samples01)
+    assert not torch.equal(gaussian, blind)  # the transformer read the other task
+    with pytest.raises(ValueError, match="reads the task"):  # fusing needs the weights the tiles were decoded under
         restorer.model.fuse(prep.tiles(0, 1), torch.zeros(1, 8, 32, 32), "gaussian")
 
 
@@ -65,15 +74,16 @@ def test_a_full_memo_keeps_nothing_more() -> None:
     assert memo.get(keys[:1]) is not None and memo.get(keys) is None and keys[0] != keys[1]
 
 
-def test_calibration_with_the_memo_returns_the_blind_restorations_users_get() -> None:
-    """The blind pass of the calibration reuses the oracle pass's decoded tiles where nothing differs, and its
-    restorations equal those of Restorer.restore in auto mode."""
-    restorer = _restorer("restorevar")
+@pytest.mark.parametrize("family", ["restorevar", "hsivar"])
+def test_calibration_with_the_memo_returns_the_blind_restorations_users_get(family: str) -> None:
+    """The blind pass of the calibration reuses the oracle pass's decoded tiles where nothing differs (for HSI-VAR,
+    the task weights too), and its restorations equal those of Restorer.restore in auto mode."""
+    restorer = _restorer(family)
     clean = make_cube(seed=5, size=32, bands=8)[0]
     examples = [CalibrationExample(degrade_for_test(clean, t, lvl)[0], clean, t, lvl)
                 for t, lvl in (("inpaint", 0.5), ("bandmiss", 0.3), ("gaussian", 30))]
     fit = calibrate(restorer, examples)
-    assert fit.reused >= 2  # inpaint and bandmiss: the blind observation reads the same mask
+    assert fit.reused >= 2  # inpaint and bandmiss: the blind observation reads the same mask, one plausible family
     for ex, out in zip(examples, fit.restored):
         users = restorer.restore(ex.degraded, "auto", value_range=(0.0, 1.0), batch_size=16).cube
         np.testing.assert_array_equal(out, users)
