@@ -26,7 +26,7 @@ class DecodedTiles:
     """Decoded tiles (C, S, S) float32 on the CPU in [-1, 1] by a digest of (tile, first estimate, options, task
     weights where the token path reads them).
 
-    The key does not cover the weights: a memo serves one model while its token path's weights stay as they were
+    The key does not cover the model's parameters: a memo serves one model while its token path's stay as they were
     (the calibration changes only the fusion head's trust between its passes).
 
     Attributes:
