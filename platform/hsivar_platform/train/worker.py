@@ -178,7 +178,8 @@ class _StageRun:
                                   "estimate): " + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
         if fit.reused:
             self.progress.message(f"the blind restorations fused the oracle pass's decoded tiles for {fit.reused} of "
-                                  f"{len(examples)} examples (same tiles and first estimates)")
+                                  f"{len(examples)} examples (same tiles and first estimates"
+                                  f"{', same task weights' if self.model.token_path_reads_task else ''})")
         self.progress.message("calibrated uncertainty on the validation entries, coverage at 2σ (corr. with "
                               "|error|): " + ", ".join(f"{t} {c['cover_2sigma']:.2f} ({c['std_error_corr']:.2f})"
                                                        for t, c in fit.coverage.items()))
