@@ -46,16 +46,16 @@ class DecodedTiles:
         """One key per tile of (b, C, S, S) ``tiles01``, ``estimate01`` and the task ``weights`` (b, N) the token path
         reads (None: it reads none) — exact bytes, dtype and shape — under ``options`` (the decoding, guidance and
         refinement as text)."""
+        parts = [None if p is None else p.detach().cpu() for p in (tiles01, estimate01, weights)]  # one copy each
         keys = []
         for i in range(tiles01.shape[0]):
             h = hashlib.blake2b(digest_size=20)
             h.update(options.encode())
-            parts = (tiles01, estimate01, weights)
-            for t in (None if p is None else p[i] for p in parts):
-                if t is None:
+            for p in parts:
+                if p is None:
                     h.update(b"none")
                     continue
-                t = t.detach().cpu().contiguous()
+                t = p[i].contiguous()
                 h.update(f"{t.dtype}{tuple(t.shape)}".encode())
                 h.update(t.view(torch.uint8).numpy().tobytes())
             keys.append(h.digest())
