@@ -25,6 +25,7 @@ two small matrix products (:func:`blur`): ≈0.7 ms per iteration on a 64×64×3
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -62,6 +63,16 @@ def band_matrix(n: int, k1d: np.ndarray) -> np.ndarray:
     return toeplitz(first)
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_band_matrix(n: int, k_bytes: bytes, dtype: str) -> np.ndarray:
+    """:func:`band_matrix` of the kernel whose bytes are ``k_bytes``, built once per (side, kernel, dtype): an
+    iterative deconvolution blurs the same shape with the same kernel hundreds of times, and building the
+    matrix cost as much as using it (docs/experiments.md). Read-only, as it is shared."""
+    matrix = band_matrix(n, np.frombuffer(k_bytes, dtype))
+    matrix.flags.writeable = False
+    return matrix
+
+
 def blur(x: np.ndarray, k1d: np.ndarray) -> np.ndarray:
     """K x: separable correlation of x (C, H, W) with the symmetric ``k1d`` (k,) along rows and columns, zero
     padding (the blur family's operator; the kernel is symmetric, so K is its own adjoint); → (C, H, W) in x's
@@ -69,8 +80,9 @@ def blur(x: np.ndarray, k1d: np.ndarray) -> np.ndarray:
     :func:`scipy.ndimage.correlate1d`: the same sums in another order."""
     H, W = x.shape[-2:]
     if max(H, W) <= MATRIX_SIDE:
-        k = np.asarray(k1d, np.result_type(x, np.float32))
-        return np.matmul(np.matmul(band_matrix(H, k), x), band_matrix(W, k))
+        k = np.ascontiguousarray(k1d, np.result_type(x, np.float32))
+        key = (k.tobytes(), k.dtype.str)
+        return np.matmul(np.matmul(_cached_band_matrix(H, *key), x), _cached_band_matrix(W, *key))
     from scipy.ndimage import correlate1d
 
     return correlate1d(correlate1d(x, k1d, axis=2, mode="constant"), k1d, axis=1, mode="constant")

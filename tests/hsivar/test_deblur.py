@@ -85,6 +85,27 @@ def test_the_blur_is_a_2d_gaussian_with_zero_padding_on_either_path(shape: tuple
     assert blur(x, k).dtype == np.float32 and blur(x.astype(np.float64), k).dtype == np.float64
 
 
+def test_the_blur_builds_each_band_matrix_once_and_shares_it_read_only() -> None:
+    """Iterative deconvolution blurs one shape with one kernel hundreds of times: the matrices are built once per
+    (side, kernel, dtype), cannot be written through, and give what freshly built ones give."""
+    from hsivar.deblur import _cached_band_matrix
+
+    x = np.random.default_rng(5).random((3, 24, 40)).astype(np.float32)
+    k = kernel(1.3)
+    _cached_band_matrix.cache_clear()
+    first = blur(x, k)
+    again = blur(x, k)
+    info = _cached_band_matrix.cache_info()
+    assert info.misses == 2 and info.hits == 2  # one H and one W matrix, reused by the second call
+    fresh = np.matmul(np.matmul(band_matrix(24, k), x), band_matrix(40, k))
+    assert np.array_equal(first, fresh) and np.array_equal(again, fresh)
+    cached = _cached_band_matrix(24, k.tobytes(), k.dtype.str)
+    with pytest.raises(ValueError):
+        cached[0, 0] = 1.0
+    blur(x.astype(np.float64), k)  # another dtype is another matrix, not the float32 one cast
+    assert _cached_band_matrix.cache_info().misses == 4
+
+
 def test_the_band_matrix_holds_the_kernel_on_its_diagonals() -> None:
     k = kernel(1.0)  # 7 taps
     m = band_matrix(5, k)

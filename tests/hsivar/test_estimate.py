@@ -84,6 +84,21 @@ def test_sr_denoise_and_deblur_each_improve_on_their_input(clean: np.ndarray) ->
     assert psnr(sharp, clean) > psnr(blurred, clean) + 1.5 > psnr(richardson_lucy(blurred, 15), clean) + 1.5
 
 
+@pytest.mark.parametrize("shape", [(4, 32, 32), (3, 33, 20), (2, 9, 9)])
+def test_the_noise_mad_is_skimages_estimate_to_the_bit(shape: tuple[int, int, int]) -> None:
+    """One db2 transform over all bands gives, band by band, exactly skimage's ``estimate_sigma`` (odd sides, a band
+    with a flat half, a flat band); a band whose details are all zero reads 0 (skimage: the median of nothing)."""
+    from skimage.restoration import estimate_sigma
+
+    cube = np.random.default_rng(4).normal(0.5, 0.1, shape).astype(np.float32)
+    cube[0, :, : shape[2] // 2] = 0.25
+    cube[1] = 0.5
+    theirs = estimate_sigma(cube.astype(np.float64), channel_axis=0, average_sigmas=False)
+    np.testing.assert_array_equal(band_noise_mad(cube), np.asarray(theirs))
+    cube[1] = 0.0
+    assert band_noise_mad(cube)[1] == 0.0
+
+
 def test_few_unrelated_bands_are_denoised_at_their_own_noise_level(clean: np.ndarray) -> None:
     """Six bands that predict one another badly (different bands of different parts of the scene, as Landsat-8's six
     broad bands): the regression on the other bands reads up to 50 % more noise than there is, the wavelet MAD reads
