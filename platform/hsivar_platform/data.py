@@ -259,7 +259,8 @@ def training_dataset(files: Sequence[str], data: DataSpec, *, bands: int, tile: 
                         fn_kwargs={"bands": bands, "tile": tile, "crops_per_window": data.crops_per_window,
                                    "augment": data.dihedral, "value_range": data.value_range,
                                    "gain": data.gain})
-    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8),
+    # the same limit as the reads: Ray Data fuses the two steps into one task, which a limit on one alone would split
+    return ds.map_batches(degrade_batch, batch_size=max(data.crops_per_window, 8), concurrency=data.read_concurrency,
                           fn_kwargs={"tasks": tuple(tasks), "estimate": estimate})
 
 

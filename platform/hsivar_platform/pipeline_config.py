@@ -124,7 +124,11 @@ class DataSpec(_Strict):
         (0.5, 2.0), description="random brightness gain per crop, log-uniform in (lo, hi) and capped so the "
         "crop stays in [0, 1]: scenes differ in illumination and normalisation, and a model trained on a few "
         "dark scenes otherwise fails on brighter ones. null: off")
-    read_concurrency: int | None = Field(None, ge=1, description="max parallel read tasks (Ray Data)")
+    read_concurrency: int | None = Field(
+        None, ge=1, description="max parallel tasks of the training stream, each reading a window, cutting its crops, "
+        "degrading them and computing their first estimates (Ray Data); null: as many as the cluster's free CPUs. "
+        "One worker on a 2-core machine trains faster with 1: more tasks at once take the trainer's core "
+        "(docs/experiments.md)")
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:

@@ -228,6 +228,18 @@ def test_the_training_stream_hands_on_examples_in_small_blocks(ray_cluster, tmp_
     assert len(blocks) >= 3 and max(sizes) <= 2 * TRAINING_BLOCK_BYTES, sizes
 
 
+def test_a_concurrency_limit_keeps_reading_and_degrading_one_task(ray_cluster, tmp_path: Path) -> None:
+    """``data.read_concurrency`` bounds the whole read-crop-degrade step: every crop still arrives, degraded with its
+    first estimate, from one fused operator (a limit on the reads alone would split it and leave the degrading free)."""
+    for i in range(3):
+        write_cube(str(tmp_path / f"c{i}.npy"), _cube(20 + i, 32, 32, bands=31), CubeMeta(bands=31))
+    ds = training_dataset(list_cubes(str(tmp_path)), DataSpec(window=32, crops_per_window=5, read_concurrency=1),
+                          bands=31, tile=32, estimate=True)
+    rows = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert sum(len(b["hq"]) for b in rows) == 15 and all({"lq", "x0", "kept"} <= set(b) for b in rows)
+    assert "MapBatches(read_crops)->MapBatches(degrade_batch)" in ds.stats()
+
+
 def test_protocol_dataset_is_seeded_and_scores_missing_bands(ray_cluster, tmp_path: Path) -> None:
     for i in range(2):
         write_cube(str(tmp_path / f"c{i}.npy"), _cube(10 + i, 40, 40), CubeMeta(bands=BANDS))
