@@ -136,7 +136,8 @@ class RestorationModel(nn.Module):
 
     def output(self, lq01: torch.Tensor, decoded: torch.Tensor, task_weights: torch.Tensor,
                estimate01: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's output (B, C, S, S) in [-1, 1] → the restored tiles in [0, 1] units (not clamped).
+        """The decoder's output (B, C, S, S) in [-1, 1] → the restored tiles in [0, 1] units (not clamped, but for
+        a fusion head on the first estimate, whose shrink towards x0 mixes two cubes in [0, 1]).
 
         With a fusion head: F(lq, ŷ, task weights (B, N), x0) (see :class:`OutputFusion`); without:
         ŷ = (decoded + 1) / 2.

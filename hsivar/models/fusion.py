@@ -16,7 +16,8 @@ place in the gate and the unsharp masks, the input conv sees [lq, x0, ŷ], and t
 untrained head returns x0, and training learns where ŷ improves on it. The output is then shrunk towards
 x0 per task, ``x0 + τ·(y − x0)`` with τ = trust·weights (``FusionConfig.trust``, fitted on validation
 examples after stage 3 by :mod:`hsivar.calibrate`): where the learned correction does not help a family
-on held-out data, that family gets x0.
+on held-out data, that family gets x0. Both ends are clamped to [0, 1] before the shrink, so the output is
+exactly the mix of the two outputs the calibration scored.
 
 The gate is a full-rank path from the input, per band: the ``width``-channel bottleneck alone does not
 pass a good input (×2 super-resolution) through unchanged. G and the output conv start at zero, so an
@@ -133,4 +134,9 @@ class OutputFusion(nn.Module):
         if not self.from_estimate:
             return y
         tau = (weights_BN.float() @ self.trust.float()).to(y.dtype)[:, None, None, None]  # (B, 1, 1, 1)
-        return base + tau * (y - base)
+        # The shrink runs between cubes in [0, 1]: mixing an unclamped y (below 0 in dark regions) and clamping
+        # afterwards zeroes bands of dark spectra that the calibration, which scores the clamped ends τ = 0 and 1,
+        # never saw. y is clamped in the forward value only (straight through: the gradient passes as unclamped).
+        y = y + (y.clamp(0, 1) - y).detach()
+        base01 = base.clamp(0, 1)
+        return base01 + tau * (y - base01)

@@ -270,6 +270,30 @@ def test_trust_shrinks_the_correction_towards_the_first_estimate(tmp_path) -> No
         model.set_trust((1.0,))
 
 
+def test_trust_mixes_the_clamped_ends_the_calibration_scores() -> None:
+    """The shrink runs between x0 and F clamped to [0, 1]: where F < 0 (dark regions) the output at τ is the mix of
+    the two valid cubes, not a value clamped to 0 afterwards; training still gets the gradient of F there."""
+    cfg = preset("tiny", bands=8)
+    torch.manual_seed(0)
+    model = HSIVAR(cfg).eval()
+    with torch.no_grad():
+        model.fusion.ending.bias.fill_(-0.6)  # a correction that drives the output below 0
+    lq, x0 = torch.rand(1, 8, 32, 32) * 0.2, torch.rand(1, 8, 32, 32) * 0.2  # a dark tile
+    decoded = torch.rand(1, 8, 32, 32) * 2 - 1
+    w = torch.zeros(1, len(DEFAULT_TASKS))
+    w[0, DEFAULT_TASKS.index("inpaint")] = 1.0
+    with torch.no_grad():
+        full = model.output(lq, decoded, w, x0)  # τ = 1
+        model.set_trust((0.5,) * len(DEFAULT_TASKS))
+        half = model.output(lq, decoded, w, x0)
+    assert float(full.min()) == 0.0 and (full == 0).float().mean() > 0.5  # the head's own output is clamped
+    assert torch.allclose(half, 0.5 * (x0 + full), atol=1e-6) and bool((half > 0).all())  # not zeroed: mixed
+    model.train()
+    decoded.requires_grad_(True)
+    model.output(lq, decoded, w, x0).sum().backward()
+    assert model.fusion.ending.bias.grad is not None and bool((model.fusion.ending.bias.grad != 0).all())
+
+
 def test_auto_among_some_families_weighs_only_those(tiny_model: HSIVAR) -> None:
     from hsivar.models.dag import AutoAmong
 
