@@ -118,14 +118,14 @@ def bm4d_denoise(degraded: np.ndarray, level: float) -> np.ndarray:
 
 
 def blind_deblur(degraded: np.ndarray, level: float) -> np.ndarray:
-    """Deblur (C, H, W) float32 blind: the width from the cube's power spectrum
-    (:func:`hsivar.deblur.blur_width_of`), then :func:`hsivar.deblur.deconvolve`; unchanged when no blur shows.
+    """Deblur (C, H, W) float32 blind: the width estimated from the cube (:func:`hsivar.deblur.blind_width`, as
+    ``task=auto`` does for a noiseless cube), then :func:`hsivar.deblur.deconvolve`; unchanged when no blur shows.
 
     ``level`` is not used: the width is estimated, as ``task=auto`` must.
     """
-    from hsivar.deblur import blur_width_of, deconvolve
+    from hsivar.deblur import blind_width, deconvolve
 
-    sigma = blur_width_of(np.asarray(degraded, np.float32))
+    sigma = blind_width(np.asarray(degraded, np.float32))
     return np.asarray(degraded, np.float32).copy() if sigma is None else deconvolve(degraded, sigma)
 
 

@@ -10,6 +10,9 @@ border the zero padding leaves instead of ringing against it.
   strongest. The bands share one blur, so their spectra are summed. A texture-poor scene reads as *less*
   blurred than it is, rarely more (on the demo and Landsat-8 cubes the estimate is 0.5–1.08 × σ, median
   0.94–0.98): the safe direction, since deconvolving with too wide a kernel rings (docs/experiments.md).
+* :func:`refine_width` — that estimate refined by the data: the widest σ under which Richardson–Lucy still explains
+  the cube (the residual rises steeply past the true σ); :func:`blind_width` is the two together, what blind
+  restoration uses for a noiseless cube of up to 128 px a side (larger ones keep the spectral estimate).
 * :func:`richardson_lucy` — the noiseless inverse: Richardson–Lucy iterations ``x ← x · Kᵀ(y / Kx) / Kᵀ1``,
   with Biggs–Andrews acceleration but for the last few. Multiplicative updates keep x ≥ 0, so dark pixels
   keep their spectral shape; a linear inverse drives them negative, and clipping them to zero costs the
@@ -32,7 +35,8 @@ import numpy as np
 
 from hsivar.kernels import gaussian_kernel1d
 
-__all__ = ["band_matrix", "blur", "blur_width", "blur_width_of", "deconvolve", "richardson_lucy", "tikhonov"]
+__all__ = ["band_matrix", "blind_width", "blur", "blur_width", "blur_width_of", "deconvolve", "refine_width",
+           "richardson_lucy", "tikhonov"]
 
 MIN_WIDTH = 0.8
 """σ (px) below which :func:`blur_width` reports no blur: the blur family's narrowest kernel (k = 3) has σ 0.8 px,
@@ -128,6 +132,55 @@ def blur_width_of(cube: np.ndarray, window: int = 128, max_windows: int = 16) ->
     cols = np.unique(np.linspace(0, W - side, per_axis).round().astype(int))
     widths = [w for r in rows for c in cols if (w := blur_width(cube[:, r:r + side, c:c + side])) is not None]
     return float(np.median(widths)) if widths else None
+
+
+FIT_TOLERANCE = 1.2
+"""A candidate width explains a blurred cube when Richardson–Lucy under it fits the observation with an RMS residual
+within this factor of the best candidate's (:func:`refine_width`)."""
+
+
+def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 2.0, step: float = 1.04,
+                 iters: int = 50) -> float:
+    """The blur width σ (px) of a noiseless blurred ``cube`` (C, H, W) in [0, 1], refined from the spectral estimate
+    ``sigma0`` (:func:`blur_width`): the widest of the candidates ``sigma0·r`` (r from ``lo`` to ``hi`` in steps of
+    ×``step``) under which ``iters`` Richardson–Lucy iterations fit the cube within :data:`FIT_TOLERANCE` of the RMS
+    residual ‖K x − y‖ at the foot of the residual's last rise (walking down from the widest candidate while the
+    residual falls).
+
+    Why the widest: any σ up to the true one explains the cube exactly (a narrower Gaussian blur of a blurrier
+    image), while a wider one asks for a non-negative image sharper than any: the residual rises steeply past the
+    true σ. Why the last rise's foot rather than the smallest residual: a kernel far narrower than the blur is
+    nearly the identity and fits in a few iterations, while in between the iterations fall short of converging. The spectral estimate reads a texture-poor scene as less blurred than it is, and deconvolving with too
+    narrow a kernel leaves blur behind (docs/experiments.md has the figures). Only for a noiseless cube: noise
+    raises every residual to its own level and hides the knee.
+
+    The cube must be the whole blurred image: the fit assumes the blur's zero padding at its border. (A window cut
+    from a larger image breaks that assumption, and the residual inside it rises before the true σ: on windows
+    the refined width read 0.86–0.88 σ where the spectral estimate read 1.0 σ.)
+    """
+    obs = np.maximum(np.asarray(cube, np.float32), 0.0)
+    n = int(math.floor(math.log(hi / lo) / math.log(step))) + 1
+    widths = sigma0 * lo * step ** np.arange(n)
+    residual = [float(np.sqrt(np.mean((blur(richardson_lucy(obs, w, iters), kernel(w)) - obs) ** 2)))
+                for w in widths]
+    valley = n - 1  # the foot of the steep rise: walk down from the widest candidate while the residual falls
+    while valley > 0 and residual[valley - 1] <= residual[valley]:
+        valley -= 1
+    fits = np.flatnonzero(np.asarray(residual[valley:]) <= FIT_TOLERANCE * residual[valley]) + valley
+    return float(widths[fits.max()])
+
+
+def blind_width(cube: np.ndarray, noisy: bool = False, window: int = 128, max_windows: int = 16,
+                refine_side: int = 128) -> float | None:
+    """The blur width σ (px) of a cube (C, H, W) in [0, 1] from the cube alone, as blind restoration needs it: the
+    spectral estimate (:func:`blur_width_of`), refined by the data fit (:func:`refine_width`) when the cube is not
+    ``noisy`` and at most ``refine_side`` px a side (the fit runs on the whole cube: ≈1 s for 64×64×31 on one core,
+    22 candidates × 50 iterations, ≈4 s at 128 px). None when no blur shows.
+    """
+    sigma0 = blur_width_of(cube, window, max_windows)
+    if sigma0 is None or noisy or max(cube.shape[-2:]) > refine_side:
+        return sigma0
+    return refine_width(cube, sigma0)
 
 
 def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.ndarray | None = None,

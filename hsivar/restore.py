@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from hsivar.config import ModelConfig
-from hsivar.deblur import blur_width_of
+from hsivar.deblur import blind_width
 from hsivar.degrade.observation import Observation
 from hsivar.exposure import estimate_exposure
 from hsivar.memo import DecodedTiles
@@ -322,8 +322,8 @@ class Restorer(RestoreSpec):
         named, a share of a mixture or of weights, ``"auto"`` whose plausible families (:meth:`resolve_task`) are
         that one alone, or ``"auto"`` among several where the model's classifier gives it a mean weight of at least
         one half over up to ``max_tiles`` tiles spread over the cube. Then the classical estimate: the blur width σ
-        from the power spectrum over up to ``max_tiles`` windows (:func:`hsivar.deblur.blur_width_of`; none when
-        no window shows a blur), the exposure from the cube's brightness (:func:`hsivar.exposure.estimate_exposure`;
+        from the power spectrum over up to ``max_tiles`` windows, refined by the data fit when the cube is not noisy
+        (:func:`hsivar.deblur.blind_width`; none when no window shows a blur), the exposure from the cube's brightness (:func:`hsivar.exposure.estimate_exposure`;
         none when it is as bright as a normal scene); haze needs no number. The first estimate and the kept entries
         follow (:meth:`PreparedCube.reobserved`); otherwise ``prep`` is returned unchanged.
         """
@@ -344,7 +344,7 @@ class Restorer(RestoreSpec):
         cube = prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy()
         facts: dict[str, object] = {}
         if shares.get("blur"):
-            sigma = blur_width_of(cube, max_windows=max_tiles)
+            sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles)
             if sigma is not None:
                 facts["blur_sigma"] = sigma
         if shares.get("haze"):

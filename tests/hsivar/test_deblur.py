@@ -8,11 +8,13 @@ import pytest
 from hsivar.deblur import (
     MATRIX_SIDE,
     band_matrix,
+    blind_width,
     blur,
     blur_width,
     blur_width_of,
     deconvolve,
     kernel,
+    refine_width,
     richardson_lucy,
     tikhonov,
 )
@@ -47,6 +49,28 @@ def test_the_width_of_a_large_cube_is_the_median_over_windows(clean: np.ndarray)
     est = blur_width_of(blurred, window=64, max_windows=4)
     assert est is not None and abs(est - blur_sigma(15)) < 0.5
     assert blur_width_of(big, window=64) is None
+
+
+@pytest.mark.parametrize("k", [9, 21])
+def test_the_data_fit_widens_an_estimate_that_reads_too_little_blur(clean: np.ndarray, k: int) -> None:
+    """From 0.6 σ (a texture-poor scene's spectral estimate) the widest σ that Richardson–Lucy still fits lands
+    near the true σ, not past it (too wide rings), and deblurs better than the estimate it started from."""
+    blurred = degrade_for_test(clean, "blur", k)[0]
+    sigma = blur_sigma(k)
+    refined = refine_width(blurred, 0.6 * sigma)
+    assert 0.88 * sigma < refined < 1.08 * sigma, (refined, sigma)
+    assert psnr(richardson_lucy(blurred, refined), clean) > psnr(richardson_lucy(blurred, 0.6 * sigma), clean) + 1.0
+
+
+def test_the_blind_width_refines_a_whole_noiseless_cube_only(clean: np.ndarray) -> None:
+    """The data fit runs on a whole cube up to ``refine_side`` px; a larger or a noisy cube (noise hides the fit's
+    knee) keeps the spectral estimate."""
+    blurred = degrade_for_test(clean, "blur", 9)[0]
+    sigma0 = blur_width_of(blurred)
+    assert blind_width(blurred) == refine_width(blurred, sigma0)
+    assert blind_width(blurred, noisy=True) == sigma0
+    assert blind_width(blurred, refine_side=32) == sigma0
+    assert blind_width(clean) is None
 
 
 def test_richardson_lucy_beats_the_linear_inverse_in_psnr_and_angle(clean: np.ndarray) -> None:
