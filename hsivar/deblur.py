@@ -150,9 +150,10 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
     Why the widest: any σ up to the true one explains the cube exactly (a narrower Gaussian blur of a blurrier
     image), while a wider one asks for a non-negative image sharper than any: the residual rises steeply past the
     true σ. Why the last rise's foot rather than the smallest residual: a kernel far narrower than the blur is
-    nearly the identity and fits in a few iterations, while in between the iterations fall short of converging. The spectral estimate reads a texture-poor scene as less blurred than it is, and deconvolving with too
-    narrow a kernel leaves blur behind (docs/experiments.md has the figures). Only for a noiseless cube: noise
-    raises every residual to its own level and hides the knee.
+    nearly the identity and fits in a few iterations, while in between the iterations fall short of converging.
+    The spectral estimate reads a texture-poor scene as less blurred than it is, and deconvolving with too narrow a
+    kernel leaves blur behind (docs/experiments.md has the figures). Only for a noiseless cube: noise raises every
+    residual to its own level and hides the knee.
 
     The cube must be the whole blurred image: the fit assumes the blur's zero padding at its border. (A window cut
     from a larger image breaks that assumption, and the residual inside it rises before the true σ: on windows
