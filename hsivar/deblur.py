@@ -136,7 +136,7 @@ def blur_width_of(cube: np.ndarray, window: int = 128, max_windows: int = 16) ->
 
 FIT_TOLERANCE = 1.2
 """A candidate width explains a blurred cube when Richardson–Lucy under it fits the observation with an RMS residual
-within this factor of the best candidate's (:func:`refine_width`)."""
+within this factor of the residual at the foot of the last rise (:func:`refine_width`)."""
 
 
 def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 2.0, step: float = 1.04,

@@ -325,8 +325,8 @@ class Restorer(RestoreSpec):
         from the power spectrum over up to ``max_tiles`` windows, refined by the data fit when the cube is not noisy
         (:func:`hsivar.deblur.blind_width`; none when no window shows a blur), the exposure from the cube's
         brightness (:func:`hsivar.exposure.estimate_exposure`; none when it is as bright as a normal scene); haze
-        needs no number. The first estimate and the kept entries
-        follow (:meth:`PreparedCube.reobserved`); otherwise ``prep`` is returned unchanged.
+        needs no number. The first estimate and the kept entries follow (:meth:`PreparedCube.reobserved`);
+        otherwise ``prep`` is returned unchanged.
         """
         obs = prep.observation
         families = self.unobserved(prep)
