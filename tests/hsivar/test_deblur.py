@@ -13,6 +13,7 @@ from hsivar.deblur import (
     blur_width,
     blur_width_of,
     deconvolve,
+    fit_bands,
     kernel,
     refine_width,
     richardson_lucy,
@@ -60,6 +61,22 @@ def test_the_data_fit_widens_an_estimate_that_reads_too_little_blur(clean: np.nd
     refined = refine_width(blurred, 0.6 * sigma)
     assert 0.88 * sigma < refined < 1.08 * sigma, (refined, sigma)
     assert psnr(richardson_lucy(blurred, refined), clean) > psnr(richardson_lucy(blurred, 0.6 * sigma), clean) + 1.0
+
+
+def test_the_data_fit_runs_on_the_most_textured_bands(clean: np.ndarray) -> None:
+    """The fit reads the bands whose texture shows the blur (largest spatial variance), in band order; a cube with
+    few bands is fitted on all of them. Flat and faint bands among many (a dark absorption band) are left out and
+    the width still lands near the true σ."""
+    texture = clean[3] - clean[3].mean()
+    cube = np.stack([0.5 + s * texture for s in (0.0, 0.2, 0.0, 1.0, 0.05, 0.6, 0.0, 0.8)]).astype(np.float32)
+    assert fit_bands(cube, 3).tolist() == [3, 5, 7]
+    assert fit_bands(cube, 8).tolist() == list(range(8))
+    assert fit_bands(cube, 20).tolist() == list(range(8))
+    many = np.concatenate([np.full((24, 64, 64), 0.01, np.float32), clean])  # 24 flat dark bands, then 16 textured
+    blurred = degrade_for_test(many, "blur", 15)[0]
+    assert set(fit_bands(blurred).tolist()) <= set(range(24, 40))
+    refined = refine_width(blurred, 0.8 * blur_sigma(15))
+    assert 0.88 * blur_sigma(15) < refined < 1.08 * blur_sigma(15), refined
 
 
 def test_the_blind_width_refines_a_whole_noiseless_cube_only(clean: np.ndarray) -> None:
