@@ -254,7 +254,7 @@ def first_estimate(cube01: np.ndarray, obs: Observation, wavelengths: Sequence[f
     if obs.noisy() or obs.underexposed:
         x = denoise_subspace(x)  # noisy observed entries are denoised too: they are not exact
     if obs.blur_sigma:
-        x = deconvolve(x, obs.blur_sigma, noisy=obs.noisy())
+        x = deconvolve(x, obs.blur_sigma, noisy=obs.noisy(), border=obs.blur_border)
     if obs.haze:
         x = dehaze(x)
     return x

@@ -109,6 +109,7 @@ def example_estimate(lq01: np.ndarray, record: DegradationRecord | Observation) 
     # what the cube does not show: blur width, haze, exposure
     told = record if isinstance(record, Observation) else Observation.from_record(record)
     obs = obs.replaced(blur_sigma=told.blur_sigma if told.blur_sigma is not None else obs.blur_sigma,
+                       blur_border=told.blur_border if told.blur_sigma is not None else obs.blur_border,
                        haze=told.haze or None, exposure=told.exposure)
     kept = exact_entries(obs)
     return first_estimate(lq01, obs), (np.zeros(lq01.shape, bool) if kept is None else kept)

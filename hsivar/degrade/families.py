@@ -382,7 +382,7 @@ def _complex_facts(level: Level, bands: int) -> dict[str, Any]:
 
 
 def _blur_facts(level: Level, bands: int) -> dict[str, Any]:
-    return {"blur_sigma": blur_sigma(int(level))}
+    return {"blur_sigma": blur_sigma(int(level)), "blur_border": "zero"}  # the family zero-pads (_blur)
 
 
 def _sr_facts(level: Level, bands: int) -> dict[str, Any]:

@@ -8,7 +8,11 @@ cube is y = A(x) + n. :class:`Observation` holds what is known about A and n for
   The entries that were observed are exact up to the noise, so the restoration keeps them.
 * ``sr_scale`` — y is x down-sampled by s (bicubic, ``align_corners=True``) and pixel-replicated back to
   H×W; what was observed is the low-resolution grid ``y[:, ::s, ::s]``.
-* ``blur_sigma`` — y is x blurred by a separable Gaussian of this width (pixels), zero padding.
+* ``blur_sigma`` — y is x blurred by a separable Gaussian of this width (pixels).
+* ``blur_border`` — the blur's boundary (:data:`hsivar.deblur.Border`): ``"zero"``, zero padding beyond the frame
+  (the blur family's, so its records and protocol levels say so), or ``"free"``, a scene going on beyond it (a
+  camera's image, a tile of a larger one); None: read from the cube's border when deblurring
+  (:func:`hsivar.deblur.border_of`).
 * ``noise_sigma`` — (C,) per-band noise σ in [0, 1] units.
 * ``stripes`` — some bands carry column offsets (complex noise, case 2); None: not known (detection decides),
   False: known to have none (a record or a protocol level says so, and detection does not override it).
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from hsivar.deblur import Border
 from hsivar.degrade.record import DegradationRecord
 from hsivar.exposure import brightness
 
@@ -71,6 +76,7 @@ class Observation:
     plausible: tuple[str, ...] | None = None
     haze: bool | None = None
     exposure: float | None = None
+    blur_border: Border | None = None
 
     def unknown_facts(self) -> tuple[str, ...]:
         """The families of :data:`UNSEEN_FAMILIES` whose fact this observation does not know yet: blur (its width),
@@ -120,7 +126,8 @@ class Observation:
                            {**other.source, **self.source},
                            self.plausible if self.plausible is not None else other.plausible,
                            self.haze if self.haze is not None else other.haze,
-                           self.exposure if self.exposure is not None else other.exposure)
+                           self.exposure if self.exposure is not None else other.exposure,
+                           self.blur_border or other.blur_border)
 
     def with_missing(self, mask: np.ndarray, source: str) -> Observation:
         """This observation with the (C, H, W) bool ``mask`` of entries known to be unobserved added."""
@@ -132,7 +139,7 @@ class Observation:
                 "noise_sigma": None if self.noise_sigma is None else [float(v) for v in self.noise_sigma],
                 "stripes": self.stripes, "source": dict(self.source),
                 "plausible": None if self.plausible is None else list(self.plausible),
-                "haze": self.haze, "exposure": self.exposure}
+                "haze": self.haze, "exposure": self.exposure, "blur_border": self.blur_border}
 
     @classmethod
     def from_facts(cls, facts: dict[str, Any], missing: np.ndarray | None = None) -> Observation:
@@ -142,13 +149,13 @@ class Observation:
                    None if noise is None else np.asarray(noise, np.float32), facts.get("stripes"),
                    dict(facts.get("source") or {}),
                    None if facts.get("plausible") is None else tuple(facts["plausible"]),
-                   facts.get("haze"), facts.get("exposure"))
+                   facts.get("haze"), facts.get("exposure"), facts.get("blur_border"))
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts: fraction of unobserved entries, missing bands, sr scale, blur σ, mean noise σ."""
         return {"missing_fraction": float(self.missing.mean()) if self.missing is not None else 0.0,
                 "missing_bands": np.flatnonzero(self.missing_bands).tolist(), "sr_scale": self.sr_scale,
-                "blur_sigma": self.blur_sigma, "stripes": self.stripes,
+                "blur_sigma": self.blur_sigma, "blur_border": self.blur_border, "stripes": self.stripes,
                 "noise_sigma": float(np.mean(self.noise_sigma)) if self.noise_sigma is not None else None,
                 "plausible_tasks": None if self.plausible is None else list(self.plausible),
                 "haze": self.haze, "exposure": self.exposure, "source": dict(self.source)}
@@ -184,7 +191,7 @@ class Observation:
         if record.scale:
             obs.sr_scale = int(record.scale)
         if record.blur_sigma is not None:
-            obs.blur_sigma = float(record.blur_sigma)
+            obs.blur_sigma, obs.blur_border = float(record.blur_sigma), "zero"  # the blur family zero-pads
         obs.haze = record.haze_beta is not None
         if record.exposure is not None:
             obs.exposure = float(record.exposure)

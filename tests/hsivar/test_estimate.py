@@ -20,6 +20,7 @@ from hsivar.estimate import (
     upsample_grid,
     wiener_dct,
 )
+from hsivar.kernels import blur_sigma
 from hsivar.metrics import evaluate_record, psnr, sam
 from hsivar.synth import make_cube
 
@@ -152,6 +153,24 @@ def test_blur_consistency_lowers_the_data_misfit(clean: np.ndarray) -> None:
     fixed = project(guess, blurred, obs)
     assert misfit(fixed) < 0.5 * misfit(guess) and psnr(fixed, clean) > psnr(guess, clean)
     assert np.array_equal(project(guess, blurred, Observation(clean.shape)), guess)  # nothing known: unchanged
+
+
+def test_a_blurred_window_of_a_larger_scene_is_deblurred_with_a_free_border() -> None:
+    """A user's blurred image is a window of a scene going on beyond its frame: told only the width, the first
+    estimate reads the border as free and deblurs it (read as zero-padded it would be worse than the input), and
+    the consistency step keeps it so; told the border, it uses it."""
+    from hsivar.deblur import blur
+    from hsivar.kernels import gaussian_kernel1d
+
+    scene = make_cube(seed=5, size=64, bands=12)[0]
+    blurred = blur(scene, gaussian_kernel1d(15))[:, 12:52, 12:52]
+    window = scene[:, 12:52, 12:52]
+    told_width = Observation(blurred.shape, blur_sigma=blur_sigma(15))
+    x0 = first_estimate(blurred, told_width)
+    assert psnr(x0, window) > psnr(blurred, window) + 2.0
+    assert psnr(project(x0, blurred, told_width), window) > psnr(blurred, window) + 2.0
+    told_zero = told_width.replaced(blur_border="zero")
+    assert psnr(first_estimate(blurred, told_zero), window) < psnr(blurred, window)
 
 
 def test_fill_does_not_mix_bands_at_its_finest_scales() -> None:

@@ -27,7 +27,8 @@ def test_records_say_which_entries_were_not_observed(cube: np.ndarray) -> None:
     assert np.array_equal(Observation.from_record(rec).missing, rec.impulse_mask)
     assert Observation.from_record(degrade_for_test(cube, "complex", 2)[1]).stripes
     assert Observation.from_record(degrade_for_test(cube, "sr", 4)[1]).sr_scale == 4
-    assert Observation.from_record(degrade_for_test(cube, "blur", 15)[1]).blur_sigma == pytest.approx(blur_sigma(15))
+    blurred = Observation.from_record(degrade_for_test(cube, "blur", 15)[1])
+    assert blurred.blur_sigma == pytest.approx(blur_sigma(15)) and blurred.blur_border == "zero"
     obs = Observation.from_record(degrade_for_test(cube, "gaussian", 50)[1])
     assert obs.noise_sigma.shape == (C,) and np.allclose(obs.noise_sigma, 50 / 255)
 
@@ -84,6 +85,8 @@ def test_impulse_hits_and_saturated_entries_count_as_unobserved(cube: np.ndarray
 def test_a_level_says_what_the_masks_cannot() -> None:
     shape = (8, 16, 16)
     assert observation_of_level("blur", 21, shape).blur_sigma == pytest.approx(blur_sigma(21))
+    assert observation_of_level("blur", 21, shape).blur_border == "zero"  # the family zero-pads
+    assert observation_of_level("sr", 8, shape).blur_border is None
     assert observation_of_level("sr", 8, shape).sr_scale == 8
     assert np.allclose(observation_of_level("gaussian", 70, shape).noise_sigma, np.full(8, 70 / 255))
     assert observation_of_level("complex", 2, shape).stripes and not observation_of_level("complex", 3, shape).stripes
@@ -97,10 +100,10 @@ def test_merge_facts_and_masks(cube: np.ndarray) -> None:
     C, H, W = cube.shape
     a = Observation((C, H, W), np.zeros((C, H, W), bool), blur_sigma=2.0, source={"given": "user"})
     a.missing[0, :2] = True
-    b = Observation((C, H, W), np.zeros((C, H, W), bool), sr_scale=4, blur_sigma=9.0)
+    b = Observation((C, H, W), np.zeros((C, H, W), bool), sr_scale=4, blur_sigma=9.0, blur_border="free")
     b.missing[1, :, :3] = True
     m = a.merge(b)
-    assert m.missing.sum() == 2 * W + 3 * H and m.blur_sigma == 2.0 and m.sr_scale == 4
+    assert m.missing.sum() == 2 * W + 3 * H and m.blur_sigma == 2.0 and m.sr_scale == 4 and m.blur_border == "free"
     again = Observation.from_facts(m.facts(), m.missing)
     assert again.facts() == m.facts() and np.array_equal(again.missing, m.missing)
     with pytest.raises(ValueError, match="cannot merge"):
