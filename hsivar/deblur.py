@@ -114,7 +114,7 @@ def border_of(y: np.ndarray, sigma: float) -> Border:
     The bands are summed; for every column of the four edges (corners left out) the log of the first ⌈3σ⌉ + 1 rows
     over the innermost of them, and the median over columns m(i) is fitted by ``α log p(i) + β (r − i) / r`` — the
     zero padding's profile plus a linear trend of the scene (a scene brighter in the middle darkens towards the edge
-    too, but gradually). Zero padding when α > ½ (on the demo and Landsat-8 cubes α is 0.59–1.1 for the blur family's
+    too, but gradually). Zero padding when α > ½ (on the demo and Landsat-8 cubes α is 0.59–2.0 for the blur family's
     cubes and ≤ 0.47 for windows cut from blurred cubes). Also zero when the border cannot tell (a cube too small
     for the kernel, or fewer than 8 edge columns that are positive: exact zeros at the border mean a dark scene or
     nodata beyond it).
