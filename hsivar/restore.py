@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from hsivar.config import ModelConfig
-from hsivar.deblur import blind_width
+from hsivar.deblur import blind_width, border_of
 from hsivar.degrade.observation import Observation
 from hsivar.exposure import estimate_exposure
 from hsivar.memo import DecodedTiles
@@ -323,7 +323,8 @@ class Restorer(RestoreSpec):
         that one alone, or ``"auto"`` among several where the model's classifier gives it a mean weight of at least
         one half over up to ``max_tiles`` tiles spread over the cube. Then the classical estimate: the blur width σ
         from the power spectrum over up to ``max_tiles`` windows, refined by the data fit when the cube is not noisy
-        (:func:`hsivar.deblur.blind_width`; none when no window shows a blur), the exposure from the cube's
+        (:func:`hsivar.deblur.blind_width`; none when no window shows a blur) and the blur's boundary
+        (:func:`hsivar.deblur.border_of`, unless known), the exposure from the cube's
         brightness (:func:`hsivar.exposure.estimate_exposure`; none when it is as bright as a normal scene); haze
         needs no number. The first estimate and the kept entries follow (:meth:`PreparedCube.reobserved`);
         otherwise ``prep`` is returned unchanged.
@@ -348,6 +349,8 @@ class Restorer(RestoreSpec):
             sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles)
             if sigma is not None:
                 facts["blur_sigma"] = sigma
+                if obs.blur_border is None:  # said in the output, and the same for the estimate and consistency
+                    facts["blur_border"] = border_of(cube, sigma)
         if shares.get("haze"):
             facts["haze"] = True
         if shares.get("lowlight"):

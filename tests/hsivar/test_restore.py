@@ -205,6 +205,7 @@ def test_blind_blur_gets_its_width_from_the_cube(tiny_model: HSIVAR) -> None:
     blind = restorer.observe(prep, "blur")
     sigma = blind.observation.blur_sigma
     assert sigma and 1.5 < sigma < 2.8 and blind.observation.source["blur_sigma"] == "estimated"  # true 2.6 px
+    assert blind.observation.blur_border == "zero"  # the blur family's zero padding, read from the border
     expected = first_estimate(cube, Observation.detect(cube).replaced(blur_sigma=sigma))
     np.testing.assert_allclose(blind.estimate01[:, :48, :48].numpy(), expected, atol=1e-6)
     assert restorer.observe(prep, "gaussian") is prep
@@ -212,7 +213,25 @@ def test_blind_blur_gets_its_width_from_the_cube(tiny_model: HSIVAR) -> None:
     known = restorer.prepare(cube, 8, value_range=(0.0, 1.0), observation=Observation(cube.shape, blur_sigma=2.6))
     assert restorer.observe(known, "blur") is known
     out = restorer.restore(cube, "blur", value_range=(0.0, 1.0))
-    assert out.observation["blur_sigma"] == pytest.approx(sigma)
+    assert out.observation["blur_sigma"] == pytest.approx(sigma) and out.observation["blur_border"] == "zero"
+
+
+def test_a_blurred_window_of_a_scene_is_read_with_a_free_border(tiny_model: HSIVAR) -> None:
+    """A camera's blurred image goes on beyond its frame: blind restoration reads the border as free, says so in the
+    output, and its first estimate deblurs the window instead of framing it brighter (worse than the input)."""
+    from hsivar.deblur import blur
+    from hsivar.kernels import gaussian_kernel1d
+    from hsivar.metrics import psnr
+    from hsivar.synth import make_cube
+
+    scene = make_cube(seed=5, size=72, bands=8)[0]
+    window, blurred = scene[:, 12:60, 12:60], blur(scene, gaussian_kernel1d(15))[:, 12:60, 12:60]
+    restorer = Restorer(tiny_model)
+    blind = restorer.observe(restorer.prepare(blurred, 8, value_range=(0.0, 1.0)), "blur")
+    assert blind.observation.blur_border == "free" and blind.observation.source["blur_border"] == "estimated"
+    assert psnr(blind.estimate01[:, :48, :48].numpy(), window) > psnr(blurred, window) + 1.0
+    out = restorer.restore(blurred, "blur", value_range=(0.0, 1.0))
+    assert out.observation["blur_border"] == "free"
 
 
 def test_auto_restores_among_the_families_the_cube_leaves_plausible(tiny_model: HSIVAR) -> None:
