@@ -57,7 +57,8 @@ def family_cost(restorer: Restorer, clean, task: str, level, repeats: int) -> di
     obs = observation_of_level(task, level, degraded.shape)
     t_prep, prep = _timed(lambda: restorer.prepare(degraded, overlap, value_range=(0.0, 1.0), observation=obs),
                           repeats)
-    blind = restorer.prepare(degraded, overlap, value_range=(0.0, 1.0), observation=obs.replaced(blur_sigma=None))
+    blind = restorer.prepare(degraded, overlap, value_range=(0.0, 1.0),
+                             observation=obs.replaced(blur_sigma=None, blur_border=None))
     t_blur, _ = _timed(lambda: restorer.observe(blind, "blur"), repeats)
     t_model, samples = _timed(lambda: restorer.restore_prepared(prep, task).samples01, repeats)
     t_cons, _ = _timed(lambda: finish(prep, torch.stack([prep.consistent(s) for s in samples])), repeats)

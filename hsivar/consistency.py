@@ -66,7 +66,7 @@ def project(x01: np.ndarray, y01: np.ndarray, obs: Observation, blur_weight: flo
     if obs.sr_scale:
         x = back_project(x, y01, obs.sr_scale)
     if obs.blur_sigma:
-        border = obs.blur_border  # None: read from y's border, as the first estimate did
+        border = obs.blur_border  # None: read from y's border, as the first estimate reads it
         x = (tikhonov(y01, obs.blur_sigma, prior=x, weight=blur_weight, iters=blur_iters, border=border)
              if obs.noisy() else
              richardson_lucy(y01, obs.blur_sigma, iters=blur_iters, start=x, plain=blur_iters, border=border))

@@ -7,7 +7,7 @@ beyond the frame, and a tile cut from a larger image is the same. The inverses t
 inverses explain the darker border instead of ringing against it; with ``border="free"`` the image is estimated on
 a domain larger by the kernel's reach and K keeps the part inside the frame (Bertero and Boccacci's boundary
 treatment), so a bright border is not read as a bright frame of the image. The wrong model costs much: on windows
-cut from blurred cubes zero padding gives 12–18 dB, less than the blurred input, against 29–32 dB free
+cut from blurred cubes zero padding gives 12–18 dB, less than the blurred input (26–29 dB), against 30–34 dB free
 (docs/experiments.md).
 
 * :func:`blur_width` — blind σ from the cube alone: the radial power spectrum of the bands (windowed by a
@@ -115,15 +115,16 @@ def border_of(y: np.ndarray, sigma: float) -> Border:
     over the innermost of them, and the median over columns m(i) is fitted by ``α log p(i) + β (r − i) / r`` — the
     zero padding's profile plus a linear trend of the scene (a scene brighter in the middle darkens towards the edge
     too, but gradually). Zero padding when α > ½ (on the demo and Landsat-8 cubes α is 0.59–2.0 for the blur family's
-    cubes and ≤ 0.47 for windows cut from blurred cubes). Also zero when the border cannot tell (a cube too small
-    for the kernel, or fewer than 8 edge columns that are positive: exact zeros at the border mean a dark scene or
-    nodata beyond it).
+    cubes and ≤ 0.47 for windows cut from blurred cubes). Zero, too, when fewer than 8 edge columns are positive:
+    exact zeros along the border mean a dark scene or nodata beyond it. Free when the border cannot tell otherwise
+    (a kernel of less than 3 px a side, a cube too small for the kernel): the safer error — a free border read as
+    zero-padded comes back worse than the blurred input, the other way round costs a few dB at the border.
     """
     k = kernel(sigma).astype(np.float64)
     r = len(k) // 2
     C, H, W = y.shape
-    if min(H, W) < 2 * r + 3:
-        return "zero"
+    if r < 3 or min(H, W) < 2 * r + 3:
+        return "free"
     p = np.cumsum(k[::-1])[::-1][r - np.arange(r + 1)]  # p(i): the kernel's mass on rows ≥ 0 seen from row i
     z = np.maximum(np.asarray(y, np.float64), 0.0).sum(axis=0)  # (H, W)
     inner = slice(r, -r)
@@ -139,7 +140,13 @@ def border_of(y: np.ndarray, sigma: float) -> Border:
 
 
 def _margin(k1d: np.ndarray, border: Border) -> int:
-    """Pixels by which the estimated image extends the frame on every side: the kernel's reach for a free border."""
+    """Pixels by which the estimated image extends the frame on every side: the kernel's reach for a free border.
+
+    Raises:
+        ValueError: ``border`` is not one of :data:`Border`'s values.
+    """
+    if border not in ("zero", "free"):
+        raise ValueError(f"the blur's border must be 'zero' or 'free', got {border!r}")
     return len(k1d) // 2 if border == "free" else 0
 
 
@@ -214,7 +221,9 @@ cost stops growing with the band count (docs/experiments.md)."""
 
 def fit_bands(cube: np.ndarray, count: int = FIT_BANDS) -> np.ndarray:
     """The indices (≤ ``count``,) int of the bands of ``cube`` (C, H, W) with the largest spatial variance — the
-    ones whose texture shows a blur most — in band order; all bands when C ≤ ``count``."""
+    ones whose texture shows a blur most — in band order; all bands when C ≤ ``count`` (≥ 1)."""
+    if count < 1:
+        raise ValueError(f"the data fit needs at least one band, got count={count}")
     C = cube.shape[0]
     if C <= count:
         return np.arange(C)
@@ -256,16 +265,17 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
 
 
 def blind_width(cube: np.ndarray, noisy: bool = False, window: int = 128, max_windows: int = 16,
-                refine_side: int = 128) -> float | None:
+                refine_side: int = 128, border: Border | None = None) -> float | None:
     """The blur width σ (px) of a cube (C, H, W) in [0, 1] from the cube alone, as blind restoration needs it: the
     spectral estimate (:func:`blur_width_of`), refined by the data fit (:func:`refine_width`) when the cube is not
-    ``noisy``, its border shows zero padding (:func:`border_of`; the fit needs it) and it is at most ``refine_side``
-    px a side (the fit runs on the whole image, on at most :data:`FIT_BANDS`
-    bands: ≈0.55 s for 64×64 on one core, 22 candidates × 100 iterations, ≈3.3 s at 128 px). None when no blur
-    shows.
+    ``noisy``, its ``border`` is zero padding (None: read, :func:`border_of`; the fit needs it) and it is at most
+    ``refine_side`` px a side (the fit runs on the whole image, on at most :data:`FIT_BANDS` bands: ≈0.55 s for
+    64×64 on one core, 22 candidates × 100 iterations, ≈3.3 s at 128 px). None when no blur shows.
     """
     sigma0 = blur_width_of(cube, window, max_windows)
-    if sigma0 is None or noisy or max(cube.shape[-2:]) > refine_side or border_of(cube, sigma0) == "free":
+    if sigma0 is None or noisy or max(cube.shape[-2:]) > refine_side:
+        return sigma0
+    if (border or border_of(cube, sigma0)) == "free":
         return sigma0
     return refine_width(cube, sigma0)
 
@@ -277,8 +287,8 @@ def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.nda
 
     Args:
         iters: iterations; each costs two blurs.
-        start: the first iterate (default ``y``); values are raised to ``floor`` (a multiplicative update
-            cannot move an entry away from 0).
+        start: the first iterate (C, H, W) (default ``y``; with a free border extended by its edge values); values
+            are raised to ``floor`` (a multiplicative update cannot move an entry away from 0).
         plain: the last ``plain`` iterations are plain steps; the ones before use Biggs–Andrews vector
             extrapolation (≈2–3× fewer iterations for the same fit, but its steps add spectral noise that a few
             plain steps remove: −1° of spectral angle at no cost in PSNR on the demo cubes).
@@ -287,7 +297,7 @@ def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.nda
     k = kernel(sigma)
     obs = np.maximum(np.asarray(y, np.float32), 0.0)
     margin = _margin(k, border or border_of(obs, sigma))
-    norm = np.maximum(_adjoint(np.ones_like(obs), k, margin), 1e-6)  # Kᵀ1: < 1 within 3σ of the border
+    norm = np.maximum(_adjoint(np.ones_like(obs), k, margin), 1e-12)  # Kᵀ1: < 1 within 3σ of the frame's edge
     x = np.maximum(_extend(obs if start is None else np.asarray(start, np.float32), margin), floor)
     previous, g1, g2 = x, None, None
     for i in range(iters):

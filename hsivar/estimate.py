@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hsivar.deblur import deconvolve
+from hsivar.deblur import border_of, deconvolve
 from hsivar.degrade.observation import Observation, column_departures, noise_by_regression, own_column_profile
 from hsivar.dehaze import dehaze
 from hsivar.exposure import correct_exposure
@@ -254,7 +254,9 @@ def first_estimate(cube01: np.ndarray, obs: Observation, wavelengths: Sequence[f
     if obs.noisy() or obs.underexposed:
         x = denoise_subspace(x)  # noisy observed entries are denoised too: they are not exact
     if obs.blur_sigma:
-        x = deconvolve(x, obs.blur_sigma, noisy=obs.noisy(), border=obs.blur_border)
+        # the border read from the cube as observed, as the consistency step reads it (not from the filled x)
+        border = obs.blur_border or border_of(np.asarray(cube01, np.float32), obs.blur_sigma)
+        x = deconvolve(x, obs.blur_sigma, noisy=obs.noisy(), border=border)
     if obs.haze:
         x = dehaze(x)
     return x

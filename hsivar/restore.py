@@ -346,7 +346,7 @@ class Restorer(RestoreSpec):
         cube = prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy()
         facts: dict[str, object] = {}
         if shares.get("blur"):
-            sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles)
+            sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles, border=obs.blur_border)
             if sigma is not None:
                 facts["blur_sigma"] = sigma
                 if obs.blur_border is None:  # said in the output, and the same for the estimate and consistency

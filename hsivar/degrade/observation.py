@@ -145,6 +145,8 @@ class Observation:
     def from_facts(cls, facts: dict[str, Any], missing: np.ndarray | None = None) -> Observation:
         """The observation of :meth:`facts` and its ``missing`` mask (C, H, W) bool."""
         noise = facts.get("noise_sigma")
+        if facts.get("blur_border") not in (None, "zero", "free"):
+            raise ValueError(f"blur_border must be 'zero', 'free' or None, got {facts['blur_border']!r}")
         return cls(tuple(facts["shape"]), missing, facts.get("sr_scale"), facts.get("blur_sigma"),  # type: ignore[arg-type]
                    None if noise is None else np.asarray(noise, np.float32), facts.get("stripes"),
                    dict(facts.get("source") or {}),
@@ -152,7 +154,8 @@ class Observation:
                    facts.get("haze"), facts.get("exposure"), facts.get("blur_border"))
 
     def summary(self) -> dict[str, Any]:
-        """JSON-friendly facts: fraction of unobserved entries, missing bands, sr scale, blur σ, mean noise σ."""
+        """JSON-friendly facts: fraction of unobserved entries, missing bands, sr scale, blur σ and border, mean noise
+        σ."""
         return {"missing_fraction": float(self.missing.mean()) if self.missing is not None else 0.0,
                 "missing_bands": np.flatnonzero(self.missing_bands).tolist(), "sr_scale": self.sr_scale,
                 "blur_sigma": self.blur_sigma, "blur_border": self.blur_border, "stripes": self.stripes,

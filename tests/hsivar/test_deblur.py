@@ -73,11 +73,14 @@ def test_the_data_fit_runs_on_the_most_textured_bands(clean: np.ndarray) -> None
     assert fit_bands(cube, 3).tolist() == [3, 5, 7]
     assert fit_bands(cube, 8).tolist() == list(range(8))
     assert fit_bands(cube, 20).tolist() == list(range(8))
+    with pytest.raises(ValueError, match="at least one band"):
+        fit_bands(cube, 0)
     many = np.concatenate([np.full((24, 64, 64), 0.01, np.float32), clean])  # 24 flat dark bands, then 16 textured
     blurred = degrade_for_test(many, "blur", 15)[0]
     assert set(fit_bands(blurred).tolist()) <= set(range(24, 40))
     refined = refine_width(blurred, 0.8 * blur_sigma(15))
     assert 0.88 * blur_sigma(15) < refined < 1.08 * blur_sigma(15), refined
+    assert refined == refine_width(blurred[fit_bands(blurred)], 0.8 * blur_sigma(15), bands=40)  # those bands only
 
 
 def test_the_blind_width_refines_a_whole_noiseless_cube_only(clean: np.ndarray) -> None:
@@ -101,13 +104,17 @@ def _cut_window(k: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("k", [3, 9, 21])
 def test_the_border_tells_zero_padding_from_a_scene_beyond_the_frame(clean: np.ndarray, k: int) -> None:
     """The blur family's zero-padded border darkens by the kernel's profile; a window of a larger blurred scene does
-    not; a cube too small for the kernel, or with zeros all along its border, counts as zero-padded."""
+    not; zeros all along the border (nodata beyond it) count as zero padding; a cube too small for the kernel, or a
+    kernel too narrow to show a profile, as free (the safer error). A border other than zero or free is refused."""
     sigma = blur_sigma(k)
     assert border_of(degrade_for_test(clean, "blur", k)[0], sigma) == "zero"
     assert border_of(_cut_window(k)[0], sigma) == "free"
-    assert border_of(clean[:, :8, :8], sigma) == "zero"
     framed = np.pad(_cut_window(k)[0], ((0, 0), (2, 2), (2, 2)))
     assert border_of(framed, sigma) == "zero"
+    assert border_of(degrade_for_test(clean[:, :8, :8], "blur", k)[0], sigma) == "free"
+    assert border_of(degrade_for_test(clean, "blur", 3)[0], 0.5) == "free"
+    with pytest.raises(ValueError, match="'zero' or 'free'"):
+        richardson_lucy(clean, sigma, 2, border="reflect")  # type: ignore[arg-type]
 
 
 def test_the_free_border_operator_and_its_adjoint_agree() -> None:

@@ -96,7 +96,10 @@ def _centre_tiles(model: RestorationModel, b: dict[str, np.ndarray], device: tor
     lq = np.ascontiguousarray(b["degraded"][..., r0:r0 + S, c0:c0 + S], np.float32)
     x0 = kept = None
     if model.cfg.first_estimate:
-        pairs = [example_estimate(lq[i], observation_of_level(str(b["task"][i]), float(b["level"][i]), lq[i].shape))
+        # a tile cut from inside a blurred cube has the scene beyond its frame, not the blur's zero padding
+        border = "zero" if H <= S and W <= S else "free"
+        pairs = [example_estimate(lq[i], observation_of_level(str(b["task"][i]), float(b["level"][i]), lq[i].shape)
+                                  .replaced(blur_border=border))
                  for i in range(len(lq))]
         x0 = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
         kept = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
