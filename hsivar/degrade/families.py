@@ -382,7 +382,9 @@ def _complex_facts(level: Level, bands: int) -> dict[str, Any]:
 
 
 def _blur_facts(level: Level, bands: int) -> dict[str, Any]:
-    return {"blur_sigma": blur_sigma(int(level)), "blur_border": "zero"}  # the family zero-pads (_blur)
+    # the level says nothing of the border: read from the cube (zero-padded crops, or the scene beyond a crop that
+    # an evaluation blurred with a margin)
+    return {"blur_sigma": blur_sigma(int(level))}
 
 
 def _sr_facts(level: Level, bands: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ cube is y = A(x) + n. :class:`Observation` holds what is known about A and n for
   H×W; what was observed is the low-resolution grid ``y[:, ::s, ::s]``.
 * ``blur_sigma`` — y is x blurred by a separable Gaussian of this width (pixels).
 * ``blur_border`` — the blur's boundary (:data:`hsivar.deblur.Border`): ``"zero"``, zero padding beyond the frame
-  (the blur family's, so its records and protocol levels say so), or ``"free"``, a scene going on beyond it (a
+  (the blur family's, so its records say so), or ``"free"``, a scene going on beyond it (a
   camera's image, a tile of a larger one); None: read from the cube's border when deblurring
   (:func:`hsivar.deblur.border_of`).
 * ``noise_sigma`` — (C,) per-band noise σ in [0, 1] units.

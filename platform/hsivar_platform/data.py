@@ -281,40 +281,63 @@ def _centre_window(shape: tuple[int, int, int], crop: int | None) -> tuple[int, 
     return ((H - h) // 2, (W - w) // 2, h, w)
 
 
+def _centre_slices(shape: tuple[int, ...], side: int) -> tuple[slice, slice]:
+    """The rows and columns of the centre ``side``² window of an array of ``shape`` (…, H, W)."""
+    r0, c0, h, w = _centre_window((0, *shape[-2:]), side)  # type: ignore[misc]
+    return slice(r0, r0 + h), slice(c0, c0 + w)
+
+
 def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int = 2024,
-                 norm_window: int | None = None) -> dict[str, Any] | None:
+                 norm_window: int | None = None, blur_margin: int = 0) -> dict[str, Any] | None:
     """Read one cube (its centre ``crop``² when given), normalise it to [0, 1] and apply one protocol case.
 
     The min–max normalisation uses the centre ``max(crop, norm_window)``² region (validation passes
-    the training window, so tiles are scaled as in training), then the centre ``crop``² is kept.
+    the training window, so tiles are scaled as in training), then the centre ``crop``² is kept and degraded.
+    With ``blur_margin`` (pixels, needs ``crop``) a blur case blurs the centre ``crop + 2·blur_margin``² instead,
+    scaled alike, and keeps its centre ``crop``²: the scene goes on beyond the crop's frame, as in a camera's blurred
+    image, instead of the protocol's zero padding at the crop's edge (:func:`hsivar.deblur.border_of`).
 
     Returns:
         The row plus ``clean`` and ``degraded`` (C, H, W) float32, ``task_weights`` (T,) in :data:`~hsivar.tasks.TASKS`
         order,
         ``band_mask`` (C,) bool (the bands scored: the missing ones for bandmiss, else all) and
-        ``ergas_ratio`` (1/s for sr, else 1); None (with a warning) when the cube cannot be used.
+        ``ergas_ratio`` (1/s for sr, else 1); None (with a warning) when the cube cannot be used (too small for
+        the blur margin, among others).
     """
     uri = str(row["uri"])
     opts = storage.storage_options(uri)
+    task = str(row["task"])
+    margin = blur_margin if crop is not None and task == "blur" else 0
     try:
         shape = cube_shape(uri, storage_options=opts)
         if shape[0] != bands:
             raise ValueError(f"{shape[0]} bands, the model restores {bands}")
-        region = None if crop is None else max(crop, norm_window or 0)
+        scaled = None if crop is None else max(crop, norm_window or 0)  # the region whose min–max scales the cube
+        degraded_side = None if crop is None else crop + 2 * margin
+        if degraded_side is not None and min(shape[1:]) < degraded_side:
+            if margin:
+                raise ValueError(f"{shape[1]}×{shape[2]} px: a blur margin of {margin} px around the {crop}-px "
+                                 f"crop needs {degraded_side} px a side")
+            degraded_side = crop  # the crop of a smaller cube: the whole cube, as before
+        region = None if crop is None else max(scaled, degraded_side)  # type: ignore[type-var]
         cube, _ = read_cube(uri, window=_centre_window(shape, region), storage_options=opts)
     except Exception as e:
         log.warning(WORKER_TAG + " skipping %s in the test protocol: %s", uri, e)
         return None
-    clean = normalise(cube, None)
-    if clean is not None and crop is not None:
-        r0, c0, h, w = _centre_window(clean.shape, crop)  # type: ignore[misc]
-        clean = np.ascontiguousarray(clean[:, r0:r0 + h, c0:c0 + w])
-    if clean is None:
+    stats = cube if scaled is None else cube[(slice(None), *_centre_slices(cube.shape, scaled))]
+    lo, hi = float(stats.min()), float(stats.max())
+    if not hi > lo:
         log.warning(WORKER_TAG + " skipping %s in the test protocol: constant cube", uri)
         return None
-    task = str(row["task"])
+    x = ((cube - lo) / (hi - lo)).astype(np.float32)  # normalise(): outside the scaled region it may leave [0, 1]
+    if degraded_side is not None:
+        x = np.ascontiguousarray(x[(slice(None), *_centre_slices(x.shape, degraded_side))])
     level = case_level(task, float(row["level"]))
-    degraded, record = degrade_for_test(clean, task, level, seed=seed, index=int(row["index"]))
+    degraded, record = degrade_for_test(x, task, level, seed=seed, index=int(row["index"]))
+    clean = x
+    if margin:
+        keep = (slice(None), *_centre_slices(x.shape, crop))  # type: ignore[arg-type]
+        clean, degraded = np.ascontiguousarray(x[keep]), np.ascontiguousarray(np.asarray(degraded)[keep])
     mask = record.band_mask
     return {**{k: row[k] for k in ("uri", "index", "task", "level", "case")},
             "clean": clean, "degraded": np.asarray(degraded, dtype=np.float32),
@@ -324,11 +347,11 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
 
 
 def degrade_cases(batch: dict[str, np.ndarray], *, bands: int, crop: int | None, seed: int = 2024,
-                  norm_window: int | None = None) -> dict[str, Any]:
+                  norm_window: int | None = None, blur_margin: int = 0) -> dict[str, Any]:
     """``map_batches`` form of :func:`degrade_case` (rows that fail are dropped)."""
     n = len(batch["uri"])
     rows = [degrade_case({k: v[i] for k, v in batch.items()}, bands=bands, crop=crop, seed=seed,
-                         norm_window=norm_window) for i in range(n)]
+                         norm_window=norm_window, blur_margin=blur_margin) for i in range(n)]
     rows = [r for r in rows if r is not None]
     if not rows:
         return {}
@@ -337,12 +360,14 @@ def degrade_cases(batch: dict[str, np.ndarray], *, bands: int, crop: int | None,
 
 
 def protocol_dataset(files: Sequence[str], cases: Sequence[ProtocolCase], *, bands: int, crop: int | None,
-                     seed: int = 2024, norm_window: int | None = None) -> ray.data.Dataset:
+                     seed: int = 2024, norm_window: int | None = None, blur_margin: int = 0) -> ray.data.Dataset:
     """The seeded test protocol over ``files`` as a Ray Dataset (read and degraded in ``map_batches``).
 
     Args:
         crop: centre crop side in pixels (validation: the model tile), None for whole cubes.
         norm_window: side of the centre region whose min–max normalises the crop (default: the crop).
+        blur_margin: pixels of scene around the crop that a blur case blurs too (0: the protocol's zero padding
+            at the crop's edge; see :func:`degrade_case`).
     Returns:
         Rows of :func:`degrade_case` (one per cube and case, in a stable order).
     """
@@ -353,7 +378,8 @@ def protocol_dataset(files: Sequence[str], cases: Sequence[ProtocolCase], *, ban
         raise ValueError("protocol_dataset: no (cube, case) rows")
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 32))
     return ds.map_batches(degrade_cases, batch_size=1, fn_kwargs={"bands": bands, "crop": crop, "seed": seed,
-                                                                  "norm_window": norm_window})
+                                                                  "norm_window": norm_window,
+                                                                  "blur_margin": blur_margin})
 
 
 __all__ = [

@@ -66,6 +66,9 @@ def evaluate(
                                               "default six) or middle (one level per family)")] = "all",
     max_cubes: Annotated[int | None, typer.Option(min=0, help="first N cubes only (0: all)")] = None,
     crop: Annotated[int, typer.Option(min=0, help="centre crop side in pixels (0: whole cubes)")] = 256,
+    blur_margin: Annotated[int, typer.Option(
+        min=0, help="blur cases blur the scene this many pixels around the crop too, then crop: a camera's blurred "
+                    "image, with no zero-padded border (0: the protocol's zero padding; needs --crop)")] = 0,
     task: Annotated[str, typer.Option(help="auto (task classifier) or oracle (true task)")] = "auto",
     baselines: Annotated[bool, typer.Option(help="score the classical baselines of each family")] = True,
     extra_baseline: Annotated[list[str] | None, typer.Option(
@@ -97,7 +100,7 @@ def evaluate(
     try:
         _check_evaluation_outlives_job(out, work_dir, tracking_uri, mlflow)
         run_evaluation(model[0] if len(model) == 1 else model, data, out, levels=levels,
-                       max_cubes=max_cubes or None, crop=crop or None,
+                       max_cubes=max_cubes or None, crop=crop or None, blur_margin=blur_margin,
                        baselines=baselines, extra_baselines=tuple(extra_baseline or ()),
                        perceptual=tuple(perceptual or ()), task=task, batch_size=batch_size,
                        concurrency=concurrency, use_gpu=use_gpu,

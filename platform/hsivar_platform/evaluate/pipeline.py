@@ -214,7 +214,7 @@ def resolve_test_prefix(data_uri: str, bands: int, work_dir: str | os.PathLike =
 
 
 def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.PathLike, *, levels: str = "all",
-             max_cubes: int | None = None, crop: int | None = 256, baselines: bool = True,
+             max_cubes: int | None = None, crop: int | None = 256, blur_margin: int = 0, baselines: bool = True,
              extra_baselines: tuple[str, ...] = (), task: str = "auto",
              perceptual: tuple[str, ...] = (),
              batch_size: int = 16, concurrency: int = 1, use_gpu: bool = False, work_dir: str = "work",
@@ -232,6 +232,9 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
             per family).
         max_cubes: use the first N cubes of the prefix.
         crop: evaluate the centre crop×crop of each cube (None: whole cubes).
+        blur_margin: blur cases blur the scene this many pixels around the crop too, then keep the crop: a camera's
+            blurred image, whose scene goes on beyond its frame, instead of the protocol's zero padding at the
+            crop's edge (needs ``crop``; cubes smaller than crop + 2·margin are skipped with a warning).
         baselines: score each family's classical baselines; extra_baselines: names of opt-in ones
             (:data:`hsivar.classical.OPTIONAL_BASELINES`, e.g. ``("bm4d",)``).
         task: ``auto`` (the model's task classifier) or ``oracle`` (the true task name).
@@ -255,6 +258,10 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
     from hsivar_platform.data import list_cubes, protocol_dataset
     from hsivar_platform.model_uri import resolve_model
 
+    if blur_margin and crop is None:
+        raise ValueError("a blur margin needs a crop: the margin is the scene around the crop")
+    if blur_margin < 0:
+        raise ValueError(f"the blur margin must be ≥ 0 pixels, got {blur_margin}")
     ray_runtime.init(ray_address, log_dir=Path(work_dir) / "logs")
     unknown = sorted(set(extra_baselines) - set(OPTIONAL_BASELINES))
     if unknown:
@@ -283,7 +290,10 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
         echo(f"[evaluate] model {label}: {uri} ({c.family}, {c.name}, {c.bands} bands)")
     echo(f"[evaluate] {len(files)} cubes under {prefix}; {len(cases)} cases; task={task}")
 
-    ds = protocol_dataset(files, cases, bands=mcfg.bands, crop=crop)
+    if blur_margin:
+        echo(f"[evaluate] blur cases: the scene blurred {blur_margin} px around each {crop}-px crop, then cropped "
+             "(no zero-padded border)")
+    ds = protocol_dataset(files, cases, bands=mcfg.bands, crop=crop, blur_margin=blur_margin)
     judge = Perceptual(tuple(perceptual), mcfg.wavelengths)
     ds = ds.map_batches(score_inputs, batch_size=1, fn_kwargs={"baselines": baselines, "extra": extra_baselines,
                                                               "perceptual": judge})
@@ -306,14 +316,15 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
     cases_df.to_csv(out / "cases.csv", index=False)
     table.to_csv(out / "metrics.csv", index=False)
     names = ", ".join(f"{label} ({uri})" if len(labels) > 1 else uri for label, (_, uri) in zip(labels, specs))
-    md = to_markdown(table, summaries, f"Evaluation of {names} on {prefix}")
+    md = to_markdown(table, summaries, f"Evaluation of {names} on {prefix}"
+                     + (f" (blur: the scene blurred {blur_margin} px around the crop)" if blur_margin else ""))
     (out / "metrics.md").write_text(md)
     echo(md)
     echo(f"[evaluate] {len(cases_df)} rows in {time.perf_counter() - t0:.0f} s → {out / 'metrics.csv'}")
 
     run_id = None
     if log_mlflow:
-        run_id = _log_eval(table, summaries, out, names, prefix, levels, task, crop, doc,
+        run_id = _log_eval(table, summaries, out, names, prefix, levels, task, crop, blur_margin, doc,
                            tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                            or f"sqlite:///{Path(work_dir).absolute() / 'mlflow.db'}", experiment, work_dir)
         echo(f"[evaluate] logged to MLflow run {run_id} (experiment {experiment!r})")
@@ -321,7 +332,8 @@ def evaluate(model_uri: str | Sequence[str], data_uri: str, out_dir: str | os.Pa
 
 
 def _log_eval(table: Any, summaries: dict[str, Any], out: Path, model_uri: str, prefix: str, levels: str, task: str,
-              crop: int | None, doc: dict[str, Any], tracking_uri: str, experiment: str, work_dir: str) -> str:
+              crop: int | None, blur_margin: int, doc: dict[str, Any], tracking_uri: str, experiment: str,
+              work_dir: str) -> str:
     from hsivar_platform.tracking import RunLogger, experiment_id
 
     local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
@@ -333,6 +345,7 @@ def _log_eval(table: Any, summaries: dict[str, Any], out: Path, model_uri: str, 
                                                 tags={"hsivar.kind": "evaluation"})
     lg = RunLogger(tracking_uri, run.info.run_id)
     lg.params({"model_uri": model_uri, "data": prefix, "levels": levels, "task": task, "crop": crop,
+               "blur_margin": blur_margin,
                "model_stage": doc.get("stage"), "model_run": doc.get("metadata", {}).get("run")})
     metrics: dict[str, float] = {}
     for (t, m), g in table.groupby(["task", "method"]):

@@ -85,8 +85,7 @@ def test_impulse_hits_and_saturated_entries_count_as_unobserved(cube: np.ndarray
 def test_a_level_says_what_the_masks_cannot() -> None:
     shape = (8, 16, 16)
     assert observation_of_level("blur", 21, shape).blur_sigma == pytest.approx(blur_sigma(21))
-    assert observation_of_level("blur", 21, shape).blur_border == "zero"  # the family zero-pads
-    assert observation_of_level("sr", 8, shape).blur_border is None
+    assert observation_of_level("blur", 21, shape).blur_border is None  # read from the cube (a record says zero)
     assert observation_of_level("sr", 8, shape).sr_scale == 8
     assert np.allclose(observation_of_level("gaussian", 70, shape).noise_sigma, np.full(8, 70 / 255))
     assert observation_of_level("complex", 2, shape).stripes and not observation_of_level("complex", 3, shape).stripes

@@ -148,3 +148,30 @@ def test_several_models_are_compared_in_one_run(ray_cluster, published_tiny: Pat
     mixed = CliRunner().invoke(app, ["evaluate", "--model", f"eight={published_tiny}", "--model", f"three={rgb}",
                                      "--out", str(tmp_path / "mixed"), *common])
     assert mixed.exit_code == 2 and "one protocol cannot judge both" in mixed.output
+
+
+def test_a_blur_margin_blurs_the_scene_around_the_crop(test_cubes: str) -> None:
+    """``blur_margin``: a blur case blurs the scene around the crop too, so the crop has no zero-padded border (a
+    camera's blurred image) while its clean cube is the protocol's; other families are as without it; a cube too
+    small for the margin is skipped; a margin without a crop is refused before anything runs."""
+    from hsivar.deblur import border_of
+    from hsivar.kernels import blur_sigma
+
+    uri = list_cubes(test_cubes + "/test")[0]
+
+    def row(task: str, level: float, **kw: int) -> dict | None:
+        return degrade_case({"uri": uri, "index": 0, "task": task, "level": level, "case": f"{task}-{level:g}"},
+                            bands=BANDS, crop=24, **kw)
+
+    plain, scene = row("blur", 9), row("blur", 9, blur_margin=8)
+    assert plain is not None and scene is not None
+    assert np.array_equal(scene["clean"], plain["clean"]) and scene["degraded"].shape == (BANDS, 24, 24)
+    assert border_of(plain["degraded"], blur_sigma(9)) == "zero"
+    assert border_of(scene["degraded"], blur_sigma(9)) == "free"
+    assert not np.allclose(scene["degraded"][:, :3], plain["degraded"][:, :3])  # the edge is not darkened
+    assert np.allclose(scene["degraded"][:, 10:14, 10:14], plain["degraded"][:, 10:14, 10:14])  # the inside is alike
+    noisy, noisy_margin = row("gaussian", 30), row("gaussian", 30, blur_margin=8)
+    assert np.array_equal(noisy["degraded"], noisy_margin["degraded"])  # type: ignore[index]
+    assert row("blur", 9, blur_margin=9) is None  # 24 + 2·9 = 42 px > the 40-px cube
+    with pytest.raises(ValueError, match="needs a crop"):
+        evaluate("unused", test_cubes, Path(test_cubes) / "never", crop=None, blur_margin=8, echo=lambda s: None)
