@@ -150,10 +150,14 @@ def _margin(k1d: np.ndarray, border: Border) -> int:
     return len(k1d) // 2 if border == "free" else 0
 
 
+def _crop(x: np.ndarray, margin: int) -> np.ndarray:
+    """The frame (…, H, W) of x (…, H + 2·margin, W + 2·margin) on the extended domain (a view)."""
+    return x if margin == 0 else x[..., margin:-margin, margin:-margin]
+
+
 def _forward(x: np.ndarray, k1d: np.ndarray, margin: int) -> np.ndarray:
     """K x: x (C, H + 2·margin, W + 2·margin) blurred, the frame's (C, H, W) kept."""
-    out = blur(x, k1d)
-    return out if margin == 0 else out[..., margin:-margin, margin:-margin]
+    return _crop(blur(x, k1d), margin)
 
 
 def _adjoint(z: np.ndarray, k1d: np.ndarray, margin: int) -> np.ndarray:
@@ -308,7 +312,7 @@ def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.nda
         new = point * _adjoint(obs / np.maximum(_forward(point, k, margin), 1e-12), k, margin) / norm
         g1, g2 = new - point, g1
         previous, x = x, new
-    return np.ascontiguousarray(x[..., margin:x.shape[-2] - margin, margin:x.shape[-1] - margin], np.float32)
+    return np.ascontiguousarray(_crop(x, margin), np.float32)
 
 
 def tikhonov(y: np.ndarray, sigma: float, prior: np.ndarray | None = None, weight: float = 1e-3,
@@ -339,7 +343,7 @@ def tikhonov(y: np.ndarray, sigma: float, prior: np.ndarray | None = None, weigh
         rn = float((r * r).sum())
         p = r + (rn / rs) * p
         rs = rn
-    return np.ascontiguousarray(x[..., margin:x.shape[-2] - margin, margin:x.shape[-1] - margin], np.float32)
+    return np.ascontiguousarray(_crop(x, margin), np.float32)
 
 
 def deconvolve(y: np.ndarray, sigma: float, noisy: bool = False, border: Border | None = None) -> np.ndarray:

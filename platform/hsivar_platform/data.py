@@ -313,12 +313,10 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
         if shape[0] != bands:
             raise ValueError(f"{shape[0]} bands, the model restores {bands}")
         scaled = None if crop is None else max(crop, norm_window or 0)  # the region whose min–max scales the cube
-        degraded_side = None if crop is None else crop + 2 * margin
-        if degraded_side is not None and min(shape[1:]) < degraded_side:
-            if margin:
-                raise ValueError(f"{shape[1]}×{shape[2]} px: a blur margin of {margin} px around the {crop}-px "
-                                 f"crop needs {degraded_side} px a side")
-            degraded_side = crop  # the crop of a smaller cube: the whole cube, as before
+        degraded_side = None if crop is None else crop + 2 * margin  # a smaller cube is degraded whole, as before
+        if margin and min(shape[1:]) < degraded_side:  # type: ignore[operator]
+            raise ValueError(f"{shape[1]}×{shape[2]} px: a blur margin of {margin} px around the {crop}-px "
+                             f"crop needs {degraded_side} px a side")
         region = None if crop is None else max(scaled, degraded_side)  # type: ignore[type-var]
         cube, _ = read_cube(uri, window=_centre_window(shape, region), storage_options=opts)
     except Exception as e:
