@@ -12,7 +12,8 @@ the observation cannot see and takes the rest from y: x = A⁺y + (I − A⁺A) 
   the protocol and U bicubic up-sampling, until the estimate down-sampled equals the low-resolution grid
   (:func:`back_project`);
 * **blur**: a few Richardson–Lucy steps started at the estimate, each a multiplicative move towards K x = y
-  that keeps x ≥ 0 (:func:`hsivar.deblur.richardson_lucy`); for a noisy observation, a few conjugate-gradient
+  that keeps x ≥ 0 (:func:`hsivar.deblur.richardson_lucy`; on a free border the scene beyond the frame, which the
+  estimate does not cover, is estimated first with the frame held); for a noisy observation, a few conjugate-gradient
   steps on ‖K x − y‖² + w‖x − x̂‖² with the estimate as the prior instead (:func:`hsivar.deblur.tikhonov`);
 * **noise**, **haze**, **low light**: nothing — such an observation is not more exact than the estimate, and the
   first estimate already weighs it (:mod:`hsivar.estimate`).
