@@ -315,6 +315,10 @@ def own_column_profile(cols: np.ndarray) -> np.ndarray:
 STRIPE_COLUMNS = 0.03
 """A band is striped when more than this fraction of its columns (and at least 3) are offset."""
 
+STRIPE_POOLED = 2
+"""Bands with at least 2 offset columns each that are striped together, however narrow the cube: the stripes of a
+cube hit several bands, and a narrow cube shows each band only a few of its columns (:func:`striped_bands`)."""
+
 
 def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
     """(C,) bool: bands of ``cube`` (C, H, W) whose columns carry offsets (stripes, complex noise case 2).
@@ -327,7 +331,9 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
     departs by more than :data:`STRIPE_Z` times that from the 9-column median and, in the same direction and by
     comparable amounts (within a factor 2), from the medians of its 4 left and its 4 right neighbours (a column at
     a step edge matches one side); a band with more than :data:`STRIPE_COLUMNS` of its columns offset is striped.
-    Columns with no observed entry are skipped.
+    So are the bands with 2 offset columns each when there are at least :data:`STRIPE_POOLED` of them: on a 40-px
+    window a band shows 2–6 striped columns, some with offsets within the noise, and one band alone cannot tell them
+    from chance while several can (docs/experiments.md). Columns with no observed entry are skipped.
     """
     x = np.asarray(cube, np.float32)
     C, H, W = x.shape
@@ -345,12 +351,14 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
     seen = ok.any(axis=1)  # (C, W) columns with an observed entry
     sigma = np.asarray(noise_sigma, np.float64)
     full = seen.all(axis=1)
+    hits = np.zeros(C, int)
     if full.any():  # bands with every column observed: all at once
-        hits = _offset_columns(col_median[full], sigma[full], H)
-        out[full] = (hits >= 3) & (hits > STRIPE_COLUMNS * W)
+        hits[full] = _offset_columns(col_median[full], sigma[full], H)
     for b in np.flatnonzero(~full & (seen.sum(axis=1) >= 9)):  # the others over their observed columns
-        hits = _offset_columns(col_median[b][seen[b]][None], sigma[b:b + 1], H)
-        out[b] = hits[0] >= 3 and hits[0] > STRIPE_COLUMNS * W
+        hits[b] = _offset_columns(col_median[b][seen[b]][None], sigma[b:b + 1], H)[0]
+    out = (hits >= 3) & (hits > STRIPE_COLUMNS * W)
+    if (hits >= 2).sum() >= STRIPE_POOLED:
+        out |= hits >= 2
     return out
 
 

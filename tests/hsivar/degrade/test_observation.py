@@ -133,6 +133,26 @@ def test_the_cube_tells_which_families_could_explain_it(cube: np.ndarray) -> Non
     assert Observation.from_facts(facts).plausible == ("gaussian",)
 
 
+def test_a_narrow_cube_shows_stripes_pooled_over_its_bands(cube: np.ndarray) -> None:
+    """On a 40-px window a striped band shows only a few offset columns: two in each of several bands are stripes,
+    two in one band alone are not (chance); noise alone is not."""
+    from hsivar.degrade.observation import striped_bands
+
+    rng = np.random.default_rng(3)
+    noisy = (cube[:, :40, :40] + rng.normal(0, 0.04, (31, 40, 40))).astype(np.float32)
+    sigma = band_noise_sigma(noisy)
+    assert not striped_bands(noisy, sigma).any()
+    striped = noisy.copy()
+    for band, cols in ((3, (7, 25)), (11, (12, 30)), (19, (5, 21)), (27, (16, 33))):
+        striped[band][:, list(cols)] += 0.15
+    found = striped_bands(striped, sigma)
+    assert found[[3, 11, 19, 27]].all() and found.sum() == 4
+    assert Observation.detect(striped).stripes
+    one = noisy.copy()
+    one[11][:, [12, 30]] += 0.15
+    assert not striped_bands(one, sigma).any()
+
+
 def test_stripes_are_told_from_noise_edges_and_dead_lines(cube: np.ndarray) -> None:
     from hsivar.degrade.observation import striped_bands
 
