@@ -32,7 +32,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from hsivar.deblur import border_of, deconvolve
-from hsivar.degrade.observation import Observation, column_departures, noise_by_regression, own_column_profile
+from hsivar.degrade.observation import (
+    MAD_TO_SIGMA,
+    Observation,
+    column_departures,
+    noise_by_regression,
+    own_column_profile,
+)
 from hsivar.dehaze import dehaze
 from hsivar.exposure import correct_exposure
 
@@ -184,9 +190,6 @@ def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, patch: int = 
             count[i:i + H - patch + 1, j:j + W - patch + 1] += 1
     return total / count
 
-
-MAD_TO_SIGMA = 0.6744897501960817
-"""The median absolute value of a standard normal variable, Φ⁻¹(0.75) (``scipy.stats.norm.ppf(0.75)``)."""
 
 
 def band_noise_mad(cube: np.ndarray) -> np.ndarray:

@@ -276,6 +276,10 @@ class Observation:
         return replace(self, **changes)
 
 
+MAD_TO_SIGMA = 0.6744897501960817
+"""The median absolute value of a standard normal variable, Φ⁻¹(0.75) (``scipy.stats.norm.ppf(0.75)``): a median
+absolute deviation over it estimates σ."""
+
 NEIGHBOUR_BANDS = 4  # predictors of a band in the noise estimate when few pixels are complete
 MIN_NOISE_SAMPLES = 128  # a band with fewer samples takes the other bands' median σ
 
@@ -364,11 +368,12 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
 
 def column_departures(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each column's departure from the running median of 9 columns, and the robust spread of those departures
-    (1.4826 × their median absolute deviation), per row of ``cols`` (R, n), column profiles; → ((R, n), (R,))."""
+    (their median absolute deviation over :data:`MAD_TO_SIGMA`), per row of ``cols`` (R, n), column profiles;
+    → ((R, n), (R,))."""
     from scipy.ndimage import median_filter
 
     dev = cols - median_filter(cols, size=(1, 9), mode="reflect")
-    return dev, 1.4826 * np.median(np.abs(dev - np.median(dev, axis=1, keepdims=True)), axis=1)
+    return dev, np.median(np.abs(dev - np.median(dev, axis=1, keepdims=True)), axis=1) / MAD_TO_SIGMA
 
 
 def _offset_columns(cols: np.ndarray, sigma: np.ndarray, H: int) -> np.ndarray:
@@ -416,8 +421,8 @@ def band_noise_sigma(cube: np.ndarray, observed: np.ndarray | None = None) -> np
     cube reads as noise-free; that residual is defined on the pixels with every band observed (the prediction
     reads them all). When too few pixels have every band observed (heavy inpainting), each band is
     predicted from its nearest :data:`NEIGHBOUR_BANDS` bands instead, on the pixels where those are observed.
-    σ is their median absolute value over 0.6745 (Donoho); a band with too few samples gets the other bands'
-    median, all 0 when no band has enough.
+    σ is their median absolute value over :data:`MAD_TO_SIGMA` (Donoho); a band with too few samples gets the other
+    bands' median, all 0 when no band has enough.
     """
     x = np.asarray(cube, np.float64)
     C, H, W = x.shape
@@ -445,7 +450,7 @@ def band_noise_sigma(cube: np.ndarray, observed: np.ndarray | None = None) -> np
             r = x[b][ok[b]]
             v = np.abs(r - np.median(r)) if r.size else r
         if v.size >= MIN_NOISE_SAMPLES:
-            out[b] = float(np.median(v)) / 0.6745
+            out[b] = float(np.median(v)) / MAD_TO_SIGMA
     known = np.isfinite(out)
     # a band with too few samples takes the median of the others (unknown is not noise-free); none known → 0
     return np.where(known, out, np.median(out[known]) if known.any() else 0.0).astype(np.float32)
