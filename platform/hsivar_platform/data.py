@@ -135,13 +135,14 @@ def scene_windows(row: dict[str, Any], *, window: int, tile: int, bands: int) ->
             for r in tile_starts(H, side, 0) for c in tile_starts(W, side, 0)]
 
 
-def normalise(x: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray | None:
-    """Map x to [0, 1] with ``value_range`` (min, max), or its own min–max; None for a constant x."""
+def normalise(x: np.ndarray, value_range: tuple[float, float] | None, clip: bool = True) -> np.ndarray | None:
+    """Map x to [0, 1] with ``value_range`` (min, max), clipped unless ``clip`` is False, or with its own min–max;
+    None for a constant x (or an empty range)."""
     lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
     if not hi > lo:
         return None
     y = ((x - lo) / (hi - lo)).astype(np.float32)
-    return np.clip(y, 0.0, 1.0) if value_range is not None else y
+    return np.clip(y, 0.0, 1.0) if value_range is not None and clip else y
 
 
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:
@@ -323,11 +324,11 @@ def degrade_case(row: dict[str, Any], *, bands: int, crop: int | None, seed: int
         log.warning(WORKER_TAG + " skipping %s in the test protocol: %s", uri, e)
         return None
     stats = cube if scaled is None else cube[(slice(None), *_centre_slices(cube.shape, scaled))]
-    lo, hi = float(stats.min()), float(stats.max())
-    if not hi > lo:
+    # scaled by the centre region's min–max; the blur margin beyond it may leave [0, 1]
+    x = normalise(cube, (float(stats.min()), float(stats.max())), clip=False)
+    if x is None:
         log.warning(WORKER_TAG + " skipping %s in the test protocol: constant cube", uri)
         return None
-    x = ((cube - lo) / (hi - lo)).astype(np.float32)  # normalise(): outside the scaled region it may leave [0, 1]
     if degraded_side is not None:
         x = np.ascontiguousarray(x[(slice(None), *_centre_slices(x.shape, degraded_side))])
     level = case_level(task, float(row["level"]))
