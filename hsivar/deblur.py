@@ -302,8 +302,8 @@ def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.nda
             with the frame held at ``start`` (plain steps, not counted in ``iters``). A start covers only the frame;
             its edge values alone are a poor guess of the scene beyond it, and the joint iterations then move the
             frame's border to explain them: as the consistency step after a first estimate that had converged, that
-            cost 0.1–0.3 dB on windows of blurred Landsat-8 and demo scenes (docs/experiments.md). ≈30 ms on a
-            64×64×31 cube on one core, a fifth of the first estimate's deconvolution.
+            cost up to 0.3 dB on windows of blurred scenes (Landsat-8 0.13–0.31, demo 0–0.13; docs/experiments.md).
+            ≈30–50 ms on a 64×64×31 cube on one core, a fifth to a quarter of the first estimate's deconvolution.
     """
     k = kernel(sigma)
     obs = np.maximum(np.asarray(y, np.float32), 0.0)

@@ -320,8 +320,10 @@ STRIPE_COLUMNS = 0.03
 """A band is striped when more than this fraction of its columns (and at least 3) are offset."""
 
 STRIPE_POOLED = 2
-"""Bands with at least 2 offset columns each that are striped together, however narrow the cube: the stripes of a
-cube hit several bands, and a narrow cube shows each band only a few of its columns (:func:`striped_bands`)."""
+"""How many bands with at least 2 offset columns each make all of them striped, on a cube narrow enough that the
+per-band rule asks for its floor of 3 columns (:data:`STRIPE_COLUMNS` · W < 3, W < 100 px): the stripes of a cube
+hit several bands, and a narrow cube shows each band only a few of its columns (:func:`striped_bands`). On wider
+cubes chance hits of the content grow with W, and the per-band rule alone decides."""
 
 
 def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
@@ -335,9 +337,10 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
     departs by more than :data:`STRIPE_Z` times that from the 9-column median and, in the same direction and by
     comparable amounts (within a factor 2), from the medians of its 4 left and its 4 right neighbours (a column at
     a step edge matches one side); a band with more than :data:`STRIPE_COLUMNS` of its columns offset is striped.
-    So are the bands with 2 offset columns each when there are at least :data:`STRIPE_POOLED` of them: on a 40-px
-    window a band shows 2–6 striped columns, some with offsets within the noise, and one band alone cannot tell them
-    from chance while several can (docs/experiments.md). Columns with no observed entry are skipped.
+    On a cube narrower than 100 px so are the bands with at least 2 offset columns each when there are at least
+    :data:`STRIPE_POOLED` of them: on a 40-px window a band shows 2–5 striped columns, some with offsets within the
+    noise, and one band alone cannot tell them from chance while several can (docs/experiments.md). Columns with no
+    observed entry are skipped.
     """
     x = np.asarray(cube, np.float32)
     C, H, W = x.shape
@@ -361,7 +364,7 @@ def striped_bands(cube: np.ndarray, noise_sigma: np.ndarray, observed: np.ndarra
     for b in np.flatnonzero(~full & (seen.sum(axis=1) >= 9)):  # the others over their observed columns
         hits[b] = _offset_columns(col_median[b][seen[b]][None], sigma[b:b + 1], H)[0]
     out = (hits >= 3) & (hits > STRIPE_COLUMNS * W)
-    if (hits >= 2).sum() >= STRIPE_POOLED:
+    if STRIPE_COLUMNS * W < 3 and (hits >= 2).sum() >= STRIPE_POOLED:  # narrow: pooled over bands
         out |= hits >= 2
     return out
 

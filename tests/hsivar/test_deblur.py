@@ -180,7 +180,7 @@ def test_steps_from_an_estimate_of_a_window_first_find_the_scene_beyond_its_fram
     x0 = richardson_lucy(blurred, s, border="free")
     again = richardson_lucy(blurred, s, iters=10, start=x0, plain=10, border="free")
     edges_only = richardson_lucy(blurred, s, iters=10, start=x0, plain=10, border="free", margin_iters=0)
-    assert psnr(again, clean) > psnr(x0, clean) - 0.05
+    assert psnr(again, clean) > psnr(x0, clean) - 0.1
     assert psnr(again, clean) > psnr(edges_only, clean) + 0.05
     half = np.clip(blurred + 0.5 * (x0 - blurred), 0, 1)
     moved = richardson_lucy(blurred, s, iters=10, start=half, plain=10, border="free")

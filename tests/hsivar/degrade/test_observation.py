@@ -153,6 +153,19 @@ def test_a_narrow_cube_shows_stripes_pooled_over_its_bands(cube: np.ndarray) -> 
     assert not striped_bands(one, sigma).any()
 
 
+def test_a_wide_noisy_cube_is_not_striped_by_chance_hits() -> None:
+    """On a wide cube the content's chance hits grow with the width: two bands with two offset columns each are no
+    sign of stripes there (the per-band rule, which asks for more columns as the cube widens, decides)."""
+    from hsivar.degrade.observation import striped_bands
+    from hsivar.synth import make_cube
+
+    clean = make_cube(seed=0, size=512, bands=31)[0]
+    noisy = (clean + np.random.default_rng(1).normal(0, 10 / 255, clean.shape)).astype(np.float32)
+    assert not striped_bands(noisy, band_noise_sigma(noisy)).any()
+    obs = Observation.detect(noisy)
+    assert not obs.stripes and obs.plausible == ("gaussian",)
+
+
 def test_stripes_are_told_from_noise_edges_and_dead_lines(cube: np.ndarray) -> None:
     from hsivar.degrade.observation import striped_bands
 
