@@ -1,5 +1,5 @@
-"""Fitted after training on held-out examples: the per-family trust in the learned correction, and the calibrated
-uncertainty.
+"""Fitted after training on held-out examples: the per-family trust in the learned correction, the blur width a
+sharp cube reads, and the calibrated uncertainty.
 
 **Trust.** A model with ``first_estimate`` outputs ``x0 + τ·(y − x0)``: the classical first estimate x0 plus a
 share τ of the fusion head's correction (:class:`~hsivar.models.fusion.OutputFusion`). Training fits y; it does
@@ -16,6 +16,10 @@ no more of it; τ = 0 when none does. (With a bare "mean at least τ = 0's", fou
 lost to the first estimate on the test cubes by up to 0.5 dB: docs/experiments.md.) Metrics are those of the
 evaluation (:mod:`hsivar.metrics`),
 on the example's ``band_mask`` (a bandmiss example is scored on its missing bands).
+
+**The blur width of a sharp cube.** The spectral blur-width estimate reads a sharp image as slightly blurred (its
+sensor's own blur, the estimator's floor); what it reads on the examples' clean cubes (:func:`hsivar.deblur.
+sharp_width`) is set on the model, and blind restoration takes it off the width it reads (``ModelConfig.sharp_width``).
 
 **Uncertainty.** Then every example is restored once more as users restore it — blind (``task="auto"``, the
 observation read off the cube, the blur width estimated from it) at the fitted τ — and the error-variance
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hsivar.deblur import sharp_width
 from hsivar.degrade import observation_of_level
 from hsivar.memo import DecodedTiles
 from hsivar.metrics import psnr, sam
@@ -83,6 +88,8 @@ class CalibrationFit:
         scores: per task with examples, the mean (PSNR dB, SAM °) at τ = 0, at the chosen τ and at τ = 1
             (models with a first estimate).
         uncertainty: (N, F) coefficients of :mod:`hsivar.uncertainty`.
+        sharp_width: what the spectral blur-width estimate reads on the examples' clean cubes (px,
+            :func:`hsivar.deblur.sharp_width`), set on the model before the blind pass.
         coverage: per task with examples, the validation entries' coverage at 1σ / 2σ and the correlation of σ
             with |error| (:func:`hsivar.uncertainty.coverage_stats`).
         restored: per example given (in order), its blind restoration (C, H, W) float32 in [0, 1] with the
@@ -98,6 +105,7 @@ class CalibrationFit:
     coverage: dict[str, dict[str, float]] = field(default_factory=dict)
     restored: tuple[np.ndarray, ...] = ()
     reused: int = 0
+    sharp_width: float | None = None
 
 
 @dataclass
@@ -202,6 +210,8 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
         scores = {t: v for t, v in scores.items() if v}
         model.set_trust(tuple(trust))
         del oracle
+    sharp = sharp_width(ex.clean for ex in examples)  # what blind restoration takes off the width it reads
+    model.set_sharp_width(sharp)
     blind, reused = [], 0
     for ex in examples:  # at the fitted τ, as users restore
         hits, misses = memo.hits, memo.misses
@@ -221,4 +231,4 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
     rows = tuple(tuple(float(v) for v in coefficients.get(t, widest)) for t in tasks)
     model.set_uncertainty(rows, COVERAGE)
     return CalibrationFit(tuple(float(v) for v in trust), counts, scores, rows, coverage,
-                          tuple(np.asarray(out, np.float32) for _, out in blind), reused)
+                          tuple(np.asarray(out, np.float32) for _, out in blind), reused, sharp)

@@ -294,6 +294,10 @@ class ModelConfig(_Frozen):
     uncertainty: UncertaintyConfig | None = Field(
         None, description="calibrated error bars (hsivar.uncertainty), set after stage 3; null: the std over "
         "samples, uncalibrated")
+    sharp_width: float | None = Field(
+        None, ge=0, description="px: the blur width the spectral estimate reads on the validation data's sharp cubes "
+        "(hsivar.deblur.sharp_width: the sensor's own blur and the estimator's floor), set after stage 3; blind "
+        "restoration takes it off the width it reads, in quadrature, where the data fit does not refine it; null: 0")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

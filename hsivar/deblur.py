@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -45,7 +46,7 @@ import numpy as np
 from hsivar.kernels import gaussian_kernel1d
 
 __all__ = ["Border", "band_matrix", "blind_width", "blur", "blur_width", "blur_width_of", "border_of", "deconvolve",
-           "fit_bands", "refine_width", "richardson_lucy", "tikhonov"]
+           "fit_bands", "refine_width", "richardson_lucy", "sharp_width", "tikhonov"]
 
 Border = Literal["zero", "free"]
 """The blur's boundary: ``"zero"`` — zero padding beyond the frame (the blur family's; an image framed by nodata);
@@ -199,17 +200,34 @@ def blur_width(cube: np.ndarray, min_width: float = MIN_WIDTH) -> float | None:
     return float(math.sqrt(sigma2)) if sigma2 > min_width**2 else None
 
 
-def blur_width_of(cube: np.ndarray, window: int = 128, max_windows: int = 16) -> float | None:
+def blur_width_of(cube: np.ndarray, window: int = 128, max_windows: int = 16,
+                  min_width: float = MIN_WIDTH) -> float | None:
     """:func:`blur_width` of a cube (C, H, W) of any size: the median over up to ``max_windows`` windows of side
     ``window`` (or the cube's shorter side, when smaller) spread evenly over it; None when no window shows a
-    blur."""
+    blur wider than ``min_width`` px."""
     C, H, W = cube.shape
     side = min(window, H, W)
     per_axis = max(1, math.isqrt(max_windows))
     rows = np.unique(np.linspace(0, H - side, per_axis).round().astype(int))
     cols = np.unique(np.linspace(0, W - side, per_axis).round().astype(int))
-    widths = [w for r in rows for c in cols if (w := blur_width(cube[:, r:r + side, c:c + side])) is not None]
+    widths = [w for r in rows for c in cols
+              if (w := blur_width(cube[:, r:r + side, c:c + side], min_width)) is not None]
     return float(np.median(widths)) if widths else None
+
+
+def sharp_width(cubes: Iterable[np.ndarray], window: int = 128, max_windows: int = 16) -> float | None:
+    """What the spectral estimate reads on sharp cubes: the median over ``cubes`` (each (C, H, W) in [0, 1], not
+    blurred) of :func:`blur_width_of` without its floor (a cube that reads no width counts 0); px, None for no
+    cube.
+
+    A sharp image is not read as 0: its sensor's own blur and the departure of its spectrum from a power law read
+    as a width (0.3–0.37 px on the demo's synthetic cubes, 0.57 px on Landsat-8's). A blurred image of the same
+    data then reads about √(σ² + sharp²), and deconvolving with that undoes the sensor's blur too, which the
+    clean image keeps: with a light blur that comes back worse than the blurred input (docs/experiments.md).
+    :func:`blind_width` takes it off in quadrature.
+    """
+    readings = [blur_width_of(np.asarray(c, np.float32), window, max_windows, min_width=0.0) or 0.0 for c in cubes]
+    return float(np.median(readings)) if readings else None
 
 
 FIT_TOLERANCE = 1.2
@@ -269,19 +287,24 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
 
 
 def blind_width(cube: np.ndarray, noisy: bool = False, window: int = 128, max_windows: int = 16,
-                refine_side: int = 128, border: Border | None = None) -> float | None:
+                refine_side: int = 128, border: Border | None = None, sharp: float = 0.0) -> float | None:
     """The blur width σ (px) of a cube (C, H, W) in [0, 1] from the cube alone, as blind restoration needs it: the
     spectral estimate (:func:`blur_width_of`), refined by the data fit (:func:`refine_width`) when the cube is not
     ``noisy``, its ``border`` is zero padding (None: read, :func:`border_of`; the fit needs it) and it is at most
     ``refine_side`` px a side (the fit runs on the whole image, on at most :data:`FIT_BANDS` bands: ≈0.55 s for
     64×64 on one core, 22 candidates × 100 iterations, ≈3.3 s at 128 px). None when no blur shows.
+
+    ``sharp``: what the spectral estimate reads on sharp images of the same data (:func:`sharp_width`, px), taken
+    off the spectral estimate in quadrature, √(σ₀² − sharp²), where the data fit does not refine it (whether a blur
+    shows is still decided on σ₀). The data fit finds its own width and needs no such correction.
     """
     sigma0 = blur_width_of(cube, window, max_windows)
-    if sigma0 is None or noisy or max(cube.shape[-2:]) > refine_side:
-        return sigma0
-    if (border or border_of(cube, sigma0)) == "free":
-        return sigma0
-    return refine_width(cube, sigma0)
+    if sigma0 is None:
+        return None
+    if not noisy and max(cube.shape[-2:]) <= refine_side and (border or border_of(cube, sigma0)) == "zero":
+        return refine_width(cube, sigma0)
+    corrected = math.sqrt(max(sigma0 * sigma0 - sharp * sharp, 0.0))
+    return corrected if corrected > 0 else None
 
 
 def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.ndarray | None = None,

@@ -322,7 +322,8 @@ class Restorer(RestoreSpec):
         named, a share of a mixture or of weights, ``"auto"`` whose plausible families (:meth:`resolve_task`) are
         that one alone, or ``"auto"`` among several where the model's classifier gives it a mean weight of at least
         one half over up to ``max_tiles`` tiles spread over the cube. Then the classical estimate: the blur width σ
-        from the power spectrum over up to ``max_tiles`` windows, refined by the data fit when the cube is not noisy
+        from the power spectrum over up to ``max_tiles`` windows, refined by the data fit when the cube is not noisy,
+        otherwise less what the model's data read when sharp (``cfg.sharp_width``, in quadrature)
         (:func:`hsivar.deblur.blind_width`; none when no window shows a blur) and the blur's boundary
         (:func:`hsivar.deblur.border_of`, unless known), the exposure from the cube's
         brightness (:func:`hsivar.exposure.estimate_exposure`; none when it is as bright as a normal scene); haze
@@ -346,7 +347,8 @@ class Restorer(RestoreSpec):
         cube = prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy()
         facts: dict[str, object] = {}
         if shares.get("blur"):
-            sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles, border=obs.blur_border)
+            sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles, border=obs.blur_border,
+                                sharp=self.cfg.sharp_width or 0.0)
             if sigma is not None:
                 facts["blur_sigma"] = sigma
                 if obs.blur_border is None:  # said in the output, and the same for the estimate and consistency

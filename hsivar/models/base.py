@@ -102,6 +102,11 @@ class RestorationModel(nn.Module):
                                                  "coverage": coverage}
         self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "uncertainty": unc})
 
+    def set_sharp_width(self, width: float | None) -> None:
+        """Set what the spectral blur-width estimate reads on sharp cubes of the model's data (px; ``cfg.sharp_width``,
+        so a published config records it; :func:`hsivar.deblur.sharp_width`); None removes it."""
+        self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "sharp_width": width})
+
     def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
         """The parameters stage ``stage`` trains, besides the task classifier (:func:`hsivar.training.
         trainable_parameters` adds it). Stage vqvae, shared by every family: the VQ-VAE without the decoder's

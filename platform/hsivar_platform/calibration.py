@@ -5,8 +5,8 @@ the calibrated uncertainty existed, or one a team wants calibrated on its own he
 same function here: the validation cubes are read and degraded by the seeded protocol exactly as the training
 job's validation does (:func:`hsivar_platform.data.protocol_rows` → :func:`~hsivar_platform.data.degrade_case`),
 restored in this process with the true task (no Ray: a few hundred tiles), and the model is published as a new
-directory — the same weights, ``config.json`` with the fitted uncertainty (and, with ``fit_trust``, the trust τ
-fitted again) and metadata saying where it came from. The input model is never changed.
+directory — the same weights, ``config.json`` with the fitted uncertainty and sharp blur width (and, with
+``fit_trust``, the trust τ fitted again) and metadata saying where it came from. The input model is never changed.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def calibrate_published(model_uri: str, data_uri: str, out: str, *, levels: str 
     examples = calibration_examples(files, levels, bands=restorer.bands, crop=crop, tasks=restorer.tasks)
     echo(f"[hsivar] calibrating {pinned} on {len(examples)} example(s) from {len(files)} cube(s) under {data_uri}")
     fit = calibrate(restorer, examples, fit_trust=fit_trust)
+    if fit.sharp_width is not None:
+        echo(f"[hsivar]   the blur width the cubes read when sharp: {fit.sharp_width:.2f} px")
     for task, cov in fit.coverage.items():
         echo(f"[hsivar]   {task}: within 1σ {cov['cover_1sigma']:.3f}, within 2σ {cov['cover_2sigma']:.3f}, "
              f"corr(σ, |error|) {cov['std_error_corr']:.2f} ({fit.examples[task]} example(s))")

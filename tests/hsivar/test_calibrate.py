@@ -115,9 +115,12 @@ def test_the_calibrated_error_bar_covers_held_out_entries_and_travels_with_the_p
     assert out.std_calibrated and out.std is not None and out.std.shape == held_out.shape
     share = float(np.mean(np.abs(out.cube - held_out) <= 2 * out.std))
     assert 0.85 <= share <= 1.0, share
+    from hsivar.deblur import sharp_width
+
+    assert fit.sharp_width == restorer.cfg.sharp_width == sharp_width(ex.clean for ex in examples) > 0
     save_published(restorer.model, tmp_path / "m")
     loaded, _ = load_published(tmp_path / "m")
-    assert loaded.cfg.uncertainty == restorer.cfg.uncertainty
+    assert loaded.cfg.uncertainty == restorer.cfg.uncertainty and loaded.cfg.sharp_width == fit.sharp_width
     again = Restorer(loaded).restore(degraded, "gaussian", value_range=(0.0, 1.0))
     np.testing.assert_array_equal(again.std, out.std)
 

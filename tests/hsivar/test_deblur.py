@@ -18,6 +18,7 @@ from hsivar.deblur import (
     kernel,
     refine_width,
     richardson_lucy,
+    sharp_width,
     tikhonov,
 )
 from hsivar.degrade import degrade_for_test
@@ -168,6 +169,29 @@ def test_richardson_lucy_from_an_estimate_moves_towards_the_data(clean: np.ndarr
     k = kernel(s)
     moved = richardson_lucy(blurred, s, iters=10, start=start, plain=10)
     assert np.linalg.norm(blur(moved, k) - blurred) < 0.5 * np.linalg.norm(blur(start, k) - blurred)
+
+
+def test_the_width_a_sharp_image_reads_is_taken_off_a_light_blur_in_quadrature() -> None:
+    """A scene with its sensor's own blur reads a width when sharp; blurred a little more, the spectral estimate
+    reads about √(σ² + sharp²), and deconvolving with that undoes the sensor's blur too: worse than the blurred
+    input. Less the sharp reading in quadrature it lands near σ and deblurs. The data fit (zero padding) ignores it."""
+    from scipy.ndimage import gaussian_filter
+
+    scene = gaussian_filter(make_cube(seed=7, size=96, bands=16)[0], (0, 0.6, 0.6), mode="reflect")  # the sensor
+    clean = scene[:, 28:68, 28:68]
+    sharp = sharp_width([clean])
+    assert sharp is not None and 0.4 < sharp < 0.9
+    assert sharp_width([]) is None and sharp_width([np.zeros((2, 40, 40), np.float32)]) == 0.0
+    blurred = blur(scene, gaussian_kernel1d(3))[:, 28:68, 28:68]  # a window: free border, the spectral estimate
+    raw, less = blind_width(blurred), blind_width(blurred, sharp=sharp)
+    assert raw is not None and less == pytest.approx(np.sqrt(raw**2 - sharp**2))
+    assert raw > 1.15 * blur_sigma(3) and 0.9 * blur_sigma(3) < less < 1.1 * blur_sigma(3)
+    before = psnr(blurred, clean)
+    assert psnr(richardson_lucy(blurred, raw), clean) < before
+    assert psnr(richardson_lucy(blurred, less), clean) > before + 3.0
+    assert blind_width(blurred, sharp=10.0) is None  # nothing left of the reading: no blur
+    zero = degrade_for_test(clean, "blur", 9)[0]  # zero-padded and small: the data fit decides
+    assert blind_width(zero, sharp=sharp) == blind_width(zero)
 
 
 @pytest.mark.parametrize("k", [9, 21])

@@ -176,6 +176,11 @@ class _StageRun:
         if fit.scores:
             self.progress.message("trust in the learned correction per family (1: all of it, 0: the first "
                                   "estimate): " + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
+        if fit.sharp_width is not None:
+            if self.logger:
+                self.logger.metrics({"sharp_width": fit.sharp_width}, step=self.step)
+            self.progress.message(f"the blur width the validation cubes read when sharp: {fit.sharp_width:.2f} px "
+                                  "(blind deblurring takes it off the width it reads)")
         if fit.reused:
             self.progress.message(f"the blind restorations fused the oracle pass's decoded tiles for {fit.reused} of "
                                   f"{len(examples)} examples (same tiles and first estimates"
