@@ -19,6 +19,8 @@ cut from blurred cubes zero padding gives 12–18 dB, less than the blurred inpu
 * :func:`refine_width` — that estimate refined by the data: the widest σ under which Richardson–Lucy still explains
   the cube (the residual rises steeply past the true σ); :func:`blind_width` is the two together, what blind
   restoration uses for a noiseless cube of up to 128 px a side (larger ones keep the spectral estimate).
+* :func:`sharp_width` — what the spectral estimate reads on sharp cubes of some data (their sensor's own blur):
+  :func:`blind_width` takes it off the spectral estimate in quadrature where the data fit does not refine it.
 * :func:`richardson_lucy` — the noiseless inverse: Richardson–Lucy iterations ``x ← x · Kᵀ(y / Kx) / Kᵀ1``,
   with Biggs–Andrews acceleration but for the last few. Multiplicative updates keep x ≥ 0, so dark pixels
   keep their spectral shape; a linear inverse drives them negative, and clipping them to zero costs the
