@@ -178,8 +178,9 @@ def _entries(prep: PreparedCube, out: np.ndarray, clean: np.ndarray, seed: int) 
 
 def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: int = 0,
               fit_trust: bool = True) -> CalibrationFit:
-    """Fit τ per task (``fit_trust`` and a model with a fusion head on the first estimate) and the uncertainty's
-    coefficients per task on ``examples`` (see the module docstring), and set them on the restorer's model.
+    """Fit τ per task (``fit_trust`` and a model with a fusion head on the first estimate), the blur width the
+    examples' clean cubes read and the uncertainty's coefficients per task on ``examples`` (see the module
+    docstring), and set them on the restorer's model.
 
     Returns:
         :class:`CalibrationFit`; tasks without examples keep τ = 1 (τ as it was when not fitted).
@@ -210,7 +211,7 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
         scores = {t: v for t, v in scores.items() if v}
         model.set_trust(tuple(trust))
         del oracle
-    sharp = sharp_width(ex.clean for ex in examples)  # what blind restoration takes off the width it reads
+    sharp = sharp_width({id(ex.clean): ex.clean for ex in examples}.values())  # each clean cube once
     model.set_sharp_width(sharp)
     blind, reused = [], 0
     for ex in examples:  # at the fitted τ, as users restore

@@ -17,10 +17,11 @@ cut from blurred cubes zero padding gives 12–18 dB, less than the blurred inpu
   blurred than it is, rarely more (on the demo and Landsat-8 cubes the estimate is 0.5–1.08 × σ, median
   0.94–0.98): the safe direction, since deconvolving with too wide a kernel rings (docs/experiments.md).
 * :func:`refine_width` — that estimate refined by the data: the widest σ under which Richardson–Lucy still explains
-  the cube (the residual rises steeply past the true σ); :func:`blind_width` is the two together, what blind
-  restoration uses for a noiseless cube of up to 128 px a side (larger ones keep the spectral estimate).
+  the cube (the residual rises steeply past the true σ); :func:`blind_blur` is the two together with the boundary
+  read once, what blind restoration uses (the data fit for a noiseless, zero-padded cube of up to 128 px a side;
+  otherwise the spectral estimate, less :func:`sharp_width`).
 * :func:`sharp_width` — what the spectral estimate reads on sharp cubes of some data (their sensor's own blur):
-  :func:`blind_width` takes it off the spectral estimate in quadrature where the data fit does not refine it.
+  :func:`blind_blur` takes it off the spectral estimate in quadrature where the data fit does not refine it.
 * :func:`richardson_lucy` — the noiseless inverse: Richardson–Lucy iterations ``x ← x · Kᵀ(y / Kx) / Kᵀ1``,
   with Biggs–Andrews acceleration but for the last few. Multiplicative updates keep x ≥ 0, so dark pixels
   keep their spectral shape; a linear inverse drives them negative, and clipping them to zero costs the
@@ -47,8 +48,8 @@ import numpy as np
 
 from hsivar.kernels import gaussian_kernel1d
 
-__all__ = ["Border", "band_matrix", "blind_width", "blur", "blur_width", "blur_width_of", "border_of", "deconvolve",
-           "fit_bands", "refine_width", "richardson_lucy", "sharp_width", "tikhonov"]
+__all__ = ["Border", "band_matrix", "blind_blur", "blind_width", "blur", "blur_width", "blur_width_of", "border_of",
+           "deconvolve", "fit_bands", "refine_width", "richardson_lucy", "sharp_width", "tikhonov"]
 
 Border = Literal["zero", "free"]
 """The blur's boundary: ``"zero"`` — zero padding beyond the frame (the blur family's; an image framed by nodata);
@@ -219,16 +220,19 @@ def blur_width_of(cube: np.ndarray, window: int = 128, max_windows: int = 16,
 
 def sharp_width(cubes: Iterable[np.ndarray], window: int = 128, max_windows: int = 16) -> float | None:
     """What the spectral estimate reads on sharp cubes: the median over ``cubes`` (each (C, H, W) in [0, 1], not
-    blurred) of :func:`blur_width_of` without its floor (a cube that reads no width counts 0); px, None for no
-    cube.
+    blurred) of :func:`blur_width_of` without its floor (a cube that reads no width counts 0; one under 16 px a side
+    or flat is left out); px, None for no cube.
 
     A sharp image is not read as 0: its sensor's own blur and the departure of its spectrum from a power law read
-    as a width (0.3–0.37 px on the demo's synthetic cubes, 0.57 px on Landsat-8's). A blurred image of the same
+    as a width (0.31–0.37 px on the demo's synthetic cubes; 0.51 px on Landsat-8's validation cubes, 0.57 on its
+    training cubes). A blurred image of the same
     data then reads about √(σ² + sharp²), and deconvolving with that undoes the sensor's blur too, which the
     clean image keeps: with a light blur that comes back worse than the blurred input (docs/experiments.md).
-    :func:`blind_width` takes it off in quadrature.
+    :func:`blind_blur` takes it off in quadrature.
     """
-    readings = [blur_width_of(np.asarray(c, np.float32), window, max_windows, min_width=0.0) or 0.0 for c in cubes]
+    readings = [blur_width_of(x, window, max_windows, min_width=0.0) or 0.0
+                for x in (np.asarray(c, np.float32) for c in cubes)
+                if min(x.shape[-2:]) >= 16 and float(np.ptp(x)) > 0]  # what blur_width cannot read is no reading
     return float(np.median(readings)) if readings else None
 
 
@@ -288,25 +292,35 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
     return float(widths[fits.max()])
 
 
-def blind_width(cube: np.ndarray, noisy: bool = False, window: int = 128, max_windows: int = 16,
-                refine_side: int = 128, border: Border | None = None, sharp: float = 0.0) -> float | None:
-    """The blur width σ (px) of a cube (C, H, W) in [0, 1] from the cube alone, as blind restoration needs it: the
-    spectral estimate (:func:`blur_width_of`), refined by the data fit (:func:`refine_width`) when the cube is not
-    ``noisy``, its ``border`` is zero padding (None: read, :func:`border_of`; the fit needs it) and it is at most
-    ``refine_side`` px a side (the fit runs on the whole image, on at most :data:`FIT_BANDS` bands: ≈0.55 s for
-    64×64 on one core, 22 candidates × 100 iterations, ≈3.3 s at 128 px). None when no blur shows.
+def blind_blur(cube: np.ndarray, noisy: bool = False, window: int = 128, max_windows: int = 16,
+               refine_side: int = 128, border: Border | None = None, sharp: float = 0.0) -> tuple[float, Border] | None:
+    """The blur of a cube (C, H, W) in [0, 1] from the cube alone, as blind restoration needs it: its width σ (px)
+    and its boundary (:data:`Border`), or None when no blur shows.
 
-    ``sharp``: what the spectral estimate reads on sharp images of the same data (:func:`sharp_width`, px), taken
-    off the spectral estimate in quadrature, √(σ₀² − sharp²), where the data fit does not refine it (whether a blur
-    shows is still decided on σ₀). The data fit finds its own width and needs no such correction.
+    The spectral estimate σ₀ (:func:`blur_width_of`) decides whether a blur shows, and the boundary is read once, on
+    σ₀ (:func:`border_of`), unless ``border`` is given. The width is then σ₀ refined by the data fit
+    (:func:`refine_width`) when the cube is not ``noisy``, its border is zero padding (the fit needs it) and it is
+    at most ``refine_side`` px a side (the fit runs on the whole image, on at most :data:`FIT_BANDS` bands: ≈0.55 s
+    for 64×64 on one core, 22 candidates × 100 iterations, ≈3.3 s at 128 px). Otherwise it is σ₀ less ``sharp``, what
+    the spectral estimate reads on sharp images of the same data (:func:`sharp_width`, px), in quadrature:
+    √(σ₀² − sharp²), which may fall below :data:`MIN_WIDTH`; None when ``sharp`` ≥ σ₀. The data fit finds its own
+    width and needs no such correction.
     """
     sigma0 = blur_width_of(cube, window, max_windows)
     if sigma0 is None:
         return None
-    if not noisy and max(cube.shape[-2:]) <= refine_side and (border or border_of(cube, sigma0)) == "zero":
-        return refine_width(cube, sigma0)
+    border = border or border_of(cube, sigma0)
+    if not noisy and max(cube.shape[-2:]) <= refine_side and border == "zero":
+        return refine_width(cube, sigma0), border
     corrected = math.sqrt(max(sigma0 * sigma0 - sharp * sharp, 0.0))
-    return corrected if corrected > 0 else None
+    return (corrected, border) if corrected > 0 else None
+
+
+def blind_width(cube: np.ndarray, noisy: bool = False, window: int = 128, max_windows: int = 16,
+                refine_side: int = 128, border: Border | None = None, sharp: float = 0.0) -> float | None:
+    """The width σ (px) of :func:`blind_blur` (same arguments), None when no blur shows."""
+    found = blind_blur(cube, noisy, window, max_windows, refine_side, border, sharp)
+    return None if found is None else found[0]
 
 
 def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.ndarray | None = None,

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from hsivar.config import ModelConfig
-from hsivar.deblur import blind_width, border_of
+from hsivar.deblur import blind_blur
 from hsivar.degrade.observation import Observation
 from hsivar.exposure import estimate_exposure
 from hsivar.memo import DecodedTiles
@@ -322,10 +322,10 @@ class Restorer(RestoreSpec):
         named, a share of a mixture or of weights, ``"auto"`` whose plausible families (:meth:`resolve_task`) are
         that one alone, or ``"auto"`` among several where the model's classifier gives it a mean weight of at least
         one half over up to ``max_tiles`` tiles spread over the cube. Then the classical estimate: the blur width σ
-        from the power spectrum over up to ``max_tiles`` windows, refined by the data fit when the cube is not noisy,
+        from the power spectrum over up to ``max_tiles`` windows and the blur's boundary read once on it (unless
+        known), the width refined by the data fit when the cube is noiseless, zero-padded and at most 128 px a side,
         otherwise less what the model's data read when sharp (``cfg.sharp_width``, in quadrature)
-        (:func:`hsivar.deblur.blind_width`; none when no window shows a blur) and the blur's boundary
-        (:func:`hsivar.deblur.border_of`, unless known), the exposure from the cube's
+        (:func:`hsivar.deblur.blind_blur`; none when no window shows a blur), the exposure from the cube's
         brightness (:func:`hsivar.exposure.estimate_exposure`; none when it is as bright as a normal scene); haze
         needs no number. The first estimate and the kept entries follow (:meth:`PreparedCube.reobserved`);
         otherwise ``prep`` is returned unchanged.
@@ -347,12 +347,12 @@ class Restorer(RestoreSpec):
         cube = prep.cube01[:, :prep.shape[1], :prep.shape[2]].numpy()
         facts: dict[str, object] = {}
         if shares.get("blur"):
-            sigma = blind_width(cube, noisy=obs.noisy(), max_windows=max_tiles, border=obs.blur_border,
-                                sharp=self.cfg.sharp_width or 0.0)
-            if sigma is not None:
-                facts["blur_sigma"] = sigma
+            found = blind_blur(cube, noisy=obs.noisy(), max_windows=max_tiles, border=obs.blur_border,
+                               sharp=self.cfg.sharp_width or 0.0)
+            if found is not None:
+                facts["blur_sigma"], border = found
                 if obs.blur_border is None:  # said in the output, and the same for the estimate and consistency
-                    facts["blur_border"] = border_of(cube, sigma)
+                    facts["blur_border"] = border
         if shares.get("haze"):
             facts["haze"] = True
         if shares.get("lowlight"):

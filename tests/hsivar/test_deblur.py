@@ -8,6 +8,7 @@ import pytest
 from hsivar.deblur import (
     MATRIX_SIDE,
     band_matrix,
+    blind_blur,
     blind_width,
     blur,
     blur_width,
@@ -181,7 +182,8 @@ def test_the_width_a_sharp_image_reads_is_taken_off_a_light_blur_in_quadrature()
     clean = scene[:, 28:68, 28:68]
     sharp = sharp_width([clean])
     assert sharp is not None and 0.4 < sharp < 0.9
-    assert sharp_width([]) is None and sharp_width([np.zeros((2, 40, 40), np.float32)]) == 0.0
+    assert sharp_width([]) is None and sharp_width([np.zeros((2, 40, 40), np.float32), clean[:, :8, :8]]) is None
+    assert sharp_width([clean, np.zeros((2, 40, 40), np.float32)]) == sharp  # what cannot be read is left out
     blurred = blur(scene, gaussian_kernel1d(3))[:, 28:68, 28:68]  # a window: free border, the spectral estimate
     raw, less = blind_width(blurred), blind_width(blurred, sharp=sharp)
     assert raw is not None and less == pytest.approx(np.sqrt(raw**2 - sharp**2))
@@ -192,6 +194,7 @@ def test_the_width_a_sharp_image_reads_is_taken_off_a_light_blur_in_quadrature()
     assert blind_width(blurred, sharp=10.0) is None  # nothing left of the reading: no blur
     zero = degrade_for_test(clean, "blur", 9)[0]  # zero-padded and small: the data fit decides
     assert blind_width(zero, sharp=sharp) == blind_width(zero)
+    assert blind_blur(blurred, sharp=sharp) == (less, "free") and blind_blur(zero) == (blind_width(zero), "zero")
 
 
 @pytest.mark.parametrize("k", [9, 21])

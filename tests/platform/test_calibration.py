@@ -16,6 +16,7 @@ from hsivar.synth import make_cube
 def test_calibrate_publishes_a_calibrated_copy_with_the_same_weights(published_tiny: Path, tmp_path: Path) -> None:
     model, _ = load_published(published_tiny)
     model.set_uncertainty(None)  # as a model published before calibrated uncertainty existed
+    model.set_sharp_width(None)  # and before the sharp blur width
     old = save_published(model, tmp_path / "old", metadata={"run": "r1"})
     val = tmp_path / "val"
     val.mkdir()
@@ -31,6 +32,8 @@ def test_calibrate_publishes_a_calibrated_copy_with_the_same_weights(published_t
     unc = calibrated.cfg.uncertainty
     assert unc is not None and len(unc.coefficients) == len(calibrated.cfg.dag.tasks)
     assert calibrated.cfg.fusion.trust == model.cfg.fusion.trust  # kept without --fit-trust
+    assert calibrated.cfg.sharp_width is not None  # what the sharp cubes read
+    assert f"read when sharp: {calibrated.cfg.sharp_width:.2f} px" in r.output
     assert doc["metadata"]["run"] == "r1" and doc["metadata"]["calibrated_from"] == str(old)
     assert doc["metadata"]["calibration_examples"] == 12
     assert json.loads((old / CONFIG_FILE).read_text())["model"]["uncertainty"] is None  # the input is unchanged

@@ -1,5 +1,5 @@
-"""``hsivar calibrate``: fit a published model's calibrated uncertainty on validation cubes and publish a copy
-(:func:`hsivar_platform.calibration.calibrate_published`)."""
+"""``hsivar calibrate``: fit a published model's calibrated uncertainty (and the blur width its sharp validation cubes
+read) on validation cubes and publish a copy (:func:`hsivar_platform.calibration.calibrate_published`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def calibrate(
     fit_trust: Annotated[bool, typer.Option(help="fit the trust in the learned correction again too")] = False,
 ) -> None:
     """Calibrate the uncertainty (|error| ≤ 2σ for ≈95 % of synthesised entries) of a published model on clean
-    validation cubes degraded by the seeded protocol, and publish the calibrated copy at --out."""
+    validation cubes degraded by the seeded protocol, measure the blur width the clean cubes read (which blind
+    deblurring takes off the width it reads), and publish the calibrated copy at --out."""
     if levels not in ("all", "middle"):
         raise typer.BadParameter("expected all or middle", param_hint="--levels")
     from hsivar_platform.calibration import calibrate_published

@@ -151,9 +151,9 @@ class _StageRun:
 
     def calibrate(self) -> CalibrationFit | None:
         """End of stage decoder (rank 0, ``val.calibrate``): fit the per-family trust in the learned correction (a
-        model with a first estimate) and the calibrated uncertainty on the validation examples
-        (:func:`hsivar.calibrate.calibrate`, the EMA weights when on); the published config records both. → the
-        fit (None when not calibrated)."""
+        model with a first estimate), the blur width the clean cubes read and the calibrated uncertainty on the
+        validation examples (:func:`hsivar.calibrate.calibrate`, the EMA weights when on); the published config
+        records them. → the fit (None when not calibrated)."""
         model = self.model
         if self.stage != "decoder" or not self.cfg.val.calibrate:
             return None
