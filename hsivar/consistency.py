@@ -14,7 +14,9 @@ the observation cannot see and takes the rest from y: x = A⁺y + (I − A⁺A) 
 * **blur**: a few Richardson–Lucy steps started at the estimate, each a multiplicative move towards K x = y
   that keeps x ≥ 0 (:func:`hsivar.deblur.richardson_lucy`; on a free border the scene beyond the frame, which the
   estimate does not cover, is estimated first with the frame held); for a noisy observation, a few conjugate-gradient
-  steps on ‖K x − y‖² + w‖x − x̂‖² with the estimate as the prior instead (:func:`hsivar.deblur.tikhonov`);
+  steps on ‖K x − y‖² + w‖x − x̂‖² with the estimate as the prior instead (:func:`hsivar.deblur.tikhonov`), which
+  stop once the residual is within the observation's noise (an estimate that close is kept: pulled closer, it took
+  the noise back, 1–6 dB on noisy blurred cubes);
 * **noise**, **haze**, **low light**: nothing — such an observation is not more exact than the estimate, and the
   first estimate already weighs it (:mod:`hsivar.estimate`).
 
@@ -68,7 +70,8 @@ def project(x01: np.ndarray, y01: np.ndarray, obs: Observation, blur_weight: flo
         x = back_project(x, y01, obs.sr_scale)
     if obs.blur_sigma:
         border = obs.blur_border  # None: read from y's border, as the first estimate reads it
-        x = (tikhonov(y01, obs.blur_sigma, prior=x, weight=blur_weight, iters=blur_iters, border=border)
+        x = (tikhonov(y01, obs.blur_sigma, prior=x, weight=blur_weight, iters=blur_iters, border=border,
+                      noise_rms=float(np.sqrt(np.mean(np.square(obs.noise_sigma)))))
              if obs.noisy() else
              richardson_lucy(y01, obs.blur_sigma, iters=blur_iters, start=x, plain=blur_iters, border=border))
     return x

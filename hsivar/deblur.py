@@ -367,11 +367,13 @@ def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.nda
 
 
 def tikhonov(y: np.ndarray, sigma: float, prior: np.ndarray | None = None, weight: float = 1e-3,
-             iters: int = 30, border: Border | None = None) -> np.ndarray:
+             iters: int = 30, border: Border | None = None, noise_rms: float | None = None) -> np.ndarray:
     """Undo the Gaussian blur of width ``sigma`` px of ``y`` (C, H, W) by ``iters`` conjugate-gradient steps on
     ‖K x − y‖² + ``weight``·‖x − prior‖², started at the prior (default ``y``); → (C, H, W) float32. ``border``: the
     blur's boundary (:data:`Border`; None: read from ``y``, :func:`border_of`) — for a free one the prior extends
-    beyond the frame by its edge values."""
+    beyond the frame by its edge values. ``noise_rms``: the observation's noise level (RMS, [0, 1] units); the steps
+    stop once the RMS residual ‖K x − y‖ is within it (Morozov's discrepancy principle: fitting the data closer than
+    its noise fits the noise), so a prior already that close is returned as it is."""
     k = kernel(sigma).astype(np.float64)
     obs = np.asarray(y, np.float64)
     margin = _margin(k, border or border_of(obs, sigma))
@@ -384,8 +386,12 @@ def tikhonov(y: np.ndarray, sigma: float, prior: np.ndarray | None = None, weigh
     x = p0.copy()
     r = b - normal(x)
     p, rs = r.copy(), float((r * r).sum())
+
+    def fits_within_noise(v: np.ndarray) -> bool:
+        return noise_rms is not None and float(np.sqrt(np.mean((_forward(v, k, margin) - obs) ** 2))) <= noise_rms
+
     for _ in range(iters):
-        if rs < 1e-20:
+        if rs < 1e-20 or fits_within_noise(x):
             break
         ap = normal(p)
         a = rs / float((p * ap).sum())
