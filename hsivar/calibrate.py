@@ -7,8 +7,9 @@ not ask whether y beats x0 on data it has not seen, and on families where x0 is 
 filled over wavelength) a tiny model's correction costs more than it brings. :func:`calibrate` answers that
 question per family on validation examples, through the one restoration path (first estimate, model,
 consistency): R1 is the restoration at τ = 1 and R0 at τ = 0 — x0 made consistent, which needs no model. The
-output is affine in τ (exactly for kept entries and sr back-projection, nearly for the few conjugate-gradient
-steps of blur consistency), R(τ) = R0 + τ·(R1 − R0), so every τ of a grid is scored without restoring again.
+output is affine in τ (exactly for kept entries and sr back-projection, nearly for the few steps of blur
+consistency, whose count on a noisy cube depends on how far the estimate is from the data),
+R(τ) = R0 + τ·(R1 − R0), so every τ of a grid is scored without restoring again.
 The rule: the τ with the highest mean PSNR among those whose gain over τ = 0 (the first estimate) is positive in
 PSNR **and** in spectral angle (SAM) by at least :data:`CONFIDENCE_Z` standard errors of the per-example gains —
 the learned correction is kept where it helps on held-out data in both, clearly enough to hold on other data, and
