@@ -191,7 +191,6 @@ def wiener_dct(noisy: np.ndarray, pilot: np.ndarray, sigma: float, patch: int = 
     return total / count
 
 
-
 def band_noise_mad(cube: np.ndarray) -> np.ndarray:
     """Per-band noise σ of ``cube`` (C, H, W), in its units, from the median absolute value of each band's finest
     diagonal wavelet detail (Donoho's estimator: the same db2 detail, non-zero coefficients and constant as
