@@ -1,5 +1,5 @@
 """Fitted after training on held-out examples: the per-family trust in the learned correction, the blur width a
-sharp cube reads, and the calibrated uncertainty.
+sharp cube reads and the ratio to the data fit's blur width that deconvolves best, and the calibrated uncertainty.
 
 **Trust.** A model with ``first_estimate`` outputs ``x0 + τ·(y − x0)``: the classical first estimate x0 plus a
 share τ of the fusion head's correction (:class:`~hsivar.models.fusion.OutputFusion`). Training fits y; it does
@@ -21,6 +21,9 @@ on the example's ``band_mask`` (a bandmiss example is scored on its missing band
 **The blur width of a sharp cube.** The spectral blur-width estimate reads a sharp image as slightly blurred (its
 sensor's own blur, the estimator's floor); what it reads on the examples' clean cubes (:func:`hsivar.deblur.
 sharp_width`) is set on the model, and blind restoration takes it off the width it reads (``ModelConfig.sharp_width``).
+Where blind restoration refines the width by the data fit instead (a noiseless, zero-padded cube), the ratio to
+that width that deconvolves the blur examples best (:func:`hsivar.deblur.fit_width_scale`) is set on the model
+(``ModelConfig.fit_width_scale``): the fit's reading lies 0–1 % either side of the true σ depending on the data.
 
 **Uncertainty.** Then every example is restored once more as users restore it — blind (``task="auto"``, the
 observation read off the cube, the blur width estimated from it) at the fitted τ — and the error-variance
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hsivar.deblur import sharp_width
+from hsivar.deblur import fit_width_scale, sharp_width
 from hsivar.degrade import observation_of_level
 from hsivar.memo import DecodedTiles
 from hsivar.metrics import psnr, sam
@@ -91,6 +94,9 @@ class CalibrationFit:
         uncertainty: (N, F) coefficients of :mod:`hsivar.uncertainty`.
         sharp_width: what the spectral blur-width estimate reads on the examples' clean cubes (px,
             :func:`hsivar.deblur.sharp_width`), set on the model before the blind pass.
+        fit_width_scale: the ratio to the data fit's blur width that deconvolves the blur examples best
+            (:func:`hsivar.deblur.fit_width_scale`; None: no blur example takes the data fit), set on the model
+            before the blind pass.
         coverage: per task with examples, the validation entries' coverage at 1σ / 2σ and the correlation of σ
             with |error| (:func:`hsivar.uncertainty.coverage_stats`).
         restored: per example given (in order), its blind restoration (C, H, W) float32 in [0, 1] with the
@@ -107,6 +113,7 @@ class CalibrationFit:
     restored: tuple[np.ndarray, ...] = ()
     reused: int = 0
     sharp_width: float | None = None
+    fit_width_scale: float | None = None
 
 
 @dataclass
@@ -214,6 +221,8 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
         del oracle
     sharp = sharp_width({id(ex.clean): ex.clean for ex in examples}.values())  # each clean cube once
     model.set_sharp_width(sharp)
+    scale = fit_width_scale((ex.degraded, ex.clean) for ex in examples if ex.task == "blur")
+    model.set_fit_width_scale(scale)
     blind, reused = [], 0
     for ex in examples:  # at the fitted τ, as users restore
         hits, misses = memo.hits, memo.misses
@@ -233,4 +242,4 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
     rows = tuple(tuple(float(v) for v in coefficients.get(t, widest)) for t in tasks)
     model.set_uncertainty(rows, COVERAGE)
     return CalibrationFit(tuple(float(v) for v in trust), counts, scores, rows, coverage,
-                          tuple(np.asarray(out, np.float32) for _, out in blind), reused, sharp)
+                          tuple(np.asarray(out, np.float32) for _, out in blind), reused, sharp, scale)

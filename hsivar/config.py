@@ -298,6 +298,10 @@ class ModelConfig(_Frozen):
         None, ge=0, description="px: the blur width the spectral estimate reads on the validation data's sharp cubes "
         "(hsivar.deblur.sharp_width: the sensor's own blur and the estimator's floor), set after stage 3; blind "
         "restoration takes it off the width it reads, in quadrature, where the data fit does not refine it; null: 0")
+    fit_width_scale: float = Field(
+        1.0, gt=0.5, lt=1.5, description="the ratio to the blur width the data fit reads (hsivar.deblur.refine_width) "
+        "that deconvolves best on the validation cubes (hsivar.deblur.fit_width_scale), set after stage 3; blind "
+        "restoration multiplies the refined width by it; 1: the width as read")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -323,7 +323,8 @@ class Restorer(RestoreSpec):
         that one alone, or ``"auto"`` among several where the model's classifier gives it a mean weight of at least
         one half over up to ``max_tiles`` tiles spread over the cube. Then the classical estimate: the blur width σ
         from the power spectrum over up to ``max_tiles`` windows and the blur's boundary read once on it (unless
-        known), the width refined by the data fit when the cube is noiseless, zero-padded and at most 128 px a side,
+        known), the width refined by the data fit when the cube is noiseless, zero-padded and at most 128 px a side
+        (times the ratio that deconvolved best on the model's validation cubes, ``cfg.fit_width_scale``),
         otherwise less what the model's data read when sharp (``cfg.sharp_width``, in quadrature)
         (:func:`hsivar.deblur.blind_blur`; none when no window shows a blur), the exposure from the cube's
         brightness (:func:`hsivar.exposure.estimate_exposure`; none when it is as bright as a normal scene); haze
@@ -348,7 +349,7 @@ class Restorer(RestoreSpec):
         facts: dict[str, object] = {}
         if shares.get("blur"):
             found = blind_blur(cube, noisy=obs.noisy(), max_windows=max_tiles, border=obs.blur_border,
-                               sharp=self.cfg.sharp_width or 0.0)
+                               sharp=self.cfg.sharp_width or 0.0, fit_scale=self.cfg.fit_width_scale)
             if found is not None:
                 facts["blur_sigma"], border = found
                 if obs.blur_border is None:  # said in the output, and the same for the estimate and consistency

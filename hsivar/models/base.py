@@ -107,6 +107,12 @@ class RestorationModel(nn.Module):
         so a published config records it; :func:`hsivar.deblur.sharp_width`); None removes it."""
         self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "sharp_width": width})
 
+    def set_fit_width_scale(self, scale: float | None) -> None:
+        """Set the ratio to the data fit's blur width that deconvolves best on the model's data
+        (``cfg.fit_width_scale``, so a published config records it; :func:`hsivar.deblur.fit_width_scale`); None: 1,
+        the width as read."""
+        self.cfg = type(self.cfg).model_validate({**self.cfg.model_dump(), "fit_width_scale": scale or 1.0})
+
     def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
         """The parameters stage ``stage`` trains, besides the task classifier (:func:`hsivar.training.
         trainable_parameters` adds it). Stage vqvae, shared by every family: the VQ-VAE without the decoder's

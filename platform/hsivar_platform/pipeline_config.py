@@ -260,7 +260,8 @@ class ValSpec(_Strict):
     panels: bool = Field(True, description="log false-colour PNG panels degraded / restored / clean")
     calibrate: bool = Field(True, description="at the end of stage decoder, fit on the validation examples the "
                             "per-family trust in the learned correction (model.fusion.trust; models with "
-                            "first_estimate), the blur width the clean validation cubes read (model.sharp_width) and "
+                            "first_estimate), the blur width the clean validation cubes read (model.sharp_width), the "
+                            "ratio to the data fit's blur width that deconvolves them best (model.fit_width_scale) and "
                             "the calibrated uncertainty (model.uncertainty), before the final validation and "
                             "publication (hsivar.calibrate)")
 

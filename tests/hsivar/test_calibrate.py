@@ -140,3 +140,26 @@ def test_tau_zero_without_the_model_equals_the_model_at_tau_zero() -> None:
                                 observation=observation_of_level(task, level, degraded.shape)).cube
         restorer.model.set_trust((1.0,) * n)
         np.testing.assert_allclose(got, want, atol=1e-5)  # x0 clamped to [0, 1] like every output, then consistent
+
+
+def test_the_ratio_to_the_fit_blur_width_is_fitted_on_the_blur_examples_and_travels_with_the_model(tmp_path) -> None:
+    """Calibration sets the ratio to the data fit's blur width that deconvolves its blur examples best
+    (``cfg.fit_width_scale``), blind restoration multiplies the width it refines by it, and the published model
+    carries it; without a blur example it stays 1."""
+    from hsivar.deblur import blind_width, fit_width_scale
+    from hsivar.publish import load_published, save_published
+
+    restorer = Restorer(_model())
+    cubes = [make_cube(seed=s, size=48, bands=8)[0] for s in (11, 12)]
+    blurred = [degrade_for_test(c, "blur", k, index=i)[0] for i, (c, k) in enumerate(zip(cubes, (9, 15)))]
+    examples = [CalibrationExample(y, c, "blur", k) for y, c, k in zip(blurred, cubes, (9, 15))]
+    examples.append(CalibrationExample(degrade_for_test(cubes[0], "gaussian", 50)[0], cubes[0], "gaussian", 50))
+    fit = calibrate(restorer, examples)
+    expected = fit_width_scale(zip(blurred, cubes))
+    assert expected is not None and fit.fit_width_scale == restorer.cfg.fit_width_scale == expected
+    prep = restorer.observe(restorer.prepare(blurred[0], 8, value_range=(0.0, 1.0)), "blur")
+    assert prep.observation.blur_sigma == pytest.approx(blind_width(blurred[0], fit_scale=expected))
+    save_published(restorer.model, tmp_path / "m")
+    assert load_published(tmp_path / "m")[0].cfg.fit_width_scale == expected
+    other = Restorer(_model())
+    assert calibrate(other, examples[2:]).fit_width_scale is None and other.cfg.fit_width_scale == 1.0

@@ -16,6 +16,7 @@ from hsivar.deblur import (
     border_of,
     deconvolve,
     fit_bands,
+    fit_width_scale,
     kernel,
     refine_width,
     richardson_lucy,
@@ -208,6 +209,26 @@ def test_the_width_a_sharp_image_reads_is_taken_off_a_light_blur_in_quadrature()
     zero = degrade_for_test(clean, "blur", 9)[0]  # zero-padded and small: the data fit decides
     assert blind_width(zero, sharp=sharp) == blind_width(zero)
     assert blind_blur(blurred, sharp=sharp) == (less, "free") and blind_blur(zero) == (blind_width(zero), "zero")
+
+
+def test_the_ratio_to_the_fit_width_that_deconvolves_best_is_fitted_on_data_like_it() -> None:
+    """:func:`fit_width_scale` scores each ratio of its grid on the pairs the data fit reads (zero-padded, noiseless)
+    and returns the one with the highest mean PSNR, which then multiplies the fit's width in blind deblurring only;
+    pairs the fit does not read (a window: free border; a sharp cube) are left out, and none gives None."""
+    cubes = [make_cube(seed=s, size=48, bands=8)[0] for s in (11, 12)]
+    pairs = [(degrade_for_test(c, "blur", k)[0], c) for c, k in zip(cubes, (9, 15))]
+    grid = (0.9, 0.97, 1.0, 1.1)
+    means = [np.mean([psnr(richardson_lucy(y, refine_width(y, blur_width_of(y)) * g, border="zero"), c)
+                      for y, c in pairs]) for g in grid]
+    assert means[0] < max(means) and means[-1] < max(means)  # too narrow and too wide both lose
+    assert fit_width_scale(pairs, grid) == grid[int(np.argmax(means))]
+    scene = make_cube(seed=23, size=96, bands=8)[0]
+    window = (blur(scene, kernel(blur_sigma(9)))[:, 28:68, 28:68], scene[:, 28:68, 28:68])  # free border
+    assert fit_width_scale([window, (cubes[0], cubes[0])], grid) is None
+    assert fit_width_scale([window, *pairs], grid) == fit_width_scale(pairs, grid)
+    y = pairs[0][0]
+    assert blind_width(y, fit_scale=0.97) == pytest.approx(0.97 * blind_width(y))
+    assert blind_width(window[0], fit_scale=0.5) == blind_width(window[0])  # the spectral estimate: not scaled
 
 
 @pytest.mark.parametrize("k", [9, 21])

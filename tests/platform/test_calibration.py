@@ -34,6 +34,7 @@ def test_calibrate_publishes_a_calibrated_copy_with_the_same_weights(published_t
     assert calibrated.cfg.fusion.trust == model.cfg.fusion.trust  # kept without --fit-trust
     assert calibrated.cfg.sharp_width is not None  # what the sharp cubes read
     assert f"read when sharp: {calibrated.cfg.sharp_width:.2f} px" in r.output
+    assert f"deconvolves best: {calibrated.cfg.fit_width_scale:.2f}" in r.output  # fitted on the blur examples
     assert doc["metadata"]["run"] == "r1" and doc["metadata"]["calibrated_from"] == str(old)
     assert doc["metadata"]["calibration_examples"] == 12
     assert json.loads((old / CONFIG_FILE).read_text())["model"]["uncertainty"] is None  # the input is unchanged

@@ -181,6 +181,11 @@ class _StageRun:
                 self.logger.metrics({"sharp_width": fit.sharp_width}, step=self.step)
             self.progress.message(f"the blur width the validation cubes read when sharp: {fit.sharp_width:.2f} px "
                                   "(blind deblurring takes it off the width it reads)")
+        if fit.fit_width_scale is not None:
+            if self.logger:
+                self.logger.metrics({"fit_width_scale": fit.fit_width_scale}, step=self.step)
+            self.progress.message(f"the ratio to the data fit's blur width that deconvolves the validation cubes "
+                                  f"best: {fit.fit_width_scale:.2f}")
         if fit.reused:
             self.progress.message(f"the blind restorations fused the oracle pass's decoded tiles for {fit.reused} of "
                                   f"{len(examples)} examples (same tiles and first estimates"
