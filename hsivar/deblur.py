@@ -366,9 +366,11 @@ FIT_SCALE_GRID = tuple(round(0.95 + 0.01 * i, 2) for i in range(9))
 def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterable[float] = FIT_SCALE_GRID,
                     refine_side: int = 128) -> float | None:
     """The ratio to the data fit's width (:func:`refine_width`) that deconvolves best on some data: over ``pairs`` of
-    (blurred (C, H, W), clean (C, H, W)) in [0, 1], noiseless, the ratio of ``grid`` whose zero-border Richardson–Lucy
-    deconvolution (:func:`deconvolve`) has the highest mean PSNR (dB) against the clean cubes; None when no pair
-    takes the data fit in :func:`blind_blur` (no blur shows, a free border, more than ``refine_side`` px a side).
+    (blurred (C, H, W), clean (C, H, W)) in [0, 1], noiseless, the ratio of ``grid`` (ascending) whose zero-border
+    Richardson–Lucy deconvolution (:func:`deconvolve`) has the highest mean PSNR (dB) against the clean cubes; None
+    when no pair takes the data fit in :func:`blind_blur` (no blur shows, a free border, more than ``refine_side`` px
+    a side). The mean PSNR rises to one peak and falls, so the search climbs from the ratio nearest 1 to the better
+    neighbour while it gains (3–4 ratios scored instead of the whole grid: ≈1.2 s per 64×64×31 pair on one core).
 
     Why: the fit reads the width where its residual crosses a limit, and where that lies against the true σ
     depends on the data (0.99–1.0 σ on the demo's 31-band cubes, 1.01 σ on Landsat-8's 6 bands), while
@@ -377,16 +379,27 @@ def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterab
     """
     from hsivar.metrics import psnr
 
-    grid = tuple(float(g) for g in grid)
-    scores = []
+    grid = sorted(float(g) for g in grid)
+    fitted = []  # (blurred, clean, the fit's width)
     for blurred, clean in pairs:
         y = np.asarray(blurred, np.float32)
         sigma0 = blur_width_of(y)
-        if sigma0 is None or not _data_fit_applies(y, False, refine_side, border_of(y, sigma0)):
-            continue
-        width = refine_width(y, sigma0)
-        scores.append([psnr(richardson_lucy(y, width * g, border="zero"), clean) for g in grid])
-    return grid[int(np.argmax(np.mean(scores, axis=0)))] if scores else None
+        if sigma0 is not None and _data_fit_applies(y, False, refine_side, border_of(y, sigma0)):
+            fitted.append((y, clean, refine_width(y, sigma0)))
+    if not fitted:
+        return None
+
+    @functools.cache
+    def score(i: int) -> float:
+        return float(np.mean([psnr(richardson_lucy(y, width * grid[i], border="zero"), clean)
+                              for y, clean, width in fitted]))
+
+    at = int(np.argmin([abs(g - 1.0) for g in grid]))
+    while True:
+        best = max((j for j in (at - 1, at + 1) if 0 <= j < len(grid)), key=score, default=at)
+        if score(best) <= score(at):
+            return grid[at]
+        at = best
 
 
 def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.ndarray | None = None,
