@@ -299,11 +299,11 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
     true σ. Why the last rise's foot rather than the smallest residual: a kernel far narrower than the blur is
     nearly the identity and fits in a few iterations, while in between the iterations fall short of converging.
     Why interpolated: the widest candidate within the limit lies on average half a step (2 %) below the crossing,
-    and deconvolving 2 % too narrow costs 0.1–0.2 dB. Why fitted again: the iterations at the true σ fall short of
-    converging, so its residual scatters; twice the iterations near the rise halve the scatter of the width
-    (docs/experiments.md has the figures). The spectral estimate reads a texture-poor scene as less blurred than it
-    is, and deconvolving with too narrow a kernel leaves blur behind. Only for a noiseless cube: noise raises every
-    residual to its own level and hides the knee.
+    which with its scatter cost 0.05–0.09 dB on the demo's cubes. Why fitted again: the iterations at the true σ
+    fall short of converging, so its residual scatters; twice the iterations near the rise halve the scatter of the
+    width (docs/experiments.md has the figures). The spectral estimate reads a texture-poor scene as less blurred
+    than it is, and deconvolving with too narrow a kernel leaves blur behind. Only for a noiseless cube: noise raises
+    every residual to its own level and hides the knee.
 
     The cube must be the whole blurred image: the fit assumes the blur's zero padding at its border. (A window cut
     from a larger image breaks that assumption, and the residual inside it rises before the true σ: on windows
@@ -374,8 +374,9 @@ def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterab
 
     Why: the fit reads the width where its residual crosses a limit, and where that lies against the true σ
     depends on the data (0.99–1.0 σ on the demo's 31-band cubes, 1.01 σ on Landsat-8's 6 bands), while
-    Richardson–Lucy deconvolves best about 1 % narrower than the true σ and loses 3–4 times as much 2 % wider as 2 %
-    narrower (docs/experiments.md). The calibration after stage 3 fits it on the validation cubes.
+    Richardson–Lucy deconvolves best about 1 % narrower than the true σ, and 2 % wider than σ loses 0.26–0.30 dB
+    where 2 % narrower loses at most 0.02 (docs/experiments.md). The calibration after stage 3 fits it on the
+    validation cubes.
     """
     from hsivar.metrics import psnr
 
