@@ -366,11 +366,12 @@ FIT_SCALE_GRID = tuple(round(0.95 + 0.01 * i, 2) for i in range(9))
 def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterable[float] = FIT_SCALE_GRID,
                     refine_side: int = 128) -> float | None:
     """The ratio to the data fit's width (:func:`refine_width`) that deconvolves best on some data: over ``pairs`` of
-    (blurred (C, H, W), clean (C, H, W)) in [0, 1], noiseless, the ratio of ``grid`` (ascending) whose zero-border
+    (blurred (C, H, W), clean (C, H, W)) in [0, 1], noiseless, the ratio of ``grid`` whose zero-border
     Richardson–Lucy deconvolution (:func:`deconvolve`) has the highest mean PSNR (dB) against the clean cubes; None
     when no pair takes the data fit in :func:`blind_blur` (no blur shows, a free border, more than ``refine_side`` px
-    a side). The mean PSNR rises to one peak and falls, so the search climbs from the ratio nearest 1 to the better
-    neighbour while it gains (3–4 ratios scored instead of the whole grid: ≈1.2 s per 64×64×31 pair on one core).
+    a side). The mean PSNR rises to one peak and falls, so the search climbs the sorted grid from the ratio nearest 1
+    to the better neighbour while it gains (3–4 ratios scored instead of the whole grid: ≈1.2 s per 64×64×31 pair on
+    one core). Raises ValueError for an empty ``grid``.
 
     Why: the fit reads the width where its residual crosses a limit, and where that lies against the true σ
     depends on the data (0.99–1.0 σ on the demo's 31-band cubes, 1.01 σ on Landsat-8's 6 bands), while
@@ -381,6 +382,8 @@ def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterab
     from hsivar.metrics import psnr
 
     grid = sorted(float(g) for g in grid)
+    if not grid:
+        raise ValueError("fit_width_scale needs at least one ratio in its grid")
     fitted = []  # (blurred, clean, the fit's width)
     for blurred, clean in pairs:
         y = np.asarray(blurred, np.float32)

@@ -226,6 +226,8 @@ def test_the_ratio_to_the_fit_width_that_deconvolves_best_is_fitted_on_data_like
     window = (blur(scene, kernel(blur_sigma(9)))[:, 28:68, 28:68], scene[:, 28:68, 28:68])  # free border
     assert fit_width_scale([window, (cubes[0], cubes[0])], grid) is None
     assert fit_width_scale([window, *pairs], grid) == fit_width_scale(pairs, grid)
+    with pytest.raises(ValueError, match="at least one ratio"):
+        fit_width_scale(pairs, ())
     y = pairs[0][0]
     assert blind_width(y, fit_scale=0.97) == pytest.approx(0.97 * blind_width(y))
     assert blind_width(window[0], fit_scale=0.5) == blind_width(window[0])  # the spectral estimate: not scaled
