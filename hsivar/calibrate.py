@@ -95,8 +95,8 @@ class CalibrationFit:
         sharp_width: what the spectral blur-width estimate reads on the examples' clean cubes (px,
             :func:`hsivar.deblur.sharp_width`), set on the model before the blind pass.
         fit_width_scale: the ratio to the data fit's blur width that deconvolves the blur examples best
-            (:func:`hsivar.deblur.fit_width_scale`; None: no blur example takes the data fit), set on the model
-            before the blind pass.
+            (:func:`hsivar.deblur.fit_width_scale`), set on the model before the blind pass; None: no blur example
+            takes the data fit, and the model keeps its ratio.
         coverage: per task with examples, the validation entries' coverage at 1σ / 2σ and the correlation of σ
             with |error| (:func:`hsivar.uncertainty.coverage_stats`).
         restored: per example given (in order), its blind restoration (C, H, W) float32 in [0, 1] with the
@@ -187,8 +187,9 @@ def _entries(prep: PreparedCube, out: np.ndarray, clean: np.ndarray, seed: int) 
 def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: int = 0,
               fit_trust: bool = True) -> CalibrationFit:
     """Fit τ per task (``fit_trust`` and a model with a fusion head on the first estimate), the blur width the
-    examples' clean cubes read and the uncertainty's coefficients per task on ``examples`` (see the module
-    docstring), and set them on the restorer's model.
+    examples' clean cubes read, the ratio to the data fit's blur width that deconvolves the blur examples best (kept
+    as the model has it when no blur example takes the data fit) and the uncertainty's coefficients per task on
+    ``examples`` (see the module docstring), and set them on the restorer's model.
 
     Returns:
         :class:`CalibrationFit`; tasks without examples keep τ = 1 (τ as it was when not fitted).
@@ -222,7 +223,8 @@ def calibrate(restorer: Restorer, examples: Iterable[CalibrationExample], seed: 
     sharp = sharp_width({id(ex.clean): ex.clean for ex in examples}.values())  # each clean cube once
     model.set_sharp_width(sharp)
     scale = fit_width_scale((ex.degraded, ex.clean) for ex in examples if ex.task == "blur")
-    model.set_fit_width_scale(scale)
+    if scale is not None:  # none of the examples tells (no blur, whole cubes over 128 px): the model's ratio stays
+        model.set_fit_width_scale(scale)
     blind, reused = [], 0
     for ex in examples:  # at the fitted τ, as users restore
         hits, misses = memo.hits, memo.misses

@@ -119,8 +119,8 @@ def bm4d_denoise(degraded: np.ndarray, level: float) -> np.ndarray:
 
 def blind_deblur(degraded: np.ndarray, level: float) -> np.ndarray:
     """Deblur (C, H, W) float32 blind: the width estimated from the cube (:func:`hsivar.deblur.blind_width`, as
-    ``task=auto`` does for a noiseless cube, but knowing no training data: without a model's sharp width), then
-    :func:`hsivar.deblur.deconvolve`; unchanged when no blur shows.
+    ``task=auto`` does for a noiseless cube, but knowing no training data: without a model's sharp width nor its
+    fitted ratio to the data fit's width), then :func:`hsivar.deblur.deconvolve`; unchanged when no blur shows.
 
     ``level`` is not used: the width is estimated, as ``task=auto`` must.
     """

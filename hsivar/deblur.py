@@ -271,14 +271,15 @@ def _widest_fit(widths: np.ndarray, residual: list[float], step: float) -> tuple
     """On candidates ``widths`` (n,) px in ratios of ``step`` with fit ``residual`` (n,): the index of the foot of
     the residual's last rise (walking down from the widest while the residual falls), the index of the widest
     candidate within :data:`FIT_TOLERANCE` of it, and the width σ (px) where the residual crosses that limit,
-    interpolated between that candidate and the next (the candidate itself when none follows or the next fits)."""
+    interpolated between that candidate and the next, which does not fit (the fraction of the step linear in the
+    residual, the width geometric like the candidates; the candidate itself when it is the widest)."""
     n = len(widths)
     valley = n - 1
     while valley > 0 and residual[valley - 1] <= residual[valley]:
         valley -= 1
     limit = FIT_TOLERANCE * residual[valley]
     widest = int((np.flatnonzero(np.asarray(residual[valley:]) <= limit) + valley).max())
-    if widest + 1 >= n or residual[widest + 1] <= limit:
+    if widest + 1 >= n:
         return valley, widest, float(widths[widest])
     t = (limit - residual[widest]) / (residual[widest + 1] - residual[widest])  # in [0, 1): the crossing
     return valley, widest, float(widths[widest] * step ** t)
@@ -292,7 +293,8 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
     candidate while the residual falls. The candidates are ``sigma0·r`` (r from ``lo`` to ``hi`` in steps of
     ×``step``), each fitted with ``iters`` iterations; the candidates from just below that foot to just past the
     crossing are then fitted again with 2 × ``iters``, and the crossing is read on those, interpolated between the
-    widest candidate that fits and the next. The fit runs on the ``bands`` most textured bands (:func:`fit_bands`).
+    widest candidate that fits and the next (the first reading is kept when every candidate fitted again fits: the
+    crossing then lies past them). The fit runs on the ``bands`` most textured bands (:func:`fit_bands`).
 
     Why the widest: any σ up to the true one explains the cube exactly (a narrower Gaussian blur of a blurrier
     image), while a wider one asks for a non-negative image sharper than any: the residual rises steeply past the
@@ -313,9 +315,11 @@ def refine_width(cube: np.ndarray, sigma0: float, lo: float = 0.85, hi: float = 
     obs = np.ascontiguousarray(obs[fit_bands(obs, bands)])
     n = int(math.floor(math.log(hi / lo) / math.log(step))) + 1
     widths = sigma0 * lo * step ** np.arange(n)
-    valley, widest, _ = _widest_fit(widths, [_fit_residual(obs, w, iters) for w in widths], step)
+    valley, widest, first = _widest_fit(widths, [_fit_residual(obs, w, iters) for w in widths], step)
     near = widths[max(valley - 1, 0):min(widest + 2, n - 1) + 1]  # the rise, one candidate either side
-    return _widest_fit(near, [_fit_residual(obs, w, 2 * iters) for w in near], step)[2]
+    _, last, again = _widest_fit(near, [_fit_residual(obs, w, 2 * iters) for w in near], step)
+    # every candidate of the slice within the limit: the crossing lies past it, so keep the first reading
+    return first if last == len(near) - 1 and widest + 2 < n else again
 
 
 def _data_fit_applies(cube: np.ndarray, noisy: bool, refine_side: int, border: Border) -> bool:
@@ -390,20 +394,26 @@ def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterab
         sigma0 = blur_width_of(y)
         if sigma0 is not None and _data_fit_applies(y, False, refine_side, border_of(y, sigma0)):
             fitted.append((y, clean, refine_width(y, sigma0)))
-    if not fitted:
-        return None
+    if not fitted or len(grid) == 1:
+        return grid[0] if fitted else None
+
+    def pair_psnr(y: np.ndarray, clean: np.ndarray, width: float) -> float:
+        bands = np.asarray(psnr(richardson_lucy(y, width, border="zero"), clean, per_band=True))
+        bands = bands[np.isfinite(bands)]  # a band restored exactly (a dead, all-zero band) would make every mean inf
+        return float(bands.mean()) if bands.size else -math.inf
 
     @functools.cache
     def score(i: int) -> float:
-        return float(np.mean([psnr(richardson_lucy(y, width * grid[i], border="zero"), clean)
-                              for y, clean, width in fitted]))
+        mean = float(np.mean([pair_psnr(y, clean, width * grid[i]) for y, clean, width in fitted]))
+        return mean if math.isfinite(mean) else -math.inf
 
     at = int(np.argmin([abs(g - 1.0) for g in grid]))
-    while True:
-        best = max((j for j in (at - 1, at + 1) if 0 <= j < len(grid)), key=score, default=at)
-        if score(best) <= score(at):
-            return grid[at]
+    for _ in range(len(grid)):  # each move gains, so at most len(grid) − 1 of them
+        best = max((j for j in (at - 1, at + 1) if 0 <= j < len(grid)), key=score)
+        if not score(best) > score(at):
+            break
         at = best
+    return grid[at]
 
 
 def richardson_lucy(y: np.ndarray, sigma: float, iters: int = 100, start: np.ndarray | None = None,

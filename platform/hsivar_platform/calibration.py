@@ -76,6 +76,9 @@ def calibrate_published(model_uri: str, data_uri: str, out: str, *, levels: str 
         echo(f"[hsivar]   the blur width the cubes read when sharp: {fit.sharp_width:.2f} px")
     if fit.fit_width_scale is not None:
         echo(f"[hsivar]   the ratio to the data fit's blur width that deconvolves best: {fit.fit_width_scale:.2f}")
+    else:
+        echo(f"[hsivar]   no blur example the data fit reads (noiseless, zero-padded, at most 128 px a side): the "
+             f"model's ratio to the data fit's blur width stays {restorer.cfg.fit_width_scale:.2f}")
     for task, cov in fit.coverage.items():
         echo(f"[hsivar]   {task}: within 1σ {cov['cover_1sigma']:.3f}, within 2σ {cov['cover_2sigma']:.3f}, "
              f"corr(σ, |error|) {cov['std_error_corr']:.2f} ({fit.examples[task]} example(s))")

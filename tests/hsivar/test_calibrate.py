@@ -163,3 +163,5 @@ def test_the_ratio_to_the_fit_blur_width_is_fitted_on_the_blur_examples_and_trav
     assert load_published(tmp_path / "m")[0].cfg.fit_width_scale == expected
     other = Restorer(_model())
     assert calibrate(other, examples[2:]).fit_width_scale is None and other.cfg.fit_width_scale == 1.0
+    other.model.set_fit_width_scale(0.97)  # fitted before, on data that told: a calibration that cannot tell keeps it
+    assert calibrate(other, examples[2:]).fit_width_scale is None and other.cfg.fit_width_scale == 0.97
