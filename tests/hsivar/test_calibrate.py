@@ -73,6 +73,28 @@ def test_a_correction_is_trusted_only_when_its_gain_clears_the_spread() -> None:
     assert _choose(one_band)[0] == 1.0
 
 
+def test_the_trust_stops_where_the_angle_is_least() -> None:
+    """A correction that takes off a brightness error (no angle) but adds spectral noise of its own: the PSNR gains
+    up to τ ≈ 0.9, the angle only up to τ ≈ 0.3 and is still better than the first estimate's up to τ ≈ 0.6. Past
+    the angle's least more correction trades angle for PSNR, so τ stops there."""
+    from hsivar.calibrate import TRUST_GRID, _choose, _Restored
+
+    rng = np.random.default_rng(5)
+    pairs = []
+    for _ in range(6):
+        c = rng.uniform(0.2, 0.8, (8, 24, 24))
+        x0 = c * (1 + rng.normal(0, 0.1, (1, 24, 24))) + rng.normal(0, 0.01, c.shape)  # brightness per pixel
+        full = c + rng.normal(0, 0.015, c.shape)  # spectral noise, 1.5 × the first estimate's
+        ex = CalibrationExample(c.astype(np.float32), c.astype(np.float32), "inpaint", 0.8)
+        pairs.append(_Restored(ex, x0, full))
+    tau, scores = _choose(pairs)
+    angle = [np.mean([sam(np.clip(r.r0 + t * (r.r1 - r.r0), 0, 1), r.ex.clean) for r in pairs]) for t in TRUST_GRID]
+    least = TRUST_GRID[int(np.argmin(angle))]
+    assert 0.2 <= least <= 0.4 and tau == least
+    assert angle[TRUST_GRID.index(0.5)] < angle[0]  # still better than the first estimate's there: taken before
+    assert scores["first_estimate"][0] < scores["chosen"][0] < scores["full"][0]
+
+
 def test_bandmiss_examples_are_scored_on_their_band_mask() -> None:
     restorer = Restorer(_model())
     clean = make_cube(seed=3, size=32, bands=8)[0]
