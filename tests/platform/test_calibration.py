@@ -45,3 +45,11 @@ def test_calibrate_publishes_a_calibrated_copy_with_the_same_weights(published_t
     none = CliRunner().invoke(build_app(), ["calibrate", "--model", str(old), "--data", str(tmp_path / "nothing"),
                                             "--out", str(tmp_path / "x")])
     assert none.exit_code == 2 and "nothing" in none.output
+
+    refit = CliRunner().invoke(build_app(), ["calibrate", "--model", str(old), "--data", str(val), "--out",
+                                             str(tmp_path / "refit"), "--levels", "middle", "--fit-trust"])
+    assert refit.exit_code == 0, refit.output
+    trust = load_published(tmp_path / "refit")[0].cfg.fusion.trust
+    assert "trust in the learned correction per family" in refit.output and "trust" not in r.output
+    for task, tau in zip(calibrated.cfg.dag.tasks, trust):
+        assert f"{task} {tau:.2f}" in refit.output
