@@ -391,9 +391,9 @@ def fit_width_scale(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Iterab
     fitted = []  # (blurred, clean, the fit's width)
     for blurred, clean in pairs:
         y = np.asarray(blurred, np.float32)
-        sigma0 = blur_width_of(y)
-        if sigma0 is not None and _data_fit_applies(y, False, refine_side, border_of(y, sigma0)):
-            fitted.append((y, clean, refine_width(y, sigma0)))
+        found = blind_blur(y, refine_side=refine_side)  # the data fit's width where it applies, at ratio 1
+        if found is not None and _data_fit_applies(y, False, refine_side, found[1]):
+            fitted.append((y, clean, found[0]))
     if not fitted or len(grid) == 1:
         return grid[0] if fitted else None
 
