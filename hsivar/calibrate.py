@@ -117,6 +117,20 @@ class CalibrationFit:
     sharp_width: float | None = None
     fit_width_scale: float | None = None
 
+    def report(self, tasks: Iterable[str]) -> list[str]:
+        """What was fitted, one line each, for a log: the trust per task of ``tasks`` (the model's, in order; when
+        it was fitted), the blur width sharp cubes read and the ratio to the data fit's blur width (when fitted)."""
+        lines = []
+        if self.scores:
+            lines.append("trust in the learned correction per family (1: all of it, 0: the first estimate): "
+                         + ", ".join(f"{t} {v:.2f}" for t, v in zip(tasks, self.trust)))
+        if self.sharp_width is not None:
+            lines.append(f"the blur width the cubes read when sharp: {self.sharp_width:.2f} px (blind deblurring "
+                         "takes it off the width it reads)")
+        if self.fit_width_scale is not None:
+            lines.append(f"the ratio to the data fit's blur width that deconvolves best: {self.fit_width_scale:.2f}")
+        return lines
+
 
 @dataclass
 class _Restored:

@@ -72,14 +72,9 @@ def calibrate_published(model_uri: str, data_uri: str, out: str, *, levels: str 
     examples = calibration_examples(files, levels, bands=restorer.bands, crop=crop, tasks=restorer.tasks)
     echo(f"[hsivar] calibrating {pinned} on {len(examples)} example(s) from {len(files)} cube(s) under {data_uri}")
     fit = calibrate(restorer, examples, fit_trust=fit_trust)
-    if fit.scores:
-        echo("[hsivar]   trust in the learned correction per family (1: all of it, 0: the first estimate): "
-             + ", ".join(f"{t} {v:.2f}" for t, v in zip(restorer.tasks, fit.trust) if t in fit.scores))
-    if fit.sharp_width is not None:
-        echo(f"[hsivar]   the blur width the cubes read when sharp: {fit.sharp_width:.2f} px")
-    if fit.fit_width_scale is not None:
-        echo(f"[hsivar]   the ratio to the data fit's blur width that deconvolves best: {fit.fit_width_scale:.2f}")
-    else:
+    for line in fit.report(restorer.tasks):
+        echo(f"[hsivar]   {line}")
+    if fit.fit_width_scale is None:
         echo(f"[hsivar]   no blur example the data fit reads (noiseless, zero-padded, at most 128 px a side): the "
              f"model's ratio to the data fit's blur width stays {restorer.cfg.fit_width_scale:.2f}")
     for task, cov in fit.coverage.items():

@@ -173,19 +173,10 @@ class _StageRun:
                                  for which, v in sc.items() for k, m in enumerate(("psnr", "sam"))}, step=self.step)
             self.logger.metrics({f"uncertainty/{t}/{k}": v for t, cov in fit.coverage.items() for k, v in cov.items()
                                  if np.isfinite(v)}, step=self.step)
-        if fit.scores:
-            self.progress.message("trust in the learned correction per family (1: all of it, 0: the first "
-                                  "estimate): " + ", ".join(f"{t} {v:.2f}" for t, v in trust.items()))
-        if fit.sharp_width is not None:
-            if self.logger:
-                self.logger.metrics({"sharp_width": fit.sharp_width}, step=self.step)
-            self.progress.message(f"the blur width the validation cubes read when sharp: {fit.sharp_width:.2f} px "
-                                  "(blind deblurring takes it off the width it reads)")
-        if fit.fit_width_scale is not None:
-            if self.logger:
-                self.logger.metrics({"fit_width_scale": fit.fit_width_scale}, step=self.step)
-            self.progress.message(f"the ratio to the data fit's blur width that deconvolves the validation cubes "
-                                  f"best: {fit.fit_width_scale:.2f}")
+            self.logger.metrics({"sharp_width": fit.sharp_width, "fit_width_scale": fit.fit_width_scale},
+                                step=self.step)  # None (not fitted) is not logged
+        for line in fit.report(model.dag.tasks):
+            self.progress.message(line)
         if fit.reused:
             self.progress.message(f"the blind restorations fused the oracle pass's decoded tiles for {fit.reused} of "
                                   f"{len(examples)} examples (same tiles and first estimates"
