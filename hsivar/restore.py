@@ -50,6 +50,7 @@ from hsivar.exposure import estimate_exposure
 from hsivar.memo import DecodedTiles
 from hsivar.models.base import Guidance, RestorationModel
 from hsivar.models.dag import AutoAmong, TaskSpec
+from hsivar.models.graphs import GraphedRestore
 from hsivar.models.var import GREEDY, Sampling
 from hsivar.prepared import NothingToRestore, PreparedCube, RestoreInputError, calibrated_std, finish, prepare_cube
 from hsivar.publish import load_published
@@ -231,16 +232,23 @@ class Restorer(RestoreSpec):
 
     def __init__(self, model: RestorationModel, device: str | torch.device = "cpu", bf16: bool | None = None,
                  compiled: bool = False, compiled_batch_sizes: int = 16) -> None:
-        """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU. ``compiled``:
-        decode through ``torch.compile``'d steps (:meth:`~hsivar.models.var.NextScaleTransformer.compile_steps`:
-        CUDA graphs per scale on a GPU; the first restoration of each batch size pays the compilation — on a
-        CPU a minute for the tiny preset, for no gain there), keeping graphs for up to ``compiled_batch_sizes``
+        """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU.
+
+        ``compiled``: on a GPU, replay each greedy restoration from a CUDA graph
+        (:class:`~hsivar.models.graphs.GraphedRestore`: recorded on the first batch of each size, one launch per
+        batch after that), keeping graphs for up to ``compiled_batch_sizes`` batch sizes; sampled decoding stays
+        eager. On a CPU, decode through ``torch.compile``'d steps
+        (:meth:`~hsivar.models.var.NextScaleTransformer.compile_steps`; the first restoration of each batch size
+        pays the compilation, a minute for the tiny preset), keeping graphs for up to ``compiled_batch_sizes``
         distinct batch sizes (tiles per pass, doubled under classifier-free guidance)."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         super().__init__(self.model.cfg)  # unused: cfg below reads the model's current configuration
         self.bf16 = (self.device.type == "cuda") if bf16 is None else (bf16 and self.device.type == "cuda")
-        if compiled:
+        self.graphs: GraphedRestore | None = None
+        if compiled and self.device.type == "cuda":
+            self.graphs = GraphedRestore(self.model, max_graphs=compiled_batch_sizes)
+        elif compiled:
             self.model.var.compile_steps(batch_sizes=compiled_batch_sizes)
 
     @classmethod
@@ -299,7 +307,10 @@ class Restorer(RestoreSpec):
                     cube, weights = self.model.fuse(lq, decoded.to(self.device), task, estimate01=x0)
                 return cube.float().cpu(), weights.float().cpu()
         with self.autocast():
-            out = self.model.restore(lq, task, sampling, generator, guidance, cfg_scale, refine, estimate01=x0)
+            if self.graphs is not None and sampling.greedy:
+                out = self.graphs(lq, task, guidance, cfg_scale, refine, estimate01=x0)
+            else:
+                out = self.model.restore(lq, task, sampling, generator, guidance, cfg_scale, refine, estimate01=x0)
         if keys is not None and out.decoded is not None:
             memo.put(keys, out.decoded)  # type: ignore[union-attr]
         return out.cube.float().cpu(), out.task_weights.float().cpu()

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from hsivar.models.base import RestorationModel, RestoreOutput
+from hsivar.models.build import build_model
+from hsivar.models.graphs import GraphedRestore
 from hsivar.models.hsivar import HSIVAR
 from hsivar.models.var import Sampling
 from hsivar.presets import preset
@@ -89,6 +92,7 @@ def test_restoration_on_cuda_agrees_with_the_cpu(tmp_path: Path, smooth_cubes: C
     batch = _to(noisy_batch(smooth_cubes(8, BANDS, 48, seed=5)[:, :, :32, :32], 30, seed=6), "cuda")
     for stage in ("vqvae", "var"):
         _train(model, stage, batch, 150, bf16=False)
+    _head_on(model)  # else the untrained head returns x0, and sampling could not change the cube
     published = save_published(model.cpu(), tmp_path / "model", stage="decoder")
     clean = smooth_cubes(8, BANDS, 48, seed=5)[0, :, :, :40]  # the training cubes' scene, 48×40
     noisy = noisy_batch(clean[None], 30, seed=7).lq[0]
@@ -120,3 +124,106 @@ def test_kv_cache_gives_the_same_tokens_on_cuda() -> None:
     full = model.restore(lq, task="blur", kv_cache=False)
     for a, b in zip(cached.idx, full.idx):
         assert (a == b).float().mean() > 0.99
+
+
+def _head_on(model: RestorationModel) -> RestorationModel:
+    """``model`` with its output head switched on (as tests/hsivar/conftest.py's ``head_on_model``): an untrained head
+    returns the first estimate exactly, whatever the tokens, and a test comparing restorations would compare x0."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.fusion.gate.weight.fill_(0.5)
+        model.fusion.ending.weight.copy_(0.02 * torch.randn(model.fusion.ending.weight.shape, generator=g))
+    return model
+
+
+def _agreement(a: RestoreOutput, b: RestoreOutput) -> tuple[float, float]:
+    """(share of equal tokens over every scale, max |Δ| of the restored tiles and of the decoder's output)."""
+    same = torch.cat([(x == y).flatten() for x, y in zip(a.idx, b.idx)]).float().mean()
+    diff = max(float((a.cube.float() - b.cube.float()).abs().max()),
+               float((a.decoded.float() - b.decoded.float()).abs().max()) if a.decoded is not None else 0.0)
+    return float(same), diff
+
+
+@pytest.mark.parametrize("family", ["hsivar", "restorevar", "varformer"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool) -> None:
+    """Every family's greedy restoration replayed from a CUDA graph (task auto, a named task, a mixture; with a first
+    estimate; DAG and CFG guidance) gives the eager restoration's tokens and tiles, on new inputs each replay; a named
+    task and a mixture share one graph (their weights are an input). Under bf16 the graphs read bf16 copies of the
+    weights, and the model keeps its fp32 ones."""
+    torch.manual_seed(0)
+    model = _head_on(build_model(preset("tiny", bands=BANDS, family=family))).cuda().eval()
+    graphed = GraphedRestore(model)
+    guidances = ("dag", "cfg") if family == "hsivar" else ("dag",)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cuda", enabled=False)
+    for seed, (task, guidance) in enumerate([(t, g) for t in ("auto", "blur", {"sr": 1.0, "inpaint": 1.0})
+                                             for g in guidances]):
+        for replay in range(2):  # the first call records, the second replays with other tiles
+            gen = torch.Generator(device="cuda").manual_seed(10 * seed + replay)
+            lq = torch.rand(3, BANDS, 32, 32, device="cuda", generator=gen)
+            x0 = (lq + 0.05 * torch.rand(lq.shape, device="cuda", generator=gen)).clamp(0, 1)
+            with ctx, torch.no_grad():
+                eager = model.restore(lq, task, guidance=guidance, estimate01=x0)
+                out = graphed(lq, task, guidance=guidance, estimate01=x0)
+            same, diff = _agreement(eager, out)
+            print(f"{family} bf16={bf16} {task} {guidance} replay {replay}: tokens {same:.4f}, max |Δ| {diff:.2e}")
+            assert same == 1.0 and diff <= 1e-5, (task, guidance, replay, same, diff)
+            assert torch.equal(eager.task_weights, out.task_weights)
+    assert len(graphed.graphs) == 2 * len(guidances)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    copies = graphed._copies.get(torch.bfloat16, {})
+    assert bool(copies) == bf16 and all(p.dtype == torch.bfloat16 for p in copies.values())
+    assert not {id(m) for m, _ in copies} & {id(m) for m in model.vqvae.quantize.modules()}
+
+
+def test_graphs_without_weight_copies_equal_the_eager_ones() -> None:
+    """The recording with autocast's own casts inside the graph gives the eager restoration too."""
+    torch.manual_seed(0)
+    model = _head_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
+    graphed = GraphedRestore(model, low_precision_weights=False)
+    for seed in range(2):
+        lq = torch.rand(2, BANDS, 32, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+        with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+            same, diff = _agreement(model.restore(lq, "auto"), graphed(lq, "auto"))
+        assert same == 1.0 and diff <= 1e-5, (seed, same, diff)
+    assert not graphed._copies
+
+
+def test_a_batch_without_its_own_graph_is_padded_into_a_bigger_one() -> None:
+    """Past max_graphs, a batch replays through the smallest recorded batch size that holds it, padded with its last
+    tile: its tiles come out as the eager restoration of the padded batch gives them. A batch larger than every
+    recorded one runs eagerly."""
+    torch.manual_seed(0)
+    model = _head_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
+    graphed = GraphedRestore(model, max_graphs=1)
+    lq = torch.rand(6, BANDS, 32, 32, device="cuda")
+    with torch.no_grad():
+        graphed(lq[:4], "gaussian")
+        for n in (1, 3, 6):
+            padded = torch.cat([lq[:n], lq[n - 1:n].expand(max(4 - n, 0), -1, -1, -1)])
+            eager = model.restore(padded, "gaussian")
+            eager = RestoreOutput(eager.cube[:n], eager.task_weights[:n], [i[:n] for i in eager.idx],
+                                  eager.latent[:n], eager.hidden_last[:n], None, decoded=eager.decoded[:n])
+            same, diff = _agreement(eager, graphed(lq[:n], "gaussian"))
+            assert same == 1.0 and diff <= 1e-5, (n, same, diff)
+    assert [k.batch for k in graphed.graphs] == [4]
+
+
+def test_the_restorer_compiled_on_cuda_replays_graphs_with_the_eager_cube(smooth_cubes: Callable,
+                                                                         noisy_batch: Callable) -> None:
+    """Restorer(compiled=True) on CUDA restores a whole cube (several batches of tiles, blended) from CUDA graphs,
+    as the eager Restorer does; sampled decoding stays eager and seeded."""
+    torch.manual_seed(0)
+    model = _head_on(HSIVAR(preset("tiny", bands=BANDS))).eval()
+    clean = smooth_cubes(1, BANDS, 80, seed=8)[0]
+    cube = noisy_batch(clean[None], 30, seed=9).lq[0].numpy()
+    eager = Restorer(model, "cuda")
+    ref = eager.restore(cube, task="auto", batch_size=4)
+    graphed = Restorer(model, "cuda", compiled=True)
+    out = graphed.restore(cube, task="auto", batch_size=4)
+    assert graphed.graphs is not None and sorted(k.batch for k in graphed.graphs.graphs) == [1, 4]
+    assert np.abs(out.cube - ref.cube).max() <= 1e-5 * np.abs(ref.cube).max()
+    sampling = Sampling(greedy=False, top_k=8)
+    a = graphed.restore(cube, task="gaussian", samples=2, seed=3, sampling=sampling)
+    b = eager.restore(cube, task="gaussian", samples=2, seed=3, sampling=sampling)
+    np.testing.assert_array_equal(a.cube, b.cube)
