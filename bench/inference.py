@@ -9,26 +9,33 @@ For one S×S×C tile of a preset it reports
     that run on the chosen device in reasonable time (``--measure``; default: tiny everywhere,
     small/paper on CUDA only);
   * on CUDA, fp32 vs bf16 autocast and the achieved fraction of the device's dense bf16 peak;
-  * with ``--compile``, DAG + KV through compiled decoding steps (one CUDA graph per scale on CUDA) beside the eager
+  * with ``--compile``, DAG + KV through compiled decoding steps (``torch.compile``, inductor) beside the eager
     one, with the compilation time and whether the tokens and image equal the eager decoding's;
+  * with ``--graphs`` (CUDA), DAG + KV and CFG + KV replayed from CUDA graphs of the whole restoration
+    (:class:`hsivar.models.graphs.GraphedRestore`, what ``Restorer(compiled=True)`` runs on a GPU) and the
+    diffusion-style baseline replayed from a graph too, with the recording time, token equality and max |Δ| against
+    the eager restoration, and the time ratios of the baseline against DAG + KV both ways; ``--channels-last`` adds
+    the graphed DAG + KV with the model and tiles in channels-last memory format;
   * with ``--parts``, ms per cube of each part of DAG + KV (condition encoder, guidance, transformer loop,
     refiner, decoder + SSA, fusion) from ``torch.profiler``, per batch size (and precision on CUDA).
 The last line printed is one JSON object with every figure.
 
     python bench/inference.py --preset tiny
-    python bench/inference.py --preset paper --device cuda --compile --parts --batch-sizes 1,8,32,64
+    python bench/inference.py --preset paper --device cuda --graphs --parts --batch-sizes 1,8,32,64
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 from _common import bench_parser, device_sync, median_time
 from torch.utils.flop_counter import FlopCounterMode
 
+from hsivar.models.graphs import GraphedRestore
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 
@@ -78,26 +85,123 @@ def counted_tflops(name: str, bands: int) -> dict[str, float]:
     return out
 
 
-def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int], repeats: int,
-            bf16: bool, compiled: bool = False) -> dict[str, dict]:
-    """Measured seconds per cube per variant and batch size (and cubes/s). With ``compiled``, also DAG + KV through
-    compiled decoding steps (``dag_kv_compiled``: CUDA graphs per scale on CUDA, inductor on the CPU), with the
-    first call's seconds (compilation included) and whether its tokens and image equal the eager decoding's."""
+def build(name: str, bands: int, device: torch.device) -> HSIVAR:
+    """A freshly initialised (seed 0) ``name`` preset, built on ``device`` (initialising the paper preset's 370 M
+    parameters on the CPU first takes seconds), in eval mode."""
     torch.manual_seed(0)
-    model = HSIVAR(preset(name, bands=bands)).to(device).eval()
+    with torch.device(device):
+        return HSIVAR(preset(name, bands=bands)).eval()
+
+
+def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int], repeats: int,
+            bf16: bool, compiled: bool = False, graphs: bool = False, channels_last: bool = False,
+            ablations: bool = False, only: tuple[str, ...] | None = None,
+            on_result: Callable[[str, str, dict], None] = lambda key, bs, r: None) -> dict[str, dict]:
+    """Measured seconds per cube per variant and batch size (and cubes/s). With ``compiled``, also DAG + KV through
+    compiled decoding steps (``dag_kv_compiled``, inductor), with the first call's seconds (compilation included) and
+    whether its tokens and image equal the eager decoding's. With ``graphs`` (CUDA), also DAG + KV and CFG + KV
+    replayed from CUDA graphs of the whole restoration (``*_graphs``, :class:`GraphedRestore`) with the same checks
+    and the recording time, and the diffusion-style baseline from a graph at the first batch size; with
+    ``channels_last``, also the graphed DAG + KV in channels-last memory format; with ``ablations``, also without
+    each of the graphs' options (:data:`GRAPH_ABLATIONS`). ``only``: the variants of :func:`variants` to measure
+    (default all; the graphed ones follow: CFG's with ``cfg_kv``, the baseline's with the diffusion one).
+    ``on_result(variant, "batch_<n>", figures)`` is called as each figure is measured."""
+    model = build(name, bands, device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     results: dict[str, dict] = {}
+
+    def keep(key: str, bs: int, r: dict) -> None:
+        results.setdefault(key, {})[f"batch_{bs}"] = r
+        on_result(key, f"batch_{bs}", r)
+
     for bs in batch_sizes:
         x = torch.rand(bs, *model.cfg.cube_shape, device=device)
         for key, fn in variants(model, x).items():
-            if key.startswith("diffusion") and bs != batch_sizes[0]:
+            if (key.startswith("diffusion") and bs != batch_sizes[0]) or (only is not None and key not in only):
                 continue
             with ctx, torch.no_grad():
                 sec = median_time(fn, repeats, device)
-            results.setdefault(key, {})[f"batch_{bs}"] = {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec}
+            keep(key, bs, {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec})
         if compiled:
-            results.setdefault("dag_kv_compiled", {})[f"batch_{bs}"] = measure_compiled(model, x, repeats, device, ctx)
+            keep("dag_kv_compiled", bs, measure_compiled(model, x, repeats, device, ctx))
+        if graphs:
+            for guidance in ("dag", "cfg") if only is None or "cfg_kv" in only else ("dag",):
+                keep(f"{guidance}_kv_graphs", bs, measure_graphed(model, x, guidance, repeats, device, ctx))
+            for suffix, options in GRAPH_ABLATIONS.items() if ablations else ():
+                keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx, **options))
+            if bs == batch_sizes[0] and (only is None or f"diffusion_{DIFFUSION_STEPS}_steps" in only):
+                diffusion = variants(model, x)[f"diffusion_{DIFFUSION_STEPS}_steps"]
+                keep(f"diffusion_{DIFFUSION_STEPS}_steps_graphs", bs,
+                     measure_captured(diffusion, bs, repeats, device, bf16))
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+                try:
+                    keep("dag_kv_graphs_channels_last", bs, measure_graphed(
+                        model, x.contiguous(memory_format=torch.channels_last), "dag", repeats, device, ctx))
+                finally:
+                    model.to(memory_format=torch.contiguous_format)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next batch size's graphs and activations start from a clean pool
     return results
+
+
+def measure_graphed(model: HSIVAR, x: torch.Tensor, guidance: str, repeats: int, device: torch.device,
+                    ctx: object, **options: bool) -> dict[str, float | bool]:
+    """Restoration of tiles ``x`` replayed from a CUDA graph (:class:`GraphedRestore` with ``options``) vs eagerly:
+    seconds per cube, the first call's seconds (warm-up and recording), whether the tokens are the same and the share
+    that is (an untrained model's logits are near ties, which another GEMM or convolution algorithm flips), the
+    largest image difference; and the same share between two eager restorations (the eager path's own repeatability)."""
+    sync = device_sync(device)
+    bs = x.shape[0]
+    graphed = GraphedRestore(model, **options)
+    with ctx, torch.no_grad():  # type: ignore[attr-defined]
+        ref = model.restore(x, task="auto", guidance=guidance)
+        again = model.restore(x, task="auto", guidance=guidance)
+        sync()
+        t = time.perf_counter()
+        out = graphed(x, "auto", guidance=guidance)
+        sync()
+        first = time.perf_counter() - t
+        sec = median_time(lambda: graphed(x, "auto", guidance=guidance), repeats, device)
+    return {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec, "first_call_s": first,
+            "same_tokens": all(torch.equal(a, b) for a, b in zip(ref.idx, out.idx)),
+            "token_agreement": token_agreement(ref.idx, out.idx),
+            "eager_repeat_token_agreement": token_agreement(ref.idx, again.idx),
+            "max_abs_diff": float((ref.cube.float() - out.cube.float()).abs().max())}
+
+
+def token_agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """The share of equal tokens over every scale of two decodings ([(B, p_k²)] each)."""
+    return float(torch.cat([(x == y).flatten() for x, y in zip(a, b)]).float().mean())
+
+
+GRAPH_ABLATIONS = {"no_weight_copies": {"low_precision_weights": False}}
+"""``--graph-ablations``: the graphed DAG + KV without each of GraphedRestore's options (variant suffix → options)."""
+
+
+def measure_captured(fn: Callable[[], object], bs: int, repeats: int, device: torch.device,
+                     bf16: bool) -> dict[str, float]:
+    """``fn`` (static inputs) recorded into a CUDA graph after two warm-up calls, then replayed: seconds per cube over
+    ``bs`` tiles, and the first call's seconds (warm-up and recording)."""
+    sync = device_sync(device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
+    sync()
+    t = time.perf_counter()
+    with ctx, torch.no_grad():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            fn()
+            fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    graph.replay()
+    sync()
+    first = time.perf_counter() - t
+    sec = median_time(graph.replay, repeats, device)
+    return {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec, "first_call_s": first}
 
 
 PARTS = ("condition", "guidance", "transformer", "refiner", "decoder", "fusion")
@@ -112,8 +216,7 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
     between them; on CUDA, kernels overlap the host)."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    model = HSIVAR(preset(name, bands=bands)).to(device).eval()
+    model = build(name, bands, device)
     x = torch.rand(batch_size, *model.cfg.cube_shape, device=device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     sync = device_sync(device)
@@ -157,6 +260,7 @@ def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch
             model.var.compile_steps(False)
     return {"seconds_per_cube": sec / bs, "cubes_per_s": bs / sec, "first_call_s": first,
             "same_tokens": all(torch.equal(a, b) for a, b in zip(ref.idx, out.idx)),
+            "token_agreement": token_agreement(ref.idx, out.idx),
             "max_abs_diff": float((ref.cube.float() - out.cube.float()).abs().max())}
 
 
@@ -169,46 +273,74 @@ def main() -> None:
                     help="auto: measure tiny on any device, small/paper only on CUDA")
     ap.add_argument("--parts", action="store_true", help="also ms per cube of each part of the model (condition "
                     "encoder, guidance, transformer loop, refiner, decoder + SSA, fusion) at each batch size")
-    ap.add_argument("--compile", action="store_true", help="also DAG + KV through compiled decoding steps (CUDA "
-                    "graphs per scale on CUDA; on the CPU inductor takes about a minute per batch size)")
+    ap.add_argument("--compile", action="store_true", help="also DAG + KV through compiled decoding steps (inductor; "
+                    "on the CPU about a minute per batch size)")
+    ap.add_argument("--graphs", action="store_true", help="CUDA: also DAG + KV and CFG + KV replayed from CUDA graphs "
+                    "of the whole restoration, and the diffusion-style baseline from a graph")
+    ap.add_argument("--channels-last", action="store_true", help="with --graphs: also the graphed DAG + KV in "
+                    "channels-last memory format")
+    ap.add_argument("--graph-ablations", action="store_true", help="with --graphs: also the graphed DAG + KV "
+                    "without bf16 weight copies (autocast's casts recorded in the graph)")
+    ap.add_argument("--variants", default=None, help="comma-separated of dag_kv, cfg_kv, dag_no_kv, "
+                    f"diffusion_{DIFFUSION_STEPS}_steps: measure only these (default all; DAG + KV always)")
+    ap.add_argument("--precisions", default=None, help="comma-separated of fp32, bf16 (default: both on CUDA, fp32 "
+                    "on the CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA device is visible")
+    if args.graphs and device.type != "cuda":
+        ap.error("--graphs needs --device cuda (CUDA graphs)")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
 
     report: dict = {"preset": args.preset, "bands": args.bands, "device": args.device,
                     "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    "torch_threads": torch.get_num_threads()}
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     flops = counted_tflops(args.preset, args.bands)
     report["counted_tflops_per_cube"] = flops
-    print(f"preset {args.preset}, {args.bands} bands, device {report['device_name']}")
+    print(f"preset {args.preset}, {args.bands} bands, device {report['device_name']}", flush=True)
     for key, tf in flops.items():
         print(f"  counted {key:<22} {tf:10.4f} TFLOPs/cube   ({tf / flops['dag_kv']:6.2f}× DAG+KV)")
+    peak = next((p for k, p in BF16_PEAK_TFLOPS.items() if k in report["device_name"]), None)
+
+    def show(label: str, key: str, bs: str, r: dict) -> None:
+        """Print one measured figure as it comes (a long GPU run leaves what it measured); on CUDA add the achieved
+        TFLOP/s against the counted FLOPs and their share of the bf16 peak to ``r``."""
+        ms = r["seconds_per_cube"] * 1e3
+        line = f"  {label} {key:<30} {bs:<9} {ms:10.2f} ms/cube {r['cubes_per_s']:9.2f} cubes/s"
+        if "same_tokens" in r:
+            repeat = r.get("eager_repeat_token_agreement", float("nan"))
+            line += f" (first call {r['first_call_s']:.1f} s; tokens agree {r['token_agreement']:.4f} " \
+                    f"(eager twice {repeat:.4f}), max |Δ| {r['max_abs_diff']:.2e})"
+        elif "first_call_s" in r:
+            line += f" (first call {r['first_call_s']:.1f} s)"
+        if device.type == "cuda":
+            base = key.split("_graphs")[0].removesuffix("_compiled")
+            r["achieved_tflops"] = flops[base] / r["seconds_per_cube"]
+            line += f" {r['achieved_tflops']:7.2f} TFLOP/s"
+            if peak:
+                r["fraction_of_bf16_peak"] = r["achieved_tflops"] / peak
+                line += f" ({100 * r['fraction_of_bf16_peak']:.1f}% of bf16 peak)"
+        print(line, flush=True)
 
     run = args.measure == "yes" or (args.measure == "auto" and (args.preset == "tiny" or device.type == "cuda"))
     if run:
         sizes = [int(s) for s in args.batch_sizes.split(",")]
-        precisions = {"fp32": False, "bf16": True} if device.type == "cuda" else {"fp32": False}
+        labels = args.precisions.split(",") if args.precisions else (
+            ["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+        if any(label not in ("fp32", "bf16") for label in labels) or ("bf16" in labels and device.type != "cuda"):
+            ap.error(f"--precisions: fp32, and bf16 on CUDA; got {args.precisions}")
+        precisions = {label: label == "bf16" for label in labels}
+        known = ("dag_kv", "cfg_kv", "dag_no_kv", f"diffusion_{DIFFUSION_STEPS}_steps")  # the keys of variants()
+        only = None if args.variants is None else tuple({"dag_kv", *args.variants.split(",")})
+        if only is not None and not set(only) <= set(known):
+            ap.error(f"--variants: expected some of {', '.join(known)}; got {args.variants}")
         report["measured"] = {}
         for label, bf16 in precisions.items():
-            m = measure(args.preset, args.bands, device, sizes, args.repeats, bf16, args.compile)
-            report["measured"][label] = m
-            for key, per_bs in m.items():
-                for bs, r in per_bs.items():
-                    line = f"  {label} {key:<22} {bs:<9} {r['seconds_per_cube'] * 1e3:10.2f} ms/cube " \
-                           f"{r['cubes_per_s']:9.2f} cubes/s"
-                    if "same_tokens" in r:
-                        line += f" (first call {r['first_call_s']:.1f} s; same tokens {r['same_tokens']}, " \
-                                f"max |Δ| {r['max_abs_diff']:.2e})"
-                    if device.type == "cuda":
-                        achieved = flops[key.removesuffix("_compiled")] / r["seconds_per_cube"]
-                        peak = next((p for k, p in BF16_PEAK_TFLOPS.items() if k in report["device_name"]), None)
-                        r["achieved_tflops"] = achieved
-                        if peak:
-                            r["fraction_of_bf16_peak"] = achieved / peak
-                            line += f" {achieved:7.2f} TFLOP/s ({100 * achieved / peak:.1f}% of bf16 peak)"
-                    print(line)
+            report["measured"][label] = measure(
+                args.preset, args.bands, device, sizes, args.repeats, bf16, args.compile, args.graphs,
+                args.channels_last, args.graph_ablations, only,
+                on_result=lambda key, bs, r, label=label: show(label, key, bs, r))
         if args.parts:
             report["parts_ms_per_cube"] = {}
             for label, bf16 in precisions.items():
@@ -216,13 +348,18 @@ def main() -> None:
                     parts = measure_parts(args.preset, args.bands, device, bs, args.repeats, bf16)
                     report["parts_ms_per_cube"].setdefault(label, {})[f"batch_{bs}"] = parts
                     print(f"  {label} parts, batch {bs} (ms/cube): " + ", ".join(
-                        f"{k} {v:.2f}" for k, v in parts.items()))
-        base = report["measured"]["fp32"]["dag_kv"][f"batch_{sizes[0]}"]["seconds_per_cube"]
-        ratios = {k: v[f"batch_{sizes[0]}"]["seconds_per_cube"] / base
-                  for k, v in report["measured"]["fp32"].items()}
-        report["measured_time_ratio_vs_dag_kv_fp32"] = ratios
-        shown = {k: round(v, 2) for k, v in ratios.items()}
-        print(f"  time ratios vs DAG+KV (fp32, batch {sizes[0]}): {shown}")
+                        f"{k} {v:.2f}" for k, v in parts.items()), flush=True)
+        # time ratios at the first batch size: every variant against eager DAG + KV (and the graphed one, if any)
+        first = f"batch_{sizes[0]}"
+        report["measured_time_ratios"] = {}
+        for label, m in report["measured"].items():
+            for ref in ("dag_kv", "dag_kv_graphs"):
+                if ref in m:
+                    base = m[ref][first]["seconds_per_cube"]
+                    ratios = {k: v[first]["seconds_per_cube"] / base for k, v in m.items() if first in v}
+                    report["measured_time_ratios"].setdefault(label, {})[f"vs_{ref}"] = ratios
+                    shown = {k: round(v, 2) for k, v in ratios.items()}
+                    print(f"  time ratios vs {ref} ({label}, batch {sizes[0]}): {shown}")
     else:
         print("  (not measured on this device: counted FLOPs only; pass --measure yes to force)")
     print(json.dumps(report))

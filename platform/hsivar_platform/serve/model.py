@@ -49,8 +49,8 @@ class ServeSettings(BaseModel):
         "HSIVAR_SERVE_TOKEN", description="environment variable holding the bearer token; when it is set "
         "(non-empty) in the replica, /v1/* require 'Authorization: Bearer <token>'")
     model_cache_dir: str | None = Field(None, description="where remote models are copied (default: a temp dir)")
-    compiled: bool = Field(False, description="decode through compiled steps (CUDA graphs per scale on a GPU); the "
-                           "first request of each batch size pays the compilation")
+    compiled: bool = Field(False, description="on a GPU, replay each restoration from a CUDA graph (the first "
+                           "request of each batch size records it); on a CPU, decode through compiled steps")
 
 
 @dataclass
