@@ -235,9 +235,9 @@ class Restorer(RestoreSpec):
         """Wrap ``model`` on ``device``; ``bf16`` defaults to True on CUDA and is ignored on CPU.
 
         ``compiled``: on a GPU, replay each greedy restoration from a CUDA graph
-        (:class:`~hsivar.models.graphs.GraphedRestore`: recorded on the first batch of each size, one launch per
-        batch after that), keeping graphs for up to ``compiled_batch_sizes`` batch sizes; sampled decoding stays
-        eager. On a CPU, decode through ``torch.compile``'d steps
+        (:class:`~hsivar.models.graphs.GraphedRestore`: recorded on the first batch of each size and kind, one launch
+        per batch after that), keeping up to ``compiled_batch_sizes`` graphs (past that, a batch is padded into a
+        bigger one or runs eagerly); sampled decoding stays eager. On a CPU, decode through ``torch.compile``'d steps
         (:meth:`~hsivar.models.var.NextScaleTransformer.compile_steps`; the first restoration of each batch size
         pays the compilation, a minute for the tiny preset), keeping graphs for up to ``compiled_batch_sizes``
         distinct batch sizes (tiles per pass, doubled under classifier-free guidance)."""
@@ -308,7 +308,7 @@ class Restorer(RestoreSpec):
                 return cube.float().cpu(), weights.float().cpu()
         with self.autocast():
             if self.graphs is not None and sampling.greedy:
-                out = self.graphs(lq, task, guidance, cfg_scale, refine, estimate01=x0)
+                out = self.graphs(lq, task, guidance=guidance, cfg_scale=cfg_scale, refine=refine, estimate01=x0)
             else:
                 out = self.model.restore(lq, task, sampling, generator, guidance, cfg_scale, refine, estimate01=x0)
         if keys is not None and out.decoded is not None:

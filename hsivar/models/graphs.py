@@ -5,21 +5,24 @@ On a GPU, greedy restoration of a small batch is bound by kernel launches, not a
 costing the host microseconds that the GPU spends idle. Greedy decoding has static shapes (each scale's p_k² tokens,
 the KV cache growing by known amounts) and never reads a value back to the host (argmax, the codebook lookup, φ and
 the next scale's input stay on the device), so the whole of :meth:`~hsivar.models.base.RestorationModel.restore` —
-condition encoder, task classifier, the scale loop with its KV cache, refiner, decoder, fusion head — is recorded once
-per batch size into a :class:`torch.cuda.CUDAGraph` and replayed with one launch.
+condition encoder, task classifier, the scale loop with its KV cache, refiner, decoder, fusion head — is recorded
+into a :class:`torch.cuda.CUDAGraph` and replayed with one launch.
 
-A graph is recorded on first use of a (batch size, task kind, first estimate present, guidance, refine, precision)
-and kept; all graphs share one memory pool (they never run at once). Past ``max_graphs`` a batch is padded to the
-smallest recorded batch size that holds it (padding rows repeat the last tile; every operation is per tile, so the
-real rows do not change), else it runs eagerly. Outputs are copied out of the graph's static buffers, so a caller may
-keep them across calls; a lock serialises replays (a graph's buffers serve one call at a time).
+A graph is recorded on first use of a :class:`GraphKey` (batch size, task kind, first estimate present, guidance,
+its scale under CFG, refine, precision) and kept; all graphs share one memory pool (they never run at once). Past
+``max_graphs`` graphs a batch is padded to the smallest recorded batch size of its key that holds it (padding rows
+repeat the last tile; every operation is per tile, so the real rows do not change), else it runs eagerly, as does a
+key whose recording failed (logged once). Outputs are copied out of the graph's static buffers, so a caller may keep
+them across calls. A lock serialises calls: a graph's buffers serve one call at a time, and while a graph records,
+the model holds the weight copies below — another thread must not run the model eagerly outside autocast then.
 
 Under bf16 autocast (the Restorer's on a GPU) a graph reads bf16 copies of the linear and convolution weights, taken
 at the first recording (``low_precision_weights``): autocast casts every fp32 weight to bf16 at each use, and inside
 a graph its cast cache must stay off, so the paper preset's transformer would otherwise re-read and re-cast its 206 M
-weights at every scale. The copies hold what autocast's casts compute, so the outputs are the same; the quantiser's
-weights are not copied (it runs in fp32 where it runs with autocast off). A model whose weights change after the first
-recording needs a new :class:`GraphedRestore`.
+weights at every scale. The copies hold what autocast's casts compute, so the outputs are the same. The quantiser's
+weights are not copied: its encoding path runs in fp32 with autocast off, where a bf16 weight would not be cast back.
+The copies cost half the fp32 weights' memory again. A model whose weights change after the first recording needs a
+new :class:`GraphedRestore`.
 
 Task ``"auto"`` runs the classifier inside the graph; any other task spec is resolved to weights (B, N) eagerly
 (a mixture or a name needs a host-built tensor, which a graph cannot record) and fed to the graph as an input.
@@ -59,7 +62,7 @@ class GraphKey:
     auto: bool  # task "auto": the classifier runs inside the graph; else the weights (B, N) are an input
     estimate: bool  # a first estimate x0 is an input
     guidance: Guidance
-    cfg_scale: float
+    cfg_scale: float  # 0 under "dag", which does not read it
     refine: bool
     autocast: torch.dtype | None  # the CUDA autocast dtype in force when called, None without autocast
 
@@ -109,8 +112,10 @@ class GraphedRestore:
         self.model, self.device, self.max_graphs = model, device, max_graphs
         self.low_precision_weights = low_precision_weights
         self._copies: dict[torch.dtype, dict[tuple[nn.Module, str], nn.Parameter]] = {}
-        self.graphs: dict[GraphKey, _Recorded] = {}
-        self._pool = torch.cuda.graph_pool_handle()
+        self.recorded: dict[GraphKey, _Recorded] = {}
+        self._failed: set[GraphKey] = set()
+        with torch.cuda.device(device):
+            self._pool = torch.cuda.graph_pool_handle()
         self._warned_eager = False
         self._lock = threading.Lock()
 
@@ -143,8 +148,14 @@ class GraphedRestore:
 
     def _record(self, key: GraphKey, lq: torch.Tensor, weights: torch.Tensor | None,
                 estimate: torch.Tensor | None) -> _Recorded:
-        """Warm up on a side stream, then record one restoration of these static inputs."""
+        """Warm up on a side stream, then record one restoration of these static inputs (on the model's device).
+
+        Raises:
+            ValueError: the model is in training mode (dropout and drop-path would be recorded).
+        """
         model = self.model
+        if model.training:
+            raise ValueError("CUDA graphs record a model in eval mode; call model.eval() first")
 
         def run() -> RestoreOutput:
             # the autocast cache must be off while recording: cached casts of the weights would be freed at the
@@ -168,8 +179,8 @@ class GraphedRestore:
             gc.collect()
             collecting = gc.isenabled()
             gc.disable()
-            try:
-                with torch.cuda.graph(graph, pool=self._pool):
+            try:  # thread_local: CUDA calls of other threads (a copy to the host, say) do not break the recording
+                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
                     out = run()
             finally:
                 if collecting:
@@ -179,22 +190,33 @@ class GraphedRestore:
     def _graph_for(self, key: GraphKey, lq: torch.Tensor, weights: torch.Tensor | None,
                    estimate: torch.Tensor | None) -> tuple[_Recorded, int] | None:
         """The graph to replay for ``key`` and its batch size (recorded now if there is room); None: run eagerly."""
-        if key in self.graphs:
-            return self.graphs[key], key.batch
-        if len(self.graphs) < self.max_graphs:
-            self.graphs[key] = self._record(key, lq.clone(), None if weights is None else weights.clone(),
-                                            None if estimate is None else estimate.clone())
-            return self.graphs[key], key.batch
-        bigger = sorted((k.batch, k) for k in self.graphs if k.batch > key.batch and replace(k, batch=key.batch) == key)
+        if key in self.recorded:
+            return self.recorded[key], key.batch
+        if key in self._failed:
+            return None
+        if len(self.recorded) < self.max_graphs:
+            try:
+                self.recorded[key] = self._record(key, lq.clone(), None if weights is None else weights.clone(),
+                                                  None if estimate is None else estimate.clone())
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except RuntimeError as err:  # a recording the driver refused (invalidated, an unsupported call)
+                log.warning("CUDA graphs: recording %s failed (%s); restoring such batches eagerly", key, err)
+                self._failed.add(key)
+                return None
+            return self.recorded[key], key.batch
+        bigger = [k for k in self.recorded if k.batch > key.batch and replace(k, batch=key.batch) == key]
         if bigger:
-            return self.graphs[bigger[0][1]], bigger[0][0]
+            padded = min(bigger, key=lambda k: k.batch)
+            return self.recorded[padded], padded.batch
         if not self._warned_eager:
-            log.warning("CUDA graphs: %d recorded, none for %s; restoring such batches eagerly", len(self.graphs), key)
+            log.warning("CUDA graphs: %d recorded, none for %s; restoring such batches eagerly", len(self.recorded),
+                        key)
             self._warned_eager = True
         return None
 
     @torch.inference_mode()
-    def __call__(self, lq01: torch.Tensor, task: TaskSpec = "auto", guidance: Guidance = "dag",
+    def __call__(self, lq01: torch.Tensor, task: TaskSpec = "auto", *, guidance: Guidance = "dag",
                  cfg_scale: float = 1.5, refine: bool = True, estimate01: torch.Tensor | None = None) -> RestoreOutput:
         """What ``model.restore(lq01, task, guidance=…, cfg_scale=…, refine=…, estimate01=…)`` returns with greedy
         decoding, from a replayed graph; under the CUDA autocast in force (bf16 on the GPU, as the Restorer runs).
@@ -209,9 +231,10 @@ class GraphedRestore:
         self.model.check_input(lq01)
         b = lq01.shape[0]
         auto = isinstance(task, str) and task == "auto"
-        weights = None if auto else self.model.dag.weights(task, lq01).float()
-        key = GraphKey(b, auto, estimate01 is not None, guidance, float(cfg_scale), refine, self._autocast())
-        with self._lock:
+        key = GraphKey(b, auto, estimate01 is not None, guidance, float(cfg_scale) if guidance == "cfg" else 0.0,
+                       refine, self._autocast())
+        with self._lock, torch.cuda.device(self.device):
+            weights = None if auto else self.model.dag.weights(task, lq01).float()
             chosen = self._graph_for(key, lq01, weights, estimate01)
             if chosen is None:
                 return self.model.restore(lq01, task, guidance=guidance, cfg_scale=cfg_scale, refine=refine,

@@ -57,8 +57,8 @@ class LatentRefinerTransformer(nn.Module):
         float32."""
         B, Cv, h, w = f_hat_BChw.shape
         tokens = f_hat_BChw.flatten(2).transpose(1, 2)  # (B, h·w, Cvae)
-        x = self.proj_in(self.ln_in(tokens.to(self.proj_in.weight.dtype))) + self.pos
-        m = self.proj_cond(self.ln_cond(hidden_BLC.to(self.proj_cond.weight.dtype))) + self.pos_cond
+        x = self.proj_in(self.ln_in(tokens.to(self.ln_in.weight.dtype))) + self.pos
+        m = self.proj_cond(self.ln_cond(hidden_BLC.to(self.ln_cond.weight.dtype))) + self.pos_cond
         for layer in self.layers:
             x = layer(x, m)
         residual = self.proj_out(self.ln_out(x)).float().transpose(1, 2).reshape(B, Cv, h, w)

@@ -56,7 +56,7 @@ def resolve_model(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = 
 
 def load_restorer(uri: str | os.PathLike, device: str = "cpu", compiled: bool = False) -> Restorer:
     """A :class:`~hsivar.restore.Restorer` for the published model at ``uri`` (see :func:`resolve_model`);
-    ``compiled``: compiled decoding steps (:class:`~hsivar.restore.Restorer`)."""
+    ``compiled``: CUDA graphs on a GPU, compiled decoding steps on a CPU (:class:`~hsivar.restore.Restorer`)."""
     return Restorer.from_published(resolve_model(uri), device=device, compiled=compiled)
 
 

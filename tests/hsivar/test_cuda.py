@@ -92,7 +92,7 @@ def test_restoration_on_cuda_agrees_with_the_cpu(tmp_path: Path, smooth_cubes: C
     batch = _to(noisy_batch(smooth_cubes(8, BANDS, 48, seed=5)[:, :, :32, :32], 30, seed=6), "cuda")
     for stage in ("vqvae", "var"):
         _train(model, stage, batch, 150, bf16=False)
-    _head_on(model)  # else the untrained head returns x0, and sampling could not change the cube
+    _switched_on(model)  # else the untrained head returns x0, and sampling could not change the cube
     published = save_published(model.cpu(), tmp_path / "model", stage="decoder")
     clean = smooth_cubes(8, BANDS, 48, seed=5)[0, :, :, :40]  # the training cubes' scene, 48×40
     noisy = noisy_batch(clean[None], 30, seed=7).lq[0]
@@ -126,13 +126,17 @@ def test_kv_cache_gives_the_same_tokens_on_cuda() -> None:
         assert (a == b).float().mean() > 0.99
 
 
-def _head_on(model: RestorationModel) -> RestorationModel:
-    """``model`` with its output head switched on (as tests/hsivar/conftest.py's ``head_on_model``): an untrained head
-    returns the first estimate exactly, whatever the tokens, and a test comparing restorations would compare x0."""
+def _switched_on(model: RestorationModel) -> RestorationModel:
+    """``model`` with every all-zero parameter set to small random values and the fusion gate at 0.5. An untrained
+    model starts its gated paths at 0 (the fusion head's last conv, the refiner's, SSA's γ and σ, cross-attention
+    gains, the latent refiner's and the prior's projections) and its fusion head returns the first estimate whatever
+    the tokens: a test comparing restorations would compare x0 and skip those paths."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
         model.fusion.gate.weight.fill_(0.5)
-        model.fusion.ending.weight.copy_(0.02 * torch.randn(model.fusion.ending.weight.shape, generator=g))
     return model
 
 
@@ -150,9 +154,9 @@ def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool) -> 
     """Every family's greedy restoration replayed from a CUDA graph (task auto, a named task, a mixture; with a first
     estimate; DAG and CFG guidance) gives the eager restoration's tokens and tiles, on new inputs each replay; a named
     task and a mixture share one graph (their weights are an input). Under bf16 the graphs read bf16 copies of the
-    weights, and the model keeps its fp32 ones."""
+    weights, and the model keeps its fp32 ones. Every gated path is switched on (:func:`_switched_on`)."""
     torch.manual_seed(0)
-    model = _head_on(build_model(preset("tiny", bands=BANDS, family=family))).cuda().eval()
+    model = _switched_on(build_model(preset("tiny", bands=BANDS, family=family))).cuda().eval()
     graphed = GraphedRestore(model)
     guidances = ("dag", "cfg") if family == "hsivar" else ("dag",)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cuda", enabled=False)
@@ -169,7 +173,7 @@ def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool) -> 
             print(f"{family} bf16={bf16} {task} {guidance} replay {replay}: tokens {same:.4f}, max |Δ| {diff:.2e}")
             assert same == 1.0 and diff <= 1e-5, (task, guidance, replay, same, diff)
             assert torch.equal(eager.task_weights, out.task_weights)
-    assert len(graphed.graphs) == 2 * len(guidances)
+    assert len(graphed.recorded) == 2 * len(guidances)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     copies = graphed._copies.get(torch.bfloat16, {})
     assert bool(copies) == bf16 and all(p.dtype == torch.bfloat16 for p in copies.values())
@@ -179,7 +183,7 @@ def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool) -> 
 def test_graphs_without_weight_copies_equal_the_eager_ones() -> None:
     """The recording with autocast's own casts inside the graph gives the eager restoration too."""
     torch.manual_seed(0)
-    model = _head_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
+    model = _switched_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
     graphed = GraphedRestore(model, low_precision_weights=False)
     for seed in range(2):
         lq = torch.rand(2, BANDS, 32, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
@@ -194,7 +198,7 @@ def test_a_batch_without_its_own_graph_is_padded_into_a_bigger_one() -> None:
     tile: its tiles come out as the eager restoration of the padded batch gives them. A batch larger than every
     recorded one runs eagerly."""
     torch.manual_seed(0)
-    model = _head_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
+    model = _switched_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
     graphed = GraphedRestore(model, max_graphs=1)
     lq = torch.rand(6, BANDS, 32, 32, device="cuda")
     with torch.no_grad():
@@ -206,7 +210,7 @@ def test_a_batch_without_its_own_graph_is_padded_into_a_bigger_one() -> None:
                                   eager.latent[:n], eager.hidden_last[:n], None, decoded=eager.decoded[:n])
             same, diff = _agreement(eager, graphed(lq[:n], "gaussian"))
             assert same == 1.0 and diff <= 1e-5, (n, same, diff)
-    assert [k.batch for k in graphed.graphs] == [4]
+    assert [k.batch for k in graphed.recorded] == [4]
 
 
 def test_the_restorer_compiled_on_cuda_replays_graphs_with_the_eager_cube(smooth_cubes: Callable,
@@ -214,14 +218,14 @@ def test_the_restorer_compiled_on_cuda_replays_graphs_with_the_eager_cube(smooth
     """Restorer(compiled=True) on CUDA restores a whole cube (several batches of tiles, blended) from CUDA graphs,
     as the eager Restorer does; sampled decoding stays eager and seeded."""
     torch.manual_seed(0)
-    model = _head_on(HSIVAR(preset("tiny", bands=BANDS))).eval()
+    model = _switched_on(HSIVAR(preset("tiny", bands=BANDS))).eval()
     clean = smooth_cubes(1, BANDS, 80, seed=8)[0]
     cube = noisy_batch(clean[None], 30, seed=9).lq[0].numpy()
     eager = Restorer(model, "cuda")
     ref = eager.restore(cube, task="auto", batch_size=4)
     graphed = Restorer(model, "cuda", compiled=True)
     out = graphed.restore(cube, task="auto", batch_size=4)
-    assert graphed.graphs is not None and sorted(k.batch for k in graphed.graphs.graphs) == [1, 4]
+    assert graphed.graphs is not None and sorted(k.batch for k in graphed.graphs.recorded) == [1, 4]
     assert np.abs(out.cube - ref.cube).max() <= 1e-5 * np.abs(ref.cube).max()
     sampling = Sampling(greedy=False, top_k=8)
     a = graphed.restore(cube, task="gaussian", samples=2, seed=3, sampling=sampling)

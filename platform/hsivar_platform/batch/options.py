@@ -31,8 +31,8 @@ class BatchOptions(BaseModel):
         None, description="(lo, hi) input units mapped to [0, 1], e.g. 0 1 for reflectance; default each cube's "
         "own min–max (noise stretches it: pass the range when it is known), an image's dtype range (0 255)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
-    compiled: bool = Field(False, description="on a GPU, replay each restoration from a CUDA graph (each model "
-                           "actor records one per batch size); on a CPU, decode through compiled steps")
+    compiled: bool = Field(False, description="on a GPU, replay each greedy restoration from a CUDA graph (each "
+                           "model actor records one per batch size); on a CPU, decode through compiled steps")
     uncertainty: bool = Field(False, description="write <stem>.std<ext>: the calibrated error bar of a calibrated "
                                 "model, else the std over samples (needs samples > 1)")
     kept_mask: bool = Field(True, description="write <stem>.kept<ext>, uint8 1 where an entry was kept exactly as "

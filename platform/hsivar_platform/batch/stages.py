@@ -147,7 +147,7 @@ class Restore:
         """Load the model at URI ``model`` (pinned by the driver: a registry URI names its version) on
         ``device`` (``auto``: CUDA when this actor has a GPU); ``uncertainty``: add the calibrated error bar of a
         calibrated model to each row (it needs the input and first estimate, which only this stage holds);
-        ``compiled``: compiled decoding steps (:class:`~hsivar.restore.Restorer`)."""
+        ``compiled``: CUDA graphs on a GPU, compiled decoding steps on a CPU (:class:`~hsivar.restore.Restorer`)."""
         from hsivar_platform.model_uri import load_restorer
 
         if device == "auto":

@@ -32,8 +32,8 @@ def restore(
         "an image's dtype range, 0,255 for 8 bits)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 8,
     compiled: Annotated[bool, typer.Option(
-        "--compile/--no-compile", help="on a GPU, replay each restoration from a CUDA graph (each model actor "
-        "records one per batch size); on a CPU, decode through compiled steps")] = False,
+        "--compile/--no-compile", help="on a GPU, replay each greedy restoration from a CUDA graph (each model "
+        "actor records one per batch size; sampling stays eager); on a CPU, decode through compiled steps")] = False,
     uncertainty: Annotated[bool, typer.Option(help="also write <stem>.std<ext>: the calibrated error bar of a "
                                               "calibrated model (any --samples), else the std over --samples ≥ 2"
                                               )] = False,

@@ -39,8 +39,9 @@ def serve(
     cpus_per_replica: Annotated[float, typer.Option(min=0.01)] = 1.0,
     max_request_mb: Annotated[float, typer.Option(min=0.001, help="largest request body (413 above)")] = 64.0,
     compiled: Annotated[bool, typer.Option(
-        "--compile/--no-compile", help="on a GPU, replay each restoration from a CUDA graph (each replica's first "
-        "request of a batch size records it); on a CPU, decode through compiled steps")] = False,
+        "--compile/--no-compile", help="on a GPU, replay each greedy restoration from a CUDA graph (each replica's "
+        "first request of a batch size records it; sampling stays eager); on a CPU, decode through compiled "
+        "steps")] = False,
     token_env: Annotated[str, typer.Option(help=_TOKEN)] = "HSIVAR_SERVE_TOKEN",
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS)] = None,
     blocking: Annotated[bool, typer.Option(help="keep running until Ctrl-C (--no-blocking: deploy to a running "

@@ -49,8 +49,8 @@ class ServeSettings(BaseModel):
         "HSIVAR_SERVE_TOKEN", description="environment variable holding the bearer token; when it is set "
         "(non-empty) in the replica, /v1/* require 'Authorization: Bearer <token>'")
     model_cache_dir: str | None = Field(None, description="where remote models are copied (default: a temp dir)")
-    compiled: bool = Field(False, description="on a GPU, replay each restoration from a CUDA graph (the first "
-                           "request of each batch size records it); on a CPU, decode through compiled steps")
+    compiled: bool = Field(False, description="on a GPU, replay each greedy restoration from a CUDA graph (the "
+                           "first request of each batch size records it); on a CPU, decode through compiled steps")
 
 
 @dataclass
@@ -125,7 +125,8 @@ class HSIVARModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         local = resolve_model(self.settings.model, self.settings.model_cache_dir)
-        # a pass holds 1..max_batch_size tiles, twice that under classifier-free guidance: a graph per size
+        # a pass holds 1..max_batch_size tiles: a CUDA graph per size on a GPU; on a CPU compiled steps, whose
+        # batches double under classifier-free guidance
         self.restorer = Restorer.from_published(local, device=device, compiled=self.settings.compiled,
                                                 compiled_batch_sizes=2 * self.settings.max_batch_size)
         self.version = model_version(self.settings.model, local)

@@ -42,3 +42,67 @@ def test_outputs_are_copied_out_of_the_static_buffers_for_the_real_rows_only() -
     static.cube.zero_()
     static.idx[1].zero_()
     assert out.cube.abs().sum() > 0 and out.idx[1].abs().sum() > 0  # copies, not views
+
+
+def _unrecorded(model: torch.nn.Module, max_graphs: int = 16) -> GraphedRestore:
+    """A GraphedRestore of a CPU model, built past the CUDA check, for its pure-Python parts."""
+    graphed = object.__new__(GraphedRestore)
+    graphed.model, graphed.device, graphed.max_graphs = model, torch.device("cpu"), max_graphs
+    graphed.low_precision_weights, graphed._copies, graphed.recorded, graphed._failed = True, {}, {}, set()
+    graphed._warned_eager = False
+    return graphed
+
+
+def _switched_on(model: torch.nn.Module) -> torch.nn.Module:
+    """Every all-zero parameter (the gated paths an untrained model starts at 0) set to small random values."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("family", ["hsivar", "restorevar", "varformer"])
+def test_bf16_weight_copies_restore_as_autocast_does_and_are_put_back(family: str) -> None:
+    """Under bf16 autocast (here the CPU's), a model holding the graphs' bf16 copies of its linear and conv weights
+    restores exactly as with its fp32 weights, which autocast casts to the same values; the quantiser keeps fp32; the
+    fp32 parameters are back afterwards, also after an exception."""
+    from hsivar.models.build import build_model
+    from hsivar.presets import preset
+
+    torch.manual_seed(0)
+    model = _switched_on(build_model(preset("tiny", bands=8, family=family))).eval()
+    before = {name: p for name, p in model.named_parameters()}
+    graphed = _unrecorded(model)
+    lq = torch.rand(2, 8, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        ref = model.restore(lq, "auto", estimate01=lq)
+        with graphed._weights(torch.bfloat16):
+            assert model.vqvae.decoder.conv_out.weight.dtype == torch.bfloat16
+            assert all(p.dtype == torch.float32 for p in model.vqvae.quantize.parameters())
+            out = model.restore(lq, "auto", estimate01=lq)
+    assert all(torch.equal(a, b) for a, b in zip(ref.idx, out.idx))
+    assert torch.equal(ref.cube, out.cube) and torch.equal(ref.decoded, out.decoded)
+    with pytest.raises(RuntimeError, match="boom"), graphed._weights(torch.bfloat16):
+        raise RuntimeError("boom")
+    assert all(p is before[name] for name, p in model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_past_max_graphs_a_batch_takes_the_smallest_recorded_graph_of_its_key_that_holds_it(
+        tiny_model: HSIVAR) -> None:
+    from hsivar.models.graphs import GraphKey
+
+    graphed = _unrecorded(tiny_model, max_graphs=3)
+    key = GraphKey(batch=1, auto=True, estimate=True, guidance="dag", cfg_scale=0.0, refine=True, autocast=None)
+    for batch in (8, 4):
+        graphed.recorded[GraphKey(**{**key.__dict__, "batch": batch})] = f"graph of {batch}"  # type: ignore[assignment]
+    graphed.recorded[GraphKey(**{**key.__dict__, "batch": 2, "auto": False})] = "weights graph"  # type: ignore[assignment]
+    lq = torch.zeros(1)
+    assert graphed._graph_for(key, lq, None, None) == ("graph of 4", 4)
+    assert graphed._graph_for(GraphKey(**{**key.__dict__, "batch": 5}), lq, None, None) == ("graph of 8", 8)
+    assert graphed._graph_for(GraphKey(**{**key.__dict__, "batch": 9}), lq, None, None) is None  # eager
+    assert graphed._graph_for(GraphKey(**{**key.__dict__, "batch": 4}), lq, None, None) == ("graph of 4", 4)
+    graphed._failed.add(GraphKey(**{**key.__dict__, "batch": 3, "refine": False}))
+    assert graphed._graph_for(GraphKey(**{**key.__dict__, "batch": 3, "refine": False}), lq, None, None) is None
