@@ -35,7 +35,7 @@ import torch
 from _common import bench_parser, device_sync, median_time
 from torch.utils.flop_counter import FlopCounterMode
 
-from hsivar.models.graphs import GraphedRestore
+from hsivar.models.graphs import GraphedRestore, record
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 
@@ -181,22 +181,14 @@ GRAPH_ABLATIONS = {"no_weight_copies": {"low_precision_weights": False}}
 
 def measure_captured(fn: Callable[[], object], bs: int, repeats: int, device: torch.device,
                      bf16: bool) -> dict[str, float]:
-    """``fn`` (static inputs) recorded into a CUDA graph after two warm-up calls, then replayed: seconds per cube over
-    ``bs`` tiles, and the first call's seconds (warm-up and recording)."""
+    """``fn`` (static inputs) recorded into a CUDA graph (:func:`hsivar.models.graphs.record`), then replayed: seconds
+    per cube over ``bs`` tiles, and the first call's seconds (warm-up and recording)."""
     sync = device_sync(device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
     sync()
     t = time.perf_counter()
     with ctx, torch.no_grad():
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            fn()
-            fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        graph, _ = record(fn, device)
     graph.replay()
     sync()
     first = time.perf_counter() - t

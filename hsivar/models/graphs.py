@@ -34,9 +34,10 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -76,6 +77,39 @@ class _Recorded:
     weights: torch.Tensor | None  # (B, N), None for "auto"
     estimate: torch.Tensor | None  # (B, C, S, S)
     out: RestoreOutput
+
+
+T = TypeVar("T")
+
+
+def record(run: Callable[[], T], device: torch.device, pool: tuple[int, int] | None = None
+           ) -> tuple[torch.cuda.CUDAGraph, T]:
+    """One call of ``run`` (static inputs, no host synchronisation) recorded into a CUDA graph on ``device``, after
+    :data:`WARMUP_CALLS` eager calls on the same side stream; ``pool``: a memory pool shared with other graphs.
+
+    Returns:
+        (the graph, which has not run yet: replay it; ``run``'s output from the recording — static buffers that
+        each replay overwrites).
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_CALLS):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # Freeing a graph is a CUDA call that invalidates a recording in progress: collect the garbage first (an earlier
+    # graph left in a reference cycle), and let no collection run while recording.
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:  # thread_local: CUDA calls of other threads (a copy to the host, say) do not break the recording
+        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            out = run()
+    finally:
+        if collecting:
+            gc.enable()
+    return graph, out
 
 
 def _copy_out(out: RestoreOutput, rows: int) -> RestoreOutput:
@@ -167,24 +201,7 @@ class GraphedRestore:
                                      cfg_scale=key.cfg_scale, refine=key.refine, kv_cache=True, estimate01=estimate)
 
         with self._weights(key.autocast):
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_CALLS):
-                    run()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # Freeing a graph is a CUDA call that invalidates a recording in progress: collect the garbage first (an
-            # earlier GraphedRestore left in a reference cycle), and let no collection run while recording.
-            gc.collect()
-            collecting = gc.isenabled()
-            gc.disable()
-            try:  # thread_local: CUDA calls of other threads (a copy to the host, say) do not break the recording
-                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
-                    out = run()
-            finally:
-                if collecting:
-                    gc.enable()
+            graph, out = record(run, self.device, self._pool)
         return _Recorded(graph, lq, weights, estimate, out)
 
     def _graph_for(self, key: GraphKey, lq: torch.Tensor, weights: torch.Tensor | None,
