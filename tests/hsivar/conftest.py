@@ -87,6 +87,26 @@ def smooth_cubes() -> Callable[[int, int, int, int], torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
+def switched_on() -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """``switched_on(model)`` → ``model`` with every all-zero parameter set to small random values (seeded) and its
+    fusion gate at 0.5. An untrained model starts its gated paths at 0 (the fusion head's last conv, the refiner's,
+    SSA's γ and σ, cross-attention gains, the latent refiner's and the prior's projections), and its fusion head
+    returns the first estimate whatever the tokens: a test comparing restorations would compare x0 and skip those
+    paths."""
+    return _switched_on
+
+
+def _switched_on(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+        model.fusion.gate.weight.fill_(0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
 def noisy_batch() -> Callable[[torch.Tensor, float, int], Batch]:
     """``noisy_batch(hq, sigma255, seed)`` → a seeded gaussian-noise training :class:`~hsivar.training.Batch`."""
     return _noisy_batch

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsivar.models.base import RestorationModel, RestoreOutput
+from hsivar.models.base import RestoreOutput
 from hsivar.models.build import build_model
 from hsivar.models.graphs import GraphedRestore
 from hsivar.models.hsivar import HSIVAR
@@ -80,7 +80,8 @@ def test_a_bf16_step_matches_the_fp32_step_on_cuda(smooth_cubes: Callable, noisy
         assert float(bf16) == pytest.approx(float(fp32), rel=0.05), stage
 
 
-def test_restoration_on_cuda_agrees_with_the_cpu(tmp_path: Path, smooth_cubes: Callable, noisy_batch: Callable) -> None:
+def test_restoration_on_cuda_agrees_with_the_cpu(tmp_path: Path, smooth_cubes: Callable, noisy_batch: Callable,
+                                                 switched_on: Callable) -> None:
     """A published model restores a 48×40 cube on CUDA (fp32 and bf16) as it does on the CPU.
 
     The model is trained for stages 1 and 2 first: an untrained transformer's logits are near ties, and
@@ -92,7 +93,7 @@ def test_restoration_on_cuda_agrees_with_the_cpu(tmp_path: Path, smooth_cubes: C
     batch = _to(noisy_batch(smooth_cubes(8, BANDS, 48, seed=5)[:, :, :32, :32], 30, seed=6), "cuda")
     for stage in ("vqvae", "var"):
         _train(model, stage, batch, 150, bf16=False)
-    _switched_on(model)  # else the untrained head returns x0, and sampling could not change the cube
+    switched_on(model)  # else the untrained head returns x0, and sampling could not change the cube
     published = save_published(model.cpu(), tmp_path / "model", stage="decoder")
     clean = smooth_cubes(8, BANDS, 48, seed=5)[0, :, :, :40]  # the training cubes' scene, 48×40
     noisy = noisy_batch(clean[None], 30, seed=7).lq[0]
@@ -126,20 +127,6 @@ def test_kv_cache_gives_the_same_tokens_on_cuda() -> None:
         assert (a == b).float().mean() > 0.99
 
 
-def _switched_on(model: RestorationModel) -> RestorationModel:
-    """``model`` with every all-zero parameter set to small random values and the fusion gate at 0.5. An untrained
-    model starts its gated paths at 0 (the fusion head's last conv, the refiner's, SSA's γ and σ, cross-attention
-    gains, the latent refiner's and the prior's projections) and its fusion head returns the first estimate whatever
-    the tokens: a test comparing restorations would compare x0 and skip those paths."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point() and not p.any():
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-        model.fusion.gate.weight.fill_(0.5)
-    return model
-
-
 def _agreement(a: RestoreOutput, b: RestoreOutput) -> tuple[float, float]:
     """(share of equal tokens over every scale, max |Δ| of the restored tiles and of the decoder's output)."""
     same = torch.cat([(x == y).flatten() for x, y in zip(a.idx, b.idx)]).float().mean()
@@ -150,13 +137,13 @@ def _agreement(a: RestoreOutput, b: RestoreOutput) -> tuple[float, float]:
 
 @pytest.mark.parametrize("family", ["hsivar", "restorevar", "varformer"])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool) -> None:
+def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool, switched_on: Callable) -> None:
     """Every family's greedy restoration replayed from a CUDA graph (task auto, a named task, a mixture; with a first
     estimate; DAG and CFG guidance) gives the eager restoration's tokens and tiles, on new inputs each replay; a named
     task and a mixture share one graph (their weights are an input). Under bf16 the graphs read bf16 copies of the
-    weights, and the model keeps its fp32 ones. Every gated path is switched on (:func:`_switched_on`)."""
+    weights, and the model keeps its fp32 ones. Every gated path is switched on (the ``switched_on`` fixture)."""
     torch.manual_seed(0)
-    model = _switched_on(build_model(preset("tiny", bands=BANDS, family=family))).cuda().eval()
+    model = switched_on(build_model(preset("tiny", bands=BANDS, family=family))).cuda().eval()
     graphed = GraphedRestore(model)
     guidances = ("dag", "cfg") if family == "hsivar" else ("dag",)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cuda", enabled=False)
@@ -180,10 +167,10 @@ def test_a_graphed_restoration_equals_the_eager_one(family: str, bf16: bool) -> 
     assert not {id(m) for m, _ in copies} & {id(m) for m in model.vqvae.quantize.modules()}
 
 
-def test_graphs_without_weight_copies_equal_the_eager_ones() -> None:
+def test_graphs_without_weight_copies_equal_the_eager_ones(switched_on: Callable) -> None:
     """The recording with autocast's own casts inside the graph gives the eager restoration too."""
     torch.manual_seed(0)
-    model = _switched_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
+    model = switched_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
     graphed = GraphedRestore(model, low_precision_weights=False)
     for seed in range(2):
         lq = torch.rand(2, BANDS, 32, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
@@ -193,12 +180,12 @@ def test_graphs_without_weight_copies_equal_the_eager_ones() -> None:
     assert not graphed._copies
 
 
-def test_a_batch_without_its_own_graph_is_padded_into_a_bigger_one() -> None:
+def test_a_batch_without_its_own_graph_is_padded_into_a_bigger_one(switched_on: Callable) -> None:
     """Past max_graphs, a batch replays through the smallest recorded batch size that holds it, padded with its last
     tile: its tiles come out as the eager restoration of the padded batch gives them. A batch larger than every
     recorded one runs eagerly."""
     torch.manual_seed(0)
-    model = _switched_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
+    model = switched_on(HSIVAR(preset("tiny", bands=BANDS))).cuda().eval()
     graphed = GraphedRestore(model, max_graphs=1)
     lq = torch.rand(6, BANDS, 32, 32, device="cuda")
     with torch.no_grad():
@@ -214,11 +201,12 @@ def test_a_batch_without_its_own_graph_is_padded_into_a_bigger_one() -> None:
 
 
 def test_the_restorer_compiled_on_cuda_replays_graphs_with_the_eager_cube(smooth_cubes: Callable,
-                                                                         noisy_batch: Callable) -> None:
+                                                                         noisy_batch: Callable,
+                                                                         switched_on: Callable) -> None:
     """Restorer(compiled=True) on CUDA restores a whole cube (several batches of tiles, blended) from CUDA graphs,
     as the eager Restorer does; sampled decoding stays eager and seeded."""
     torch.manual_seed(0)
-    model = _switched_on(HSIVAR(preset("tiny", bands=BANDS))).eval()
+    model = switched_on(HSIVAR(preset("tiny", bands=BANDS))).eval()
     clean = smooth_cubes(1, BANDS, 80, seed=8)[0]
     cube = noisy_batch(clean[None], 30, seed=9).lq[0].numpy()
     eager = Restorer(model, "cuda")

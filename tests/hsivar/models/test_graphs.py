@@ -6,6 +6,8 @@ in every family, the padding of batches without their own graph and the Restorer
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -53,18 +55,8 @@ def _unrecorded(model: torch.nn.Module, max_graphs: int = 16) -> GraphedRestore:
     return graphed
 
 
-def _switched_on(model: torch.nn.Module) -> torch.nn.Module:
-    """Every all-zero parameter (the gated paths an untrained model starts at 0) set to small random values."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-    return model
-
-
 @pytest.mark.parametrize("family", ["hsivar", "restorevar", "varformer"])
-def test_bf16_weight_copies_restore_as_autocast_does_and_are_put_back(family: str) -> None:
+def test_bf16_weight_copies_restore_as_autocast_does_and_are_put_back(family: str, switched_on: Callable) -> None:
     """Under bf16 autocast (here the CPU's), a model holding the graphs' bf16 copies of its linear and conv weights
     restores exactly as with its fp32 weights, which autocast casts to the same values; the quantiser keeps fp32; the
     fp32 parameters are back afterwards, also after an exception."""
@@ -72,7 +64,7 @@ def test_bf16_weight_copies_restore_as_autocast_does_and_are_put_back(family: st
     from hsivar.presets import preset
 
     torch.manual_seed(0)
-    model = _switched_on(build_model(preset("tiny", bands=8, family=family))).eval()
+    model = switched_on(build_model(preset("tiny", bands=8, family=family))).eval()
     before = {name: p for name, p in model.named_parameters()}
     graphed = _unrecorded(model)
     lq = torch.rand(2, 8, 32, 32, generator=torch.Generator().manual_seed(1))
