@@ -19,6 +19,15 @@ latency − that time: what HTTP, the proxy, the gateway, the handle call and de
 median ``Server-Timing`` phases of the requests (gateway: read, decode, model, encode, total; the model replica's
 own: model.prepare, model.observe, model.restore, model.blend) say where.
 
+Where the CPU goes: around every level the CPU seconds of each process taking part (the model and gateway replicas,
+Ray's proxy, raylet, GCS, the controller, this process's clients, the rest of the machine) are read, per completed
+request. With every core busy throughput goes as 1 / CPU per request, so with both modes measured
+``cpu_bound_batching`` per level says what batching can gain on this machine: the CPU a request costs with batching off
+over that cost less what full passes save on the forward (``ratio_full_passes``), or less the whole forward
+(``ratio_free_forward``: a bound, should batching make the forward free).
+``--floors`` adds two apps that restore nothing (the body answered back by the ingress, and through a second
+deployment by a handle call, the app's gateway → model hop): what Ray Serve's path costs on this machine.
+
     python bench/serve.py                                     # tiny, CPU, concurrency 1, 8, 32, 5 s each
     python bench/serve.py --preset paper --device cuda --seconds 20
 Human-readable lines first; the last line is one JSON object with every figure.
@@ -47,6 +56,8 @@ from _common import (
     publish_fresh_model,
     temp_dir,
 )
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from hsivar_platform.demo.http_check import free_port
 from hsivar_platform.model_uri import load_restorer, resolve_model
 from hsivar_platform.serve import ServeSettings, build_app
@@ -68,6 +79,84 @@ def npy_bytes(cube: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, cube, allow_pickle=False)
     return buf.getvalue()
+
+
+FLOORS = ("proxy", "handle")
+"""The floor apps (``--floors``): ``proxy`` — an ingress that reads the body and answers it back (HTTP and Ray's
+proxy, nothing computed); ``handle`` — the same ingress passing the body through a second deployment and back by a
+``DeploymentHandle`` call (the app's gateway → model hop, nothing computed)."""
+
+
+def floor_app(kind: str) -> Any:
+    """An app that restores nothing, for what Ray Serve's path costs on this machine (``kind``: :data:`FLOORS`):
+    ``POST /v1/restore`` answers the request body as it came, through one deployment (``proxy``) or through a
+    second one by a handle call (``handle``); both light (a quarter CPU each, like the app's gateway)."""
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="Echo", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+    class Echo:
+        async def __call__(self, body: bytes) -> bytes:
+            return body
+
+    @serve.deployment(name="EchoGateway", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+    @serve.ingress(api)
+    class EchoGateway:
+        def __init__(self, echo: Any = None) -> None:
+            self.echo = echo
+
+        @api.post("/v1/restore")
+        async def restore(self, request: Request) -> Response:
+            # Request named in the body: the replica's copy of this class (pickled by value) then holds it, and
+            # FastAPI resolves the annotations there (they are strings in this module)
+            body = await Request.body(request)
+            if self.echo is not None:
+                body = await self.echo.remote(body)
+            return Response(content=body, media_type="application/x-npy")
+
+    return EchoGateway.bind(Echo.bind()) if kind == "handle" else EchoGateway.bind(None)
+
+
+def process_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process of this machine that takes part in a measurement, by
+    role: Ray's named workers by their process title (``ray::ProxyActor``, ``ray::ServeReplica:APP:DEPLOYMENT``,
+    ...), ``raylet``, ``gcs_server``, ``client`` (this process: the load's HTTP clients) and ``other``; the
+    difference of two calls around a level says where its CPU went."""
+    import psutil
+
+    out: dict[str, float] = {}
+    me = psutil.Process().pid
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            t = proc.cpu_times()
+            cmd = proc.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        head = cmd[0] if cmd else (proc.info["name"] or "")
+        if proc.info["pid"] == me:
+            role = "client"
+        elif head.startswith("ray::ServeReplica:"):  # ray::ServeReplica:APP:DEPLOYMENT
+            role = "replica " + head.split(" ", 1)[0].removeprefix("ray::ServeReplica:")
+        elif head.startswith("ray::"):  # ray::ProxyActor, ray::ServeController.listen_for_change, ...
+            role = head.split(" ", 1)[0].split(".", 1)[0].removeprefix("ray::")
+        elif head.endswith("/raylet") or head.endswith("/gcs_server"):
+            role = Path(head).name
+        else:
+            role = "other"
+        out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int,
+                    wall_s: float) -> dict[str, Any]:
+    """Where a level's CPU went: ms of CPU per completed request by role (most first; ``other``: everything else on
+    the machine), and the cores busy on average over the level (``cores_busy``)."""
+    used = {role: after[role] - before.get(role, 0.0) for role in after}
+    total = sum(max(v, 0.0) for v in used.values())
+    per = {role: v * 1e3 / max(requests, 1) for role, v in sorted(used.items(), key=lambda kv: -kv[1])}
+    return {"ms_per_request": {k: v for k, v in per.items() if v > 0},
+            "total_ms_per_request": total * 1e3 / max(requests, 1), "cores_busy": total / wall_s}
 
 
 async def load(url: str, body: bytes, concurrency: int, seconds: float, timeout_s: float) -> dict[str, Any]:
@@ -153,11 +242,14 @@ def replica_stats(base: str) -> dict[str, int]:
 
 
 def measure_level(base: str, body: bytes, tiles: int, concurrency: int, seconds: float, timeout_s: float,
-                  one_replica: bool = True) -> dict[str, Any]:
-    """One concurrency level against the app at ``base``; → its figures (``tiles_per_forward`` only with
-    ``one_replica``: the counters are per replica and ``/v1/model`` reaches any one of them)."""
-    before = replica_stats(base) if one_replica else None
+                  counters: bool = True) -> dict[str, Any]:
+    """One concurrency level against the app at ``base``; → its figures, with where its CPU went
+    (:func:`cpu_per_request`). ``counters``: read the replica's counters before and after (``tiles_per_forward``;
+    only with one model replica: the counters are per replica and ``/v1/model`` reaches any one of them)."""
+    before = replica_stats(base) if counters else None
+    cpu_before = process_cpu_seconds()
     res = asyncio.run(load(f"{base}/v1/restore", body, concurrency, seconds, timeout_s))
+    cpu = cpu_per_request(cpu_before, process_cpu_seconds(), len(res["latencies"]), res["wall_s"])
     lat, n = res["latencies"], len(res["latencies"])
     d_tiles = d_batches = 0
     if before is not None:
@@ -170,16 +262,22 @@ def measure_level(base: str, body: bytes, tiles: int, concurrency: int, seconds:
         "mean_s": float(np.mean(lat)) if lat else float("nan"),
         "tiles_per_forward": d_tiles / d_batches if d_batches else float("nan"),
         "server_timing_p50_ms": {name: percentile(v, 50) for name, v in res["phases"].items()},
+        "cpu": cpu,
     }
 
 
-def print_level(mode: str, c: int, fig: dict[str, Any]) -> None:
-    """One human-readable line for a level."""
+def print_level(label: str, c: int, fig: dict[str, Any]) -> None:
+    """Two human-readable lines for a level: its figures, then where its CPU went."""
     err = f", errors {fig['errors']}" if fig["errors"] else ""
     ms = {k: fig[k] * 1e3 for k in ("p50_s", "p95_s", "p99_s")}
-    print(f"  batching {mode:<3} concurrency {c:>3}: {fig['requests_per_s']:7.2f} req/s {fig['tiles_per_s']:7.2f} "
+    forward = f", {fig['tiles_per_forward']:.2f} tiles/forward" if fig["tiles_per_forward"] == \
+        fig["tiles_per_forward"] else ""
+    print(f"  {label:<14} concurrency {c:>3}: {fig['requests_per_s']:7.2f} req/s {fig['tiles_per_s']:7.2f} "
           f"tiles/s  p50 {ms['p50_s']:8.1f} ms  p95 {ms['p95_s']:8.1f} ms  p99 {ms['p99_s']:8.1f} ms  "
-          f"({fig['requests']} requests, {fig['tiles_per_forward']:.2f} tiles/forward{err})")
+          f"({fig['requests']} requests{forward}{err})")
+    cpu = fig["cpu"]
+    print(f"  {'':<14} CPU per request {cpu['total_ms_per_request']:.1f} ms, {cpu['cores_busy']:.2f} cores busy: "
+          + ", ".join(f"{role} {v:.1f}" for role, v in cpu["ms_per_request"].items() if v >= 1.0))
 
 
 def main() -> None:
@@ -197,6 +295,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="sequential requests before each mode is measured")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
     ap.add_argument("--own-repeats", type=int, default=30, help="calls timing the model's own time per request")
+    ap.add_argument("--floors", action="store_true", help="also measure two apps that restore nothing (the body "
+                    "answered back, by the ingress alone and through a handle call): what Ray Serve's path costs")
     ap.add_argument("--degradation", default="gaussian:30", help="FAMILY:LEVEL applied to the request cube (a demo "
                     "cube, seed 0), or none (the clean cube: blind auto mode then treats it as blurred)")
     args = ap.parse_args()
@@ -264,12 +364,23 @@ def main() -> None:
                 for _ in range(args.warmup):
                     httpx.post(f"{base}/{mode}/v1/restore", content=body,
                                headers={"content-type": "application/x-npy"}, timeout=args.timeout)
+            floors = FLOORS if args.floors else ()
+            for kind in floors:
+                serve.run(floor_app(kind), name=f"{APP}-floor-{kind}", route_prefix=f"/floor-{kind}",
+                          logging_config={"log_level": "WARNING"})
+                for _ in range(args.warmup):
+                    httpx.post(f"{base}/floor-{kind}/v1/restore", content=body, timeout=args.timeout)
             for c in levels:
                 for mode in modes:
                     fig = measure_level(f"{base}/{mode}", body, tiles, c, args.seconds, args.timeout,
-                                        one_replica=args.replicas == 1)
+                                        counters=args.replicas == 1)
                     results[mode][str(c)] = fig
-                    print_level(mode, c, fig)
+                    print_level(f"batching {mode}", c, fig)
+                for kind in floors:
+                    fig = measure_level(f"{base}/floor-{kind}", body, tiles, c, args.seconds, args.timeout,
+                                        counters=False)
+                    report.setdefault("floors", {}).setdefault(kind, {})[str(c)] = fig
+                    print_level(f"floor {kind}", c, fig)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -281,12 +392,31 @@ def main() -> None:
                 timing = results[mode]["1"]["server_timing_p50_ms"]
                 print(f"batching {mode}: concurrency-1 p50 − model's own time = {over * 1e3:+.1f} ms; Server-Timing "
                       "p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
+        for kind, figs in report.get("floors", {}).items():
+            if "1" in figs:  # what Serve's path costs with nothing to restore: the part of the overhead it sets
+                print(f"floor {kind}: concurrency-1 p50 {figs['1']['p50_s'] * 1e3:.1f} ms (the body answered back"
+                      f"{' through a handle call' if kind == 'handle' else ''}, nothing restored)")
         if "on" in results and "off" in results:
             report["throughput_ratio_on_vs_off"] = {
                 c: results["on"][c]["requests_per_s"] / results["off"][c]["requests_per_s"]
                 if results["off"][c]["requests_per_s"] else float("nan") for c in results["on"]}
+            # With every core busy, throughput goes as 1 / CPU per request: batching gains the CPU a request costs
+            # with it off over that cost less what it saves, at best the whole forward pass (the model's own figures).
+            forward, batched = own["forward_per_tile_s"] * tiles, own["forward_per_tile_batched_s"] * tiles
+            report["cpu_bound_batching"] = {}
+            for c in results["off"]:
+                cost = results["off"][c]["cpu"]["total_ms_per_request"] / 1e3
+                if cost > forward:
+                    report["cpu_bound_batching"][c] = {
+                        "cpu_per_request_off_s": cost, "forward_s": forward,
+                        "ratio_full_passes": cost / (cost - forward + batched),
+                        "ratio_free_forward": cost / (cost - forward)}
             print("throughput batching on / off: " + ", ".join(
                 f"c={c} {v:.2f}×" for c, v in report["throughput_ratio_on_vs_off"].items()))
+            for c, b in report["cpu_bound_batching"].items():
+                print(f"  c={c}: CPU per request with batching off {b['cpu_per_request_off_s'] * 1e3:.1f} ms, of which "
+                      f"the forward {b['forward_s'] * 1e3:.1f}; with every core busy, full passes would gain "
+                      f"{b['ratio_full_passes']:.2f}×, a forward costing nothing {b['ratio_free_forward']:.2f}×")
         report["machine"] = machine_info(args.device)
     print(json_line(report))
 

@@ -25,7 +25,7 @@ TIMEOUT_S = 600
 # module starts the selected ones side by side and each test waits for its own.
 BENCHES: dict[str, list[str]] = {
     "pipeline": ["--files", "2", "--size", "32", "--actors", "1", "--storage", "local,s3"],
-    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1", "--own-repeats", "3"],
+    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1", "--own-repeats", "3", "--floors"],
     "train": ["--workers", "1,2", "--stages", "vqvae", "--steps", "2", "--files", "1"],
 }
 
@@ -118,6 +118,25 @@ def test_serve_bench_latency_and_throughput_batching_on_and_off(launched: dict[s
     for mode in ("on", "off"):  # what HTTP, the gateway and the handle add to the model's own time
         assert r["serve_overhead_p50_s"][mode] == pytest.approx(r["batching"][mode]["1"]["p50_s"] - own["p50_s"],
                                                                 abs=1e-5)  # the JSON line rounds
+    # where each level's CPU went, by process: the mode's own model replica did the restoring
+    for name, mode in r["batching"].items():
+        for level in mode.values():
+            cpu = level["cpu"]
+            assert cpu["cores_busy"] > 0 and cpu["total_ms_per_request"] > 0
+            assert cpu["ms_per_request"][f"replica hsivar-bench-{name}:HSIVARModel"] > 0
+            assert cpu["total_ms_per_request"] >= sum(cpu["ms_per_request"].values()) - 1e-3
+    assert set(r["cpu_bound_batching"]) == {"1", "2"}
+    for b in r["cpu_bound_batching"].values():
+        assert b["cpu_per_request_off_s"] > b["forward_s"] > 0
+        assert b["ratio_full_passes"] <= b["ratio_free_forward"] and b["ratio_free_forward"] > 1
+    # the floors: Serve's path with nothing restored, by the ingress alone and through a handle call
+    assert set(r["floors"]) == {"proxy", "handle"}
+    for kind, floor in r["floors"].items():
+        assert set(floor) == {"1", "2"}
+        for level in floor.values():
+            assert level["requests"] >= 1 and not level["errors"] and level["p50_s"] > 0
+            assert level["cpu"]["ms_per_request"][f"replica hsivar-bench-floor-{kind}:EchoGateway"] > 0
+    assert "replica hsivar-bench-floor-handle:Echo" in r["floors"]["handle"]["1"]["cpu"]["ms_per_request"]
 
 
 def test_train_bench_one_vs_two_workers(launched: dict[str, _Launched]) -> None:
