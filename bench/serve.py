@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -60,6 +61,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from hsivar_platform.demo.http_check import free_port
 from hsivar_platform.model_uri import load_restorer, resolve_model
+from hsivar_platform.ray_runtime import direct_ingress_env
 from hsivar_platform.serve import ServeSettings, build_app
 
 from hsivar.degrade.protocol import degrade
@@ -69,6 +71,8 @@ from hsivar.tiling import tile_grid
 
 APP = "hsivar-bench"
 """Application name prefix; one app per batching mode (``hsivar-bench-on`` at ``/on``, …)."""
+HOST = "127.0.0.1"
+"""Where Serve listens (loopback only)."""
 MODES = ("on", "off")
 OFF = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
 """ServeSettings of batching off (on: the app's defaults, or ``--max-batch-size``)."""
@@ -116,6 +120,21 @@ def floor_app(kind: str) -> Any:
             return Response(content=body, media_type="application/x-npy")
 
     return EchoGateway.bind(Echo.bind()) if kind == "handle" else EchoGateway.bind(None)
+
+
+def direct_url(app: str, route_prefix: str, host: str) -> str:
+    """The base URL at which app ``app``'s ingress replica answers HTTP itself (Ray Serve's direct ingress, no proxy
+    hop): the port of its first HTTP target, read from the Serve controller (``get_target_groups``, a private API),
+    on ``host`` (Serve's HTTP host, which the replica binds; the target names the node's address)."""
+    import ray
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app))
+    for group in groups:
+        if group.protocol == RequestProtocol.HTTP and group.targets and group.app_name == app:
+            return f"http://{host}:{group.targets[0].port}{route_prefix}"
+    raise RuntimeError(f"no direct-ingress HTTP target for app {app!r} (target groups: {groups})")
 
 
 def process_cpu_seconds() -> dict[str, float]:
@@ -297,6 +316,9 @@ def main() -> None:
     ap.add_argument("--own-repeats", type=int, default=30, help="calls timing the model's own time per request")
     ap.add_argument("--floors", action="store_true", help="also measure two apps that restore nothing (the body "
                     "answered back, by the ingress alone and through a handle call): what Ray Serve's path costs")
+    ap.add_argument("--direct-ingress", action="store_true", help="Ray Serve's direct ingress "
+                    "(RAY_SERVE_ENABLE_DIRECT_INGRESS=1): each app's ingress replica answers HTTP itself on a port of "
+                    "its own, no proxy hop")
     ap.add_argument("--degradation", default="gaussian:30", help="FAMILY:LEVEL applied to the request cube (a demo "
                     "cube, seed 0), or none (the clean cube: blind auto mode then treats it as blurred)")
     args = ap.parse_args()
@@ -328,6 +350,7 @@ def main() -> None:
             "degradation": args.degradation,
             "cube_shape": [bands, size, size], "tiles_per_request": tiles, "request_bytes": len(body),
             "replicas": args.replicas, "seconds_per_level": args.seconds, "concurrency": levels,
+            "direct_ingress": args.direct_ingress,
             "max_batch_size": args.max_batch_size or defaults.max_batch_size,
             "batch_wait_timeout_s": defaults.batch_wait_timeout_s, "unit_latency": "s",
         }
@@ -343,15 +366,18 @@ def main() -> None:
               f"{own['forward_per_tile_s'] * 1e3:.1f} ms alone, {own['forward_per_tile_batched_s'] * 1e3:.1f} ms in "
               f"batches of {max_batch} (batching can gain at most {own['batch_gain_ceiling']:.2f}× on the forward)")
 
+        if args.direct_ingress:  # read by every Serve process when it starts: set before Ray starts them
+            os.environ.update(direct_ingress_env())
         init_ray()
         import ray
         from ray import serve
 
         port = free_port()
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://{HOST}:{port}"
         results: dict[str, Any] = {m: {} for m in modes}
+        urls: dict[str, str] = {}  # app (mode or floor) → its base URL
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+            serve.start(http_options={"host": HOST, "port": port}, logging_config={"log_level": "WARNING"})
             # Both modes deployed side by side (an idle replica costs no CPU) and measured alternately per
             # level, so that drifting background load on a shared machine hits both alike.
             for mode in modes:
@@ -359,25 +385,28 @@ def main() -> None:
                 actor = {"num_cpus": args.cpus_per_replica, "num_gpus": 1 if args.device == "cuda" else 0}
                 serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor),
                           name=f"{APP}-{mode}", route_prefix=f"/{mode}", logging_config={"log_level": "WARNING"})
+                urls[mode] = direct_url(f"{APP}-{mode}", f"/{mode}", HOST) if args.direct_ingress else f"{base}/{mode}"
                 print(f"batching {mode}: max_batch_size {settings.max_batch_size}, "
-                      f"batch_wait_timeout_s {settings.batch_wait_timeout_s:g}, route /{mode}")
+                      f"batch_wait_timeout_s {settings.batch_wait_timeout_s:g}, {urls[mode]}")
                 for _ in range(args.warmup):
-                    httpx.post(f"{base}/{mode}/v1/restore", content=body,
+                    httpx.post(f"{urls[mode]}/v1/restore", content=body,
                                headers={"content-type": "application/x-npy"}, timeout=args.timeout)
             floors = FLOORS if args.floors else ()
             for kind in floors:
                 serve.run(floor_app(kind), name=f"{APP}-floor-{kind}", route_prefix=f"/floor-{kind}",
                           logging_config={"log_level": "WARNING"})
+                urls[kind] = direct_url(f"{APP}-floor-{kind}", f"/floor-{kind}", HOST) if args.direct_ingress \
+                    else f"{base}/floor-{kind}"
                 for _ in range(args.warmup):
-                    httpx.post(f"{base}/floor-{kind}/v1/restore", content=body, timeout=args.timeout)
+                    httpx.post(f"{urls[kind]}/v1/restore", content=body, timeout=args.timeout)
             for c in levels:
                 for mode in modes:
-                    fig = measure_level(f"{base}/{mode}", body, tiles, c, args.seconds, args.timeout,
+                    fig = measure_level(urls[mode], body, tiles, c, args.seconds, args.timeout,
                                         counters=args.replicas == 1)
                     results[mode][str(c)] = fig
                     print_level(f"batching {mode}", c, fig)
                 for kind in floors:
-                    fig = measure_level(f"{base}/floor-{kind}", body, tiles, c, args.seconds, args.timeout,
+                    fig = measure_level(urls[kind], body, tiles, c, args.seconds, args.timeout,
                                         counters=False)
                     report.setdefault("floors", {}).setdefault(kind, {})[str(c)] = fig
                     print_level(f"floor {kind}", c, fig)

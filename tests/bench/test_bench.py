@@ -25,7 +25,9 @@ TIMEOUT_S = 600
 # module starts the selected ones side by side and each test waits for its own.
 BENCHES: dict[str, list[str]] = {
     "pipeline": ["--files", "2", "--size", "32", "--actors", "1", "--storage", "local,s3"],
-    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1", "--own-repeats", "3", "--floors"],
+    # direct ingress: the app's gateway answers HTTP itself (the default, through Ray's proxy, differs by its URL only)
+    "serve": ["--concurrency", "1,2", "--seconds", "0.5", "--warmup", "1", "--own-repeats", "3", "--floors",
+              "--direct-ingress"],
     "train": ["--workers", "1,2", "--stages", "vqvae", "--steps", "2", "--files", "1"],
 }
 
@@ -102,7 +104,7 @@ def test_pipeline_bench_ray_vs_loop_on_local_and_s3(launched: dict[str, _Launche
 
 def test_serve_bench_latency_and_throughput_batching_on_and_off(launched: dict[str, _Launched]) -> None:
     r = _report(launched, "serve")
-    assert r["concurrency"] == [1, 2] and r["tiles_per_request"] == 1
+    assert r["concurrency"] == [1, 2] and r["tiles_per_request"] == 1 and r["direct_ingress"] is True
     assert set(r["batching"]) == {"on", "off"}
     for mode in r["batching"].values():
         assert set(mode) == {"1", "2"}
