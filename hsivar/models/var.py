@@ -64,6 +64,7 @@ class SelfAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(width), persistent=False)
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.max_scale_mul = math.log(100)
+        self.register_buffer("one_1H11", torch.ones(1, heads, 1, 1), persistent=False)  # k's temperature
         self.proj = nn.Linear(width, width)
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
         self.caching = False
@@ -80,10 +81,12 @@ class SelfAttention(nn.Module):
         B, N, C = x_BNC.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
         qkv = F.linear(x_BNC, self.mat_qkv.weight, bias).view(B, N, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
-        q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
-        k = F.normalize(k, dim=-1)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
+        # q and k together, each op once for both: L2-normalised, q times its learned temperature (k times 1,
+        # exactly), rotated; the same values as one at a time, in half the kernels
+        temp_21H11 = torch.cat([self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp(), self.one_1H11])[:, None]
+        q, k = apply_rope(F.normalize(qkv[:2], dim=-1).mul(temp_21H11), cos, sin).unbind(0)
+        k, v = k.to(qkv.dtype), qkv[2]  # k cached in the projection's dtype, as rotated alone
         if self.caching:
             if self.cached_k is not None:
                 k = torch.cat([self.cached_k, k], dim=2)
