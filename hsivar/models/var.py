@@ -333,9 +333,11 @@ class NextScaleTransformer(nn.Module):
         return self.head(h).float(), h
 
     def set_kv_caching(self, enable: bool) -> None:
-        """Enable (and empty) or disable the KV cache of every block."""
+        """Enable (and empty) or disable the KV cache of every block (and of its cross-attention's condition)."""
         for b in self.blocks:
             b.attn.kv_caching(enable)
+            if b.cross is not None:
+                b.cross.kv_caching(enable)
 
     def step(self, tokens_BnC: torch.Tensor, start: int, prefix_BNC: torch.Tensor | None = None) -> torch.Tensor:
         """Run one chunk of the sequence through the cached blocks.

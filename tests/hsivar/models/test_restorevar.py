@@ -89,6 +89,34 @@ def test_cached_decoding_equals_the_teacher_forced_forward(rv_model: RestoreVAR)
     assert torch.allclose(full.hidden, gen.hidden, atol=1e-5)
 
 
+def test_the_condition_keys_and_values_are_computed_once_per_decoding(rv_model: RestoreVAR) -> None:
+    """The condition is the same at every scale: with the KV cache, each block's cross-attention projects it once per
+    decoding, not once per scale, and decodes exactly (bit for bit) as when it projects it every time; nothing is
+    kept after the decoding."""
+    x = _tiles()
+    memory, sos, _ = rv_model.condition(x)
+    q, blocks = rv_model.vqvae.quantize, rv_model.var.blocks
+    calls = [0]
+    hooks = [b.cross.kv_proj.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) for b in blocks]
+    try:
+        with torch.no_grad():
+            once = rv_model.var.generate(memory, sos, q, keep_hidden=True)
+            assert calls[0] == len(blocks)
+            assert all(b.cross.cached_kv is None and not b.cross.caching for b in blocks)
+            for b in blocks:  # the cross-attention's cache held off: the condition projected at every scale
+                b.cross.kv_caching = lambda enable: None
+            calls[0] = 0
+            every = rv_model.var.generate(memory, sos, q, keep_hidden=True)
+            assert calls[0] == len(blocks) * len(rv_model.cfg.vqvae.patch_nums)
+    finally:
+        for h in hooks:
+            h.remove()
+        for b in blocks:
+            del b.cross.kv_caching
+    assert all(torch.equal(a, b) for a, b in zip(once.idx, every.idx))
+    assert torch.equal(once.hidden, every.hidden) and torch.equal(once.f_hat, every.f_hat)
+
+
 def test_compiled_steps_decode_the_same_tokens(rv_model: RestoreVAR) -> None:
     """The compiled decoding path (traced with dynamo's eager backend) takes the condition tokens as an input of
     every step and decodes what the eager steps decode."""
