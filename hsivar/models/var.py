@@ -85,8 +85,9 @@ class SelfAttention(nn.Module):
         # q and k together, each op once for both: L2-normalised, q times its learned temperature (k times 1,
         # exactly), rotated; the same values as one at a time, in half the kernels
         temp_21H11 = torch.cat([self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp(), self.one_1H11])[:, None]
-        q, k = apply_rope(F.normalize(qkv[:2], dim=-1).mul(temp_21H11), cos, sin).unbind(0)
-        k, v = k.to(qkv.dtype), qkv[2]  # k cached in the projection's dtype, as rotated alone
+        qk = F.normalize(qkv[:2], dim=-1)  # under autocast bf16 on a CPU, fp32 on a GPU (its norm runs in fp32)
+        q, k = apply_rope(qk.mul(temp_21H11), cos, sin).unbind(0)
+        k, v = k.to(qk.dtype), qkv[2]  # k (and so the cache) in the dtype it has when rotated alone
         if self.caching:
             if self.cached_k is not None:
                 k = torch.cat([self.cached_k, k], dim=2)
@@ -345,7 +346,8 @@ class NextScaleTransformer(nn.Module):
         Args:
             tokens_BnC: (B, n, C) embedded tokens at sequence positions [start, start + n).
             start: position of the first token (0 for the prefix chunk).
-            prefix_BNC: (B, N_c, C) the condition tokens, with ``cross`` (cross-attention reads them every step).
+            prefix_BNC: (B, N_c, C) the condition tokens, with ``cross`` (with the KV cache on, the cross-attention
+                projects them at the first step only: they are the same at every scale).
         Returns:
             normed hidden states (B, n, C).
         """

@@ -53,27 +53,6 @@ def runtime_env(extra: dict[str, str] | None = None) -> dict[str, Any] | None:
     return {"env_vars": env} if env else None
 
 
-def direct_ingress_env(port: int | None = None, drain_s: float = 1.0) -> dict[str, str]:
-    """The environment of a Ray whose Serve apps answer HTTP from their ingress replica, with no proxy hop
-    (Ray Serve's direct ingress, ``RAY_SERVE_ENABLE_DIRECT_INGRESS``; experimental in Ray 2.60).
-
-    Every Serve process reads these variables when it starts, so they must be set before Ray starts (for a local
-    Ray: in this process, before :func:`init`; for a cluster: where its nodes start). Each ingress replica then
-    listens on a port of its own from Serve's direct-ingress range, on Serve's HTTP host.
-
-    Args:
-        port: pin the range to this one port (one ingress replica, e.g. the app's gateway, answers there); None:
-            Ray's default range (30000–30999).
-        drain_s: how long a stopping ingress replica keeps answering (Ray's default, 30 s, is for a load balancer
-            to notice; with none in front, a short drain lets a redeploy or a Ctrl-C finish quickly).
-    """
-    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{drain_s:g}"}
-    if port is not None:  # Ray's range is [min, max)
-        env |= {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1)}
-    return env
-
-
 def redirect_ray_logs(log_dir: str | os.PathLike) -> Path:
     """Send Ray's Python loggers to ``<log_dir>/ray.log`` (not the console); → the file's path."""
     path = Path(log_dir) / "ray.log"

@@ -25,9 +25,8 @@ def _connected() -> bool:
 
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL)],
-    host: Annotated[str, typer.Option(help="HTTP host of the endpoint (Serve's proxy; with --direct-ingress, the "
-                                      "app's gateway)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port of the endpoint")] = 8000,
+    host: Annotated[str, typer.Option(help="HTTP host of the Serve proxy")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy")] = 8000,
     route_prefix: Annotated[str, typer.Option(help="URL prefix of the app")] = "/",
     name: Annotated[str, typer.Option(help="Serve application name")] = "hsivar",
     replicas: Annotated[int | None, typer.Option(min=1, help="fixed model replica count (default: autoscaling; "
@@ -47,10 +46,6 @@ def serve(
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS)] = None,
     blocking: Annotated[bool, typer.Option(help="keep running until Ctrl-C (--no-blocking: deploy to a running "
                                            "cluster and return)")] = True,
-    direct_ingress: Annotated[bool, typer.Option(
-        "--direct-ingress", help="the app's gateway answers HTTP on --host/--port itself, with no Ray proxy in "
-        "between (Ray Serve's direct ingress, experimental in Ray 2.60; about 10 ms less per request on the 2-core "
-        "VM): only with the local Ray this command starts")] = False,
     log_dir: Annotated[str | None, typer.Option(help="where Ray's and the libraries' log lines go; default "
                                                 "<$HSIVAR_WORK_DIR, else work>/logs")] = None,
     log_level: Annotated[str, typer.Option()] = "INFO",
@@ -64,12 +59,6 @@ def serve(
         # every connection a moment later.
         typer.echo("error: --no-blocking needs a running Ray cluster to deploy to (set RAY_ADDRESS or --ray-address, "
                    "e.g. after scripts/local_stack.sh start); without one, run in the foreground", err=True)
-        raise typer.Exit(2)
-    if direct_ingress and (address or _connected()):
-        # Serve's processes read the setting when they start: a running Ray cannot take it up.
-        typer.echo("error: --direct-ingress needs the local Ray this command starts (no RAY_ADDRESS or "
-                   "--ray-address); for a cluster, start its nodes with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 "
-                   "(docs/batch_and_serve.md)", err=True)
         raise typer.Exit(2)
     log_dir = log_dir or str(Path(default_work_dir()) / "logs")
     setup(log_level, log_dir)
@@ -98,18 +87,9 @@ def serve(
     else:
         options["autoscaling_config"] = {"min_replicas": min_replicas, "max_replicas": max_replicas,
                                          "target_ongoing_requests": target_ongoing_requests}
-    if direct_ingress:
-        os.environ.update(ray_runtime.direct_ingress_env(port))  # before Ray starts its processes
     ray_runtime.init(address, log_dir=log_dir)
     ray_runtime.redirect_ray_logs(log_dir)  # importing Serve gave its logger a console handler
-    if direct_ingress:
-        # No proxy; the gateway (the app's one ingress replica) takes the one port of the direct-ingress range.
-        # Serve keeps its HTTP port out of that range, so it must name another (unused: no proxy binds it).
-        from hsivar_platform.demo.http_check import free_port
-
-        ray_serve.start(proxy_location="Disabled", http_options={"host": host, "port": free_port()})
-    else:
-        ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(build_app(settings, gateway_options, **options), name=name, route_prefix=route_prefix)
     base = f"http://{host}:{port}{route_prefix.rstrip('/')}"
     typer.echo(f"serving {model} at {base}/v1/restore (health: {base}/healthz)")

@@ -112,9 +112,23 @@ def test_the_condition_keys_and_values_are_computed_once_per_decoding(rv_model: 
         for h in hooks:
             h.remove()
         for b in blocks:
-            del b.cross.kv_caching
+            b.cross.__dict__.pop("kv_caching", None)
     assert all(torch.equal(a, b) for a, b in zip(once.idx, every.idx))
     assert torch.equal(once.hidden, every.hidden) and torch.equal(once.f_hat, every.f_hat)
+    # a decoding right after another one of another condition decodes as it does with the condition projected at
+    # every scale: nothing is kept from one decoding to the next
+    other_memory, other_sos, _ = rv_model.condition(_tiles(seed=5))
+    with torch.no_grad():
+        rv_model.var.generate(memory, sos, q)
+        after = rv_model.var.generate(other_memory, other_sos, q, keep_hidden=True)
+        try:
+            for b in blocks:
+                b.cross.kv_caching = lambda enable: None
+            alone = rv_model.var.generate(other_memory, other_sos, q, keep_hidden=True)
+        finally:
+            for b in blocks:
+                b.cross.__dict__.pop("kv_caching", None)
+    assert torch.equal(after.hidden, alone.hidden) and not torch.equal(after.hidden, once.hidden)
 
 
 def test_compiled_steps_decode_the_same_tokens(rv_model: RestoreVAR) -> None:
