@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from hsivar.config import ModelConfig
 from hsivar.degrade import DegradationRecord
 from hsivar.models.hsivar import HSIVAR
+from hsivar.models.rope import apply_rope
+from hsivar.models.var import SelfAttention
 from hsivar.presets import preset
 from hsivar.tasks import DEFAULT_TASKS
 from hsivar.training import Batch
@@ -133,3 +135,22 @@ def train_stage() -> Callable[..., tuple[set[int], list[dict]]]:
     """``train_stage(model, stage, batch, steps=2)`` → (ids of the stage's parameters, step logs), after checking the
     stage trains them and nothing else (see :func:`_train_stage`)."""
     return _train_stage
+
+
+def _attention_one_at_a_time(a: SelfAttention, x: torch.Tensor, cos: torch.Tensor,
+                             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The self-attention with q and k each normalised, scaled and rotated on its own (the reference); → output, k."""
+    B, N, C = x.shape
+    bias = torch.cat([a.q_bias, a.zero_k_bias, a.v_bias])
+    q, k, v = F.linear(x, a.mat_qkv.weight, bias).view(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q = apply_rope(F.normalize(q, dim=-1).mul(a.scale_mul_1H11.clamp_max(a.max_scale_mul).exp()), cos, sin)
+    k = apply_rope(F.normalize(k, dim=-1), cos, sin)
+    out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=1.0)
+    return a.proj(out.transpose(1, 2).reshape(B, N, C)), k
+
+
+@pytest.fixture
+def attention_reference() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The self-attention with q and k each normalised, scaled and rotated on its own: (attention, x, cos, sin) →
+    (output, k); what the module, which does both in one tensor, must equal bit for bit."""
+    return _attention_one_at_a_time

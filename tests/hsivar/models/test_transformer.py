@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
-import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from hsivar.models.hsivar import HSIVAR
-from hsivar.models.rope import apply_rope
 from hsivar.models.var import Sampling, SelfAttention, sample_tokens
 
 
@@ -77,20 +77,8 @@ def test_aligned_condition_reaches_the_matching_place_of_every_scale(tiny_cfg) -
         assert torch.equal(moved, expected)
 
 
-def _attention_one_at_a_time(a: SelfAttention, x: torch.Tensor, cos: torch.Tensor,
-                             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The self-attention with q and k each normalised, scaled and rotated on its own (the reference); → output, k."""
-    B, N, C = x.shape
-    bias = torch.cat([a.q_bias, a.zero_k_bias, a.v_bias])
-    q, k, v = F.linear(x, a.mat_qkv.weight, bias).view(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q = apply_rope(F.normalize(q, dim=-1).mul(a.scale_mul_1H11.clamp_max(a.max_scale_mul).exp()), cos, sin)
-    k = apply_rope(F.normalize(k, dim=-1), cos, sin)
-    out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=1.0)
-    return a.proj(out.transpose(1, 2).reshape(B, N, C)), k
-
-
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_q_and_k_processed_together_equal_each_on_its_own(autocast: bool) -> None:
+def test_q_and_k_processed_together_equal_each_on_its_own(autocast: bool, attention_reference: Callable) -> None:
     """q and k go through normalisation, temperature and rotation as one tensor (half the kernels a step): the
     output and the cached keys (values and dtype) equal the one-at-a-time reference bit for bit."""
     torch.manual_seed(0)
@@ -104,7 +92,7 @@ def test_q_and_k_processed_together_equal_each_on_its_own(autocast: bool) -> Non
         out = a(x, angles.cos(), angles.sin(), None)
         k = a.cached_k
         a.kv_caching(False)
-        ref, ref_k = _attention_one_at_a_time(a, x, angles.cos(), angles.sin())
+        ref, ref_k = attention_reference(a, x, angles.cos(), angles.sin())
     assert torch.equal(out, ref)
     assert k.dtype == ref_k.dtype == (torch.bfloat16 if autocast else torch.float32) and torch.equal(k, ref_k)
 
