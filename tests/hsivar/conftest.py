@@ -149,8 +149,22 @@ def _attention_one_at_a_time(a: SelfAttention, x: torch.Tensor, cos: torch.Tenso
     return a.proj(out.transpose(1, 2).reshape(B, N, C)), k
 
 
+def _attention_both_ways(a: SelfAttention, x: torch.Tensor, angles: torch.Tensor,
+                         bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``a`` on x (B, N, C) with RoPE angles (N, d/2), on x's device, under bf16 autocast or not: → (its output, its
+    cached keys, the one-at-a-time reference's output, the reference's keys)."""
+    cos, sin = angles.cos(), angles.sin()
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        a.kv_caching(True)
+        out = a(x, cos, sin, None)
+        k = a.cached_k
+        a.kv_caching(False)
+        ref, ref_k = _attention_one_at_a_time(a, x, cos, sin)
+    return out, k, ref, ref_k
+
+
 @pytest.fixture
-def attention_reference() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """The self-attention with q and k each normalised, scaled and rotated on its own: (attention, x, cos, sin) →
-    (output, k); what the module, which does both in one tensor, must equal bit for bit."""
-    return _attention_one_at_a_time
+def attention_both_ways() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(attention, x, angles, bf16)`` → (output, cached keys) of the module, which normalises, scales and rotates q
+    and k as one tensor, and of the reference doing each on its own; they must be equal bit for bit."""
+    return _attention_both_ways

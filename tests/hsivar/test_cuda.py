@@ -118,7 +118,7 @@ def test_restoration_on_cuda_agrees_with_the_cpu(tmp_path: Path, smooth_cubes: C
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_q_and_k_processed_together_equal_each_on_its_own_on_cuda(bf16: bool, attention_reference: Callable) -> None:
+def test_q_and_k_processed_together_equal_each_on_its_own_on_cuda(bf16: bool, attention_both_ways: Callable) -> None:
     """On a GPU autocast runs the norm in fp32, so q and k are fp32 after it: the pair processed as one tensor still
     equals the one-at-a-time reference bit for bit, the cached keys in the same dtype."""
     from hsivar.models.var import SelfAttention
@@ -129,12 +129,7 @@ def test_q_and_k_processed_together_equal_each_on_its_own_on_cuda(bf16: bool, at
         for t in (a.q_bias, a.v_bias, a.scale_mul_1H11):
             t.normal_()
     x, angles = torch.randn(4, 25, 1024, device="cuda"), torch.randn(25, 32, device="cuda")
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-        a.kv_caching(True)
-        out = a(x, angles.cos(), angles.sin(), None)
-        k = a.cached_k
-        a.kv_caching(False)
-        ref, ref_k = attention_reference(a, x, angles.cos(), angles.sin())
+    out, k, ref, ref_k = attention_both_ways(a, x, angles, bf16)
     assert torch.equal(out, ref)
     assert k.dtype == ref_k.dtype and torch.equal(k, ref_k)
 

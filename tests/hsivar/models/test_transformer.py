@@ -78,7 +78,7 @@ def test_aligned_condition_reaches_the_matching_place_of_every_scale(tiny_cfg) -
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_q_and_k_processed_together_equal_each_on_its_own(autocast: bool, attention_reference: Callable) -> None:
+def test_q_and_k_processed_together_equal_each_on_its_own(autocast: bool, attention_both_ways: Callable) -> None:
     """q and k go through normalisation, temperature and rotation as one tensor (half the kernels a step): the
     output and the cached keys (values and dtype) equal the one-at-a-time reference bit for bit."""
     torch.manual_seed(0)
@@ -86,13 +86,7 @@ def test_q_and_k_processed_together_equal_each_on_its_own(autocast: bool, attent
     with torch.no_grad():
         for t in (a.q_bias, a.v_bias, a.scale_mul_1H11):
             t.normal_()
-    x, angles = torch.randn(2, 9, 64), torch.randn(9, 8)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        a.kv_caching(True)
-        out = a(x, angles.cos(), angles.sin(), None)
-        k = a.cached_k
-        a.kv_caching(False)
-        ref, ref_k = attention_reference(a, x, angles.cos(), angles.sin())
+    out, k, ref, ref_k = attention_both_ways(a, torch.randn(2, 9, 64), torch.randn(9, 8), autocast)
     assert torch.equal(out, ref)
     assert k.dtype == ref_k.dtype == (torch.bfloat16 if autocast else torch.float32) and torch.equal(k, ref_k)
 
