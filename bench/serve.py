@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import os
 import time
 from functools import partial
@@ -294,8 +295,7 @@ def print_level(label: str, c: int, fig: dict[str, Any]) -> None:
     """Two human-readable lines for a level: its figures, then where its CPU went."""
     err = f", errors {fig['errors']}" if fig["errors"] else ""
     ms = {k: fig[k] * 1e3 for k in ("p50_s", "p95_s", "p99_s")}
-    forward = f", {fig['tiles_per_forward']:.2f} tiles/forward" if fig["tiles_per_forward"] == \
-        fig["tiles_per_forward"] else ""
+    forward = "" if math.isnan(fig["tiles_per_forward"]) else f", {fig['tiles_per_forward']:.2f} tiles/forward"
     print(f"  {label:<14} concurrency {c:>3}: {fig['requests_per_s']:7.2f} req/s {fig['tiles_per_s']:7.2f} "
           f"tiles/s  p50 {ms['p50_s']:8.1f} ms  p95 {ms['p95_s']:8.1f} ms  p99 {ms['p99_s']:8.1f} ms  "
           f"({fig['requests']} requests{forward}{err})")
@@ -381,6 +381,17 @@ def main() -> None:
         base = f"http://{HOST}:{port}"
         results: dict[str, Any] = {m: {} for m in modes}
         urls: dict[str, str] = {}  # app (mode or floor) → its base URL
+
+        def deploy(app: Any, name: str) -> str:
+            """Run ``app`` as ``{APP}-{name}`` at ``/{name}`` and warm it up; → its base URL (through Ray's proxy, or
+            its own port with ``--direct-ingress``)."""
+            serve.run(app, name=f"{APP}-{name}", route_prefix=f"/{name}", logging_config={"log_level": "WARNING"})
+            url = direct_url(f"{APP}-{name}", f"/{name}", HOST) if args.direct_ingress else f"{base}/{name}"
+            for _ in range(args.warmup):
+                httpx.post(f"{url}/v1/restore", content=body, headers={"content-type": "application/x-npy"},
+                           timeout=args.timeout)
+            return url
+
         try:
             serve.start(http_options={"host": HOST, "port": port}, logging_config={"log_level": "WARNING"})
             # Both modes deployed side by side (an idle replica costs no CPU) and measured alternately per
@@ -388,22 +399,12 @@ def main() -> None:
             for mode in modes:
                 settings = ServeSettings(model=model, device=args.device, **changes[mode])
                 actor = {"num_cpus": args.cpus_per_replica, "num_gpus": 1 if args.device == "cuda" else 0}
-                serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor),
-                          name=f"{APP}-{mode}", route_prefix=f"/{mode}", logging_config={"log_level": "WARNING"})
-                urls[mode] = direct_url(f"{APP}-{mode}", f"/{mode}", HOST) if args.direct_ingress else f"{base}/{mode}"
+                urls[mode] = deploy(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor), mode)
                 print(f"batching {mode}: max_batch_size {settings.max_batch_size}, "
                       f"batch_wait_timeout_s {settings.batch_wait_timeout_s:g}, {urls[mode]}")
-                for _ in range(args.warmup):
-                    httpx.post(f"{urls[mode]}/v1/restore", content=body,
-                               headers={"content-type": "application/x-npy"}, timeout=args.timeout)
             floors = FLOORS if args.floors else ()
             for kind in floors:
-                serve.run(floor_app(kind), name=f"{APP}-floor-{kind}", route_prefix=f"/floor-{kind}",
-                          logging_config={"log_level": "WARNING"})
-                urls[kind] = direct_url(f"{APP}-floor-{kind}", f"/floor-{kind}", HOST) if args.direct_ingress \
-                    else f"{base}/floor-{kind}"
-                for _ in range(args.warmup):
-                    httpx.post(f"{urls[kind]}/v1/restore", content=body, timeout=args.timeout)
+                urls[kind] = deploy(floor_app(kind), f"floor-{kind}")
             for c in levels:
                 for mode in modes:
                     fig = measure_level(urls[mode], body, tiles, c, args.seconds, args.timeout,

@@ -3,7 +3,8 @@ latent refiner transformer, its stages, publication and the Restorer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,19 @@ def test_cached_decoding_equals_the_teacher_forced_forward(rv_model: RestoreVAR)
     assert torch.allclose(full.hidden, gen.hidden, atol=1e-5)
 
 
+@contextmanager
+def _condition_projected_every_scale(model: RestoreVAR) -> Iterator[None]:
+    """Within: each block's cross-attention keeps nothing between calls (its cache held off), so it projects the
+    condition at every scale, as before the cache."""
+    try:
+        for b in model.var.blocks:
+            b.cross.kv_caching = lambda enable: None
+        yield
+    finally:
+        for b in model.var.blocks:
+            b.cross.__dict__.pop("kv_caching", None)
+
+
 def test_the_condition_keys_and_values_are_computed_once_per_decoding(rv_model: RestoreVAR) -> None:
     """The condition is the same at every scale: with the KV cache, each block's cross-attention projects it once per
     decoding, not once per scale, and decodes exactly (bit for bit) as when it projects it every time; nothing is
@@ -103,16 +117,13 @@ def test_the_condition_keys_and_values_are_computed_once_per_decoding(rv_model: 
             once = rv_model.var.generate(memory, sos, q, keep_hidden=True)
             assert calls[0] == len(blocks)
             assert all(b.cross.cached_kv is None and not b.cross.caching for b in blocks)
-            for b in blocks:  # the cross-attention's cache held off: the condition projected at every scale
-                b.cross.kv_caching = lambda enable: None
             calls[0] = 0
-            every = rv_model.var.generate(memory, sos, q, keep_hidden=True)
+            with _condition_projected_every_scale(rv_model):
+                every = rv_model.var.generate(memory, sos, q, keep_hidden=True)
             assert calls[0] == len(blocks) * len(rv_model.cfg.vqvae.patch_nums)
     finally:
         for h in hooks:
             h.remove()
-        for b in blocks:
-            b.cross.__dict__.pop("kv_caching", None)
     assert all(torch.equal(a, b) for a, b in zip(once.idx, every.idx))
     assert torch.equal(once.hidden, every.hidden) and torch.equal(once.f_hat, every.f_hat)
     # a decoding right after another one of another condition decodes as it does with the condition projected at
@@ -121,13 +132,8 @@ def test_the_condition_keys_and_values_are_computed_once_per_decoding(rv_model: 
     with torch.no_grad():
         rv_model.var.generate(memory, sos, q)
         after = rv_model.var.generate(other_memory, other_sos, q, keep_hidden=True)
-        try:
-            for b in blocks:
-                b.cross.kv_caching = lambda enable: None
+        with _condition_projected_every_scale(rv_model):
             alone = rv_model.var.generate(other_memory, other_sos, q, keep_hidden=True)
-        finally:
-            for b in blocks:
-                b.cross.__dict__.pop("kv_caching", None)
     assert torch.equal(after.hidden, alone.hidden) and not torch.equal(after.hidden, once.hidden)
 
 
