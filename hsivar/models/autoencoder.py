@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsivar.config import VQVAEConfig
+from hsivar.models.norm import GroupNorm
 from hsivar.models.ssa import SSA
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):

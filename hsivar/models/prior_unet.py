@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsivar.config import VarFormerConfig, VQVAEConfig
+from hsivar.models.norm import GroupNorm
 from hsivar.models.refiner import NAFBlock
 
 
@@ -70,9 +71,9 @@ class AFT(nn.Module):
 
     def __init__(self, c: int, stride: int, groups: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, 2 * c, eps=1e-6)
+        self.norm = GroupNorm(groups, 2 * c, eps=1e-6)
         self.anchor = nn.Conv2d(2 * c, c, stride, stride=stride)
-        self.norm_p = nn.GroupNorm(groups, c, eps=1e-6)
+        self.norm_p = GroupNorm(groups, c, eps=1e-6)
         self.q = nn.Conv2d(c, c, 1)
         self.kv = nn.Conv2d(c, 2 * c, 1)
         self.proj = nn.Conv2d(c, c, 1)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from hsivar.models.norm import GroupNorm
+
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention within ``window``×``window`` spatial windows; (B,C,H,W) → (B,C,H,W)."""
@@ -26,7 +28,7 @@ class WindowAttention(nn.Module):
     def __init__(self, channels: int, heads: int, window: int, norm_groups: int) -> None:
         super().__init__()
         self.heads, self.window = heads, window
-        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.norm = GroupNorm(norm_groups, channels, eps=1e-6)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -53,7 +55,7 @@ class SpectralAttention(nn.Module):
     def __init__(self, channels: int, heads: int, norm_groups: int) -> None:
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.norm = GroupNorm(norm_groups, channels, eps=1e-6)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.qkv_dw = nn.Conv2d(3 * channels, 3 * channels, 3, padding=1, groups=3 * channels)
         self.log_temperature = nn.Parameter(torch.zeros(heads, 1, 1))

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from hsivar.config import ModelConfig
 from hsivar.degrade import DegradationRecord
 from hsivar.models.hsivar import HSIVAR
+from hsivar.models.norm import GroupNorm, autocast_policy_norms
 from hsivar.models.rope import apply_rope
 from hsivar.models.var import SelfAttention
+from hsivar.models.vqvae import VQVAE
 from hsivar.presets import preset
 from hsivar.tasks import DEFAULT_TASKS
 from hsivar.training import Batch
@@ -168,3 +170,48 @@ def attention_both_ways() -> Callable[..., tuple[torch.Tensor, torch.Tensor, tor
     """``(attention, x, angles, bf16)`` → (output, cached keys) of the module, which normalises, scales and rotates q
     and k as one tensor, and of the reference doing each on its own; they must be equal bit for bit."""
     return _attention_both_ways
+
+
+def _vqvae_norms_both_ways(device: str) -> list[tuple[float, float]]:
+    """The tiny VQ-VAE's encoder and decoder (8 bands; SSA switched on, the norms' affine parameters off their start)
+    on ``device`` under bf16 autocast, with the low-precision group norms and with autocast's own policy for them:
+    → [(relative max |Δ| against fp32 with the low-precision norms, the same with autocast's policy)] for the
+    encoder's features, then the decoder's image."""
+    torch.manual_seed(0)
+    model_cfg = preset("tiny", bands=8)
+    vae = VQVAE(model_cfg.vqvae).to(device).eval()
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, GroupNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            for gate in ("gamma", "sigma"):  # zero-initialised gates on, so SSA's norms take part
+                if isinstance(getattr(m, gate, None), torch.nn.Parameter):
+                    getattr(m, gate).fill_(0.5)
+    x = torch.rand(2, *model_cfg.cube_shape, device=device) * 2 - 1
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        f = vae.encoder(x)
+        return f.float(), vae.decoder(f).float()
+
+    with torch.no_grad():
+        f32, y32 = run()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            f_low, y_low = run()
+            with autocast_policy_norms(vae):
+                f_pol, y_pol = run()
+    assert not torch.equal(y_low, y_pol), "the two policies computed the same"
+
+    def err(a: torch.Tensor, ref: torch.Tensor) -> float:
+        return float((a - ref).abs().max() / ref.abs().max())
+
+    out = [(err(f_low, f32), err(f_pol, f32)), (err(y_low, y32), err(y_pol, y32))]
+    print(f"relative max |Δ| against fp32 on {device} (low-precision norms, autocast's): {out}")
+    return out
+
+
+@pytest.fixture
+def vqvae_norms_both_ways() -> Callable[[str], list[tuple[float, float]]]:
+    """``(device)`` → the tiny VQ-VAE's relative error against fp32 under bf16 autocast with the low-precision
+    group norms and with autocast's own policy (encoder features, decoded image)."""
+    return _vqvae_norms_both_ways
