@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks as one prepared run (a lent GPU is short of time, not memory): the CUDA tests, then
-# bench/inference.py on the paper preset — bf16 at batch 1, 8, 32, 64 (eager, CUDA graphs with and without bf16
-# weight copies, the parts of the model) and fp32 at batch 1 and 8; about 6 minutes on an H200. Each step has its
-# own time limit, so a slow one leaves the others' figures; every log lands in OUT_DIR (default ./gpu-out).
+# The GPU checks as one prepared run (a lent GPU is short of time, not memory): the CUDA tests; bench/inference.py
+# on the paper preset in bf16 at batch 1, 8, 32, 64 (eager, CUDA graphs with and without bf16 weight copies and with
+# the VQ-VAE's norms under autocast's fp32 policy, the parts of the model and its 15 costliest kernels); then
+# bench/graph_parity.py at batch 32 (where a graphed restoration first differs from the eager one). About 7 minutes
+# on an H200, within one device call's 10; each step has its own time limit, so a slow one leaves the others'
+# figures; every log lands in OUT_DIR (default ./gpu-out).
 #
 #     bash bench/gpu.sh [OUT_DIR]
 #
@@ -21,14 +23,13 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 
 echo "== CUDA tests"
 timeout 150 $py -m pytest -q -s -p no:cacheprovider tests/hsivar/test_cuda.py 2>&1 | tee "$out/tests.log" \
-    | grep -E "passed|failed|error|tokens|Error|assert" | tail -60
+    | grep -E "passed|failed|error|tokens|Error|assert|relative" | tail -60
 
 echo "== paper preset, bf16"
-timeout 300 $py bench/inference.py --preset paper --device cuda --precisions bf16 --batch-sizes 1,8,32,64 \
-    --repeats 3 --graphs --graph-ablations --parts > "$out/paper_bf16.log" 2>&1
-grep -v '^{' "$out/paper_bf16.log" | grep -v "USDT\|profiler" | tail -40
+timeout 310 $py bench/inference.py --preset paper --device cuda --precisions bf16 --batch-sizes 1,8,32,64 \
+    --repeats 3 --graphs --graph-ablations --parts --kernels 15 > "$out/paper_bf16.log" 2>&1
+grep -v '^{' "$out/paper_bf16.log" | grep -v "USDT\|profiler" | tail -100
 
-echo "== paper preset, fp32"
-timeout 100 $py bench/inference.py --preset paper --device cuda --precisions fp32 --batch-sizes 1,8 \
-    --repeats 3 --graphs > "$out/paper_fp32.log" 2>&1
-grep -v '^{' "$out/paper_fp32.log" | tail -20
+echo "== graph parity, paper preset, batch 32"
+timeout 90 $py bench/graph_parity.py --preset paper --device cuda --batch-size 32 > "$out/parity.log" 2>&1
+grep -v '^{' "$out/parity.log" | cut -c1-400 | tail -12

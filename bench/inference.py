@@ -17,7 +17,8 @@ For one S×S×C tile of a preset it reports
     the eager restoration, and the time ratios of the baseline against DAG + KV both ways; ``--channels-last`` adds
     the graphed DAG + KV with the model and tiles in channels-last memory format;
   * with ``--parts``, ms per cube of each part of DAG + KV (condition encoder, guidance, transformer loop,
-    refiner, decoder + SSA, fusion) from ``torch.profiler``, per batch size (and precision on CUDA).
+    refiner, decoder + SSA, fusion) from ``torch.profiler``, per batch size (and precision on CUDA); with
+    ``--kernels N`` also the N costliest kernels (aten operators on the CPU), busy time and launches per cube.
 The last line printed is one JSON object with every figure.
 
     python bench/inference.py --preset tiny
@@ -29,14 +30,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from _common import bench_parser, device_sync, median_time
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from hsivar.models.graphs import GraphedRestore, record
 from hsivar.models.hsivar import HSIVAR
+from hsivar.models.norm import autocast_policy_norms
 from hsivar.presets import preset
 
 DIFFUSION_STEPS = 100
@@ -103,8 +106,9 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
     replayed from CUDA graphs of the whole restoration (``*_graphs``, :class:`GraphedRestore`) with the same checks
     and the recording time, and the diffusion-style baseline from a graph at the first batch size; with
     ``channels_last``, also the graphed DAG + KV in channels-last memory format; with ``ablations``, also without
-    each of the graphs' options (:data:`GRAPH_ABLATIONS`). ``only``: the variants of :func:`variants` to measure
-    (default all; the graphed ones follow: CFG's with ``cfg_kv``, the baseline's with the diffusion one).
+    each of the graphs' options (:data:`GRAPH_ABLATIONS`) and with the model held otherwise (:data:`MODEL_ABLATIONS`).
+    ``only``: the variants of :func:`variants` to measure (default all; the graphed ones follow: CFG's with
+    ``cfg_kv``, the baseline's with the diffusion one).
     ``on_result(variant, "batch_<n>", figures)`` is called as each figure is measured."""
     model = build(name, bands, device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -129,6 +133,9 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
                 keep(f"{guidance}_kv_graphs", bs, measure_graphed(model, x, guidance, repeats, device, ctx))
             for suffix, options in GRAPH_ABLATIONS.items() if ablations else ():
                 keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx, **options))
+            for suffix, hold in MODEL_ABLATIONS.items() if ablations else ():
+                with hold(model):
+                    keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx))
             if bs == batch_sizes[0] and (only is None or f"diffusion_{DIFFUSION_STEPS}_steps" in only):
                 diffusion = variants(model, x)[f"diffusion_{DIFFUSION_STEPS}_steps"]
                 keep(f"diffusion_{DIFFUSION_STEPS}_steps_graphs", bs,
@@ -178,6 +185,10 @@ def token_agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 GRAPH_ABLATIONS = {"no_weight_copies": {"low_precision_weights": False}}
 """``--graph-ablations``: the graphed DAG + KV without each of GraphedRestore's options (variant suffix → options)."""
 
+MODEL_ABLATIONS: dict[str, Callable[[nn.Module], AbstractContextManager]] = {"autocast_norms": autocast_policy_norms}
+"""``--graph-ablations``, too: the graphed DAG + KV (and its eager reference) with the model held otherwise (variant
+suffix → context): ``autocast_norms``, the VQ-VAE's group norms under autocast's fp32 policy instead of in bf16."""
+
 
 def measure_captured(fn: Callable[[], object], bs: int, repeats: int, device: torch.device,
                      bf16: bool) -> dict[str, float]:
@@ -201,11 +212,12 @@ PARTS = ("condition", "guidance", "transformer", "refiner", "decoder", "fusion")
 
 
 def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, repeats: int,
-                  bf16: bool) -> dict[str, float]:
+                  bf16: bool, top: int = 0) -> tuple[dict[str, float], dict | None]:
     """Milliseconds per cube of each part of DAG + KV decoding (:data:`PARTS`), from ``torch.profiler`` over
     ``repeats`` calls after two warm-ups: CPU time of each labelled range on the CPU, device (kernel) time on
     CUDA; ``total`` is the wall time per cube measured alongside (the parts' sum falls short of it by the glue
-    between them; on CUDA, kernels overlap the host)."""
+    between them; on CUDA, kernels overlap the host). With ``top`` > 0 also the ``top`` costliest kernels of the same
+    calls (:func:`costliest_ops`), else None."""
     from torch.profiler import ProfilerActivity, profile
 
     model = build(name, bands, device)
@@ -230,7 +242,29 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
             us = event.device_time_total if device.type == "cuda" else event.cpu_time_total  # µs over all calls
             out[event.key[len("hsivar."):]] = us / 1e3 / cubes
     out["total"] = wall * 1e3 / (repeats * batch_size)
-    return out
+    return out, costliest_ops(prof, cubes, device, top) if top > 0 else None
+
+
+def costliest_ops(prof: object, cubes: int, device: torch.device, top: int) -> dict:
+    """What a profile's calls spent, per cube of ``cubes``: on CUDA the kernels (and copies) by their device time, on
+    the CPU the aten operators by their own CPU time. → ``busy_ms_per_cube`` (their sum: on CUDA the device's busy
+    time, against the wall time of the parts), ``calls_per_cube`` (kernel launches on CUDA) and ``top``: the ``top``
+    costliest as {name (cut at 120 characters), ms_per_cube, share of busy, calls_per_cube}."""
+    from torch.autograd import DeviceType
+
+    rows = []
+    for e in prof.key_averages():  # type: ignore[attr-defined]
+        if e.key.startswith("hsivar."):  # the parts' own ranges (also on the device's timeline)
+            continue
+        if device.type == "cuda" and e.device_type == DeviceType.CUDA:
+            rows.append((e.key, e.self_device_time_total, e.count))
+        elif device.type != "cuda" and e.key.startswith("aten::"):
+            rows.append((e.key, e.self_cpu_time_total, e.count))
+    busy = sum(us for _, us, _ in rows) or 1.0
+    rows.sort(key=lambda r: -r[1])
+    return {"busy_ms_per_cube": busy / 1e3 / cubes, "calls_per_cube": sum(c for _, _, c in rows) / cubes,
+            "top": [{"name": k[:120], "ms_per_cube": us / 1e3 / cubes, "share": us / busy, "calls_per_cube": c / cubes}
+                    for k, us, c in rows[:top]]}
 
 
 def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch.device,
@@ -265,6 +299,8 @@ def main() -> None:
                     help="auto: measure tiny on any device, small/paper only on CUDA")
     ap.add_argument("--parts", action="store_true", help="also ms per cube of each part of the model (condition "
                     "encoder, guidance, transformer loop, refiner, decoder + SSA, fusion) at each batch size")
+    ap.add_argument("--kernels", type=int, default=0, metavar="N", help="also (with the parts) the N costliest "
+                    "kernels per cube on CUDA (aten operators on the CPU), the device's busy time, launches per cube")
     ap.add_argument("--compile", action="store_true", help="also DAG + KV through compiled decoding steps (inductor; "
                     "on the CPU about a minute per batch size)")
     ap.add_argument("--graphs", action="store_true", help="CUDA: also DAG + KV and CFG + KV replayed from CUDA graphs "
@@ -272,7 +308,8 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="with --graphs: also the graphed DAG + KV in "
                     "channels-last memory format")
     ap.add_argument("--graph-ablations", action="store_true", help="with --graphs: also the graphed DAG + KV "
-                    "without bf16 weight copies (autocast's casts recorded in the graph)")
+                    "without bf16 weight copies (autocast's casts recorded in the graph), and with the VQ-VAE's "
+                    "group norms under autocast's fp32 policy")
     ap.add_argument("--variants", default=None, help="comma-separated of dag_kv, cfg_kv, dag_no_kv, "
                     f"diffusion_{DIFFUSION_STEPS}_steps: measure only these (default all; DAG + KV always)")
     ap.add_argument("--precisions", default=None, help="comma-separated of fp32, bf16 (default: both on CUDA, fp32 "
@@ -333,14 +370,21 @@ def main() -> None:
                 args.preset, args.bands, device, sizes, args.repeats, bf16, args.compile, args.graphs,
                 args.channels_last, args.graph_ablations, only,
                 on_result=lambda key, bs, r, label=label: show(label, key, bs, r))
-        if args.parts:
+        if args.parts or args.kernels:
             report["parts_ms_per_cube"] = {}
             for label, bf16 in precisions.items():
                 for bs in sizes:
-                    parts = measure_parts(args.preset, args.bands, device, bs, args.repeats, bf16)
+                    parts, ops = measure_parts(args.preset, args.bands, device, bs, args.repeats, bf16, args.kernels)
                     report["parts_ms_per_cube"].setdefault(label, {})[f"batch_{bs}"] = parts
                     print(f"  {label} parts, batch {bs} (ms/cube): " + ", ".join(
                         f"{k} {v:.2f}" for k, v in parts.items()), flush=True)
+                    if ops is not None:
+                        report.setdefault("costliest_ops", {}).setdefault(label, {})[f"batch_{bs}"] = ops
+                        print(f"  {label} kernels, batch {bs}: busy {ops['busy_ms_per_cube']:.2f} ms/cube, "
+                              f"{ops['calls_per_cube']:.0f} calls/cube; costliest:", flush=True)
+                        for r in ops["top"]:
+                            print(f"    {r['ms_per_cube']:8.3f} ms {100 * r['share']:5.1f} % "
+                                  f"{r['calls_per_cube']:7.1f}/cube  {r['name']}", flush=True)
         # time ratios at the first batch size: every variant against eager DAG + KV (and the graphed one, if any)
         first = f"batch_{sizes[0]}"
         report["measured_time_ratios"] = {}

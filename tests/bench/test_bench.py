@@ -216,7 +216,7 @@ def test_consistency_bench_times_every_step_of_every_family() -> None:
 
 
 def test_inference_bench_times_every_variant_and_every_part_of_the_model() -> None:
-    r = _run_bench("inference", "--batch-sizes", "1,2", "--repeats", "1", "--parts")
+    r = _run_bench("inference", "--batch-sizes", "1,2", "--repeats", "1", "--parts", "--kernels", "5")
     assert r["preset"] == "tiny" and r["device"] == "cpu"
     flops = r["counted_tflops_per_cube"]
     assert 0 < flops["dag_kv"] < flops["cfg_kv"] and flops["dag_kv"] < flops["diffusion_100_steps"]
@@ -226,6 +226,25 @@ def test_inference_bench_times_every_variant_and_every_part_of_the_model() -> No
         assert set(parts) == {"condition", "guidance", "transformer", "refiner", "decoder", "fusion", "total"}, bs
         assert all(v > 0 for v in parts.values())
         assert sum(v for k, v in parts.items() if k != "total") <= parts["total"] * 1.05  # parts of the whole
+        ops = r["costliest_ops"]["fp32"][bs]  # on the CPU: aten operators by their own CPU time
+        assert len(ops["top"]) == 5 and all(o["name"].startswith("aten::") for o in ops["top"])
+        times = [o["ms_per_cube"] for o in ops["top"]]
+        assert times == sorted(times, reverse=True) and times[-1] > 0
+        assert 0 < sum(times) <= ops["busy_ms_per_cube"] <= parts["total"] * 1.05 and ops["calls_per_cube"] > 100
+
+
+def test_graph_parity_bench_compares_a_tile_restored_in_a_batch_and_alone() -> None:
+    """On the CPU (no graphs) the bench compares the batch's first tile against it restored alone, call by call."""
+    r = _run_bench("graph_parity", "--bands", "8", "--batch-size", "3")
+    assert r["against"] == "single" and r["precision"] == "fp32" and r["device"] == "cpu"
+    assert r["calls"] > 50 and 0 <= r["differing"] <= r["calls"] and 0.0 <= r["token_agreement"] <= 1.0
+    assert (r["first_differing"] is None) == (r["differing"] == 0)
+    for root in r["roots"]:  # calls that compute differently on an equal input: the differences' sources
+        assert root["input_equal"] and root["max_abs_diff"] > 0 and root["kind"] in {"Linear", "Conv2d", "Phi",
+                                                                                     "LayerNorm", "GroupNorm",
+                                                                                     "Embedding"}
+    if r["roots"]:
+        assert r["first_differing"]["index"] <= r["roots"][0]["index"]
 
 
 def test_families_bench_reports_every_family_side_by_side() -> None:
