@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run (a lent GPU is short of time, not memory): the CUDA tests; bench/inference.py
-# on the paper preset in bf16 at batch 1, 8, 32, 64 (eager, CUDA graphs with and without bf16 weight copies and with
-# the VQ-VAE's norms under autocast's fp32 policy, the parts of the model and its 15 costliest kernels); then
+# on the paper preset in bf16 at batch 1, 8, 32, 64 (eager, CUDA graphs, the graphs with the VQ-VAE's norms under
+# autocast's fp32 policy, the parts of the model and its 15 costliest kernels); then
 # bench/graph_parity.py at batch 32 (where a graphed restoration first differs from the eager one). About 7 minutes
 # on an H200, within one device call's 10; each step has its own time limit, so a slow one leaves the others'
 # figures; every log lands in OUT_DIR (default ./gpu-out).
@@ -27,7 +27,7 @@ timeout 150 $py -m pytest -q -s -p no:cacheprovider tests/hsivar/test_cuda.py 2>
 
 echo "== paper preset, bf16"
 timeout 310 $py bench/inference.py --preset paper --device cuda --precisions bf16 --batch-sizes 1,8,32,64 \
-    --repeats 3 --graphs --graph-ablations --parts --kernels 15 > "$out/paper_bf16.log" 2>&1
+    --repeats 3 --graphs --graph-ablations autocast_norms --parts --kernels 15 > "$out/paper_bf16.log" 2>&1
 grep -v '^{' "$out/paper_bf16.log" | grep -v "USDT\|profiler" | tail -100
 
 echo "== graph parity, paper preset, batch 32"

@@ -1,24 +1,31 @@
-"""Where one restoration first differs from another: the token path's module calls compared in call order.
+"""Where two restorations of the same tiles first part: every operator compared, call by call, by fingerprints.
 
 On an H200 the paper preset's restoration replayed from a CUDA graph (:class:`hsivar.models.graphs.GraphedRestore`)
 gave 0.15–0.27 % other tokens than the eager restoration at batch ≥ 32 (docs/benchmarks.md), while the eager path
-agrees with itself and the graph agrees at batch 1 and 8. This bench finds the operation that first computes
-differently. It records the input and output of every Linear, convolution, norm and embedding module and the output
-of every attention module of the token path (condition encoder, guidance, transformer, the quantiser's φ; ``--under``)
-in two restorations of the same tiles:
+agrees with itself and the graph agrees at batch 1 and 8. This bench finds the operator that first computes
+differently. A :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees every aten operator of a restoration
+after autocast (the GEMM inside a module's ``F.linear``, the attention kernel, each convolution and norm) and keeps,
+for each, a fingerprint of its tensor inputs and of its first output (exact integer sums of their bit patterns; a
+few bytes per call, so any batch size fits). Views, casts, copies and fresh allocations are left out: they compute
+nothing that could round otherwise, and casts differ in number between autocast and the graph's weight copies.
 
-* ``--against graph`` (CUDA): an eager restoration and the graph's (the hooks' copies made while recording are
-  filled by the replay);
-* ``--against single``: the batch's first tile restored in the batch and on its own (does a batch change a tile's
-  result? On the CPU this is the only comparison).
+The two restorations, ``--against``:
 
-It reports the first call whose output differs, the calls whose input was equal but whose output was not (the
-operations that compute differently themselves) and, for the first of those on CUDA, that module re-run alone on
-the recorded input: eagerly, on a side stream and recorded into a fresh graph, under each preferred BLAS library
-(cuBLAS, cuBLASLt), each said to equal the first restoration's output, the second's, or neither.
+* ``graph`` (CUDA, the default there): an eager restoration and the graph's (the fingerprints computed while
+  recording are filled by the replay);
+* ``no-mkldnn`` (the CPU's default): an eager restoration and one with oneDNN off, so that convolutions take
+  PyTorch's own kernels: a CPU case of "the same operator, another kernel";
+* ``eager``: the eager restoration twice (a control: every call equal).
+
+It reports the share of equal tokens, the first call whose output differs, and the calls whose inputs were equal
+but whose output was not (``roots``: the operators that compute differently themselves). The first root is then
+re-run alone on its recorded arguments (rebuilt with their strides, storage offset and so alignment), under each
+condition that could explain it — on CUDA eagerly, on a side stream and replayed from a fresh graph, under cuBLAS
+and under cuBLASLt; on the CPU with oneDNN on and off — each said to give the first restoration's output, the
+second's, or neither.
 
     python bench/graph_parity.py --preset paper --device cuda --batch-size 32
-    python bench/graph_parity.py --against single --batch-size 4          # CPU, tiny preset
+    python bench/graph_parity.py --batch-size 2                     # CPU, tiny preset, oneDNN on vs off
 
 The last line printed is one JSON object with every figure.
 """
@@ -26,194 +33,240 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from _common import bench_parser
-from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from hsivar.models.graphs import GraphedRestore, record
 from hsivar.models.hsivar import HSIVAR
 from hsivar.presets import preset
 
-LEAVES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
-"""Module kinds recorded with their input (re-run alone when they compute differently)."""
+SKIPPED = ("aten._to_copy", "aten.copy_", "aten.empty", "aten.new_empty", "aten.detach", "aten.lift_fresh",
+           "aten.alias", "aten.clone", "aten.contiguous", "aten._local_scalar_dense")
+"""Operators not fingerprinted (besides views): casts and copies, allocations (their output is uninitialised)."""
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def fingerprint(t: torch.Tensor) -> torch.Tensor:
+    """(3,) int64 on ``t``'s device: the sum of its elements' bit patterns, of their squares and of them weighted by
+    position (mod 65521), wrapping in int64. Equal bits give equal fingerprints; one changed bit changes the first."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return torch.zeros(3, dtype=torch.int64, device=t.device)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    bits = (flat.to(torch.int64) if flat.dtype == torch.bool
+            else flat.contiguous().view(_BITS[flat.element_size()]).to(torch.int64))
+    w = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64) % 65521 + 1
+    return torch.stack([bits.sum(), (bits * bits).sum(), (bits * w).sum()])
+
+
+def _tensors(tree: object) -> list[torch.Tensor]:
+    return [v for v in tree_flatten(tree)[0] if isinstance(v, torch.Tensor)]
 
 
 @dataclass
-class Call:
-    """One recorded module call."""
+class Op:
+    """One fingerprinted operator call."""
 
     name: str
-    module: nn.Module
-    args: tuple | None  # the positional arguments, tensors copied (leaf modules only)
-    output: torch.Tensor
+    inputs: torch.Tensor  # (n_inputs, 3) int64
+    output: torch.Tensor  # (3,) int64: its first tensor output
+    shape: list[int]  # of that output
 
 
-class Recorder:
-    """Records every call of the leaf modules (:data:`LEAVES`) and the attention modules of a model whose qualified
-    name is one of ``under`` or below it into ``calls``; with ``capturing_only``, only the calls made while a CUDA
-    graph records (not a graph's eager warm-up calls)."""
+class Fingerprints(TorchDispatchMode):
+    """Fingerprints every computing aten operator called under it into ``ops``; with ``capturing_only``, only those
+    called while a CUDA graph records (not a graph's eager warm-up calls). With ``keep`` = i, call i's arguments
+    (rebuilt on fresh storage with their layout) and output are kept in ``kept`` as (operator, args, kwargs)."""
 
-    def __init__(self, model: nn.Module, under: tuple[str, ...]) -> None:
-        self.calls: list[Call] = []
-        self.capturing_only = False
-        self._handles = [m.register_forward_hook(self._hook(name, isinstance(m, LEAVES)))
-                         for name, m in model.named_modules()
-                         if any(name == u or name.startswith(u + ".") for u in under)
-                         and (isinstance(m, LEAVES) or name.endswith("attn"))]
+    def __init__(self, capturing_only: bool = False, keep: int | None = None) -> None:
+        super().__init__()
+        self.ops: list[Op] = []
+        self.capturing_only, self.keep = capturing_only, keep
+        self.kept: tuple[object, tuple, dict] | None = None
 
-    def _hook(self, name: str, leaf: bool) -> Callable[[nn.Module, tuple, object], None]:
-        def copy(v: object) -> object:
-            return v.detach().clone() if isinstance(v, torch.Tensor) else v
-
-        def hook(m: nn.Module, args: tuple, out: object) -> None:
-            if self.capturing_only and not torch.cuda.is_current_stream_capturing():
-                return
-            if isinstance(out, torch.Tensor):
-                self.calls.append(Call(name, m, tuple(copy(a) for a in args) if leaf else None, copy(out)))
-        return hook
-
-    def remove(self) -> None:
-        """Take the hooks off the model."""
-        for h in self._handles:
-            h.remove()
+    def __torch_dispatch__(self, func: object, types: object, args: tuple = (), kwargs: dict | None = None) -> object:
+        kwargs = kwargs or {}
+        name = str(func)
+        if (func.is_view or name.startswith(SKIPPED)  # type: ignore[attr-defined]
+                or (self.capturing_only and not torch.cuda.is_current_stream_capturing())):
+            return func(*args, **kwargs)  # type: ignore[operator]
+        if self.keep == len(self.ops):
+            self.kept = (func, tree_map(_same_layout, args), tree_map(_same_layout, kwargs))
+        ins = [fingerprint(t) for t in _tensors((args, kwargs))]
+        out = func(*args, **kwargs)  # type: ignore[operator]
+        first = next(iter(_tensors(out)), None)
+        if first is not None:
+            self.ops.append(Op(name, torch.stack(ins) if ins else torch.zeros(0, 3, dtype=torch.int64),
+                               fingerprint(first), list(first.shape)))
+        return out
 
 
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal shape, dtype and bits."""
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+def _same_layout(v: object) -> object:
+    """A tensor copied onto fresh storage of its storage's size, at its offset and with its strides (so its address
+    has the same alignment); anything else as it is."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    storage = torch.empty(v.untyped_storage().nbytes() // v.element_size(), dtype=v.dtype, device=v.device)
+    out = storage.as_strided(v.shape, v.stride(), v.storage_offset())
+    out.copy_(v)
+    return out
 
 
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a − b| (inf for other shapes)."""
-    return float((a.float() - b.float()).abs().max()) if a.shape == b.shape else float("inf")
-
-
-def compare(first: list[Call], second: list[Call], rows: int | None) -> dict:
-    """The calls of two restorations side by side (``rows``: compare only the first ``rows`` rows of ``first``'s
-    tensors, the batch against a single tile); → counts, the first differing call, and the calls that compute
-    differently on an equal input (``roots``, at most 20, with their indices)."""
-    def view(t: torch.Tensor) -> torch.Tensor:
-        return t[:rows] if rows is not None else t
-
-    if [c.name for c in first] != [c.name for c in second]:
-        raise RuntimeError("the two restorations called the recorded modules in another order")
+def compare(first: list[Op], second: list[Op]) -> dict:
+    """Two restorations' operator calls side by side; → counts, the first differing call and the calls that compute
+    differently on equal inputs (``roots``, at most 20), each with its index, operator and output shape."""
+    if [o.name for o in first] != [o.name for o in second]:
+        at = next((i for i, (a, b) in enumerate(zip(first, second)) if a.name != b.name), min(len(first), len(second)))
+        raise RuntimeError(f"the restorations called other operators from call {at} on "
+                           f"({len(first)} and {len(second)} calls)")
     report: dict = {"calls": len(first), "differing": 0, "first_differing": None, "roots": []}
     for i, (a, b) in enumerate(zip(first, second)):
-        if same(view(a.output), b.output):
+        if torch.equal(a.output, b.output):
             continue
         report["differing"] += 1
-        entry = {"index": i, "name": a.name, "kind": type(a.module).__name__, "shape": list(b.output.shape),
-                 "dtype": str(b.output.dtype), "max_abs_diff": max_diff(view(a.output), b.output)}
-        if a.args is not None:
-            ins = [(view(x), y) for x, y in zip(a.args, b.args) if isinstance(x, torch.Tensor)]
-            entry["input_equal"] = all(same(x, y) for x, y in ins)
-            entry["input_shapes"] = [list(y.shape) for _, y in ins]
+        entry = {"index": i, "op": a.name, "shape": a.shape,
+                 "inputs_equal": a.inputs.shape == b.inputs.shape and torch.equal(a.inputs, b.inputs)}
         if report["first_differing"] is None:
             report["first_differing"] = entry
-        if entry.get("input_equal") and len(report["roots"]) < 20:
+        if entry["inputs_equal"] and len(report["roots"]) < 20:
             report["roots"].append(entry)
     return report
 
 
-def isolate(call: Call, eager_out: torch.Tensor, graph_out: torch.Tensor, device: torch.device,
-            dtype: torch.dtype | None) -> dict[str, dict[str, str]]:
-    """``call``'s module re-run alone on its recorded arguments (CUDA, under the autocast ``dtype`` if any): eagerly,
-    on a side stream and replayed from a fresh graph, under each preferred BLAS library; → for each, whether it
-    equals the eager restoration's output, the graph's, or neither."""
-    def verdict(out: torch.Tensor) -> str:
-        if same(out, eager_out):
-            return "= eager"
-        if same(out, graph_out):
-            return "= graph"
-        return f"neither (max |Δ| {max_diff(out, eager_out):.3g} from eager)"
+def conditions(device: torch.device) -> dict[str, Callable[[Callable[[], object]], object]]:
+    """The ways to re-run one operator (name → runner of a call): on CUDA eagerly, on a side stream and replayed
+    from a fresh graph, under cuBLAS and cuBLASLt; on the CPU with oneDNN on and off."""
+    if device.type != "cuda":
+        def mkldnn(enabled: bool) -> Callable[[Callable[[], object]], object]:
+            def run(call: Callable[[], object]) -> object:
+                with _onednn(enabled):
+                    return call()
+            return run
+        return {"onednn_on": mkldnn(True), "onednn_off": mkldnn(False)}
 
-    def run() -> torch.Tensor:
-        ctx = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if dtype else nullcontext()
-        with ctx, torch.no_grad():
-            return call.module(*call.args)
+    def side_stream(call: Callable[[], object]) -> object:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            out = call()
+        torch.cuda.current_stream(device).wait_stream(side)
+        return out
 
-    before = torch.backends.cuda.preferred_blas_library()
-    out: dict[str, dict[str, str]] = {}
-    try:
-        for library in ("cublas", "cublaslt"):
-            torch.backends.cuda.preferred_blas_library(library)
-            eager = run()
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                on_side = run()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph, static = record(run, device)
-            graph.replay()
-            torch.cuda.synchronize(device)
-            out[library] = {"eager": verdict(eager), "side_stream": verdict(on_side), "graph": verdict(static)}
-    finally:
-        torch.backends.cuda.preferred_blas_library(before)
+    def graphed(call: Callable[[], object]) -> object:
+        graph, out = record(call, device)
+        graph.replay()
+        return out
+
+    out = {}
+    for library in ("cublas", "cublaslt"):
+        for how, runner in (("eager", lambda call: call()), ("side_stream", side_stream), ("graph", graphed)):
+            out[f"{library}_{how}"] = _under_library(library, runner)
     return out
+
+
+def _under_library(library: str, runner: Callable[[Callable[[], object]], object]
+                   ) -> Callable[[Callable[[], object]], object]:
+    def run(call: Callable[[], object]) -> object:
+        before = torch.backends.cuda.preferred_blas_library()
+        torch.backends.cuda.preferred_blas_library(library)
+        try:
+            return runner(call)
+        finally:
+            torch.backends.cuda.preferred_blas_library(before)
+    return run
+
+
+def isolate(kept: tuple[object, tuple, dict], first: Op, second: Op, device: torch.device) -> dict[str, str]:
+    """The kept operator call re-run alone under each of :func:`conditions`; → for each, "first" (the first
+    restoration's output), "second", or "neither"."""
+    func, args, kwargs = kept
+    verdicts = {}
+    for name, run in conditions(device).items():
+        out = run(lambda: func(*args, **kwargs))  # type: ignore[operator]
+        fp = fingerprint(_tensors(out)[0]).to(first.output.device)
+        verdicts[name] = ("first" if torch.equal(fp, first.output) else "second" if torch.equal(fp, second.output)
+                          else "neither")
+    return verdicts
+
+
+@contextmanager
+def _onednn(enabled: bool) -> Iterator[None]:
+    """oneDNN (the CPU's convolution library) on or off within the block."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def main() -> None:
     """Parse arguments, compare two restorations of the same tiles, print the findings, end with one JSON line."""
     ap = bench_parser(__doc__)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--against", choices=("graph", "single"), default=None,
-                    help="graph: eager vs CUDA graph (CUDA, the default there); single: the batch's first tile in the "
-                         "batch vs on its own (the default on the CPU)")
+    ap.add_argument("--against", choices=("graph", "no-mkldnn", "eager"), default=None,
+                    help="the second restoration (default: graph on CUDA, no-mkldnn on the CPU)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--under", default="cond,dag,var,vqvae.quantize",
-                    help="comma-separated module names whose calls (and their submodules') are recorded")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA device is visible")
-    against = args.against or ("graph" if device.type == "cuda" else "single")
-    if against == "graph" and device.type != "cuda":
-        ap.error("--against graph needs --device cuda")
+    against = args.against or ("graph" if device.type == "cuda" else "no-mkldnn")
+    if (against == "graph") != (device.type == "cuda") and against != "eager":
+        ap.error(f"--against {against} needs --device {'cuda' if against == 'graph' else 'cpu'}")
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     dtype = torch.bfloat16 if precision == "bf16" else None
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    def autocast() -> AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
     torch.manual_seed(0)
     with torch.device(device):
         model = HSIVAR(preset(args.preset, bands=args.bands)).eval()
     x = torch.rand(args.batch_size, *model.cfg.cube_shape, device=device)
-    recorder = Recorder(model, tuple(args.under.split(",")))
-    with ctx, torch.no_grad():
-        ref = model.restore(x, task="auto")
-        first, recorder.calls = recorder.calls, []
-        if against == "graph":  # the copies made while recording hold the replay's values once it has run
-            recorder.capturing_only = True
-            out, rows = GraphedRestore(model)(x, "auto"), None
-        else:
-            out, rows = model.restore(x[:1], task="auto"), 1
-        second = recorder.calls
-    recorder.remove()
-    if len(second) != len(first):
-        raise RuntimeError(f"{len(first)} calls recorded in the first restoration, {len(second)} in the second")
+    first_fp, second_fp = Fingerprints(), Fingerprints(capturing_only=against == "graph")
+    with autocast(), torch.no_grad():
+        with first_fp:
+            ref = model.restore(x, task="auto")
+        with second_fp, _onednn(False) if against == "no-mkldnn" else nullcontext():
+            if against == "graph":
+                graphed = GraphedRestore(model)
+                out = graphed(x, "auto")
+                if not graphed.recorded or graphed._failed:
+                    raise RuntimeError("the restoration was not recorded into a graph (see the log): nothing compared")
+            else:
+                out = model.restore(x, task="auto")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-    tokens = [(a[:rows] if rows else a) for a in ref.idx]
     report = {"preset": args.preset, "bands": args.bands, "device": args.device, "precision": precision,
               "batch_size": args.batch_size, "against": against,
               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "token_agreement": float(sum(int((a == b).sum()) for a, b in zip(tokens, out.idx))
+              "token_agreement": float(sum(int((a == b).sum()) for a, b in zip(ref.idx, out.idx))
                                        / sum(b.numel() for b in out.idx)),
-              **compare(first, second, rows)}
-    print(f"{args.preset}, batch {args.batch_size}, {precision}, eager vs {against}: {report['calls']} calls recorded,"
+              **compare(first_fp.ops, second_fp.ops)}
+    print(f"{args.preset}, batch {args.batch_size}, {precision}, eager vs {against}: {report['calls']} operator calls,"
           f" {report['differing']} differ; tokens {100 * report['token_agreement']:.3f} % equal")
     print(f"  first differing call: {report['first_differing']}")
-    for r in report["roots"][:5]:
-        print(f"  computes differently on an equal input: {r}")
-    if report["roots"] and against == "graph":
-        root = report["roots"][0]
-        report["isolated"] = isolate(first[root["index"]], first[root["index"]].output,
-                                     second[root["index"]].output, device, dtype)
-        print(f"  {root['name']} re-run alone: {report['isolated']}")
+    for r in report["roots"][:8]:
+        print(f"  computes differently on equal inputs: {r}")
+    if report["roots"]:
+        i = report["roots"][0]["index"]
+        keeper = Fingerprints(keep=i)
+        with autocast(), torch.no_grad(), keeper:  # the eager restoration again, keeping the root's arguments
+            model.restore(x, task="auto")
+        if keeper.kept is None or not torch.equal(keeper.ops[i].output, first_fp.ops[i].output):
+            raise RuntimeError("the eager restoration did not repeat itself up to the first root")
+        report["isolated"] = {"op": report["roots"][0]["op"],
+                              "verdicts": isolate(keeper.kept, first_fp.ops[i], second_fp.ops[i], device)}
+        print(f"  the first re-run alone: {report['isolated']}")
     print(json.dumps(report))
 
 

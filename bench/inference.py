@@ -98,15 +98,16 @@ def build(name: str, bands: int, device: torch.device) -> HSIVAR:
 
 def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int], repeats: int,
             bf16: bool, compiled: bool = False, graphs: bool = False, channels_last: bool = False,
-            ablations: bool = False, only: tuple[str, ...] | None = None,
+            ablations: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
             on_result: Callable[[str, str, dict], None] = lambda key, bs, r: None) -> dict[str, dict]:
     """Measured seconds per cube per variant and batch size (and cubes/s). With ``compiled``, also DAG + KV through
     compiled decoding steps (``dag_kv_compiled``, inductor), with the first call's seconds (compilation included) and
     whether its tokens and image equal the eager decoding's. With ``graphs`` (CUDA), also DAG + KV and CFG + KV
     replayed from CUDA graphs of the whole restoration (``*_graphs``, :class:`GraphedRestore`) with the same checks
     and the recording time, and the diffusion-style baseline from a graph at the first batch size; with
-    ``channels_last``, also the graphed DAG + KV in channels-last memory format; with ``ablations``, also without
-    each of the graphs' options (:data:`GRAPH_ABLATIONS`) and with the model held otherwise (:data:`MODEL_ABLATIONS`).
+    ``channels_last``, also the graphed DAG + KV in channels-last memory format; ``ablations``: the graphed DAG + KV
+    also without these of the graphs' options (:data:`GRAPH_ABLATIONS`) and with the model held these other ways
+    (:data:`MODEL_ABLATIONS`, under bf16 only: they change what autocast does).
     ``only``: the variants of :func:`variants` to measure (default all; the graphed ones follow: CFG's with
     ``cfg_kv``, the baseline's with the diffusion one).
     ``on_result(variant, "batch_<n>", figures)`` is called as each figure is measured."""
@@ -131,11 +132,13 @@ def measure(name: str, bands: int, device: torch.device, batch_sizes: list[int],
         if graphs:
             for guidance in ("dag", "cfg") if only is None or "cfg_kv" in only else ("dag",):
                 keep(f"{guidance}_kv_graphs", bs, measure_graphed(model, x, guidance, repeats, device, ctx))
-            for suffix, options in GRAPH_ABLATIONS.items() if ablations else ():
-                keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx, **options))
-            for suffix, hold in MODEL_ABLATIONS.items() if ablations else ():
-                with hold(model):
-                    keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx))
+            for suffix in ablations:
+                if suffix in GRAPH_ABLATIONS:
+                    keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx,
+                                                                         **GRAPH_ABLATIONS[suffix]))
+                elif bf16:
+                    with MODEL_ABLATIONS[suffix](model):
+                        keep(f"dag_kv_graphs_{suffix}", bs, measure_graphed(model, x, "dag", repeats, device, ctx))
             if bs == batch_sizes[0] and (only is None or f"diffusion_{DIFFUSION_STEPS}_steps" in only):
                 diffusion = variants(model, x)[f"diffusion_{DIFFUSION_STEPS}_steps"]
                 keep(f"diffusion_{DIFFUSION_STEPS}_steps_graphs", bs,
@@ -214,10 +217,10 @@ PARTS = ("condition", "guidance", "transformer", "refiner", "decoder", "fusion")
 def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, repeats: int,
                   bf16: bool, top: int = 0) -> tuple[dict[str, float], dict | None]:
     """Milliseconds per cube of each part of DAG + KV decoding (:data:`PARTS`), from ``torch.profiler`` over
-    ``repeats`` calls after two warm-ups: CPU time of each labelled range on the CPU, device (kernel) time on
-    CUDA; ``total`` is the wall time per cube measured alongside (the parts' sum falls short of it by the glue
-    between them; on CUDA, kernels overlap the host). With ``top`` > 0 also the ``top`` costliest kernels of the same
-    calls (:func:`costliest_ops`), else None."""
+    ``repeats`` calls after two warm-ups: CPU time of each labelled range on the CPU, its span on the device's
+    timeline on CUDA (idle gaps included); ``total`` is the wall time per cube measured alongside (the parts' sum
+    falls short of it by the glue between them; on CUDA, kernels overlap the host). With ``top`` > 0 also the
+    ``top`` costliest kernels of the same calls (:func:`costliest_ops`), else None."""
     from torch.profiler import ProfilerActivity, profile
 
     model = build(name, bands, device)
@@ -237,10 +240,18 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
             wall = time.perf_counter() - t
     cubes = repeats * batch_size
     out = {}
+    from torch.autograd import DeviceType
+
     for event in prof.key_averages():
-        if event.key.startswith("hsivar.") and event.key[len("hsivar."):] in PARTS:
-            us = event.device_time_total if device.type == "cuda" else event.cpu_time_total  # µs over all calls
-            out[event.key[len("hsivar."):]] = us / 1e3 / cubes
+        part = event.key[len("hsivar."):]
+        if not event.key.startswith("hsivar.") or part not in PARTS:
+            continue
+        if device.type != "cuda":
+            out[part] = event.cpu_time_total / 1e3 / cubes  # µs over all calls → ms per cube
+        # on CUDA a range has two rows: the host's (its kernels' summed time) and the device timeline's (its span,
+        # idle gaps included); the span is kept where both are there
+        elif event.device_type == DeviceType.CUDA or part not in out:
+            out[part] = event.device_time_total / 1e3 / cubes
     out["total"] = wall * 1e3 / (repeats * batch_size)
     return out, costliest_ops(prof, cubes, device, top) if top > 0 else None
 
@@ -248,8 +259,8 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
 def costliest_ops(prof: object, cubes: int, device: torch.device, top: int) -> dict:
     """What a profile's calls spent, per cube of ``cubes``: on CUDA the kernels (and copies) by their device time, on
     the CPU the aten operators by their own CPU time. → ``busy_ms_per_cube`` (their sum: on CUDA the device's busy
-    time, against the wall time of the parts), ``calls_per_cube`` (kernel launches on CUDA) and ``top``: the ``top``
-    costliest as {name (cut at 120 characters), ms_per_cube, share of busy, calls_per_cube}."""
+    time, against the wall time of the parts), ``calls_per_cube`` (kernels, copies, sets on CUDA) and ``top``: the
+    ``top`` costliest as {name (cut at 120 characters), ms_per_cube, share of busy, calls_per_cube}."""
     from torch.autograd import DeviceType
 
     rows = []
@@ -260,11 +271,11 @@ def costliest_ops(prof: object, cubes: int, device: torch.device, top: int) -> d
             rows.append((e.key, e.self_device_time_total, e.count))
         elif device.type != "cuda" and e.key.startswith("aten::"):
             rows.append((e.key, e.self_cpu_time_total, e.count))
-    busy = sum(us for _, us, _ in rows) or 1.0
+    busy = sum(us for _, us, _ in rows)
     rows.sort(key=lambda r: -r[1])
     return {"busy_ms_per_cube": busy / 1e3 / cubes, "calls_per_cube": sum(c for _, _, c in rows) / cubes,
-            "top": [{"name": k[:120], "ms_per_cube": us / 1e3 / cubes, "share": us / busy, "calls_per_cube": c / cubes}
-                    for k, us, c in rows[:top]]}
+            "top": [{"name": k[:120], "ms_per_cube": us / 1e3 / cubes, "share": us / busy if busy else 0.0,
+                     "calls_per_cube": c / cubes} for k, us, c in rows[:top]]}
 
 
 def measure_compiled(model: HSIVAR, x: torch.Tensor, repeats: int, device: torch.device,
@@ -307,9 +318,10 @@ def main() -> None:
                     "of the whole restoration, and the diffusion-style baseline from a graph")
     ap.add_argument("--channels-last", action="store_true", help="with --graphs: also the graphed DAG + KV in "
                     "channels-last memory format")
-    ap.add_argument("--graph-ablations", action="store_true", help="with --graphs: also the graphed DAG + KV "
-                    "without bf16 weight copies (autocast's casts recorded in the graph), and with the VQ-VAE's "
-                    "group norms under autocast's fp32 policy")
+    ap.add_argument("--graph-ablations", nargs="?", const="all", default=None, metavar="LIST",
+                    help="with --graphs: also the graphed DAG + KV without bf16 weight copies (no_weight_copies: "
+                    "autocast's casts recorded in the graph) and with the VQ-VAE's group norms under autocast's fp32 "
+                    "policy (autocast_norms, bf16 only); comma-separated, or all (the default with no value)")
     ap.add_argument("--variants", default=None, help="comma-separated of dag_kv, cfg_kv, dag_no_kv, "
                     f"diffusion_{DIFFUSION_STEPS}_steps: measure only these (default all; DAG + KV always)")
     ap.add_argument("--precisions", default=None, help="comma-separated of fp32, bf16 (default: both on CUDA, fp32 "
@@ -364,11 +376,16 @@ def main() -> None:
         only = None if args.variants is None else tuple({"dag_kv", *args.variants.split(",")})
         if only is not None and not set(only) <= set(known):
             ap.error(f"--variants: expected some of {', '.join(known)}; got {args.variants}")
+        ablations = (() if args.graph_ablations is None else (*GRAPH_ABLATIONS, *MODEL_ABLATIONS)
+                     if args.graph_ablations == "all" else tuple(args.graph_ablations.split(",")))
+        if not set(ablations) <= {*GRAPH_ABLATIONS, *MODEL_ABLATIONS}:
+            ap.error(f"--graph-ablations: expected some of {', '.join([*GRAPH_ABLATIONS, *MODEL_ABLATIONS])}, or all; "
+                     f"got {args.graph_ablations}")
         report["measured"] = {}
         for label, bf16 in precisions.items():
             report["measured"][label] = measure(
                 args.preset, args.bands, device, sizes, args.repeats, bf16, args.compile, args.graphs,
-                args.channels_last, args.graph_ablations, only,
+                args.channels_last, ablations, only,
                 on_result=lambda key, bs, r, label=label: show(label, key, bs, r))
         if args.parts or args.kernels:
             report["parts_ms_per_cube"] = {}

@@ -8,7 +8,9 @@ steps in bf16, and two cast kernels, for a value the convolution reads in bf16 a
 of ``group_norm`` accumulates its mean and variance in fp32 whatever its input's type, so here, when autocast is on
 and the input is already in autocast's dtype, the norm runs on it directly (its affine weight and bias cast to that
 dtype) and returns that dtype. Outside autocast, for an input in another dtype, or where a gradient flows through it
-(training, whose numerics stay autocast's), it is :class:`torch.nn.GroupNorm`.
+(the modules a training stage trains), it is :class:`torch.nn.GroupNorm`. Frozen modules that a training stage runs
+without gradients under autocast (stage 2's target tokens, stage 3's greedy decoding) take the bf16 path, as the
+restoration does.
 Parameters and their names are nn.GroupNorm's, so checkpoints load unchanged.
 """
 
@@ -32,8 +34,9 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *) → (B, C, *): the dtype of ``x`` under autocast when it is autocast's dtype, else nn.GroupNorm's."""
         kind = x.device.type
-        if (self.low_precision and not self._differentiated(x) and x.dtype != torch.float32
-                and torch.is_autocast_enabled(kind) and x.dtype == torch.get_autocast_dtype(kind)):
+        if (self.low_precision and x.dtype != torch.float32 and torch.amp.is_autocast_available(kind)
+                and torch.is_autocast_enabled(kind) and x.dtype == torch.get_autocast_dtype(kind)
+                and not self._differentiated(x)):
             with torch.autocast(kind, enabled=False):
                 weight = None if self.weight is None else self.weight.to(x.dtype)
                 bias = None if self.bias is None else self.bias.to(x.dtype)

@@ -231,20 +231,26 @@ def test_inference_bench_times_every_variant_and_every_part_of_the_model() -> No
         times = [o["ms_per_cube"] for o in ops["top"]]
         assert times == sorted(times, reverse=True) and times[-1] > 0
         assert 0 < sum(times) <= ops["busy_ms_per_cube"] <= parts["total"] * 1.05 and ops["calls_per_cube"] > 100
+    ops = r["costliest_ops"]["fp32"]  # a batch of 2 calls about the same operators as one tile: half as many per cube
+    assert ops["batch_2"]["calls_per_cube"] < 0.6 * ops["batch_1"]["calls_per_cube"]
 
 
-def test_graph_parity_bench_compares_a_tile_restored_in_a_batch_and_alone() -> None:
-    """On the CPU (no graphs) the bench compares the batch's first tile against it restored alone, call by call."""
-    r = _run_bench("graph_parity", "--bands", "8", "--batch-size", "3")
-    assert r["against"] == "single" and r["precision"] == "fp32" and r["device"] == "cpu"
-    assert r["calls"] > 50 and 0 <= r["differing"] <= r["calls"] and 0.0 <= r["token_agreement"] <= 1.0
-    assert (r["first_differing"] is None) == (r["differing"] == 0)
-    for root in r["roots"]:  # calls that compute differently on an equal input: the differences' sources
-        assert root["input_equal"] and root["max_abs_diff"] > 0 and root["kind"] in {"Linear", "Conv2d", "Phi",
-                                                                                     "LayerNorm", "GroupNorm",
-                                                                                     "Embedding"}
-    if r["roots"]:
-        assert r["first_differing"]["index"] <= r["roots"][0]["index"]
+def test_graph_parity_bench_finds_the_operators_that_compute_differently() -> None:
+    """On the CPU (no graphs) the second restoration runs with oneDNN off: its convolutions take PyTorch's own
+    kernels, so they, and nothing before them, compute differently on equal inputs; re-run alone, the first gives
+    each restoration's output under its own setting. The eager path against itself: every call equal."""
+    r = _run_bench("graph_parity", "--bands", "8", "--batch-size", "2")
+    assert r["against"] == "no-mkldnn" and r["precision"] == "fp32" and r["device"] == "cpu"
+    assert r["calls"] > 500 and 0 < r["differing"] < r["calls"]
+    first = r["first_differing"]
+    assert first["op"] == "aten.convolution.default" and first["inputs_equal"] and first == r["roots"][0]
+    assert {root["op"] for root in r["roots"]} == {"aten.convolution.default"}
+    assert r["isolated"] == {"op": "aten.convolution.default",
+                             "verdicts": {"onednn_on": "first", "onednn_off": "second"}}
+
+    control = _run_bench("graph_parity", "--bands", "8", "--batch-size", "2", "--against", "eager")
+    assert control["calls"] == r["calls"] and control["differing"] == 0 and control["roots"] == []
+    assert control["token_agreement"] == 1.0 and "isolated" not in control
 
 
 def test_families_bench_reports_every_family_side_by_side() -> None:

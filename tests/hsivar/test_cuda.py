@@ -134,7 +134,7 @@ def test_q_and_k_processed_together_equal_each_on_its_own_on_cuda(bf16: bool, at
     assert k.dtype == ref_k.dtype and torch.equal(k, ref_k)
 
 
-def test_low_precision_group_norms_cost_about_what_autocasts_fp32_norms_cost_on_cuda(
+def test_low_precision_group_norms_are_about_as_accurate_as_autocasts_fp32_norms_on_cuda(
         vqvae_norms_both_ways: Callable) -> None:
     """CUDA autocast runs group_norm in fp32; the VQ-VAE's norms keep bf16 activations in bf16 instead (statistics
     in fp32 inside the kernel): against the fp32 model they land about as close as autocast's policy does."""

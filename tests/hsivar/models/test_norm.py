@@ -1,8 +1,8 @@
 """The group norm that keeps a bf16 activation in bf16 under autocast (hsivar.models.norm), on the CPU.
 
 CPU autocast does not list group_norm among its fp32 ops (CUDA autocast does), so on the CPU the comparison is with
-what the kernel computes on bf16 directly; tests/hsivar/test_cuda.py compares a decoder's output with autocast's fp32
-policy on a GPU.
+what the kernel computes on bf16 directly; tests/hsivar/test_cuda.py holds both policies against the fp32 model (the
+encoder's features and the decoder's image) on a GPU, where autocast's own policy is fp32.
 """
 
 from __future__ import annotations
