@@ -22,7 +22,7 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
     | tee -a "$out/gpu.txt"
 
 echo "== CUDA tests"
-timeout 150 $py -m pytest -q -s -p no:cacheprovider tests/hsivar/test_cuda.py 2>&1 | tee "$out/tests.log" \
+timeout 140 $py -m pytest -q -s -p no:cacheprovider tests/hsivar/test_cuda.py 2>&1 | tee "$out/tests.log" \
     | grep -E "passed|failed|error|tokens|Error|assert|relative" | tail -60
 
 echo "== paper preset, bf16"
@@ -31,5 +31,5 @@ timeout 310 $py bench/inference.py --preset paper --device cuda --precisions bf1
 grep -v '^{' "$out/paper_bf16.log" | grep -v "USDT\|profiler" | tail -100
 
 echo "== graph parity, paper preset, batch 32"
-timeout 90 $py bench/graph_parity.py --preset paper --device cuda --batch-size 32 > "$out/parity.log" 2>&1
+timeout 110 $py bench/graph_parity.py --preset paper --device cuda --batch-size 32 > "$out/parity.log" 2>&1
 grep -v '^{' "$out/parity.log" | cut -c1-400 | tail -12

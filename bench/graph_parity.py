@@ -63,8 +63,8 @@ def fingerprint(t: torch.Tensor) -> torch.Tensor:
         flat = torch.view_as_real(flat).reshape(-1)
     bits = (flat.to(torch.int64) if flat.dtype == torch.bool
             else flat.contiguous().view(_BITS[flat.element_size()]).to(torch.int64))
-    w = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64) % 65521 + 1
-    return torch.stack([bits.sum(), (bits * bits).sum(), (bits * w).sum()])
+    w = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64).remainder_(65521).add_(1)
+    return torch.stack([bits.sum(), (bits * bits).sum(), w.mul_(bits).sum()])
 
 
 def _tensors(tree: object) -> list[torch.Tensor]:
@@ -76,15 +76,22 @@ class Op:
     """One fingerprinted operator call."""
 
     name: str
-    inputs: torch.Tensor  # (n_inputs, 3) int64
+    inputs: torch.Tensor  # (n, 3) int64 on the output's device: its tensor inputs on that device
+    host_inputs: list[list[int]]  # the fingerprints of its inputs on another device (a CPU scalar, say)
+    layouts: list[tuple]  # of every tensor input: (shape, strides, storage offset, address mod 256)
     output: torch.Tensor  # (3,) int64: its first tensor output
     shape: list[int]  # of that output
 
 
+def _layout(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), t.stride(), t.storage_offset(), t.data_ptr() % 256
+
+
 class Fingerprints(TorchDispatchMode):
     """Fingerprints every computing aten operator called under it into ``ops``; with ``capturing_only``, only those
-    called while a CUDA graph records (not a graph's eager warm-up calls). With ``keep`` = i, call i's arguments
-    (rebuilt on fresh storage with their layout) and output are kept in ``kept`` as (operator, args, kwargs)."""
+    called while a CUDA graph records (not a graph's eager warm-up calls). With ``keep`` = i, only call i is
+    fingerprinted (the others are counted) and its arguments, copied with their layout, are kept in ``kept`` as
+    (operator, args, kwargs)."""
 
     def __init__(self, capturing_only: bool = False, keep: int | None = None) -> None:
         super().__init__()
@@ -98,42 +105,57 @@ class Fingerprints(TorchDispatchMode):
         if (func.is_view or name.startswith(SKIPPED)  # type: ignore[attr-defined]
                 or (self.capturing_only and not torch.cuda.is_current_stream_capturing())):
             return func(*args, **kwargs)  # type: ignore[operator]
-        if self.keep == len(self.ops):
+        if self.keep is not None and self.keep != len(self.ops):  # only counted
+            out = func(*args, **kwargs)  # type: ignore[operator]
+            if _tensors(out):
+                self.ops.append(Op(name, torch.zeros(0, 3), [], [], torch.zeros(3), []))
+            return out
+        if self.keep is not None:
             self.kept = (func, tree_map(_same_layout, args), tree_map(_same_layout, kwargs))
-        ins = [fingerprint(t) for t in _tensors((args, kwargs))]
+        tensors = _tensors((args, kwargs))
+        fps = [fingerprint(t) for t in tensors]
+        layouts = [_layout(t) for t in tensors]
         out = func(*args, **kwargs)  # type: ignore[operator]
         first = next(iter(_tensors(out)), None)
         if first is not None:
-            self.ops.append(Op(name, torch.stack(ins) if ins else torch.zeros(0, 3, dtype=torch.int64),
-                               fingerprint(first), list(first.shape)))
+            # inputs on another device than the output (a CPU scalar) stay there: a copy to the GPU while a graph
+            # records would break the recording
+            here = [fp for t, fp in zip(tensors, fps) if t.device == first.device]
+            away = [fp.tolist() for t, fp in zip(tensors, fps) if t.device != first.device and t.device.type == "cpu"]
+            self.ops.append(Op(name, torch.stack(here) if here else torch.zeros(0, 3, dtype=torch.int64,
+                                                                                 device=first.device),
+                               away, layouts, fingerprint(first), list(first.shape)))
         return out
 
 
 def _same_layout(v: object) -> object:
-    """A tensor copied onto fresh storage of its storage's size, at its offset and with its strides (so its address
-    has the same alignment); anything else as it is."""
+    """A tensor's whole storage copied and viewed as the tensor is (its shape, strides, also zero ones, and offset,
+    so its address has the same alignment); anything else as it is."""
     if not isinstance(v, torch.Tensor):
         return v
-    storage = torch.empty(v.untyped_storage().nbytes() // v.element_size(), dtype=v.dtype, device=v.device)
-    out = storage.as_strided(v.shape, v.stride(), v.storage_offset())
-    out.copy_(v)
-    return out
+    whole = torch.empty(0, dtype=v.dtype, device=v.device).set_(v.untyped_storage()).clone()
+    return whole.as_strided(v.shape, v.stride(), v.storage_offset())
 
 
 def compare(first: list[Op], second: list[Op]) -> dict:
     """Two restorations' operator calls side by side; → counts, the first differing call and the calls that compute
-    differently on equal inputs (``roots``, at most 20), each with its index, operator and output shape."""
-    if [o.name for o in first] != [o.name for o in second]:
-        at = next((i for i, (a, b) in enumerate(zip(first, second)) if a.name != b.name), min(len(first), len(second)))
-        raise RuntimeError(f"the restorations called other operators from call {at} on "
-                           f"({len(first)} and {len(second)} calls)")
-    report: dict = {"calls": len(first), "differing": 0, "first_differing": None, "roots": []}
-    for i, (a, b) in enumerate(zip(first, second)):
+    differently on equal inputs (``roots``, at most 20), each with its index, operator, output shape and whether
+    its inputs' layouts were the same too. Should the two call other operators from some call on, the calls before it
+    are compared and ``mismatch`` says where and which."""
+    report: dict = {"calls": len(first), "second_calls": len(second), "mismatch": None, "differing": 0,
+                    "first_differing": None, "roots": []}
+    n = next((i for i, (a, b) in enumerate(zip(first, second)) if a.name != b.name), min(len(first), len(second)))
+    if n < max(len(first), len(second)):
+        report["mismatch"] = {"at": n, "first": [o.name for o in first[max(n - 2, 0):n + 3]],
+                              "second": [o.name for o in second[max(n - 2, 0):n + 3]]}
+    for i, (a, b) in enumerate(zip(first[:n], second[:n])):
         if torch.equal(a.output, b.output):
             continue
         report["differing"] += 1
         entry = {"index": i, "op": a.name, "shape": a.shape,
-                 "inputs_equal": a.inputs.shape == b.inputs.shape and torch.equal(a.inputs, b.inputs)}
+                 "inputs_equal": (a.inputs.shape == b.inputs.shape and torch.equal(a.inputs, b.inputs)
+                                  and a.host_inputs == b.host_inputs),
+                 "layouts_equal": a.layouts == b.layouts}
         if report["first_differing"] is None:
             report["first_differing"] = entry
         if entry["inputs_equal"] and len(report["roots"]) < 20:
@@ -163,6 +185,7 @@ def conditions(device: torch.device) -> dict[str, Callable[[Callable[[], object]
     def graphed(call: Callable[[], object]) -> object:
         graph, out = record(call, device)
         graph.replay()
+        torch.cuda.synchronize(device)  # read while the graph is alive
         return out
 
     out = {}
@@ -185,12 +208,13 @@ def _under_library(library: str, runner: Callable[[Callable[[], object]], object
 
 
 def isolate(kept: tuple[object, tuple, dict], first: Op, second: Op, device: torch.device) -> dict[str, str]:
-    """The kept operator call re-run alone under each of :func:`conditions`; → for each, "first" (the first
-    restoration's output), "second", or "neither"."""
-    func, args, kwargs = kept
+    """The kept operator call re-run alone under each of :func:`conditions`, on fresh copies of its arguments each
+    time; → for each, "first" (the first restoration's output), "second", or "neither"."""
+    func, pristine_args, pristine_kwargs = kept
     verdicts = {}
     for name, run in conditions(device).items():
-        out = run(lambda: func(*args, **kwargs))  # type: ignore[operator]
+        args, kwargs = tree_map(_same_layout, pristine_args), tree_map(_same_layout, pristine_kwargs)
+        out = run(lambda: func(*args, **kwargs))  # type: ignore[operator]  # noqa: B023 (called at once)
         fp = fingerprint(_tensors(out)[0]).to(first.output.device)
         verdicts[name] = ("first" if torch.equal(fp, first.output) else "second" if torch.equal(fp, second.output)
                           else "neither")
@@ -253,21 +277,27 @@ def main() -> None:
                                        / sum(b.numel() for b in out.idx)),
               **compare(first_fp.ops, second_fp.ops)}
     print(f"{args.preset}, batch {args.batch_size}, {precision}, eager vs {against}: {report['calls']} operator calls,"
-          f" {report['differing']} differ; tokens {100 * report['token_agreement']:.3f} % equal")
-    print(f"  first differing call: {report['first_differing']}")
+          f" {report['differing']} differ; tokens {100 * report['token_agreement']:.3f} % equal", flush=True)
+    if report["mismatch"]:
+        print(f"  the two called other operators from call {report['mismatch']}", flush=True)
+    print(f"  first differing call: {report['first_differing']}", flush=True)
     for r in report["roots"][:8]:
-        print(f"  computes differently on equal inputs: {r}")
+        print(f"  computes differently on equal inputs: {r}", flush=True)
+    print(json.dumps(report), flush=True)  # what was found, should re-running the first root fail or run out of time
     if report["roots"]:
         i = report["roots"][0]["index"]
-        keeper = Fingerprints(keep=i)
-        with autocast(), torch.no_grad(), keeper:  # the eager restoration again, keeping the root's arguments
-            model.restore(x, task="auto")
-        if keeper.kept is None or not torch.equal(keeper.ops[i].output, first_fp.ops[i].output):
-            raise RuntimeError("the eager restoration did not repeat itself up to the first root")
-        report["isolated"] = {"op": report["roots"][0]["op"],
-                              "verdicts": isolate(keeper.kept, first_fp.ops[i], second_fp.ops[i], device)}
-        print(f"  the first re-run alone: {report['isolated']}")
-    print(json.dumps(report))
+        try:
+            keeper = Fingerprints(keep=i)
+            with autocast(), torch.no_grad(), keeper:  # the eager restoration again, keeping the root's arguments
+                model.restore(x, task="auto")
+            if keeper.kept is None or not torch.equal(keeper.ops[i].output, first_fp.ops[i].output):
+                raise RuntimeError("the eager restoration did not repeat itself up to the first root")
+            report["isolated"] = {"op": report["roots"][0]["op"],
+                                  "verdicts": isolate(keeper.kept, first_fp.ops[i], second_fp.ops[i], device)}
+        except Exception as e:  # noqa: BLE001 (a diagnostic: say what failed, keep what was found)
+            report["isolated"] = {"op": report["roots"][0]["op"], "error": repr(e)}
+        print(f"  the first re-run alone: {report['isolated']}", flush=True)
+        print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,8 @@ def test_graph_parity_bench_finds_the_operators_that_compute_differently() -> No
     each restoration's output under its own setting. The eager path against itself: every call equal."""
     r = _run_bench("graph_parity", "--bands", "8", "--batch-size", "2")
     assert r["against"] == "no-mkldnn" and r["precision"] == "fp32" and r["device"] == "cpu"
-    assert r["calls"] > 500 and 0 < r["differing"] < r["calls"]
+    assert r["calls"] > 500 and r["second_calls"] == r["calls"] and r["mismatch"] is None
+    assert 0 < r["differing"] < r["calls"]
     first = r["first_differing"]
     assert first["op"] == "aten.convolution.default" and first["inputs_equal"] and first == r["roots"][0]
     assert {root["op"] for root in r["roots"]} == {"aten.convolution.default"}
