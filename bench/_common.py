@@ -121,6 +121,11 @@ def median_time(fn: Callable[[], Any], repeats: int, device: torch.device | str)
     return sorted(times)[len(times) // 2]
 
 
+def token_agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """The share of equal tokens over every scale of two decodings ([(B, p_k²)] each)."""
+    return float(torch.cat([(x == y).flatten() for x, y in zip(a, b)]).float().mean())
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0–100) of ``values``, linear interpolation; NaN for no values."""
     if not values:

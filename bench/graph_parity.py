@@ -38,7 +38,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from _common import bench_parser
+from _common import bench_parser, token_agreement
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -273,8 +273,7 @@ def main() -> None:
     report = {"preset": args.preset, "bands": args.bands, "device": args.device, "precision": precision,
               "batch_size": args.batch_size, "against": against,
               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "token_agreement": float(sum(int((a == b).sum()) for a, b in zip(ref.idx, out.idx))
-                                       / sum(b.numel() for b in out.idx)),
+              "token_agreement": token_agreement(ref.idx, out.idx),
               **compare(first_fp.ops, second_fp.ops)}
     print(f"{args.preset}, batch {args.batch_size}, {precision}, eager vs {against}: {report['calls']} operator calls,"
           f" {report['differing']} differ; tokens {100 * report['token_agreement']:.3f} % equal", flush=True)

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from _common import bench_parser, device_sync, median_time
+from _common import bench_parser, device_sync, median_time, token_agreement
 from torch import nn
+from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
 from hsivar.models.graphs import GraphedRestore, record
@@ -180,11 +181,6 @@ def measure_graphed(model: HSIVAR, x: torch.Tensor, guidance: str, repeats: int,
             "max_abs_diff": float((ref.cube.float() - out.cube.float()).abs().max())}
 
 
-def token_agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    """The share of equal tokens over every scale of two decodings ([(B, p_k²)] each)."""
-    return float(torch.cat([(x == y).flatten() for x, y in zip(a, b)]).float().mean())
-
-
 GRAPH_ABLATIONS = {"no_weight_copies": {"low_precision_weights": False}}
 """``--graph-ablations``: the graphed DAG + KV without each of GraphedRestore's options (variant suffix → options)."""
 
@@ -240,9 +236,8 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
             wall = time.perf_counter() - t
     cubes = repeats * batch_size
     out = {}
-    from torch.autograd import DeviceType
-
-    for event in prof.key_averages():
+    events = prof.key_averages()
+    for event in events:
         part = event.key[len("hsivar."):]
         if not event.key.startswith("hsivar.") or part not in PARTS:
             continue
@@ -253,18 +248,17 @@ def measure_parts(name: str, bands: int, device: torch.device, batch_size: int, 
         elif event.device_type == DeviceType.CUDA or part not in out:
             out[part] = event.device_time_total / 1e3 / cubes
     out["total"] = wall * 1e3 / (repeats * batch_size)
-    return out, costliest_ops(prof, cubes, device, top) if top > 0 else None
+    return out, costliest_ops(events, cubes, device, top) if top > 0 else None
 
 
-def costliest_ops(prof: object, cubes: int, device: torch.device, top: int) -> dict:
-    """What a profile's calls spent, per cube of ``cubes``: on CUDA the kernels (and copies) by their device time, on
-    the CPU the aten operators by their own CPU time. → ``busy_ms_per_cube`` (their sum: on CUDA the device's busy
-    time, against the wall time of the parts), ``calls_per_cube`` (kernels, copies, sets on CUDA) and ``top``: the
-    ``top`` costliest as {name (cut at 120 characters), ms_per_cube, share of busy, calls_per_cube}."""
-    from torch.autograd import DeviceType
-
+def costliest_ops(events: list, cubes: int, device: torch.device, top: int) -> dict:
+    """What a profile's calls spent (``events``: its ``key_averages()``), per cube of ``cubes``: on CUDA the kernels
+    (and copies) by their device time, on the CPU the aten operators by their own CPU time. → ``busy_ms_per_cube``
+    (their sum: on CUDA the device's busy time, against the wall time of the parts), ``calls_per_cube`` (kernels,
+    copies, sets on CUDA) and ``top``: the ``top`` costliest as {name (cut at 120 characters), ms_per_cube, share of
+    busy, calls_per_cube}."""
     rows = []
-    for e in prof.key_averages():  # type: ignore[attr-defined]
+    for e in events:
         if e.key.startswith("hsivar."):  # the parts' own ranges (also on the device's timeline)
             continue
         if device.type == "cuda" and e.device_type == DeviceType.CUDA:
